@@ -1,0 +1,165 @@
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import sjson from 'secure-json-parse';
+import { CairnError, errors, toCairnError } from '../core/errors.js';
+import { describeIssues, issuesOf } from '../core/zod.js';
+import { getCircleBySlug } from '../store/circles.js';
+import type { Principal } from '../store/tokens.js';
+import { authorize } from './auth.js';
+import type { Deps } from './context.js';
+import { dispatchElementOp } from './element-ops.js';
+import { openApiDocument } from './openapi.js';
+import type { RouteCtx, RouteDef } from './route.js';
+import { ROUTES } from './routes.js';
+import type { HttpMethod } from '../elements/types.js';
+
+const BODY_LIMIT = 1024 * 1024;
+
+function badJson(message: string): CairnError {
+  return new CairnError({
+    code: 'INVALID_JSON',
+    class: 'validation',
+    message: `The body is not valid JSON: ${message}`,
+    suggestion: 'Send a JSON document with Content-Type: application/json.',
+  });
+}
+
+/** Fastify's own errors (bad media type, body too large, bad URL …) as typed Cairn errors. */
+function frameworkError(e: any): CairnError {
+  const code: string = e?.code ?? '';
+  if (code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+    return new CairnError({
+      code: 'UNSUPPORTED_MEDIA_TYPE',
+      class: 'validation',
+      status: 415,
+      message: `Content-Type ${e?.message?.split(': ').pop() ?? ''} is not supported.`,
+      suggestion: 'Send the body as JSON with Content-Type: application/json.',
+    });
+  }
+  if (code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+    return new CairnError({
+      code: 'PAYLOAD_TOO_LARGE',
+      class: 'validation',
+      status: 413,
+      message: `The body is larger than ${BODY_LIMIT} bytes.`,
+      suggestion: 'Send a smaller body; put large data in a table or a file element.',
+    });
+  }
+  const status = Number(e?.statusCode);
+  if (status >= 400 && status < 500) {
+    return new CairnError({
+      code: 'BAD_REQUEST',
+      class: 'validation',
+      status,
+      message: String(e?.message ?? 'Bad request'),
+      suggestion: 'Check the method, URL, headers and body against GET /openapi.json.',
+    });
+  }
+  return toCairnError(e);
+}
+
+function send(reply: FastifyReply, err: CairnError): FastifyReply {
+  return reply.code(err.status).type('application/json').send(err.toJSON());
+}
+
+export async function buildApp(deps: Deps): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: false,
+    bodyLimit: BODY_LIMIT,
+    maxParamLength: 500,
+    return503OnClosing: true,
+    frameworkErrors: (err, _req, reply) => {
+      void send(reply, frameworkError(err));
+    },
+  });
+
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser(
+    /^application\/([a-z0-9.+-]*\+)?json(\s*;.*)?$/i,
+    { parseAs: 'string', bodyLimit: BODY_LIMIT },
+    (_req, body, done) => {
+      const text = String(body);
+      if (text.trim() === '') return done(null, undefined);
+      try {
+        done(null, sjson.parse(text, undefined, { protoAction: 'error', constructorAction: 'error' }));
+      } catch (e: any) {
+        done(badJson(e?.message ?? 'parse error'), undefined);
+      }
+    },
+  );
+
+  app.setErrorHandler((e, req, reply) => {
+    const err = e instanceof CairnError ? e : frameworkError(e);
+    if (err.status >= 500)
+      deps.log.error({ err: e, cause: err.cause, url: req.url, reqId: req.id }, 'request failed');
+    return send(reply, err);
+  });
+  app.setNotFoundHandler((req, reply) =>
+    send(
+      reply,
+      errors.notFound(
+        'ROUTE_NOT_FOUND',
+        `No route ${req.method} ${req.url.split('?')[0]}.`,
+        'GET /openapi.json lists every route; element operations live at /api/{circle}/{slug}/ops/{operation}.',
+      ),
+    ),
+  );
+
+  async function context(
+    def: Pick<RouteDef, 'auth'>,
+    req: FastifyRequest,
+    reply: FastifyReply,
+  ): Promise<RouteCtx> {
+    const params = (req.params ?? {}) as Record<string, string>;
+    let principal: Principal | undefined;
+    if (def.auth !== 'none') principal = await deps.authn.principal(req.headers.authorization);
+    let circle;
+    if (params.circle !== undefined) {
+      circle = await getCircleBySlug(deps.db, params.circle);
+      if (!circle) {
+        throw errors.notFound(
+          'CIRCLE_NOT_FOUND',
+          `No circle "${params.circle}".`,
+          'Check the circle slug; GET /api/circles lists the circles your token sees.',
+        );
+      }
+    }
+    if (principal && def.auth !== 'token' && def.auth !== 'none') authorize(principal, circle, def.auth);
+    return { deps, principal, circle, params, query: req.query ?? {}, body: req.body, req, reply };
+  }
+
+  function parseWith(what: string, schema: RouteDef['body'], value: unknown): unknown {
+    if (!schema) return value;
+    const r = schema.safeParse(value ?? {});
+    if (!r.success) {
+      throw errors.invalidInput(`Invalid ${what}: ${describeIssues(r.error)}`, issuesOf(r.error));
+    }
+    return r.data;
+  }
+
+  for (const def of ROUTES) {
+    app.route({
+      method: def.method,
+      url: def.url,
+      handler: async (req, reply) => {
+        const ctx = await context(def, req, reply);
+        ctx.query = parseWith('query string', def.query ?? undefined, ctx.query);
+        if (def.method !== 'GET') ctx.body = parseWith('body', def.body, ctx.body);
+        const out = await def.handler(ctx);
+        if (def.status) reply.code(def.status);
+        return out;
+      },
+    });
+  }
+
+  for (const method of ['GET', 'POST', 'PATCH', 'DELETE'] as HttpMethod[]) {
+    app.route({
+      method,
+      url: '/api/:circle/:slug/ops/*',
+      handler: async (req, reply) => dispatchElementOp(await context({ auth: 'token' }, req, reply), method),
+    });
+  }
+
+  const doc = openApiDocument();
+  app.get('/openapi.json', async () => doc);
+  return app;
+}

@@ -1,0 +1,120 @@
+import { CairnError, errors } from '../core/errors.js';
+import { describeIssues, issuesOf } from '../core/zod.js';
+import type { HttpMethod } from '../elements/types.js';
+import { getType, resolveOperation } from '../elements/registry.js';
+import { elementNotFound } from '../elements/service.js';
+import { getElement } from '../store/elements.js';
+import { getRun, toRunView, type RunRow } from '../store/runs.js';
+import { submitRun } from '../engine/submit.js';
+import { cancel } from '../engine/control.js';
+import { actorOf, authorize } from './auth.js';
+import { baseUrlOf } from './context.js';
+import { unwrapEnvelope } from './envelope.js';
+import type { RouteCtx } from './route.js';
+
+function wantsAsync(ctx: RouteCtx): boolean {
+  const prefer = String(ctx.req.headers.prefer ?? '');
+  const q = ctx.query?.async;
+  return /\brespond-async\b/i.test(prefer) || q === '1' || q === 'true';
+}
+
+/** The invoke answer of SPEC §7, from a terminal run. */
+export function invokeAnswer(run: RunRow, baseUrl: string) {
+  const v = toRunView(run, '', baseUrl);
+  return {
+    run_id: run.id,
+    status: run.status,
+    output: run.output ?? null,
+    error: run.error ?? null,
+    duration_ms: run.duration_ms,
+    credits_used: run.credits_used,
+    run_url: v.run_url,
+    web_url: v.web_url,
+  };
+}
+
+/**
+ * `/api/{circle}/{slug}/ops/{path}`: resolves the element, finds the op its
+ * type declares at that path and method, checks the op's auth level,
+ * validates the input, then either answers directly or creates a run.
+ */
+export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Promise<unknown> {
+  const { deps, circle } = ctx;
+  const slug = String(ctx.params.slug);
+  const path = String(ctx.params['*'] ?? '').replace(/\/+$/, '');
+  // Circle membership first, so another circle's token learns nothing about which elements exist.
+  authorize(ctx.principal!, circle, 'read');
+  const element = await getElement(deps.db, circle!.id, slug);
+  if (!element) throw elementNotFound(slug);
+  const type = getType(element.element_type);
+  const { op, params } = resolveOperation(type, method, path);
+  authorize(ctx.principal!, circle, op.auth);
+  const actor = actorOf(ctx.principal!);
+
+  if (op.createsRun) {
+    const body = unwrapEnvelope(ctx.body ?? {});
+    const key = ctx.req.headers['idempotency-key'];
+    if (key !== undefined && (typeof key !== 'string' || key.length === 0 || key.length > 200)) {
+      throw errors.invalidInput(
+        'Idempotency-Key must be 1–200 characters.',
+        undefined,
+        'Send one short unique key per logical request.',
+      );
+    }
+    const { run } = await submitRun(
+      deps.db,
+      {
+        circle: circle!,
+        element,
+        type,
+        op,
+        input: body,
+        trigger: { type: 'api', source: ctx.req.headers['user-agent'] ?? null, actor },
+        idempotencyKey: key,
+      },
+      deps.snapshotExtra,
+    );
+    deps.worker?.kick();
+    const base = baseUrlOf(deps);
+    const accepted = () => {
+      ctx.reply.code(202).header('Location', `/api/runs/${run.id}`);
+      return { run_id: run.id, status: 'queued', run_url: `/api/runs/${run.id}` };
+    };
+    if (wantsAsync(ctx)) return accepted();
+    const done = await deps.waiter.wait(run.id, deps.config.syncWaitMs);
+    if (!done) return accepted();
+    const final = await getRun(deps.db, run.id);
+    return invokeAnswer(final!, base);
+  }
+
+  const raw = method === 'GET' || method === 'DELETE' ? (ctx.query ?? {}) : (ctx.body ?? {});
+  const parsed = op.input.safeParse(raw);
+  if (!parsed.success) {
+    throw errors.invalidInput(
+      `Invalid input for ${op.name}: ${describeIssues(parsed.error)}`,
+      issuesOf(parsed.error),
+      `GET /openapi.json documents ${op.name}; ${op.summary}.`,
+    );
+  }
+  if (!op.handler) {
+    throw new CairnError({
+      code: 'OPERATION_NOT_IMPLEMENTED',
+      class: 'internal',
+      message: `Operation ${op.name} of ${type.type} has no handler.`,
+      suggestion: 'Report this; the element type declares an operation it does not implement.',
+    });
+  }
+  const result = await op.handler({
+    db: deps.db,
+    circle: circle!,
+    element,
+    type,
+    input: parsed.data,
+    params,
+    actor,
+    baseUrl: baseUrlOf(deps),
+    cancelRun: (runId, who, reason) => cancel(deps.db, runId, who, reason),
+  });
+  if (op.status) ctx.reply.code(op.status);
+  return result;
+}

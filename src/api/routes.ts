@@ -1,0 +1,272 @@
+import { z } from 'zod';
+import { errors } from '../core/errors.js';
+import { isUuid } from '../core/ids.js';
+import { ROLES, RUN_KINDS, TRIGGER_TYPES, type Role } from '../core/status.js';
+import { qint } from '../core/zod.js';
+import { VERSION } from '../core/version.js';
+import { createCircle, getCircleById, listCircles, publicCircle, RESERVED_SLUGS } from '../store/circles.js';
+import { createToken, listTokens, revokeToken } from '../store/tokens.js';
+import { listElements } from '../store/elements.js';
+import { getRun, listItems, listRuns, runEvents, toRunView, type RunRow } from '../store/runs.js';
+import { applyElement, createElement, SLUG_RE } from '../elements/service.js';
+import { toElementView } from '../elements/view.js';
+import { cursorCodec, parseStatuses } from '../elements/base-ops.js';
+import { cancel } from '../engine/control.js';
+import { actorOf, authorize } from './auth.js';
+import { baseUrlOf } from './context.js';
+import type { RouteCtx, RouteDef } from './route.js';
+
+const slug = z.string().regex(SLUG_RE, 'lowercase letters, digits and dashes');
+const elementBody = z
+  .object({
+    element_type: z.string().min(1),
+    slug,
+    spec: z.record(z.string(), z.unknown()).optional(),
+    name: z.string().min(1).max(200).optional(),
+    intention: z.string().max(2000).nullable().optional(),
+  })
+  .strict();
+
+/** Loads a run the caller may see. Another circle's run answers 404, so its existence does not leak. */
+async function visibleRun(ctx: RouteCtx, need: Role): Promise<{ run: RunRow; circleSlug: string }> {
+  const id = String(ctx.params.id);
+  const notFound = errors.notFound(
+    'RUN_NOT_FOUND',
+    `No run ${id}.`,
+    'Check the run id; GET /api/{circle}/runs lists runs.',
+  );
+  if (!isUuid(id)) throw notFound;
+  const run = await getRun(ctx.deps.db, id);
+  if (!run) throw notFound;
+  const p = ctx.principal!;
+  if (!p.instanceAdmin && p.circleId !== run.circle_id) throw notFound;
+  const circle = await getCircleById(ctx.deps.db, run.circle_id);
+  authorize(p, circle, need);
+  return { run, circleSlug: circle!.slug };
+}
+
+const runList = z
+  .object({
+    status: z.string().optional(),
+    kind: z.string().optional(),
+    element: z.string().optional(),
+    trigger: z.string().optional(),
+    since: z.iso.datetime({ offset: true }).optional(),
+    until: z.iso.datetime({ offset: true }).optional(),
+    cursor: z.string().optional(),
+    limit: qint(1, 500).optional(),
+  })
+  .strict();
+
+function listOf<T extends string>(
+  what: string,
+  allowed: readonly T[],
+  v: string | undefined,
+): T[] | undefined {
+  if (!v) return undefined;
+  return v.split(',').map((x) => {
+    if (!(allowed as readonly string[]).includes(x)) {
+      throw errors.invalidInput(`Unknown ${what} "${x}".`, undefined, `Use one of: ${allowed.join(', ')}.`);
+    }
+    return x as T;
+  });
+}
+
+export const ROUTES: RouteDef[] = [
+  {
+    method: 'GET',
+    url: '/healthz',
+    auth: 'none',
+    tag: 'platform',
+    summary: 'Ready check',
+    handler: async ({ deps }) => {
+      await deps.db.query('SELECT 1');
+      return {
+        status: 'ok',
+        version: VERSION,
+        database: deps.db.kind,
+        worker: deps.worker ? deps.worker.id : null,
+      };
+    },
+  },
+  {
+    method: 'POST',
+    url: '/api/circles',
+    auth: 'instance_admin',
+    tag: 'circles',
+    summary: 'Create a circle (its own schema and database role)',
+    body: z.object({ slug }).strict(),
+    status: 201,
+    handler: async ({ deps, body }) => {
+      if (RESERVED_SLUGS.has(body.slug)) {
+        throw errors.invalidInput(`"${body.slug}" is reserved.`, undefined, 'Pick another circle slug.');
+      }
+      return publicCircle(await createCircle(deps.db, body.slug));
+    },
+  },
+  {
+    method: 'GET',
+    url: '/api/circles',
+    auth: 'token',
+    tag: 'circles',
+    summary: 'List circles (an instance admin sees all; a circle token its own)',
+    handler: async ({ deps, principal }) => ({
+      circles: (await listCircles(deps.db, principal!.instanceAdmin ? undefined : principal!.circleId!)).map(
+        publicCircle,
+      ),
+    }),
+  },
+  {
+    method: 'POST',
+    url: '/api/:circle/tokens',
+    auth: 'admin',
+    tag: 'circles',
+    summary: 'Create a token for the circle (the secret is shown once)',
+    body: z.object({ role: z.enum(ROLES), name: z.string().max(200).optional() }).strict(),
+    status: 201,
+    handler: async ({ deps, circle, body }) => {
+      const { token, row } = await createToken(deps.db, {
+        circleId: circle!.id,
+        role: body.role,
+        name: body.name,
+      });
+      return {
+        token,
+        id: row.id,
+        role: row.role,
+        name: row.name,
+        circle: circle!.slug,
+        created_at: row.created_at,
+      };
+    },
+  },
+  {
+    method: 'GET',
+    url: '/api/:circle/tokens',
+    auth: 'admin',
+    tag: 'circles',
+    summary: "List the circle's tokens (never their secrets)",
+    handler: async ({ deps, circle }) => ({ tokens: await listTokens(deps.db, circle!.id) }),
+  },
+  {
+    method: 'DELETE',
+    url: '/api/:circle/tokens/:id',
+    auth: 'admin',
+    tag: 'circles',
+    summary: 'Revoke a token',
+    handler: async ({ deps, circle, params }) => {
+      if (!isUuid(params.id) || !(await revokeToken(deps.db, circle!.id, params.id))) {
+        throw errors.notFound(
+          'TOKEN_NOT_FOUND',
+          `No active token ${params.id} in this circle.`,
+          'List tokens first.',
+        );
+      }
+      deps.authn.forget();
+      return { revoked: params.id };
+    },
+  },
+  {
+    method: 'POST',
+    url: '/api/:circle/ops/create',
+    auth: 'write',
+    tag: 'elements',
+    summary: 'Create an element (element_type and slug in the body)',
+    body: elementBody,
+    status: 201,
+    handler: ({ deps, circle, body, principal }) =>
+      createElement(deps.db, circle!, body, actorOf(principal!)),
+  },
+  {
+    method: 'POST',
+    url: '/api/:circle/ops/apply',
+    auth: 'write',
+    tag: 'elements',
+    summary: 'Create or converge an element to this definition (idempotent; used by `cairn apply`)',
+    body: elementBody,
+    handler: ({ deps, circle, body, principal }) => applyElement(deps.db, circle!, body, actorOf(principal!)),
+  },
+  {
+    method: 'GET',
+    url: '/api/:circle/elements',
+    auth: 'read',
+    tag: 'elements',
+    summary: "List the circle's elements",
+    handler: async ({ deps, circle }) => ({
+      elements: (await listElements(deps.db, circle!.id)).map((e) => toElementView(e, circle!)),
+    }),
+  },
+  {
+    method: 'GET',
+    url: '/api/:circle/runs',
+    auth: 'read',
+    tag: 'runs',
+    summary: 'List runs, newest first (filters: status, kind, element, trigger, since, until; cursor paging)',
+    query: runList,
+    handler: async ({ deps, circle, query }) => {
+      const limit = query.limit ?? 50;
+      const rows = await listRuns(deps.db, {
+        circleId: circle!.id,
+        statuses: parseStatuses(query.status),
+        kinds: listOf('kind', RUN_KINDS, query.kind),
+        triggers: listOf('trigger', TRIGGER_TYPES, query.trigger),
+        elementSlug: query.element,
+        since: query.since,
+        until: query.until,
+        before: query.cursor ? cursorCodec.decode(query.cursor) : undefined,
+        limit,
+      });
+      return {
+        runs: rows.map((r) => toRunView(r, circle!.slug, baseUrlOf(deps))),
+        next_cursor: rows.length === limit ? cursorCodec.encode(rows[rows.length - 1]!.id) : null,
+      };
+    },
+  },
+  {
+    method: 'GET',
+    url: '/api/runs/:id',
+    auth: 'token',
+    tag: 'runs',
+    summary: 'Get a run (every R-RUN field)',
+    handler: async (ctx) => {
+      const { run, circleSlug } = await visibleRun(ctx, 'read');
+      return toRunView(run, circleSlug, baseUrlOf(ctx.deps));
+    },
+  },
+  {
+    method: 'GET',
+    url: '/api/runs/:id/audit',
+    auth: 'token',
+    tag: 'runs',
+    summary: "The run's append-only audit trail",
+    handler: async (ctx) => {
+      const { run } = await visibleRun(ctx, 'read');
+      return { run_id: run.id, events: await runEvents(ctx.deps.db, run.id) };
+    },
+  },
+  {
+    method: 'GET',
+    url: '/api/runs/:id/items',
+    auth: 'token',
+    tag: 'runs',
+    summary: "The run's items with their evidence (filter: status)",
+    query: z.object({ status: z.string().optional() }).strict(),
+    handler: async (ctx) => {
+      const { run } = await visibleRun(ctx, 'read');
+      return { run_id: run.id, items: await listItems(ctx.deps.db, run.id, ctx.query.status) };
+    },
+  },
+  {
+    method: 'POST',
+    url: '/api/runs/:id/cancel',
+    auth: 'token',
+    tag: 'runs',
+    summary: 'Cancel a queued, running or paused run',
+    body: z.object({ reason: z.string().max(500).optional() }).strict(),
+    handler: async (ctx) => {
+      const { run, circleSlug } = await visibleRun(ctx, 'execute');
+      const row = await cancel(ctx.deps.db, run.id, actorOf(ctx.principal!), ctx.body.reason ?? null);
+      return toRunView(row, circleSlug, baseUrlOf(ctx.deps));
+    },
+  },
+];

@@ -1,0 +1,338 @@
+import { readFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import { CairnError } from '../../core/errors.js';
+import { parseElementsYaml } from '../../yaml.js';
+import { ApiError, EXIT, localError } from '../client.js';
+import { addGlobalOptions, cliContext, type CliCtx, type GlobalOpts } from '../context.js';
+import { color, renderError, statusMark, table } from '../output.js';
+
+/** Runs a client command: prints typed errors and exits with a code scripts can rely on. */
+export function action<A extends unknown[]>(fn: (ctx: CliCtx, ...args: A) => Promise<number | void>) {
+  return async (...args: unknown[]) => {
+    const cmd = args[args.length - 1] as Command;
+    const opts = cmd.optsWithGlobals() as GlobalOpts;
+    const ctx = await cliContext(opts);
+    try {
+      const code = await fn(ctx, ...(args.slice(0, -1) as A));
+      process.exitCode = code ?? EXIT.ok;
+    } catch (e) {
+      const err = e instanceof CairnError ? localError(e) : e;
+      if (err instanceof ApiError) {
+        if (ctx.out.json) ctx.out.print(JSON.stringify({ error: err.body }, null, 2));
+        else ctx.out.error(renderError(err.body));
+        process.exitCode = err.status === 0 ? EXIT.unavailable : exitFor(err.status);
+        return;
+      }
+      throw e;
+    }
+  };
+}
+
+function exitFor(status: number): number {
+  if (status === 401 || status === 403) return EXIT.auth;
+  if (status === 404) return EXIT.notFound;
+  if (status === 409) return EXIT.conflict;
+  if (status === 402) return EXIT.payment;
+  if (status >= 500) return EXIT.unavailable;
+  return EXIT.usage;
+}
+
+export function needCircle(ctx: CliCtx): string {
+  if (!ctx.circle) {
+    throw new CairnError({
+      code: 'CIRCLE_REQUIRED',
+      class: 'validation',
+      message: 'No circle given.',
+      suggestion: 'Pass --circle <slug> or set CAIRN_CIRCLE.',
+    });
+  }
+  return encodeURIComponent(ctx.circle);
+}
+
+function parseJsonArg(s: string, what: string): unknown {
+  try {
+    return JSON.parse(s);
+  } catch (e: any) {
+    throw new CairnError({
+      code: 'INVALID_JSON',
+      class: 'validation',
+      message: `${what} is not valid JSON: ${e.message}`,
+      suggestion: `Quote it for your shell, e.g. -d '{"params": [41]}'.`,
+    });
+  }
+}
+
+function fmtMs(ms: number | null | undefined): string {
+  if (ms === null || ms === undefined) return '-';
+  return ms < 1000 ? `${ms.toFixed(1)} ms` : `${(ms / 1000).toFixed(2)} s`;
+}
+
+export function registerClientCommands(program: Command): void {
+  addGlobalOptions(
+    program
+      .command('apply')
+      .description('Create or update elements from a YAML file (idempotent)')
+      .requiredOption(
+        '-f, --file <file>',
+        'YAML file with one or more element definitions (--- between them)',
+      ),
+  ).action(
+    action(async (ctx, o: { file: string }) => {
+      const circle = needCircle(ctx);
+      let text: string;
+      try {
+        text = await readFile(o.file, 'utf8');
+      } catch (e: any) {
+        throw new CairnError({
+          code: 'FILE_NOT_READABLE',
+          class: 'validation',
+          message: `Cannot read ${o.file}: ${e.code ?? e.message}`,
+          suggestion: 'Check the path given to -f.',
+        });
+      }
+      const results = [];
+      for (const def of parseElementsYaml(text, o.file)) {
+        const r = await ctx.client.request('POST', `/api/${circle}/ops/apply`, def);
+        results.push(r.body);
+        if (!ctx.out.json) {
+          const el = r.body.element;
+          ctx.out.print(
+            `${r.body.action.padEnd(9)} ${el.slug} (${el.element_type}) v${el.version} ${color.dim(el.definition_hash.slice(0, 12))}`,
+          );
+          for (const w of el.warnings ?? []) ctx.out.print(`  ${color.yellow('warning')} ${w}`);
+        }
+      }
+      if (ctx.out.json) ctx.out.print(JSON.stringify(results, null, 2));
+    }),
+  );
+
+  addGlobalOptions(
+    program
+      .command('invoke <slug> [operation]')
+      .description('Invoke an element operation (default: invoke) and show its run')
+      .option('-d, --data <json>', 'JSON body', '{}')
+      .option('--async', 'return at once with the run id (202)')
+      .option('--idempotency-key <key>', 'replaying the same key returns the same run'),
+  ).action(
+    action(
+      async (
+        ctx,
+        slug: string,
+        operation: string | undefined,
+        o: { data: string; async?: boolean; idempotencyKey?: string },
+      ) => {
+        const circle = needCircle(ctx);
+        const body = parseJsonArg(o.data, '--data');
+        const headers: Record<string, string> = {};
+        if (o.async) headers.prefer = 'respond-async';
+        if (o.idempotencyKey) headers['idempotency-key'] = o.idempotencyKey;
+        const r = await ctx.client.request(
+          'POST',
+          `/api/${circle}/${encodeURIComponent(slug)}/ops/${operation ?? 'invoke'}`,
+          body,
+          headers,
+        );
+        const b = r.body;
+        if (ctx.out.json) ctx.out.print(JSON.stringify(b, null, 2));
+        else if (r.status === 202)
+          ctx.out.print(`${statusMark('queued')}  run ${b.run_id}\n  follow: cairn runs get ${b.run_id}`);
+        else if (b.run_id) {
+          ctx.out.print(
+            `${statusMark(b.status)} in ${fmtMs(b.duration_ms)}  run ${b.run_id}  credits ${b.credits_used}`,
+          );
+          if (b.error) ctx.out.error(renderError(b.error));
+          else ctx.out.print(JSON.stringify(b.output, null, 2));
+        } else ctx.out.print(JSON.stringify(b, null, 2));
+        if (r.status === 202) return EXIT.pending;
+        return b.status && b.status !== 'succeeded' ? EXIT.failed : EXIT.ok;
+      },
+    ),
+  );
+
+  const runs = program.command('runs').description('Inspect and control runs');
+  addGlobalOptions(
+    runs
+      .command('list')
+      .description('List runs of the circle, newest first')
+      .option(
+        '--status <s>',
+        'comma list: queued,running,paused,succeeded,completed,failed,cancelled (or pending,success,killed)',
+      )
+      .option('--kind <k>', 'invoke, workflow or batch')
+      .option('--element <slug>', 'only runs of this element')
+      .option('--trigger <t>', 'manual, api, webhook, schedule, upstream, replay, rerun')
+      .option('--since <iso>', 'queued at or after this time')
+      .option('--limit <n>', 'page size (default 50)')
+      .option('--cursor <c>', 'next_cursor of the previous page'),
+  ).action(
+    action(async (ctx, o: Record<string, string | undefined>) => {
+      const circle = needCircle(ctx);
+      const q = new URLSearchParams();
+      for (const k of ['status', 'kind', 'element', 'trigger', 'since', 'limit', 'cursor'])
+        if (o[k]) q.set(k, o[k]!);
+      const r = await ctx.client.request('GET', `/api/${circle}/runs${q.size ? '?' + q : ''}`);
+      if (ctx.out.json) return void ctx.out.print(JSON.stringify(r.body, null, 2));
+      const rows = r.body.runs.map((x: any) => ({
+        id: x.id,
+        status: x.status,
+        element: x.element.slug,
+        op: x.operation,
+        trigger: x.trigger.type,
+        queued: x.queued_at,
+        duration: fmtMs(x.duration_ms),
+      }));
+      ctx.out.print(
+        rows.length
+          ? table(rows, ['id', 'status', 'element', 'op', 'trigger', 'queued', 'duration'])
+          : 'no runs',
+      );
+      if (r.body.next_cursor) ctx.out.print(color.dim(`more: --cursor ${r.body.next_cursor}`));
+    }),
+  );
+  addGlobalOptions(runs.command('get <id>').description('Show a run with every recorded field')).action(
+    action(async (ctx, id: string) => {
+      const r = await ctx.client.request('GET', `/api/runs/${encodeURIComponent(id)}`);
+      const x = r.body;
+      if (ctx.out.json) return void ctx.out.print(JSON.stringify(x, null, 2));
+      ctx.out.print(`${color.bold('run')} ${x.id}  ${statusMark(x.status)}`);
+      const lines: [string, unknown][] = [
+        [
+          'element',
+          `${x.element.slug} (${x.element.type}) v${x.element.version} ${x.element.definition_hash}`,
+        ],
+        ['operation', x.operation],
+        ['kind / mode', `${x.kind} / ${x.mode}`],
+        ['trigger', `${x.trigger.type} by ${x.trigger.actor}`],
+        ['attempt', `${x.attempt} of ${x.max_attempts}`],
+        ['queued', x.queued_at],
+        ['started', x.started_at],
+        ['finished', x.finished_at],
+        ['duration', fmtMs(x.duration_ms)],
+        ['host / worker', `${x.host ?? '-'} / ${x.worker ?? '-'}`],
+        [
+          'items',
+          `${x.items_succeeded} ok, ${x.items_failed} failed, ${x.items_pending} pending of ${x.items_total}`,
+        ],
+        ['credits', `${x.credits_used} used, ${x.credits_reserved} reserved`],
+        ['engine', x.engine_version],
+        ['trace', x.trace_id],
+        ['input', JSON.stringify(x.input)],
+      ];
+      for (const [k, v] of lines) ctx.out.print(`  ${color.dim(k.padEnd(14))} ${v ?? '-'}`);
+      if (x.error) ctx.out.print(renderError(x.error));
+      else ctx.out.print(`  ${color.dim('output'.padEnd(14))} ${JSON.stringify(x.output)}`);
+      return x.status === 'failed' || x.status === 'cancelled' ? EXIT.failed : EXIT.ok;
+    }),
+  );
+  addGlobalOptions(runs.command('audit <id>').description("Show a run's audit trail")).action(
+    action(async (ctx, id: string) => {
+      const r = await ctx.client.request('GET', `/api/runs/${encodeURIComponent(id)}/audit`);
+      if (ctx.out.json) return void ctx.out.print(JSON.stringify(r.body, null, 2));
+      const rows = r.body.events.map((e: any) => ({
+        at: e.at,
+        type: e.type,
+        transition: `${e.from_status ?? '∅'} → ${e.to_status ?? '∅'}`,
+        actor: e.actor,
+        data: JSON.stringify(e.data),
+      }));
+      ctx.out.print(table(rows, ['at', 'type', 'transition', 'actor', 'data']));
+    }),
+  );
+  addGlobalOptions(
+    runs
+      .command('items <id>')
+      .description("Show a run's items and evidence")
+      .option('--status <s>', 'only items in this status'),
+  ).action(
+    action(async (ctx, id: string, o: { status?: string }) => {
+      const q = o.status ? `?status=${encodeURIComponent(o.status)}` : '';
+      const r = await ctx.client.request('GET', `/api/runs/${encodeURIComponent(id)}/items${q}`);
+      if (ctx.out.json) return void ctx.out.print(JSON.stringify(r.body, null, 2));
+      const rows = r.body.items.map((i: any) => ({
+        key: i.key,
+        status: i.status,
+        attempts: i.attempt_count,
+        credits: i.credits_used,
+        duration: fmtMs(i.duration_ms),
+        error: i.error?.code,
+      }));
+      ctx.out.print(table(rows, ['key', 'status', 'attempts', 'credits', 'duration', 'error']));
+    }),
+  );
+  addGlobalOptions(
+    runs.command('cancel <id>').description('Cancel a queued or running run').option('--reason <r>'),
+  ).action(
+    action(async (ctx, id: string, o: { reason?: string }) => {
+      const r = await ctx.client.request(
+        'POST',
+        `/api/runs/${encodeURIComponent(id)}/cancel`,
+        o.reason ? { reason: o.reason } : {},
+      );
+      ctx.out.print(
+        ctx.out.json ? JSON.stringify(r.body, null, 2) : `${statusMark(r.body.status)}  run ${r.body.id}`,
+      );
+    }),
+  );
+
+  const circles = program.command('circles').description('Manage circles (instance admin)');
+  addGlobalOptions(circles.command('list').description('List circles')).action(
+    action(async (ctx) => {
+      const r = await ctx.client.request('GET', '/api/circles');
+      ctx.out.print(
+        ctx.out.json
+          ? JSON.stringify(r.body, null, 2)
+          : table(r.body.circles, ['slug', 'id', 'schema', 'created_at']),
+      );
+    }),
+  );
+  addGlobalOptions(circles.command('create <slug>').description('Create a circle')).action(
+    action(async (ctx, slug: string) => {
+      const r = await ctx.client.request('POST', '/api/circles', { slug });
+      ctx.out.print(
+        ctx.out.json
+          ? JSON.stringify(r.body, null, 2)
+          : `created circle ${r.body.slug} (${r.body.id}, schema ${r.body.schema})`,
+      );
+    }),
+  );
+
+  const tokens = program.command('tokens').description("Manage a circle's tokens (circle admin)");
+  addGlobalOptions(
+    tokens
+      .command('create')
+      .description('Create a token (printed once)')
+      .requiredOption('--role <role>', 'read, write, execute or admin')
+      .option('--name <name>'),
+  ).action(
+    action(async (ctx, o: { role: string; name?: string }) => {
+      const r = await ctx.client.request('POST', `/api/${needCircle(ctx)}/tokens`, {
+        role: o.role,
+        ...(o.name ? { name: o.name } : {}),
+      });
+      ctx.out.print(
+        ctx.out.json
+          ? JSON.stringify(r.body, null, 2)
+          : `${r.body.role} token for ${r.body.circle} (shown once):\n  ${r.body.token}`,
+      );
+    }),
+  );
+  addGlobalOptions(tokens.command('list').description('List tokens (without secrets)')).action(
+    action(async (ctx) => {
+      const r = await ctx.client.request('GET', `/api/${needCircle(ctx)}/tokens`);
+      ctx.out.print(
+        ctx.out.json
+          ? JSON.stringify(r.body, null, 2)
+          : table(r.body.tokens, ['id', 'role', 'name', 'created_at', 'revoked_at']),
+      );
+    }),
+  );
+  addGlobalOptions(tokens.command('revoke <id>').description('Revoke a token')).action(
+    action(async (ctx, id: string) => {
+      const r = await ctx.client.request(
+        'DELETE',
+        `/api/${needCircle(ctx)}/tokens/${encodeURIComponent(id)}`,
+      );
+      ctx.out.print(ctx.out.json ? JSON.stringify(r.body, null, 2) : `revoked ${r.body.revoked}`);
+    }),
+  );
+}

@@ -1,0 +1,59 @@
+import type { ErrorBody } from '../core/errors.js';
+
+export interface Out {
+  json: boolean;
+  print(s: string): void;
+  error(s: string): void;
+}
+
+export function makeOut(json: boolean): Out {
+  return {
+    json,
+    print: (s) => process.stdout.write(s.endsWith('\n') ? s : s + '\n'),
+    error: (s) => process.stderr.write(s.endsWith('\n') ? s : s + '\n'),
+  };
+}
+
+const tty = process.stdout.isTTY && !process.env.NO_COLOR;
+const paint = (code: string) => (s: string) => (tty ? `\x1b[${code}m${s}\x1b[0m` : s);
+export const color = {
+  green: paint('32'),
+  red: paint('31'),
+  yellow: paint('33'),
+  dim: paint('2'),
+  bold: paint('1'),
+};
+
+export function statusMark(status: string): string {
+  switch (status) {
+    case 'succeeded':
+      return color.green('✓ succeeded');
+    case 'completed':
+      return color.yellow('◐ completed');
+    case 'failed':
+      return color.red('✗ failed');
+    case 'cancelled':
+      return color.yellow('⊘ cancelled');
+    default:
+      return color.dim('… ' + status);
+  }
+}
+
+export function renderError(e: ErrorBody): string {
+  return `${color.red('error')} ${e.code}: ${e.message}\n  ${color.dim('→ ' + e._suggestion)}`;
+}
+
+/** A plain aligned table for human output. */
+export function table(rows: Record<string, unknown>[], cols: string[]): string {
+  const cell = (v: unknown) => (v === null || v === undefined ? '-' : String(v));
+  const widths = cols.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
+  const line = (vals: string[]) =>
+    vals
+      .map((v, i) => v.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd();
+  return [
+    color.bold(line(cols.map((c) => c.toUpperCase()))),
+    ...rows.map((r) => line(cols.map((c) => cell(r[c])))),
+  ].join('\n');
+}

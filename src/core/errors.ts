@@ -1,0 +1,164 @@
+/**
+ * One typed error for the whole platform (R-ERRORS). Every 4xx/5xx renders as
+ * `{"error": {code, class, message, retryable, _suggestion}}` so callers learn
+ * both what broke and how to fix it.
+ */
+export type ErrorClass =
+  | 'validation'
+  | 'auth'
+  | 'permission'
+  | 'not_found'
+  | 'conflict'
+  | 'payment'
+  | 'rate_limit'
+  | 'timeout'
+  | 'internal'
+  | 'unavailable';
+
+export interface ErrorBody {
+  code: string;
+  class: ErrorClass;
+  message: string;
+  retryable: boolean;
+  _suggestion: string;
+  details?: unknown;
+}
+
+const defaultStatus: Record<ErrorClass, number> = {
+  validation: 400,
+  auth: 401,
+  permission: 403,
+  not_found: 404,
+  conflict: 409,
+  payment: 402,
+  rate_limit: 429,
+  timeout: 504,
+  internal: 500,
+  unavailable: 503,
+};
+
+export interface CairnErrorInit {
+  code: string;
+  class: ErrorClass;
+  message: string;
+  suggestion: string;
+  retryable?: boolean;
+  status?: number;
+  details?: unknown;
+  cause?: unknown;
+}
+
+export class CairnError extends Error {
+  readonly code: string;
+  readonly errorClass: ErrorClass;
+  readonly retryable: boolean;
+  readonly suggestion: string;
+  readonly status: number;
+  readonly details: unknown;
+
+  constructor(init: CairnErrorInit) {
+    super(init.message, init.cause === undefined ? undefined : { cause: init.cause });
+    this.name = 'CairnError';
+    this.code = init.code;
+    this.errorClass = init.class;
+    this.retryable = init.retryable ?? false;
+    this.suggestion = init.suggestion;
+    this.status = init.status ?? defaultStatus[init.class];
+    this.details = init.details;
+  }
+
+  /** The same error answered with another HTTP status (and optionally another code). */
+  withStatus(status: number, code?: string): CairnError {
+    return new CairnError({
+      code: code ?? this.code,
+      class: this.errorClass,
+      message: this.message,
+      suggestion: this.suggestion,
+      retryable: this.retryable,
+      details: this.details,
+      status,
+      cause: this.cause,
+    });
+  }
+
+  toBody(): ErrorBody {
+    const body: ErrorBody = {
+      code: this.code,
+      class: this.errorClass,
+      message: this.message,
+      retryable: this.retryable,
+      _suggestion: this.suggestion,
+    };
+    if (this.details !== undefined) body.details = this.details;
+    return body;
+  }
+
+  toJSON(): { error: ErrorBody } {
+    return { error: this.toBody() };
+  }
+
+  /** Rebuild an error recorded on a run (e.g. to answer a sync invoke). */
+  static fromBody(body: ErrorBody, status?: number): CairnError {
+    return new CairnError({
+      code: body.code,
+      class: body.class,
+      message: body.message,
+      suggestion: body._suggestion,
+      retryable: body.retryable,
+      details: body.details,
+      status,
+    });
+  }
+}
+
+export function isCairnError(e: unknown): e is CairnError {
+  return e instanceof CairnError;
+}
+
+/** Anything unknown becomes a typed 500; the original stays in `cause` for the log. */
+export function toCairnError(e: unknown): CairnError {
+  if (e instanceof CairnError) return e;
+  return new CairnError({
+    code: 'INTERNAL',
+    class: 'internal',
+    message: 'An internal error occurred; it has been logged.',
+    suggestion: 'Retry the request; if it keeps failing, report it with the time and request id.',
+    retryable: true,
+    cause: e,
+  });
+}
+
+// Frequently used constructors. Each says how to fix, not only what broke.
+export const errors = {
+  invalidInput(message: string, details?: unknown, suggestion?: string): CairnError {
+    return new CairnError({
+      code: 'INVALID_INPUT',
+      class: 'validation',
+      message,
+      details,
+      suggestion: suggestion ?? 'Fix the fields listed in details and send the request again.',
+    });
+  },
+  unauthenticated(message = 'A valid bearer token is required.'): CairnError {
+    return new CairnError({
+      code: 'UNAUTHENTICATED',
+      class: 'auth',
+      message,
+      suggestion: 'Send `Authorization: Bearer <token>` with a token created by `cairn tokens create`.',
+    });
+  },
+  forbidden(message: string, suggestion?: string): CairnError {
+    return new CairnError({
+      code: 'FORBIDDEN',
+      class: 'permission',
+      message,
+      suggestion: suggestion ?? 'Use a token of this circle with a role high enough for this operation.',
+    });
+  },
+  notFound(code: string, message: string, suggestion: string): CairnError {
+    return new CairnError({ code, class: 'not_found', message, suggestion });
+  },
+  conflict(code: string, message: string, suggestion: string): CairnError {
+    return new CairnError({ code, class: 'conflict', message, suggestion });
+  },
+};

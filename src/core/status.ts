@@ -1,0 +1,103 @@
+import { CairnError } from './errors.js';
+
+/**
+ * Run statuses and the only transitions allowed between them (R-RUN). Every
+ * state change in the store goes through `assertTransition`, and each one
+ * writes an audit event in the same transaction.
+ *
+ *   queued ──claim──► running ──settle──► succeeded | completed | failed
+ *     │  ▲              │  ▲ │
+ *     │  └──lease lost──┘  │ └──pause──► paused ──resume──► queued
+ *     └────────cancel──────┴──────────────────────────────► cancelled
+ */
+export const RUN_STATUSES = [
+  'queued',
+  'running',
+  'paused',
+  'succeeded',
+  'completed',
+  'failed',
+  'cancelled',
+] as const;
+export type RunStatus = (typeof RUN_STATUSES)[number];
+
+export const TERMINAL_STATUSES: readonly RunStatus[] = ['succeeded', 'completed', 'failed', 'cancelled'];
+
+export function isTerminal(s: RunStatus): boolean {
+  return TERMINAL_STATUSES.includes(s);
+}
+
+export function isActive(s: RunStatus): boolean {
+  return !isTerminal(s);
+}
+
+const transitions: Record<RunStatus, readonly RunStatus[]> = {
+  // queued → failed: the run could not start (e.g. its element was deleted)
+  queued: ['running', 'cancelled', 'failed'],
+  // running → queued: lease expired and the op is retryable, or a graceful shutdown handed it back
+  running: ['succeeded', 'completed', 'failed', 'cancelled', 'paused', 'queued'],
+  paused: ['queued', 'cancelled'],
+  succeeded: [],
+  completed: [],
+  failed: [],
+  cancelled: [],
+};
+
+export function canTransition(from: RunStatus, to: RunStatus): boolean {
+  return transitions[from].includes(to);
+}
+
+export function allowedFrom(to: RunStatus): RunStatus[] {
+  return RUN_STATUSES.filter((s) => canTransition(s, to));
+}
+
+export function assertTransition(from: RunStatus, to: RunStatus): void {
+  if (!canTransition(from, to)) {
+    throw new CairnError({
+      code: 'INVALID_TRANSITION',
+      class: 'conflict',
+      message: `A run that is ${from} cannot become ${to}.`,
+      suggestion: isTerminal(from)
+        ? 'The run has already finished; use rerun to start a new one.'
+        : `From ${from} a run can become: ${transitions[from].join(', ')}.`,
+    });
+  }
+}
+
+/** The seeds' names for our statuses (seed 001 and 003), accepted by filters. */
+const synonyms: Record<string, RunStatus> = {
+  pending: 'queued',
+  success: 'succeeded',
+  killed: 'cancelled',
+  canceled: 'cancelled',
+};
+
+export function normalizeStatus(s: string): RunStatus | undefined {
+  const lower = s.trim().toLowerCase();
+  if ((RUN_STATUSES as readonly string[]).includes(lower)) return lower as RunStatus;
+  return synonyms[lower];
+}
+
+export const ITEM_STATUSES = [
+  'pending',
+  'running',
+  'succeeded',
+  'failed',
+  'retrying',
+  'skipped',
+  'cancelled',
+] as const;
+export type ItemStatus = (typeof ITEM_STATUSES)[number];
+
+export const RUN_KINDS = ['invoke', 'workflow', 'batch'] as const;
+export type RunKind = (typeof RUN_KINDS)[number];
+
+export const TRIGGER_TYPES = ['manual', 'api', 'webhook', 'schedule', 'upstream', 'replay', 'rerun'] as const;
+export type TriggerType = (typeof TRIGGER_TYPES)[number];
+
+export const ROLES = ['read', 'write', 'execute', 'admin'] as const;
+export type Role = (typeof ROLES)[number];
+
+export function roleAtLeast(have: Role, need: Role): boolean {
+  return ROLES.indexOf(have) >= ROLES.indexOf(need);
+}

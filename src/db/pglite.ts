@@ -1,0 +1,80 @@
+import { PGlite } from '@electric-sql/pglite';
+import { ident, type CircleIdentity, type Db, type Queryable, type QueryResult } from './types.js';
+import { OID_INT8, OID_TIMESTAMP, OID_TIMESTAMPTZ } from './timestamps.js';
+
+const parsers = {
+  [OID_TIMESTAMPTZ]: (v: string) => v,
+  [OID_TIMESTAMP]: (v: string) => v,
+  [OID_INT8]: (v: string) => Number(v),
+};
+
+interface PgliteLike {
+  query<T>(sql: string, params?: unknown[]): Promise<{ rows: T[]; affectedRows?: number }>;
+  exec(sql: string): Promise<unknown>;
+}
+
+function wrap(q: PgliteLike): Queryable {
+  return {
+    async query<T>(sql: string, params?: unknown[]): Promise<QueryResult<T>> {
+      const r = await q.query<T>(sql, params);
+      return { rows: r.rows, rowCount: r.affectedRows ?? r.rows.length };
+    },
+    async exec(sql: string) {
+      await q.exec(sql);
+    },
+  };
+}
+
+/** Embedded driver: one PGlite instance (one Postgres session) in a data directory. */
+export class PgliteDb implements Db {
+  readonly kind = 'pglite' as const;
+  readonly sharedSuperuserSession = true;
+  private readonly q: Queryable;
+
+  private constructor(readonly pg: PGlite) {
+    this.q = wrap(pg);
+  }
+
+  /** `dataDir` undefined = in memory. `loadDataDir` restores a dump (fast test start). */
+  static async open(dataDir?: string, opts: { loadDataDir?: Blob | File } = {}): Promise<PgliteDb> {
+    const pg = await PGlite.create({
+      dataDir,
+      parsers,
+      ...(opts.loadDataDir ? { loadDataDir: opts.loadDataDir } : {}),
+    });
+    await pg.exec("SET TimeZone = 'UTC'");
+    return new PgliteDb(pg);
+  }
+
+  query<T = Record<string, any>>(sql: string, params?: unknown[]): Promise<QueryResult<T>> {
+    return this.q.query<T>(sql, params);
+  }
+
+  exec(sql: string): Promise<void> {
+    return this.q.exec(sql);
+  }
+
+  transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
+    return this.pg.transaction((tx) => fn(wrap(tx)));
+  }
+
+  async listen(channel: string, cb: (payload: string) => void): Promise<() => Promise<void>> {
+    return this.pg.listen(channel, cb);
+  }
+
+  asCircle<T>(id: CircleIdentity, fn: (q: Queryable) => Promise<T>): Promise<T> {
+    return this.transaction(async (tx) => {
+      await tx.query(`SET LOCAL ROLE ${ident(id.role)}`);
+      await tx.query(`SET LOCAL search_path = ${ident(id.schema)}`);
+      return fn(tx);
+    });
+  }
+
+  async dump(): Promise<Blob> {
+    return (await this.pg.dumpDataDir('none')) as Blob;
+  }
+
+  async close(): Promise<void> {
+    if (!this.pg.closed) await this.pg.close();
+  }
+}

@@ -1,0 +1,53 @@
+export interface QueryResult<T> {
+  rows: T[];
+  rowCount: number;
+}
+
+/** Anything that runs SQL: the pool itself or a transaction. Parameters are always `$n`. */
+export interface Queryable {
+  query<T = Record<string, any>>(sql: string, params?: unknown[]): Promise<QueryResult<T>>;
+  /** Run a multi-statement script without parameters (migrations only). */
+  exec(sql: string): Promise<void>;
+}
+
+/** The identity a circle's own SQL runs under (see R-CIRCLE, R-SQL). */
+export interface CircleIdentity {
+  role: string;
+  password: string;
+  schema: string;
+}
+
+/**
+ * The thin database seam (DESIGN: "Embedded and distributed are one code path").
+ * Two drivers implement it: PGlite (embedded) and pg (a PostgreSQL server).
+ */
+export interface Db extends Queryable {
+  readonly kind: 'pglite' | 'pg';
+  /** Runs `fn` in one transaction; rolls back if it throws. */
+  transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T>;
+  /** Subscribes to NOTIFY on `channel`; returns the unsubscribe function. */
+  listen(channel: string, cb: (payload: string) => void): Promise<() => Promise<void>>;
+  /**
+   * Runs `fn` in a transaction whose privileges are exactly the circle role's,
+   * with search_path set to the circle schema. On pg the session *logs in* as
+   * the role, so even `RESET ROLE` cannot leave it; on PGlite (one superuser
+   * session) it is `SET LOCAL ROLE` and the caller must also apply the SQL guard.
+   */
+  asCircle<T>(identity: CircleIdentity, fn: (q: Queryable) => Promise<T>): Promise<T>;
+  /** Whether a circle's session can escape `SET ROLE` by itself (true on PGlite). */
+  readonly sharedSuperuserSession: boolean;
+  close(): Promise<void>;
+}
+
+/** Quote an SQL identifier. Only used for names we generate (schemas, roles), never for input. */
+export function ident(name: string): string {
+  if (!/^[a-z_][a-z0-9_]*$/.test(name))
+    throw new Error(`refusing to quote identifier ${JSON.stringify(name)}`);
+  return '"' + name + '"';
+}
+
+/** Quote a string literal for the few statements that cannot take parameters (CREATE ROLE … PASSWORD). */
+export function literal(value: string): string {
+  if (!/^[A-Za-z0-9_-]*$/.test(value)) throw new Error('refusing to quote literal with special characters');
+  return "'" + value + "'";
+}

@@ -1,0 +1,29 @@
+import { readFile } from 'node:fs/promises';
+import type { Config } from './config.js';
+import type { Db } from './db/types.js';
+import { createCircle, getCircleBySlug } from './store/circles.js';
+import { applyElement, type ElementInput } from './elements/service.js';
+import { readBootstrapToken } from './runtime.js';
+import { parseElementsYaml } from './yaml.js';
+
+/** src/ and dist/ are both one level under the repo root, where examples/ lives. */
+const EXAMPLES = new URL('../examples/', import.meta.url);
+
+/** `serve --demo`: a "demo" circle with the examples applied (idempotent), and how to call them. */
+export async function installDemo(db: Db, url: string, config: Config): Promise<string> {
+  const circle = (await getCircleBySlug(db, 'demo')) ?? (await createCircle(db, 'demo'));
+  for (const f of ['add-one.yaml', 'notes.yaml']) {
+    const text = await readFile(new URL(f, EXAMPLES), 'utf8');
+    for (const def of parseElementsYaml(text, f))
+      await applyElement(db, circle, def as unknown as ElementInput, 'demo');
+  }
+  const token = (await readBootstrapToken(config)) ?? '<your instance-admin token>';
+  return `
+Demo circle "demo" is ready with the sql elements add-one, notes-setup, add-note, list-notes.
+Try:
+  curl -s -X POST ${url}/api/demo/add-one/ops/invoke \\
+    -H 'Authorization: Bearer ${token}' -H 'Content-Type: application/json' -d '{"params": [41]}'
+  ./bin/cairn invoke add-one --circle demo -d '{"params": [41]}'
+  ./bin/cairn runs list --circle demo
+`;
+}

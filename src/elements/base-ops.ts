@@ -1,0 +1,309 @@
+import { z } from 'zod';
+import { errors } from '../core/errors.js';
+import { normalizeStatus, type RunStatus } from '../core/status.js';
+import { qbool, qint } from '../core/zod.js';
+import * as store from '../store/elements.js';
+import { getRun, listRuns, toRunView } from '../store/runs.js';
+import { updateElement } from './service.js';
+import { toElementView } from './view.js';
+import { checkSpec } from './validate.js';
+import type { OperationDecl, OpContext } from './types.js';
+import { definitionHash } from '../core/hash.js';
+import { toolsOf } from './schema.js';
+
+const empty = z.object({}).strict();
+const anyObject = z.record(z.string(), z.unknown());
+
+async function runOfElement(ctx: OpContext) {
+  const id = ctx.params.run_id ?? '';
+  const run = /^[0-9a-f-]{36}$/i.test(id) ? await getRun(ctx.db, id) : undefined;
+  if (!run || run.element_id !== ctx.element.id) {
+    throw errors.notFound(
+      'RUN_NOT_FOUND',
+      `No run ${id} of element "${ctx.element.slug}".`,
+      'List runs with GET …/ops/runs.',
+    );
+  }
+  return run;
+}
+
+export const cursorCodec = {
+  encode: (id: string) => Buffer.from(id).toString('base64url'),
+  decode: (c: string): string => {
+    const id = Buffer.from(c, 'base64url').toString();
+    if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(id)) {
+      throw errors.invalidInput(
+        'The cursor is not valid.',
+        undefined,
+        'Pass next_cursor from the previous page unchanged.',
+      );
+    }
+    return id;
+  },
+};
+
+export function parseStatuses(s: string | undefined): RunStatus[] | undefined {
+  if (!s) return undefined;
+  return s.split(',').map((x) => {
+    const st = normalizeStatus(x);
+    if (!st) {
+      throw errors.invalidInput(
+        `Unknown status "${x}".`,
+        undefined,
+        'Use queued, running, paused, succeeded, completed, failed or cancelled (pending, success, killed, canceled also work).',
+      );
+    }
+    return st;
+  });
+}
+
+/**
+ * The operations every element has (seed 004's list, minus the git/attachment
+ * families that arrive with their own issues). Types add their own on top.
+ */
+export const BASE_OPS: OperationDecl[] = [
+  {
+    name: 'get',
+    method: 'GET',
+    path: 'get',
+    auth: 'read',
+    summary: 'Get element details',
+    input: empty,
+    handler: async (ctx) => toElementView(ctx.element, ctx.circle),
+  },
+  {
+    name: 'update',
+    method: 'PATCH',
+    path: 'update',
+    auth: 'write',
+    summary: 'Update element (deep merge by default; `deep: false` replaces the spec; lists replace)',
+    input: z
+      .object({
+        spec: anyObject.optional(),
+        name: z.string().min(1).max(200).optional(),
+        intention: z.string().max(2000).nullable().optional(),
+        deep: z.boolean().default(true),
+        note: z.string().max(500).optional(),
+      })
+      .strict(),
+    handler: (ctx) => updateElement(ctx.db, ctx.circle, ctx.element.slug, ctx.input, ctx.actor),
+  },
+  {
+    name: 'update_meta',
+    method: 'PATCH',
+    path: 'update_meta',
+    auth: 'write',
+    summary: 'Shallow-merge into element.meta (no new version)',
+    input: z.union([z.object({ meta: anyObject }).strict(), anyObject]),
+    handler: async (ctx) => {
+      const patch = 'meta' in ctx.input && Object.keys(ctx.input).length === 1 ? ctx.input.meta : ctx.input;
+      return toElementView(await store.mergeMeta(ctx.db, ctx.element.id, patch), ctx.circle);
+    },
+  },
+  {
+    name: 'version',
+    method: 'GET',
+    path: 'version',
+    auth: 'read',
+    summary: 'Current version, or the history with ?history=true&limit=N (default 50)',
+    input: z.object({ history: qbool.optional(), limit: qint(1, 500).optional() }).strict(),
+    handler: async (ctx) => {
+      if (!ctx.input.history) {
+        const v = await store.getVersion(ctx.db, ctx.element.id, ctx.element.version);
+        return { version: ctx.element.version, definition_hash: ctx.element.definition_hash, current: v };
+      }
+      const versions = await store.listVersions(ctx.db, ctx.element.id, ctx.input.limit ?? 50);
+      return { version: ctx.element.version, versions };
+    },
+  },
+  {
+    name: 'restore',
+    method: 'POST',
+    path: 'restore',
+    auth: 'admin',
+    summary: 'Restore a version (the current one is snapshotted first)',
+    input: z.object({ version: z.number().int().min(1) }).strict(),
+    handler: async (ctx) =>
+      ctx.db.transaction(async (tx) => {
+        const el = (await store.getElement(tx, ctx.circle.id, ctx.element.slug, true))!;
+        const target = await store.getVersion(tx, el.id, ctx.input.version);
+        if (!target) {
+          throw errors.notFound(
+            'VERSION_NOT_FOUND',
+            `Element "${el.slug}" has no version ${ctx.input.version}.`,
+            'GET …/ops/version?history=true lists the versions.',
+          );
+        }
+        const { spec } = checkSpec(ctx.type, target.spec);
+        const snap = await store.writeVersion(
+          tx,
+          el,
+          { spec: el.spec, name: el.name, intention: el.intention, definitionHash: el.definition_hash },
+          `Before restore to v${target.version}`,
+          ctx.actor,
+        );
+        const restored = await store.writeVersion(
+          tx,
+          snap,
+          {
+            spec,
+            name: target.name,
+            intention: target.intention,
+            definitionHash: definitionHash(ctx.type.type, spec),
+          },
+          `Restored from v${target.version}`,
+          ctx.actor,
+        );
+        return toElementView(restored, ctx.circle);
+      }),
+  },
+  {
+    name: 'enable',
+    method: 'POST',
+    path: 'enable',
+    auth: 'admin',
+    summary: 'Enable element (idempotent)',
+    input: empty,
+    handler: async (ctx) =>
+      toElementView(await store.setState(ctx.db, ctx.element.id, 'ready', null), ctx.circle),
+  },
+  {
+    name: 'disable',
+    method: 'POST',
+    path: 'disable',
+    auth: 'admin',
+    summary: 'Disable element (idempotent); disabled elements cannot be invoked',
+    input: z.object({ reason: z.string().max(500).optional() }).strict(),
+    handler: async (ctx) =>
+      toElementView(
+        await store.setState(
+          ctx.db,
+          ctx.element.id,
+          'disabled',
+          ctx.input.reason ?? ctx.element.disabled_reason,
+        ),
+        ctx.circle,
+      ),
+  },
+  {
+    name: 'delete',
+    method: 'DELETE',
+    path: 'delete',
+    auth: 'admin',
+    summary: 'Soft-delete (needs ?confirm=true; refused while runs are active)',
+    input: z.object({ confirm: qbool.optional() }).strict(),
+    handler: async (ctx) => {
+      if (ctx.input.confirm !== true) {
+        throw errors.invalidInput(
+          'Deleting an element needs confirmation.',
+          undefined,
+          'Call DELETE …/ops/delete?confirm=true.',
+        );
+      }
+      return ctx.db.transaction(async (tx) => {
+        await store.getElement(tx, ctx.circle.id, ctx.element.slug, true);
+        const active = await store.countActiveRuns(tx, ctx.element.id);
+        if (active > 0) {
+          throw errors.conflict(
+            'ELEMENT_HAS_ACTIVE_RUNS',
+            `Element "${ctx.element.slug}" has ${active} active run(s).`,
+            'Wait for them to finish or cancel them (…/ops/runs?status=queued,running), then delete.',
+          );
+        }
+        return toElementView(await store.setState(tx, ctx.element.id, 'deleted', null), ctx.circle);
+      });
+    },
+  },
+  {
+    name: 'readme',
+    method: 'GET',
+    path: 'readme',
+    auth: 'read',
+    summary: 'Get the README (empty when none)',
+    input: empty,
+    handler: async (ctx) => ({ content: await store.getReadme(ctx.db, ctx.element.id), format: 'markdown' }),
+  },
+  {
+    name: 'readme_update',
+    method: 'POST',
+    path: 'readme_update',
+    auth: 'write',
+    summary: 'Create or replace the README',
+    input: z.object({ content: z.string().max(1_000_000) }).strict(),
+    handler: async (ctx) => {
+      await store.setReadme(ctx.db, ctx.element.id, ctx.input.content);
+      return { content: ctx.input.content, format: 'markdown' };
+    },
+  },
+  {
+    name: 'schema',
+    method: 'GET',
+    path: 'schema',
+    auth: 'read',
+    summary: 'Input/output schemas of the element (MCP tools/list compatible)',
+    input: empty,
+    handler: async (ctx) => {
+      const tools = toolsOf(ctx.type, ctx.element.slug);
+      const invoke = tools[0];
+      return {
+        element: { slug: ctx.element.slug, element_type: ctx.type.type },
+        input_schema: invoke?.inputSchema ?? null,
+        output_schema: invoke?.outputSchema ?? null,
+        tools,
+      };
+    },
+  },
+  {
+    name: 'runs',
+    method: 'GET',
+    path: 'runs',
+    auth: 'read',
+    summary: 'List recent runs of this element (cursor paging)',
+    input: z
+      .object({
+        status: z.string().optional(),
+        limit: qint(1, 500).optional(),
+        cursor: z.string().optional(),
+      })
+      .strict(),
+    handler: async (ctx) => {
+      const limit = ctx.input.limit ?? 50;
+      const rows = await listRuns(ctx.db, {
+        circleId: ctx.circle.id,
+        elementId: ctx.element.id,
+        statuses: parseStatuses(ctx.input.status),
+        before: ctx.input.cursor ? cursorCodec.decode(ctx.input.cursor) : undefined,
+        limit,
+      });
+      return {
+        runs: rows.map((r) => toRunView(r, ctx.circle.slug, ctx.baseUrl)),
+        next_cursor: rows.length === limit ? cursorCodec.encode(rows[rows.length - 1]!.id) : null,
+      };
+    },
+  },
+  {
+    name: 'run_get',
+    method: 'GET',
+    path: 'runs/{run_id}',
+    auth: 'read',
+    summary: 'Get one run of this element',
+    input: empty,
+    handler: async (ctx) => toRunView(await runOfElement(ctx), ctx.circle.slug, ctx.baseUrl),
+  },
+  {
+    name: 'run_cancel',
+    method: 'POST',
+    path: 'runs/{run_id}/cancel',
+    auth: 'execute',
+    summary: 'Cancel a queued or running run of this element',
+    input: z.object({ reason: z.string().max(500).optional() }).strict(),
+    handler: async (ctx) => {
+      const run = await runOfElement(ctx);
+      return toRunView(
+        await ctx.cancelRun(run.id, ctx.actor, ctx.input.reason ?? null),
+        ctx.circle.slug,
+        ctx.baseUrl,
+      );
+    },
+  },
+];

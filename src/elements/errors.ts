@@ -1,0 +1,21 @@
+import { CairnError } from '../core/errors.js';
+import type { ErrorCodeDecl } from './types.js';
+
+/** Builds the CairnError for a declared code, so class, retryable and suggestion come from one table. */
+export function declaredError(
+  table: readonly ErrorCodeDecl[],
+  code: string,
+  message: string,
+  details?: unknown,
+): CairnError {
+  const d = table.find((e) => e.code === code);
+  if (!d) throw new Error(`error code ${code} is not declared`);
+  return new CairnError({
+    code,
+    class: d.class,
+    retryable: d.retryable,
+    message,
+    suggestion: d.suggestion,
+    details,
+  });
+}

@@ -1,0 +1,78 @@
+import { errors } from '../core/errors.js';
+import { BASE_OPS } from './base-ops.js';
+import { sqlType } from './sql/index.js';
+import type { ElementTypeDecl, HttpMethod, OperationDecl } from './types.js';
+
+/** Every element type Cairn knows. Adding one is adding a folder and a line here. */
+const TYPES: ElementTypeDecl[] = [sqlType];
+
+const byName = new Map(TYPES.map((t) => [t.type, t]));
+
+export function listTypes(): ElementTypeDecl[] {
+  return TYPES;
+}
+
+export function getType(name: string): ElementTypeDecl {
+  const t = byName.get(name);
+  if (!t) {
+    throw errors.invalidInput(
+      `Unknown element_type "${name}".`,
+      { known: [...byName.keys()] },
+      `Use one of: ${[...byName.keys()].join(', ')}.`,
+    );
+  }
+  return t;
+}
+
+/** All ops of a type: the base ops plus its own (its own win on a name clash). */
+export function operationsOf(t: ElementTypeDecl): OperationDecl[] {
+  const own = new Set(t.operations.map((o) => o.name));
+  return [...BASE_OPS.filter((o) => !own.has(o.name)), ...t.operations];
+}
+
+interface Match {
+  op: OperationDecl;
+  params: Record<string, string>;
+}
+
+function matchPath(template: string, path: string): Record<string, string> | undefined {
+  const a = template.split('/');
+  const b = path.split('/');
+  if (a.length !== b.length) return undefined;
+  const params: Record<string, string> = {};
+  for (let i = 0; i < a.length; i++) {
+    const seg = a[i]!;
+    if (seg.startsWith('{') && seg.endsWith('}')) params[seg.slice(1, -1)] = decodeURIComponent(b[i]!);
+    else if (seg !== b[i]) return undefined;
+  }
+  return params;
+}
+
+/**
+ * Finds the op an HTTP request addresses — by declared path and method only.
+ * This is the one dispatch point; nothing here looks at which type it is.
+ */
+export function resolveOperation(t: ElementTypeDecl, method: HttpMethod, path: string): Match {
+  const ops = operationsOf(t);
+  let pathMatched: OperationDecl[] = [];
+  for (const op of ops) {
+    const params = matchPath(op.path, path);
+    if (!params) continue;
+    if (op.method === method) return { op, params };
+    pathMatched = [...pathMatched, op];
+  }
+  if (pathMatched.length > 0) {
+    throw errors
+      .invalidInput(
+        `Operation ${pathMatched[0]!.name} takes ${pathMatched.map((o) => o.method).join('/')}, not ${method}.`,
+        undefined,
+        `Call ${pathMatched[0]!.method} …/ops/${path}.`,
+      )
+      .withStatus(405, 'METHOD_NOT_ALLOWED');
+  }
+  throw errors.notFound(
+    'OPERATION_NOT_FOUND',
+    `A ${t.type} element has no operation at ops/${path}.`,
+    `Its operations: ${ops.map((o) => o.name).join(', ')}. GET …/ops/schema describes the run-creating ones.`,
+  );
+}

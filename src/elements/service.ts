@@ -1,0 +1,153 @@
+import { CairnError, errors } from '../core/errors.js';
+import { definitionHash } from '../core/hash.js';
+import { deepMerge, isPlainObject } from '../core/json.js';
+import type { Db } from '../db/types.js';
+import type { CircleRow } from '../store/circles.js';
+import * as store from '../store/elements.js';
+import { getType } from './registry.js';
+import { checkSpec } from './validate.js';
+import { toElementView, type ElementView } from './view.js';
+
+export const SLUG_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;
+
+export interface ElementInput {
+  element_type: string;
+  slug: string;
+  spec?: unknown;
+  name?: string;
+  intention?: string | null;
+}
+
+function nameFromSlug(slug: string): string {
+  return slug
+    .split('-')
+    .filter(Boolean)
+    .map((w) => w[0]!.toUpperCase() + w.slice(1))
+    .join(' ');
+}
+
+/** create: validates everything first, then writes element + version 1 in one transaction. */
+export async function createElement(
+  db: Db,
+  circle: CircleRow,
+  input: ElementInput,
+  actor: string,
+): Promise<ElementView> {
+  const type = getType(input.element_type);
+  if (!SLUG_RE.test(input.slug)) {
+    throw errors.invalidInput(
+      `"${input.slug}" is not a valid slug.`,
+      [
+        {
+          path: 'slug',
+          message: 'lowercase letters, digits and dashes, starting with a letter or digit, at most 63',
+        },
+      ],
+      'Use a slug like "my-greeter".',
+    );
+  }
+  const { spec, warnings } = checkSpec(type, input.spec);
+  const el = await db.transaction((tx) =>
+    store.insertElement(tx, {
+      circleId: circle.id,
+      slug: input.slug,
+      elementType: type.type,
+      category: type.category,
+      name: input.name ?? nameFromSlug(input.slug),
+      intention: input.intention ?? null,
+      spec,
+      definitionHash: definitionHash(type.type, spec),
+      actor,
+    }),
+  );
+  return toElementView(el, circle, warnings);
+}
+
+export interface UpdateInput {
+  spec?: Record<string, unknown>;
+  name?: string;
+  intention?: string | null;
+  deep?: boolean;
+  note?: string;
+}
+
+/** update: deep merge by default (lists replace), `deep: false` replaces; always a new version. */
+export async function updateElement(
+  db: Db,
+  circle: CircleRow,
+  slug: string,
+  patch: UpdateInput,
+  actor: string,
+): Promise<ElementView> {
+  return db.transaction(async (tx) => {
+    const el = await store.getElement(tx, circle.id, slug, true);
+    if (!el) throw elementNotFound(slug);
+    const type = getType(el.element_type);
+    const merged =
+      patch.spec === undefined ? el.spec : patch.deep === false ? patch.spec : deepMerge(el.spec, patch.spec);
+    const { spec, warnings } = checkSpec(type, merged);
+    const next = await store.writeVersion(
+      tx,
+      el,
+      {
+        spec,
+        name: patch.name ?? el.name,
+        intention: patch.intention === undefined ? el.intention : patch.intention,
+        definitionHash: definitionHash(type.type, spec),
+      },
+      patch.note ?? 'update',
+      actor,
+    );
+    return toElementView(next, circle, warnings);
+  });
+}
+
+/**
+ * apply: converge to a file. Creates the element if missing, writes a new
+ * version only when the definition (type, spec, name, intention) differs —
+ * so applying the same file twice changes nothing.
+ */
+export async function applyElement(
+  db: Db,
+  circle: CircleRow,
+  input: ElementInput,
+  actor: string,
+): Promise<{ action: 'created' | 'updated' | 'unchanged'; element: ElementView }> {
+  const existing = await store.getElement(db, circle.id, input.slug);
+  if (!existing) return { action: 'created', element: await createElement(db, circle, input, actor) };
+  if (existing.element_type !== input.element_type) {
+    throw errors.conflict(
+      'ELEMENT_TYPE_MISMATCH',
+      `"${input.slug}" is a ${existing.element_type} element; the file declares ${input.element_type}.`,
+      'An element keeps its type: delete it first, or use another slug.',
+    );
+  }
+  const type = getType(input.element_type);
+  const { spec } = checkSpec(type, input.spec);
+  const same =
+    definitionHash(type.type, spec) === existing.definition_hash &&
+    (input.name === undefined || input.name === existing.name) &&
+    (input.intention === undefined || input.intention === existing.intention);
+  if (same) return { action: 'unchanged', element: toElementView(existing, circle) };
+  const element = await updateElement(
+    db,
+    circle,
+    input.slug,
+    { spec, deep: false, name: input.name, intention: input.intention, note: 'apply' },
+    actor,
+  );
+  return { action: 'updated', element };
+}
+
+export function elementNotFound(slug: string): CairnError {
+  return errors.notFound(
+    'ELEMENT_NOT_FOUND',
+    `No element "${slug}" in this circle.`,
+    "Check the slug; GET /api/{circle}/elements lists the circle's elements.",
+  );
+}
+
+export function assertObject(v: unknown, what: string): Record<string, unknown> {
+  if (!isPlainObject(v)) throw errors.invalidInput(`${what} must be a JSON object.`);
+  return v;
+}

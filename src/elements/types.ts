@@ -1,0 +1,108 @@
+import type { z } from 'zod';
+import type { Role } from '../core/status.js';
+import type { ErrorClass } from '../core/errors.js';
+import type { Db } from '../db/types.js';
+import type { CircleRow } from '../store/circles.js';
+import type { ElementRow } from '../store/elements.js';
+import type { RunRow } from '../store/runs.js';
+
+export type HttpMethod = 'GET' | 'POST' | 'PATCH' | 'DELETE';
+
+/** An error code a type can produce (seed 004's table): the same data renders docs and errors. */
+export interface ErrorCodeDecl {
+  code: string;
+  class: ErrorClass;
+  retryable: boolean;
+  description: string;
+  suggestion: string;
+}
+
+/** Definition-time rules (seed 004 "Errors / when it fails" and "Validation rules"). */
+export interface ValidationRule {
+  level: 'error' | 'warning';
+  message: string;
+  /** The error code a failing `error` rule answers with (default INVALID_SPEC). */
+  code?: string;
+  /** Returns true when the spec is fine. */
+  check: (spec: any) => boolean;
+}
+
+/** What an operation handler sees when it does not create a run (get, update, …). */
+export interface OpContext {
+  db: Db;
+  circle: CircleRow;
+  element: ElementRow;
+  type: ElementTypeDecl;
+  input: any;
+  params: Record<string, string>;
+  actor: string;
+  baseUrl: string;
+  /** Cancels a run through the engine (wakes its worker). */
+  cancelRun: (runId: string, actor: string, reason: string | null) => Promise<RunRow>;
+}
+
+export interface OperationDecl {
+  name: string;
+  method: HttpMethod;
+  /** Relative to `/api/{circle}/{slug}/ops/`, e.g. `invoke` or `runs/{run_id}/cancel`. */
+  path: string;
+  auth: Role;
+  summary: string;
+  description?: string;
+  /** Body (POST/PATCH/DELETE) or query string (GET). */
+  input: z.ZodType;
+  output?: z.ZodType;
+  /** Run-creating ops are executed by a worker through the type's executor. */
+  createsRun?: boolean;
+  /** Price per run in micro-credits (metered ops); free when absent. */
+  price?: number;
+  /** May a run of this op be executed again after its worker was lost? */
+  retryOnLoss?: boolean | ((spec: any) => boolean);
+  /** How many attempts a run may take in total (lost workers included). */
+  maxAttempts?: number;
+  /** Ops that do not create a run answer directly. */
+  handler?: (ctx: OpContext) => Promise<unknown>;
+  /** HTTP status on success (default 200). */
+  status?: number;
+}
+
+export interface ExecContext {
+  db: Db;
+  circle: CircleRow;
+  run: RunRow;
+  spec: any;
+  input: any;
+  signal: AbortSignal;
+  host: string;
+}
+
+export interface ExecResult {
+  output: unknown;
+  /** R-EVIDENCE: command, hashes, timings… recorded on the item. */
+  evidence: Record<string, unknown>;
+  /** Micro-credits to charge; defaults to the op's declared price. */
+  credits?: number;
+}
+
+export type Executor = (ctx: ExecContext) => Promise<ExecResult>;
+
+export interface ElementTypeDecl {
+  type: string;
+  category: 'actions' | 'data' | 'intelligence' | 'flows' | 'triggers';
+  title: string;
+  description: string;
+  /** The spec schema, with defaults; parsed on create/update. */
+  spec: z.ZodType;
+  /** The type's own ops; the base ops (get, update, …) are added by the registry. */
+  operations: OperationDecl[];
+  errors: readonly ErrorCodeDecl[];
+  rules: ValidationRule[];
+  /** Deeper definition-time checks that answer with the type's own codes (e.g. SQL_SYNTAX_ERROR). */
+  validateSpec?: (spec: any) => void;
+  /** Executors of run-creating ops, by op name. */
+  executors: Record<string, Executor>;
+  /** Default timeout of a run of this type (ms), read from the spec. */
+  timeoutMs?: (spec: any) => number;
+  /** What the type pins into the run snapshot beyond the element itself (toolchains…). */
+  snapshot?: (spec: any, db: Db) => Promise<Record<string, unknown>>;
+}

@@ -1,0 +1,115 @@
+import { errors, CairnError } from '../core/errors.js';
+import { newId } from '../core/ids.js';
+import { ENGINE_VERSION } from '../core/version.js';
+import { describeIssues, issuesOf } from '../core/zod.js';
+import type { Db } from '../db/types.js';
+import type { CircleRow } from '../store/circles.js';
+import type { ElementRow } from '../store/elements.js';
+import { insertRun } from '../store/queue.js';
+import { findByIdempotencyKey, type RunRow } from '../store/runs.js';
+import type { ElementTypeDecl, OperationDecl } from '../elements/types.js';
+import { randomBytes } from 'node:crypto';
+
+export interface SubmitRequest {
+  circle: CircleRow;
+  element: ElementRow;
+  type: ElementTypeDecl;
+  op: OperationDecl;
+  input: unknown;
+  trigger: { type: string; source: string | null; actor: string };
+  idempotencyKey?: string;
+  parentRunId?: string | null;
+  rootRunId?: string | null;
+}
+
+export interface Submitted {
+  run: RunRow;
+  /** False when an Idempotency-Key matched an earlier run. */
+  created: boolean;
+}
+
+function elementDisabled(el: ElementRow): CairnError {
+  return errors.conflict(
+    'ELEMENT_DISABLED',
+    `Element "${el.slug}" is disabled${el.disabled_reason ? `: ${el.disabled_reason}` : ''}.`,
+    'Enable it with POST …/ops/enable (admin), then invoke again.',
+  );
+}
+
+/**
+ * Turns a validated request into a durable queued run (run + item + audit
+ * event in one statement). Nothing is written when validation fails.
+ */
+export async function submitRun(
+  db: Db,
+  req: SubmitRequest,
+  snapshotExtra: Record<string, unknown>,
+): Promise<Submitted> {
+  const { element: el, op, type } = req;
+  if (el.state === 'disabled') throw elementDisabled(el);
+  const parsed = op.input.safeParse(req.input ?? {});
+  if (!parsed.success) {
+    throw errors.invalidInput(
+      `The input does not match ${type.type}.${op.name}: ${describeIssues(parsed.error)}`,
+      issuesOf(parsed.error),
+      `GET /api/${req.circle.slug}/${el.slug}/ops/schema shows the input schema.`,
+    );
+  }
+  if (req.idempotencyKey) {
+    const prior = await findByIdempotencyKey(db, req.circle.id, req.idempotencyKey);
+    if (prior) return { run: prior, created: false };
+  }
+  const retry = typeof op.retryOnLoss === 'function' ? op.retryOnLoss(el.spec) : (op.retryOnLoss ?? false);
+  const id = newId();
+  try {
+    const run = await insertRun(db, {
+      id,
+      itemId: newId(),
+      circleId: req.circle.id,
+      kind: 'invoke',
+      element: {
+        id: el.id,
+        slug: el.slug,
+        type: el.element_type,
+        version: el.version,
+        definition_hash: el.definition_hash,
+      },
+      operation: op.name,
+      mode: 'live',
+      trigger: req.trigger,
+      input: parsed.data,
+      parentRunId: req.parentRunId ?? null,
+      rootRunId: req.rootRunId ?? null,
+      maxAttempts: retry ? (op.maxAttempts ?? 3) : 1,
+      retryableOnLoss: retry,
+      engineVersion: ENGINE_VERSION,
+      creditsReserved: op.price ?? 0,
+      budget: null,
+      snapshot: {
+        element: {
+          id: el.id,
+          slug: el.slug,
+          element_type: el.element_type,
+          version: el.version,
+          definition_hash: el.definition_hash,
+          spec: el.spec,
+        },
+        operation: { name: op.name, price: op.price ?? 0, retry_on_loss: retry },
+        engine_version: ENGINE_VERSION,
+        policies: [],
+        ...snapshotExtra,
+      },
+      traceId: randomBytes(16).toString('hex'),
+      idempotencyKey: req.idempotencyKey ?? null,
+      timeoutMs: type.timeoutMs?.(el.spec) ?? 60_000,
+    });
+    return { run, created: true };
+  } catch (e: any) {
+    // Two requests with the same key raced: the loser answers with the winner's run.
+    if (e?.code === '23505' && req.idempotencyKey) {
+      const prior = await findByIdempotencyKey(db, req.circle.id, req.idempotencyKey);
+      if (prior) return { run: prior, created: false };
+    }
+    throw e;
+  }
+}

@@ -1,0 +1,277 @@
+import { hostname } from 'node:os';
+import { toCairnError, type ErrorBody } from '../core/errors.js';
+import { newId } from '../core/ids.js';
+import type { Db } from '../db/types.js';
+import { getCircleById, type CircleRow } from '../store/circles.js';
+import {
+  claimRuns,
+  handBack,
+  heartbeat,
+  recoverExpired,
+  settleRuns,
+  type Settlement,
+} from '../store/queue.js';
+import type { RunRow } from '../store/runs.js';
+import { getType, operationsOf } from '../elements/registry.js';
+import { silentLogger, type Logger } from '../telemetry/log.js';
+
+export interface WorkerOptions {
+  db: Db;
+  id?: string;
+  host?: string;
+  /** Runs executed at once. */
+  concurrency?: number;
+  /** How long a claim holds without a heartbeat. */
+  leaseMs?: number;
+  /** Fallback poll when no NOTIFY arrives. */
+  pollMs?: number;
+  /** How often this worker looks for runs whose lease expired. */
+  reapMs?: number;
+  log?: Logger;
+}
+
+interface InFlight {
+  run: RunRow;
+  controller: AbortController;
+}
+
+/**
+ * A worker claims queued runs (FOR UPDATE SKIP LOCKED), executes them through
+ * their type's executor, and settles them in batches. It holds each claim by
+ * heartbeat, recovers runs whose worker died, and on stop finishes or hands
+ * back what it holds. Any number of workers may run against one database.
+ */
+export class Worker {
+  readonly id: string;
+  readonly host: string;
+  private readonly db: Db;
+  private readonly concurrency: number;
+  private readonly leaseMs: number;
+  private readonly pollMs: number;
+  private readonly reapMs: number;
+  private readonly log: Logger;
+  private readonly inflight = new Map<string, InFlight>();
+  private readonly circles = new Map<string, CircleRow>();
+  private pending: Settlement[] = [];
+  private flushing: Promise<void> | undefined;
+  private running = false;
+  private claiming = false;
+  private loopDone: Promise<void> | undefined;
+  private wake: (() => void) | undefined;
+  private kicked = false;
+  private timers: NodeJS.Timeout[] = [];
+  private unlisten: (() => Promise<void>)[] = [];
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(opts: WorkerOptions) {
+    this.db = opts.db;
+    this.host = opts.host ?? hostname();
+    this.id = opts.id ?? `${this.host}:${process.pid}:${newId().slice(-8)}`;
+    this.concurrency = opts.concurrency ?? 8;
+    this.leaseMs = opts.leaseMs ?? 30_000;
+    this.pollMs = opts.pollMs ?? 1_000;
+    this.reapMs = opts.reapMs ?? Math.min(this.leaseMs, 5_000);
+    this.log = (opts.log ?? silentLogger).child({ worker: this.id });
+  }
+
+  async start(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    this.unlisten.push(await this.db.listen('cairn_run_queued', () => this.kick()));
+    this.unlisten.push(
+      await this.db.listen('cairn_run_cancel', (id) => {
+        const f = this.inflight.get(id);
+        if (f) f.controller.abort(new Error('cancelled'));
+      }),
+    );
+    this.timers.push(setInterval(() => void this.beat(), Math.max(50, Math.floor(this.leaseMs / 3))));
+    this.timers.push(setInterval(() => void this.reap(), this.reapMs));
+    for (const t of this.timers) t.unref();
+    this.loopDone = this.loop();
+    this.log.info({ concurrency: this.concurrency, leaseMs: this.leaseMs }, 'worker started');
+  }
+
+  /** Wake the loop now (a run was queued in this process, or a slot freed). */
+  kick(): void {
+    this.kicked = true;
+    this.wake?.();
+  }
+
+  get inFlight(): number {
+    return this.inflight.size;
+  }
+
+  private async loop(): Promise<void> {
+    while (this.running) {
+      const free = this.concurrency - this.inflight.size;
+      let claimed = 0;
+      if (free > 0) {
+        this.claiming = true;
+        try {
+          const runs = await claimRuns(this.db, this.id, this.host, free, this.leaseMs);
+          claimed = runs.length;
+          for (const run of runs) this.start1(run);
+        } catch (e) {
+          this.log.error({ err: e }, 'claim failed');
+        } finally {
+          this.claiming = false;
+        }
+      }
+      if (!this.running) break;
+      if (free > 0 && claimed === free) continue; // the queue may hold more
+      if (this.kicked) {
+        this.kicked = false;
+        if (this.inflight.size < this.concurrency) continue;
+      }
+      if (this.inflight.size === 0) for (const w of this.idleWaiters.splice(0)) w();
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, this.pollMs);
+        this.wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      this.wake = undefined;
+      this.kicked = false;
+    }
+  }
+
+  private async circle(id: string): Promise<CircleRow> {
+    let c = this.circles.get(id);
+    if (!c) {
+      c = await getCircleById(this.db, id);
+      if (!c) throw new Error(`circle ${id} not found`);
+      this.circles.set(id, c);
+    }
+    return c;
+  }
+
+  private start1(run: RunRow): void {
+    const controller = new AbortController();
+    this.inflight.set(run.id, { run, controller });
+    void this.execute(run, controller.signal).then((s) => this.enqueueSettle(s));
+  }
+
+  private async execute(run: RunRow, signal: AbortSignal): Promise<Settlement> {
+    try {
+      const type = getType(run.element_type ?? '');
+      const op = operationsOf(type).find((o) => o.name === run.operation);
+      const exec = type.executors[run.operation];
+      if (!op || !exec) throw new Error(`type ${type.type} has no executor for ${run.operation}`);
+      // The run executes the definition it was created with (its snapshot), not whatever is current.
+      const spec = (run.snapshot.element as { spec?: unknown } | undefined)?.spec ?? {};
+      const result = await exec({
+        db: this.db,
+        circle: await this.circle(run.circle_id),
+        run,
+        spec,
+        input: run.input,
+        signal,
+        host: this.host,
+      });
+      return {
+        id: run.id,
+        status: 'succeeded',
+        output: result.output ?? null,
+        error: null,
+        credits: result.credits ?? op.price ?? 0,
+        evidence: { ...result.evidence, worker: this.id },
+      };
+    } catch (e) {
+      const err = toCairnError(e);
+      if (err.code === 'INTERNAL') this.log.error({ err: e, run: run.id }, 'executor crashed');
+      const body: ErrorBody = err.toBody();
+      return {
+        id: run.id,
+        status: 'failed',
+        output: null,
+        error: body,
+        credits: 0,
+        evidence: { host: this.host, worker: this.id },
+      };
+    }
+  }
+
+  private enqueueSettle(s: Settlement): void {
+    this.pending.push(s);
+    this.flushing ??= this.flush();
+  }
+
+  /** Settles everything finished so far in one statement; what finishes meanwhile goes in the next. */
+  private async flush(): Promise<void> {
+    await new Promise((r) => setImmediate(r));
+    while (this.pending.length > 0) {
+      const batch = this.pending;
+      this.pending = [];
+      try {
+        await settleRuns(this.db, this.id, batch);
+        for (const s of batch) this.inflight.delete(s.id);
+      } catch (e) {
+        this.log.error({ err: e }, 'settle failed; retrying');
+        this.pending = batch.concat(this.pending);
+        await new Promise((r) => setTimeout(r, 200));
+        if (!this.running && this.pending.length > 0 && this.inflight.size === 0) break;
+      }
+    }
+    this.flushing = undefined;
+    this.kick();
+  }
+
+  private async beat(): Promise<void> {
+    const ids = [...this.inflight.keys()];
+    if (ids.length === 0) return;
+    try {
+      const held = new Set(await heartbeat(this.db, this.id, ids, this.leaseMs));
+      for (const id of ids) {
+        // Lost (cancelled, or recovered elsewhere): stop work nobody will record.
+        if (!held.has(id) && !this.pending.some((p) => p.id === id))
+          this.inflight.get(id)?.controller.abort();
+      }
+    } catch (e) {
+      this.log.warn({ err: e }, 'heartbeat failed');
+    }
+  }
+
+  async reap(): Promise<number> {
+    try {
+      const recovered = await recoverExpired(this.db, `reaper:${this.id}`);
+      for (const r of recovered)
+        this.log.warn({ run: r.id, status: r.status }, 'recovered run whose lease expired');
+      return recovered.length;
+    } catch (e) {
+      this.log.warn({ err: e }, 'reap failed');
+      return 0;
+    }
+  }
+
+  /** Resolves when nothing is in flight (tests, benchmarks). */
+  idle(): Promise<void> {
+    if (this.inflight.size === 0 && !this.claiming) return Promise.resolve();
+    return new Promise((r) => this.idleWaiters.push(r));
+  }
+
+  /**
+   * Graceful stop: claim nothing new, let in-flight runs finish for up to
+   * `graceMs`, then hand the rest back to the queue for another worker.
+   */
+  async stop(graceMs = 10_000): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    this.wake?.();
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+    await this.loopDone;
+    const deadline = Date.now() + graceMs;
+    while (this.inflight.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    await this.flushing;
+    const left = [...this.inflight.keys()].filter((id) => !this.pending.some((p) => p.id === id));
+    if (left.length > 0) {
+      const back = await handBack(this.db, this.id, left).catch(() => []);
+      for (const id of left) this.inflight.get(id)?.controller.abort();
+      this.log.warn({ runs: back }, 'handed back unfinished runs');
+    }
+    for (const u of this.unlisten.splice(0)) await u().catch(() => undefined);
+    for (const w of this.idleWaiters.splice(0)) w();
+    this.log.info('worker stopped');
+  }
+}

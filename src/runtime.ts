@@ -1,0 +1,152 @@
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import type { Config } from './config.js';
+import type { Db } from './db/types.js';
+import { PgliteDb } from './db/pglite.js';
+import { PgDb } from './db/pg.js';
+import { migrate } from './db/migrate.js';
+import { createToken, hasInstanceAdmin } from './store/tokens.js';
+import { loadSqlParser } from './elements/sql/guard.js';
+import { RunWaiter } from './engine/waiter.js';
+import { Worker } from './engine/worker.js';
+import { Authenticator } from './api/auth.js';
+import { buildApp } from './api/app.js';
+import type { Deps } from './api/context.js';
+import type { Logger } from './telemetry/log.js';
+
+/** Opens the configured database (PostgreSQL when DATABASE_URL is set, else PGlite in the data dir) and migrates it. */
+export async function openDb(config: Config): Promise<Db> {
+  await loadSqlParser();
+  let db: Db;
+  if (config.databaseUrl) {
+    db = new PgDb(config.databaseUrl, { max: config.pgPool });
+  } else {
+    await mkdir(config.dataDir, { recursive: true });
+    db = await PgliteDb.open(join(config.dataDir, 'pgdata'));
+  }
+  await migrate(db);
+  return db;
+}
+
+/**
+ * First start: the instance-admin token is CAIRN_BOOTSTRAP_TOKEN when set;
+ * otherwise one is generated, printed once, and kept in `<data>/bootstrap-token`.
+ */
+export async function ensureBootstrapToken(
+  db: Db,
+  config: Config,
+  print: (s: string) => void,
+): Promise<void> {
+  if (config.bootstrapToken) {
+    await createToken(db, {
+      circleId: null,
+      role: 'admin',
+      name: 'bootstrap',
+      secret: config.bootstrapToken,
+    });
+    return;
+  }
+  if (await hasInstanceAdmin(db)) return;
+  const { token } = await createToken(db, { circleId: null, role: 'admin', name: 'bootstrap' });
+  await mkdir(config.dataDir, { recursive: true });
+  const file = join(config.dataDir, 'bootstrap-token');
+  await writeFile(file, token + '\n', { mode: 0o600 });
+  print(`Instance-admin token (shown once, also saved to ${file}):\n  ${token}\n`);
+}
+
+export async function readBootstrapToken(config: Config): Promise<string | undefined> {
+  if (config.bootstrapToken) return config.bootstrapToken;
+  try {
+    return (await readFile(join(config.dataDir, 'bootstrap-token'), 'utf8')).trim();
+  } catch {
+    return undefined;
+  }
+}
+
+export async function snapshotFacts(db: Db): Promise<Record<string, unknown>> {
+  const r = await db.query<{ v: string }>('SELECT version() AS v');
+  return { toolchains: { database: { driver: db.kind, version: r.rows[0]?.v ?? 'unknown' } } };
+}
+
+export interface Server {
+  app: FastifyInstance;
+  db: Db;
+  worker?: Worker;
+  url: string;
+  stop(): Promise<void>;
+}
+
+/** `cairn serve`: the API and, unless disabled, an embedded worker, in one process. */
+export async function startServer(
+  config: Config,
+  log: Logger,
+  print: (s: string) => void = () => undefined,
+): Promise<Server> {
+  const db = await openDb(config);
+  await ensureBootstrapToken(db, config, print);
+  const waiter = new RunWaiter(db, config.pollMs);
+  await waiter.start();
+  // PGlite is one process's database: its worker must live in the same process.
+  const worker =
+    config.embeddedWorker || db.kind === 'pglite'
+      ? new Worker({
+          db,
+          concurrency: config.workerConcurrency,
+          leaseMs: config.leaseMs,
+          pollMs: config.pollMs,
+          log,
+        })
+      : undefined;
+  await worker?.start();
+  const deps: Deps = {
+    db,
+    config,
+    log,
+    waiter,
+    authn: new Authenticator(db),
+    worker,
+    snapshotExtra: await snapshotFacts(db),
+  };
+  const app = await buildApp(deps);
+  const address = await app.listen({ port: config.port, host: config.host });
+  const port = (app.server.address() as { port: number }).port;
+  config.port = port;
+  log.info({ address, database: db.kind }, 'cairn serving');
+  return {
+    app,
+    db,
+    worker,
+    url: `http://${config.host}:${port}`,
+    async stop() {
+      await app.close();
+      await worker?.stop(config.shutdownGraceMs);
+      await waiter.stop();
+      await db.close();
+    },
+  };
+}
+
+/** `cairn worker`: claims and executes runs from a PostgreSQL server; many may run on many machines. */
+export async function startWorker(
+  config: Config,
+  log: Logger,
+): Promise<{ worker: Worker; db: Db; stop(): Promise<void> }> {
+  const db = await openDb(config);
+  const worker = new Worker({
+    db,
+    concurrency: config.workerConcurrency,
+    leaseMs: config.leaseMs,
+    pollMs: config.pollMs,
+    log,
+  });
+  await worker.start();
+  return {
+    worker,
+    db,
+    async stop() {
+      await worker.stop(config.shutdownGraceMs);
+      await db.close();
+    },
+  };
+}

@@ -1,0 +1,247 @@
+/**
+ * The queue is the runs table (DESIGN). Each hot path is one SQL statement
+ * that changes run + item and appends the audit event in the same statement,
+ * so there is never a transition without its event. Batches travel as one
+ * jsonb parameter (graphile-worker style).
+ */
+import type { Queryable } from '../db/types.js';
+import type { ErrorBody } from '../core/errors.js';
+import { runRow, type RunRow } from './runs.js';
+
+export interface NewRun {
+  id: string;
+  itemId: string;
+  circleId: string;
+  kind: 'invoke' | 'workflow' | 'batch';
+  element: { id: string; slug: string; type: string; version: number; definition_hash: string };
+  operation: string;
+  mode: 'live' | 'dry_run' | 'smoke_test';
+  trigger: { type: string; source: string | null; actor: string };
+  input: unknown;
+  parentRunId: string | null;
+  rootRunId: string | null;
+  maxAttempts: number;
+  retryableOnLoss: boolean;
+  engineVersion: string;
+  creditsReserved: number;
+  budget: number | null;
+  snapshot: unknown;
+  traceId: string;
+  idempotencyKey: string | null;
+  timeoutMs: number;
+}
+
+const INSERT_RUN = `
+WITH r AS (
+  INSERT INTO cairn.runs (id, circle_id, kind, element_id, element_slug, element_type, element_version,
+    definition_hash, operation, status, mode, trigger, input, parent_run_id, root_run_id, max_attempts,
+    retryable_on_loss, engine_version, items_total, items_pending, credits_reserved, budget, snapshot,
+    trace_id, idempotency_key, timeout_ms)
+  VALUES ($1::uuid, $2::uuid, $3, $4::uuid, $5, $6, $7::int, $8, $9, 'queued', $10, $11::jsonb, $12::jsonb,
+    $13::uuid, COALESCE($14::uuid, $1::uuid), $15::int, $16::boolean, $17, 1, 1, $18::bigint, $19::bigint, $20::jsonb,
+    $21, $22, $23::int)
+  RETURNING *),
+i AS (
+  INSERT INTO cairn.items (id, run_id, circle_id, key, status, inputs)
+  SELECT $24::uuid, r.id, r.circle_id, 'call', 'pending', r.input FROM r),
+e AS (
+  INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
+  SELECT r.id, r.circle_id, 'status', NULL, 'queued', $25::text,
+    jsonb_build_object('trigger', r.trigger, 'operation', r.operation, 'definition_hash', r.definition_hash) FROM r)
+SELECT r.*, pg_notify('cairn_run_queued', r.id::text) AS _n FROM r`;
+
+export async function insertRun(q: Queryable, n: NewRun): Promise<RunRow> {
+  const res = await q.query<RunRow>(INSERT_RUN, [
+    n.id,
+    n.circleId,
+    n.kind,
+    n.element.id,
+    n.element.slug,
+    n.element.type,
+    n.element.version,
+    n.element.definition_hash,
+    n.operation,
+    n.mode,
+    n.trigger,
+    JSON.stringify(n.input ?? null),
+    n.parentRunId,
+    n.rootRunId,
+    n.maxAttempts,
+    n.retryableOnLoss,
+    n.engineVersion,
+    n.creditsReserved,
+    n.budget,
+    n.snapshot,
+    n.traceId,
+    n.idempotencyKey,
+    n.timeoutMs,
+    n.itemId,
+    n.trigger.actor,
+  ]);
+  return runRow(res.rows[0]!);
+}
+
+const CLAIM = `
+WITH c AS (
+  SELECT id FROM cairn.runs
+  WHERE status = 'queued' AND run_after <= clock_timestamp()
+  ORDER BY run_after, id
+  LIMIT $1
+  FOR UPDATE SKIP LOCKED),
+u AS (
+  UPDATE cairn.runs r SET status = 'running', worker_id = $2, host = $3, attempt = r.attempt + 1,
+    started_at = COALESCE(r.started_at, clock_timestamp()),
+    lease_expires_at = clock_timestamp() + make_interval(secs => $4::double precision / 1000)
+  FROM c WHERE r.id = c.id
+  RETURNING r.*),
+it AS (
+  UPDATE cairn.items i SET status = 'running', attempt_count = i.attempt_count + 1, started_at = clock_timestamp()
+  FROM u WHERE i.run_id = u.id AND i.status IN ('pending', 'retrying', 'running')),
+e AS (
+  INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
+  SELECT u.id, u.circle_id, 'status', 'queued', 'running', 'worker:' || $2,
+    jsonb_build_object('attempt', u.attempt, 'host', $3::text) FROM u)
+SELECT * FROM u ORDER BY queued_at, id`;
+
+/** Claims up to `limit` queued runs for this worker, with a lease of `leaseMs`. */
+export async function claimRuns(
+  q: Queryable,
+  workerId: string,
+  host: string,
+  limit: number,
+  leaseMs: number,
+): Promise<RunRow[]> {
+  const r = await q.query<RunRow>(CLAIM, [limit, workerId, host, leaseMs]);
+  return r.rows.map(runRow);
+}
+
+/** Extends the leases of the runs this worker still holds; returns the ids it still holds. */
+export async function heartbeat(
+  q: Queryable,
+  workerId: string,
+  ids: string[],
+  leaseMs: number,
+): Promise<string[]> {
+  if (ids.length === 0) return [];
+  const r = await q.query<{ id: string }>(
+    `UPDATE cairn.runs SET lease_expires_at = clock_timestamp() + make_interval(secs => $3::double precision / 1000)
+     WHERE id = ANY($2::uuid[]) AND worker_id = $1 AND status = 'running' RETURNING id`,
+    [workerId, ids, leaseMs],
+  );
+  return r.rows.map((x) => x.id);
+}
+
+export interface Settlement {
+  id: string;
+  status: 'succeeded' | 'failed';
+  output: unknown;
+  error: ErrorBody | null;
+  credits: number;
+  evidence: Record<string, unknown>;
+}
+
+const SETTLE = `
+WITH s AS (
+  SELECT * FROM jsonb_to_recordset($1::jsonb)
+    AS x(id uuid, status text, output jsonb, error jsonb, credits bigint, evidence jsonb)),
+u AS (
+  UPDATE cairn.runs r SET status = s.status, output = s.output, error = s.error,
+    finished_at = clock_timestamp(),
+    duration_ms = round((extract(epoch FROM clock_timestamp() - r.started_at) * 1000)::numeric, 3),
+    credits_used = r.credits_used + s.credits, lease_expires_at = NULL,
+    items_succeeded = CASE WHEN s.status = 'succeeded' THEN r.items_total ELSE 0 END,
+    items_failed = CASE WHEN s.status = 'failed' THEN r.items_total ELSE 0 END,
+    items_pending = 0
+  FROM s WHERE r.id = s.id AND r.status = 'running' AND r.worker_id = $2
+  RETURNING r.id, r.circle_id, r.status, r.attempt, r.duration_ms, r.credits_used),
+it AS (
+  UPDATE cairn.items i SET status = u.status, outputs = s.output, error = s.error, credits_used = s.credits,
+    finished_at = clock_timestamp(), evidence = s.evidence,
+    duration_ms = round((extract(epoch FROM clock_timestamp() - i.started_at) * 1000)::numeric, 3)
+  FROM u JOIN s ON s.id = u.id WHERE i.run_id = u.id),
+e AS (
+  INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
+  SELECT u.id, u.circle_id, 'status', 'running', u.status, 'worker:' || $2,
+    jsonb_strip_nulls(jsonb_build_object('attempt', u.attempt, 'duration_ms', u.duration_ms,
+      'credits_used', u.credits_used, 'error_code', s.error ->> 'code'))
+  FROM u JOIN s ON s.id = u.id)
+SELECT u.id, u.status, pg_notify('cairn_run_done', u.id::text) AS _n FROM u`;
+
+/**
+ * Settles finished runs in one statement. Only runs still `running` under this
+ * worker's lease are touched: a run cancelled meanwhile, or recovered by
+ * another worker after our lease expired, keeps its newer state.
+ */
+export async function settleRuns(q: Queryable, workerId: string, batch: Settlement[]): Promise<string[]> {
+  if (batch.length === 0) return [];
+  const r = await q.query<{ id: string }>(SETTLE, [JSON.stringify(batch), workerId]);
+  return r.rows.map((x) => x.id);
+}
+
+const RECOVER = `
+WITH x AS (
+  SELECT id, worker_id AS lost_worker, host AS lost_host,
+    (retryable_on_loss AND attempt < max_attempts) AS requeue
+  FROM cairn.runs
+  WHERE status = 'running' AND lease_expires_at < clock_timestamp()
+  ORDER BY lease_expires_at
+  LIMIT 100
+  FOR UPDATE SKIP LOCKED),
+u AS (
+  UPDATE cairn.runs r SET
+    status = CASE WHEN x.requeue THEN 'queued' ELSE 'failed' END,
+    worker_id = NULL, lease_expires_at = NULL, run_after = clock_timestamp(),
+    error = CASE WHEN x.requeue THEN NULL ELSE $2::jsonb END,
+    finished_at = CASE WHEN x.requeue THEN NULL ELSE clock_timestamp() END,
+    duration_ms = CASE WHEN x.requeue THEN NULL
+      ELSE round((extract(epoch FROM clock_timestamp() - r.started_at) * 1000)::numeric, 3) END,
+    items_failed = CASE WHEN x.requeue THEN r.items_failed ELSE r.items_total END,
+    items_pending = CASE WHEN x.requeue THEN r.items_pending ELSE 0 END
+  FROM x WHERE r.id = x.id
+  RETURNING r.id, r.circle_id, r.status, r.attempt, x.lost_worker, x.lost_host),
+it AS (
+  UPDATE cairn.items i SET status = CASE WHEN u.status = 'queued' THEN 'retrying' ELSE 'failed' END,
+    error = CASE WHEN u.status = 'queued' THEN i.error ELSE $2::jsonb END,
+    finished_at = CASE WHEN u.status = 'queued' THEN NULL ELSE clock_timestamp() END
+  FROM u WHERE i.run_id = u.id AND i.status = 'running'),
+e AS (
+  INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
+  SELECT u.id, u.circle_id, 'status', 'running', u.status, $1,
+    jsonb_build_object('reason', 'lease_expired', 'lost_worker', u.lost_worker, 'lost_host', u.lost_host,
+      'attempt', u.attempt, 'requeued', u.status = 'queued') FROM u)
+SELECT u.id, u.status, CASE WHEN u.status = 'queued' THEN pg_notify('cairn_run_queued', u.id::text)
+  ELSE pg_notify('cairn_run_done', u.id::text) END AS _n FROM u`;
+
+export const WORKER_LOST: ErrorBody = {
+  code: 'WORKER_LOST',
+  class: 'unavailable',
+  message:
+    'The worker running this run stopped responding and its lease expired; the operation is not safe to repeat automatically.',
+  retryable: true,
+  _suggestion: 'Check the result of the operation, then rerun it if it did not take effect.',
+};
+
+/** Requeues (retryable ops) or fails (others) runs whose worker's lease expired. */
+export async function recoverExpired(q: Queryable, actor: string): Promise<{ id: string; status: string }[]> {
+  const r = await q.query<{ id: string; status: string }>(RECOVER, [actor, WORKER_LOST]);
+  return r.rows.map(({ id, status }) => ({ id, status }));
+}
+
+/** Graceful shutdown: give back runs this worker will not finish, so another worker picks them up now. */
+export async function handBack(q: Queryable, workerId: string, ids: string[]): Promise<string[]> {
+  if (ids.length === 0) return [];
+  const r = await q.query<{ id: string }>(
+    `WITH u AS (
+       UPDATE cairn.runs r SET status = 'queued', worker_id = NULL, lease_expires_at = NULL,
+         run_after = clock_timestamp(), attempt = GREATEST(r.attempt - 1, 0)
+       WHERE r.id = ANY($2::uuid[]) AND r.worker_id = $1 AND r.status = 'running'
+       RETURNING r.id, r.circle_id),
+     it AS (UPDATE cairn.items i SET status = 'pending' FROM u WHERE i.run_id = u.id AND i.status = 'running'),
+     e AS (INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
+       SELECT u.id, u.circle_id, 'status', 'running', 'queued', 'worker:' || $1,
+         '{"reason": "worker_shutdown"}'::jsonb FROM u)
+     SELECT u.id, pg_notify('cairn_run_queued', u.id::text) AS _n FROM u`,
+    [workerId, ids],
+  );
+  return r.rows.map((x) => x.id);
+}

@@ -1,0 +1,312 @@
+import type { Queryable } from '../db/types.js';
+import { allowedFrom, type RunStatus } from '../core/status.js';
+import type { ErrorBody } from '../core/errors.js';
+import { isoFields } from './rows.js';
+
+/** A runs row as stored. `toRunView` turns it into the R-RUN shape the API returns. */
+export interface RunRow {
+  id: string;
+  circle_id: string;
+  kind: 'invoke' | 'workflow' | 'batch';
+  element_id: string | null;
+  element_slug: string | null;
+  element_type: string | null;
+  element_version: number | null;
+  definition_hash: string | null;
+  operation: string;
+  status: RunStatus;
+  mode: string;
+  trigger: { type: string; source: string | null; actor: string };
+  input: unknown;
+  output: unknown;
+  error: ErrorBody | null;
+  parent_run_id: string | null;
+  root_run_id: string | null;
+  replay_of: string | null;
+  rerun_of: string | null;
+  attempt: number;
+  max_attempts: number;
+  retryable_on_loss: boolean;
+  queued_at: string;
+  run_after: string;
+  started_at: string | null;
+  finished_at: string | null;
+  duration_ms: number | null;
+  engine_version: string;
+  host: string | null;
+  worker_id: string | null;
+  lease_expires_at: string | null;
+  items_total: number;
+  items_succeeded: number;
+  items_failed: number;
+  items_pending: number;
+  credits_reserved: number;
+  credits_used: number;
+  budget: number | null;
+  flags: string[];
+  snapshot: Record<string, unknown>;
+  trace_id: string;
+  idempotency_key: string | null;
+  timeout_ms: number;
+}
+
+const RUN_TS = ['queued_at', 'run_after', 'started_at', 'finished_at', 'lease_expires_at'] as const;
+
+export function runRow(r: RunRow): RunRow {
+  const out = isoFields(r, RUN_TS);
+  if (out.duration_ms !== null) out.duration_ms = Number(out.duration_ms);
+  delete (out as any)._n;
+  return out;
+}
+
+export interface RunView {
+  id: string;
+  circle: { id: string; slug: string };
+  kind: string;
+  element: {
+    id: string | null;
+    slug: string | null;
+    type: string | null;
+    version: number | null;
+    definition_hash: string | null;
+  };
+  operation: string;
+  status: RunStatus;
+  mode: string;
+  trigger: RunRow['trigger'];
+  input: unknown;
+  output: unknown;
+  error: ErrorBody | null;
+  parent_run_id: string | null;
+  root_run_id: string | null;
+  replay_of: string | null;
+  rerun_of: string | null;
+  attempt: number;
+  max_attempts: number;
+  queued_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+  duration_ms: number | null;
+  engine_version: string;
+  host: string | null;
+  worker: string | null;
+  lease_expires_at: string | null;
+  items_total: number;
+  items_succeeded: number;
+  items_failed: number;
+  items_pending: number;
+  credits_reserved: number;
+  credits_used: number;
+  budget: number | null;
+  flags: string[];
+  snapshot: Record<string, unknown>;
+  trace_id: string;
+  idempotency_key: string | null;
+  run_url: string;
+  web_url: string;
+}
+
+export function toRunView(r: RunRow, circleSlug: string, baseUrl: string): RunView {
+  return {
+    id: r.id,
+    circle: { id: r.circle_id, slug: circleSlug },
+    kind: r.kind,
+    element: {
+      id: r.element_id,
+      slug: r.element_slug,
+      type: r.element_type,
+      version: r.element_version,
+      definition_hash: r.definition_hash,
+    },
+    operation: r.operation,
+    status: r.status,
+    mode: r.mode,
+    trigger: r.trigger,
+    input: r.input,
+    output: r.output ?? null,
+    error: r.error ?? null,
+    parent_run_id: r.parent_run_id,
+    root_run_id: r.root_run_id,
+    replay_of: r.replay_of,
+    rerun_of: r.rerun_of,
+    attempt: r.attempt,
+    max_attempts: r.max_attempts,
+    queued_at: r.queued_at,
+    started_at: r.started_at,
+    finished_at: r.finished_at,
+    duration_ms: r.duration_ms,
+    engine_version: r.engine_version,
+    host: r.host,
+    worker: r.worker_id,
+    lease_expires_at: r.lease_expires_at,
+    items_total: r.items_total,
+    items_succeeded: r.items_succeeded,
+    items_failed: r.items_failed,
+    items_pending: r.items_pending,
+    credits_reserved: r.credits_reserved,
+    credits_used: r.credits_used,
+    budget: r.budget,
+    flags: r.flags,
+    snapshot: r.snapshot,
+    trace_id: r.trace_id,
+    idempotency_key: r.idempotency_key,
+    run_url: `/api/runs/${r.id}`,
+    web_url: `${baseUrl.replace(/\/$/, '')}/runs/${r.id}`,
+  };
+}
+
+export async function getRun(q: Queryable, id: string): Promise<RunRow | undefined> {
+  const r = await q.query<RunRow>('SELECT * FROM cairn.runs WHERE id = $1', [id]);
+  return r.rows[0] && runRow(r.rows[0]);
+}
+
+export async function getRunsStatus(
+  q: Queryable,
+  ids: string[],
+): Promise<{ id: string; status: RunStatus }[]> {
+  const r = await q.query<{ id: string; status: RunStatus }>(
+    'SELECT id, status FROM cairn.runs WHERE id = ANY($1::uuid[])',
+    [ids],
+  );
+  return r.rows;
+}
+
+export async function findByIdempotencyKey(
+  q: Queryable,
+  circleId: string,
+  key: string,
+): Promise<RunRow | undefined> {
+  const r = await q.query<RunRow>('SELECT * FROM cairn.runs WHERE circle_id = $1 AND idempotency_key = $2', [
+    circleId,
+    key,
+  ]);
+  return r.rows[0] && runRow(r.rows[0]);
+}
+
+export interface RunFilter {
+  circleId: string;
+  statuses?: RunStatus[];
+  kinds?: string[];
+  elementSlug?: string;
+  elementId?: string;
+  triggers?: string[];
+  since?: string;
+  until?: string;
+  before?: string; // cursor: runs with id < before
+  limit: number;
+}
+
+/** Newest first; UUIDv7 ids are time-ordered, so the cursor is simply the last id seen. */
+export async function listRuns(q: Queryable, f: RunFilter): Promise<RunRow[]> {
+  const where = ['circle_id = $1'];
+  const params: unknown[] = [f.circleId];
+  const add = (clause: string, v: unknown) => {
+    params.push(v);
+    where.push(clause.replace('?', '$' + params.length));
+  };
+  if (f.statuses?.length) add('status = ANY(?::text[])', f.statuses);
+  if (f.kinds?.length) add('kind = ANY(?::text[])', f.kinds);
+  if (f.elementSlug) add('element_slug = ?', f.elementSlug);
+  if (f.elementId) add('element_id = ?', f.elementId);
+  if (f.triggers?.length) add("trigger ->> 'type' = ANY(?::text[])", f.triggers);
+  if (f.since) add('queued_at >= ?::timestamptz', f.since);
+  if (f.until) add('queued_at < ?::timestamptz', f.until);
+  if (f.before) add('id < ?::uuid', f.before);
+  params.push(f.limit);
+  const r = await q.query<RunRow>(
+    `SELECT * FROM cairn.runs WHERE ${where.join(' AND ')} ORDER BY id DESC LIMIT $${params.length}`,
+    params,
+  );
+  return r.rows.map(runRow);
+}
+
+export interface RunEvent {
+  id: number;
+  run_id: string;
+  type: string;
+  from_status: string | null;
+  to_status: string | null;
+  actor: string;
+  data: Record<string, unknown>;
+  at: string;
+}
+
+export async function runEvents(q: Queryable, runId: string): Promise<RunEvent[]> {
+  const r = await q.query<RunEvent>(
+    `SELECT id, run_id, type, from_status, to_status, actor, data, at FROM cairn.run_events
+     WHERE run_id = $1 ORDER BY id`,
+    [runId],
+  );
+  return r.rows.map((e) => isoFields(e, ['at']));
+}
+
+export interface ItemRow {
+  id: string;
+  run_id: string;
+  key: string;
+  status: string;
+  attempt_count: number;
+  inputs: unknown;
+  outputs: unknown;
+  error: ErrorBody | null;
+  credits_used: number;
+  started_at: string | null;
+  finished_at: string | null;
+  duration_ms: number | null;
+  evidence: Record<string, unknown>;
+}
+
+export async function listItems(q: Queryable, runId: string, status?: string): Promise<ItemRow[]> {
+  const r = await q.query<ItemRow>(
+    `SELECT id, run_id, key, status, attempt_count, inputs, outputs, error, credits_used, started_at,
+       finished_at, duration_ms, evidence
+     FROM cairn.items WHERE run_id = $1 AND ($2::text IS NULL OR status = $2) ORDER BY key`,
+    [runId, status ?? null],
+  );
+  return r.rows.map((i) => {
+    const o = isoFields(i, ['started_at', 'finished_at']);
+    if (o.duration_ms !== null) o.duration_ms = Number(o.duration_ms);
+    return o;
+  });
+}
+
+export const CANCELLED: ErrorBody = {
+  code: 'RUN_CANCELLED',
+  class: 'conflict',
+  message: 'The run was cancelled before it finished.',
+  retryable: false,
+  _suggestion: 'Rerun it if the work is still needed.',
+};
+
+/**
+ * Cancels a run that has not finished. Returns the updated row, or undefined
+ * when the run was already terminal (the caller answers 409).
+ */
+export async function cancelRun(
+  q: Queryable,
+  runId: string,
+  actor: string,
+  reason: string | null,
+): Promise<RunRow | undefined> {
+  const r = await q.query<RunRow>(
+    `WITH x AS (SELECT id, status AS prev FROM cairn.runs WHERE id = $1 AND status = ANY($3::text[]) FOR UPDATE),
+     u AS (
+       UPDATE cairn.runs r SET status = 'cancelled', finished_at = clock_timestamp(), lease_expires_at = NULL,
+         error = $4::jsonb, items_pending = 0,
+         duration_ms = CASE WHEN r.started_at IS NULL THEN NULL
+           ELSE round((extract(epoch FROM clock_timestamp() - r.started_at) * 1000)::numeric, 3) END
+       FROM x WHERE r.id = x.id RETURNING r.*, x.prev),
+     it AS (UPDATE cairn.items i SET status = 'cancelled', finished_at = clock_timestamp()
+       FROM u WHERE i.run_id = u.id AND i.status IN ('pending', 'running', 'retrying')),
+     e AS (INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
+       SELECT u.id, u.circle_id, 'control', u.prev, 'cancelled', $2, jsonb_build_object('action', 'cancel', 'reason', $5::text)
+       FROM u)
+     SELECT u.*, pg_notify('cairn_run_cancel', u.id::text) AS _c, pg_notify('cairn_run_done', u.id::text) AS _n FROM u`,
+    [runId, actor, allowedFrom('cancelled'), CANCELLED, reason],
+  );
+  const row = r.rows[0];
+  if (!row) return undefined;
+  delete (row as any)._c;
+  delete (row as any).prev;
+  return runRow(row);
+}
