@@ -129,7 +129,7 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
 
   function parseWith(what: string, schema: RouteDef['body'], value: unknown): unknown {
     if (!schema) return value;
-    const r = schema.safeParse(value ?? {});
+    const r = schema.safeParse(value === undefined ? {} : value);
     if (!r.success) {
       throw errors.invalidInput(`Invalid ${what}: ${describeIssues(r.error)}`, issuesOf(r.error));
     }

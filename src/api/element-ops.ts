@@ -52,7 +52,7 @@ export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Prom
   const actor = actorOf(ctx.principal!);
 
   if (op.createsRun) {
-    const body = unwrapEnvelope(ctx.body ?? {});
+    const body = unwrapEnvelope(ctx.body === undefined ? {} : ctx.body);
     const key = ctx.req.headers['idempotency-key'];
     if (key !== undefined && (typeof key !== 'string' || key.length === 0 || key.length > 200)) {
       throw errors.invalidInput(
@@ -87,7 +87,8 @@ export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Prom
     return invokeAnswer(final!, base);
   }
 
-  const raw = method === 'GET' || method === 'DELETE' ? (ctx.query ?? {}) : (ctx.body ?? {});
+  const raw =
+    method === 'GET' || method === 'DELETE' ? (ctx.query ?? {}) : ctx.body === undefined ? {} : ctx.body;
   const parsed = op.input.safeParse(raw);
   if (!parsed.success) {
     throw errors.invalidInput(

@@ -47,7 +47,7 @@ export async function submitRun(
 ): Promise<Submitted> {
   const { element: el, op, type } = req;
   if (el.state === 'disabled') throw elementDisabled(el);
-  const parsed = op.input.safeParse(req.input ?? {});
+  const parsed = op.input.safeParse(req.input);
   if (!parsed.success) {
     throw errors.invalidInput(
       `The input does not match ${type.type}.${op.name}: ${describeIssues(parsed.error)}`,

@@ -1,0 +1,60 @@
+import { readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, inject } from 'vitest';
+import type { Db } from '../../src/db/types.js';
+import { PgDb } from '../../src/db/pg.js';
+import { PgliteDb } from '../../src/db/pglite.js';
+import { loadSqlParser } from '../../src/elements/sql/guard.js';
+import { withDatabase } from './pg-server.js';
+
+export type Driver = 'pglite' | 'pg';
+export const DRIVERS: Driver[] = ['pglite', 'pg'];
+
+/** A fresh, migrated database: a clone of the template (pg) or the loaded dump (PGlite). */
+export async function freshDb(driver: Driver): Promise<{ db: Db; url?: string; drop: () => Promise<void> }> {
+  await loadSqlParser();
+  if (driver === 'pglite') {
+    const blob = new Blob([readFileSync(inject('pgliteDump'))]);
+    const db = await PgliteDb.open(undefined, { loadDataDir: blob });
+    return { db, drop: () => db.close() };
+  }
+  const server = inject('pgUrl');
+  const name = 'cairn_t_' + randomBytes(6).toString('hex');
+  const admin = new pg.Client({ connectionString: server });
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${name} TEMPLATE cairn_template`);
+  await admin.end();
+  const url = withDatabase(server, name);
+  const db = new PgDb(url, { max: 10 });
+  return {
+    db,
+    url,
+    drop: async () => {
+      await db.close();
+      const a = new pg.Client({ connectionString: server });
+      await a.connect();
+      await a.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      await a.end();
+    },
+  };
+}
+
+/** Runs the same suite on both drivers (DESIGN: same SQL, same tests). */
+export function describeEachDriver(
+  name: string,
+  fn: (ctx: { db: () => Db; url: () => string | undefined; driver: Driver }) => void,
+): void {
+  for (const driver of DRIVERS) {
+    describe(`${name} [${driver}]`, () => {
+      let handle: Awaited<ReturnType<typeof freshDb>> | undefined;
+      beforeAll(async () => {
+        handle = await freshDb(driver);
+      }, 60_000);
+      afterAll(async () => {
+        await handle?.drop();
+      });
+      fn({ db: () => handle!.db, url: () => handle!.url, driver });
+    });
+  }
+}
