@@ -1,0 +1,169 @@
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BIN, ROOT, cairn, ensureBuilt, until, type Proc } from '../helpers/bin.js';
+
+const run = promisify(execFile);
+const TOKEN = 'cairn_e2e_bootstrap_token_0123456789';
+
+/** Black box: the real `bin/cairn serve` on PGlite, driven by the real CLI. */
+describe('bin/cairn end to end (embedded database)', () => {
+  let dir: string;
+  let server: Proc;
+  let url: string;
+
+  async function start(): Promise<void> {
+    server = cairn(['serve', '--port', '0', '--data', dir], {
+      CAIRN_BOOTSTRAP_TOKEN: TOKEN,
+      DATABASE_URL: undefined,
+      CAIRN_LOG_LEVEL: 'warn',
+    });
+    url = await until(
+      async () => /serving on (http:\/\/\S+)/.exec(server.output())?.[1],
+      60_000,
+      'cairn serve to start\n' + server.output(),
+    );
+  }
+
+  async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
+    try {
+      const r = await run(process.execPath, [BIN, ...args, '--url', url, '--token', TOKEN], {
+        cwd: ROOT,
+        env: { ...process.env, NO_COLOR: '1' },
+      });
+      return { code: 0, out: r.stdout, err: r.stderr };
+    } catch (e: any) {
+      return { code: e.code, out: e.stdout, err: e.stderr };
+    }
+  }
+
+  beforeAll(async () => {
+    ensureBuilt();
+    dir = mkdtempSync(join(tmpdir(), 'cairn-e2e-'));
+    await start();
+  }, 120_000);
+
+  afterAll(async () => {
+    server?.child.kill('SIGTERM');
+    await server?.exited;
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('answers /healthz and serves its OpenAPI document', async () => {
+    const h = await fetch(url + '/healthz');
+    expect(h.status).toBe(200);
+    expect(await h.json()).toMatchObject({ status: 'ok', database: 'pglite' });
+    const doc: any = await (await fetch(url + '/openapi.json')).json();
+    expect(doc.openapi).toBe('3.1.0');
+    expect(doc.paths['/api/{circle}/{slug}/ops/invoke'].post['x-cairn-element-types']).toContain('sql');
+    expect(doc.paths['/api/runs/{id}/audit'].get).toBeDefined();
+  });
+
+  it('applies the issue YAML, invokes it sync and async, and shows the run and its audit trail', async () => {
+    expect((await cli(['circles', 'create', 'e2e'])).code).toBe(0);
+    const a1 = await cli(['apply', '-f', 'examples/add-one.yaml', '--circle', 'e2e']);
+    expect(a1.code).toBe(0);
+    expect(a1.out).toMatch(/^created\s+add-one \(sql\) v1/);
+    const a2 = await cli(['apply', '-f', 'examples/add-one.yaml', '--circle', 'e2e']);
+    expect(a2.out).toMatch(/^unchanged\s+add-one/);
+
+    const inv = await cli(['invoke', 'add-one', '--circle', 'e2e', '-d', '{"params": [41]}', '--json']);
+    expect(inv.code).toBe(0);
+    const body = JSON.parse(inv.out);
+    expect(body).toMatchObject({ status: 'succeeded', output: { rows: [{ n: 42 }], row_count: 1 } });
+
+    const human = await cli(['invoke', 'add-one', '--circle', 'e2e', '-d', '{"params": [1]}']);
+    expect(human.out).toMatch(/✓ succeeded in [\d.]+ ms\s+run [0-9a-f-]{36}\s+credits 1000/);
+
+    const asy = await cli([
+      'invoke',
+      'add-one',
+      '--circle',
+      'e2e',
+      '-d',
+      '{"params": [2]}',
+      '--async',
+      '--json',
+    ]);
+    expect(asy.code).toBe(8); // accepted, not finished yet
+    const queued = JSON.parse(asy.out);
+    expect(queued.status).toBe('queued');
+    const done = await until(
+      async () => {
+        const g = await cli(['runs', 'get', queued.run_id, '--json']);
+        const r = JSON.parse(g.out);
+        return r.status === 'succeeded' ? r : undefined;
+      },
+      20_000,
+      'the async run',
+    );
+    expect(done.output.rows[0].n).toBe(3);
+
+    const get = await cli(['runs', 'get', body.run_id]);
+    expect(get.code).toBe(0);
+    for (const f of [
+      'element',
+      'operation',
+      'trigger',
+      'attempt',
+      'queued',
+      'started',
+      'finished',
+      'duration',
+      'host / worker',
+      'credits',
+      'engine',
+    ]) {
+      expect(get.out).toContain(f);
+    }
+    const audit = JSON.parse((await cli(['runs', 'audit', body.run_id, '--json'])).out);
+    expect(audit.events.map((e: any) => e.to_status)).toEqual(['queued', 'running', 'succeeded']);
+    const list = await cli(['runs', 'list', '--circle', 'e2e', '--status', 'success']);
+    expect(list.out.split('\n').filter((l) => l.includes('add-one'))).toHaveLength(3);
+  });
+
+  it('exit codes scripts can rely on', async () => {
+    expect((await cli(['invoke', 'add-one', '--circle', 'e2e', '-d', '{"params": ["x"]}'])).code).toBe(1); // run failed
+    expect((await cli(['invoke', 'add-one', '--circle', 'e2e', '-d', '{"params": [1'])).code).toBe(2); // bad JSON
+    expect((await cli(['invoke', 'nope', '--circle', 'e2e'])).code).toBe(4); // not found
+    const bad = join(dir, 'bad.yaml');
+    writeFileSync(bad, 'element_type: sql\nslug: x\n  spec: [\n');
+    const y = await cli(['apply', '-f', bad, '--circle', 'e2e']);
+    expect(y.code).toBe(2);
+    expect(y.err).toMatch(/INVALID_YAML/);
+    const noauth = await run(
+      process.execPath,
+      [BIN, 'runs', 'list', '--circle', 'e2e', '--url', url, '--token', 'cairn_wrong'],
+      { cwd: ROOT },
+    ).catch((e) => e);
+    expect(noauth.code).toBe(3);
+    const down = await run(
+      process.execPath,
+      [BIN, 'runs', 'list', '--circle', 'e2e', '--url', 'http://127.0.0.1:1', '--token', TOKEN],
+      { cwd: ROOT },
+    ).catch((e) => e);
+    expect(down.code).toBe(7);
+    const w = await run(process.execPath, [BIN, 'worker'], {
+      cwd: ROOT,
+      env: { ...process.env, DATABASE_URL: '' },
+    }).catch((e) => e);
+    expect(w.code).toBe(2);
+    expect(w.stderr).toMatch(/WORKER_NEEDS_SERVER/);
+  });
+
+  it('every accepted run survives a restart', async () => {
+    const before = JSON.parse(
+      (await cli(['runs', 'list', '--circle', 'e2e', '--json', '--limit', '500'])).out,
+    ).runs;
+    server.child.kill('SIGTERM');
+    expect(await server.exited).toBe(0);
+    await start();
+    const after = JSON.parse(
+      (await cli(['runs', 'list', '--circle', 'e2e', '--json', '--limit', '500'])).out,
+    ).runs;
+    expect(after.map((r: any) => [r.id, r.status])).toEqual(before.map((r: any) => [r.id, r.status]));
+  }, 120_000);
+});
