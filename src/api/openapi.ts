@@ -22,23 +22,16 @@ const errorSchema = {
   },
 };
 
+const errorResponse = (description: string) => ({
+  description,
+  content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } },
+});
+
 const errorResponses = {
-  '400': {
-    description: 'Invalid input',
-    content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } },
-  },
-  '401': {
-    description: 'Missing or invalid token',
-    content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } },
-  },
-  '403': {
-    description: 'Role too low or another circle',
-    content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } },
-  },
-  '404': {
-    description: 'Not found',
-    content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } },
-  },
+  '400': errorResponse('Invalid input'),
+  '401': errorResponse('Missing or invalid token'),
+  '403': errorResponse('Role too low or another circle'),
+  '404': errorResponse('Not found'),
 };
 
 function toOpenApiPath(url: string): { path: string; params: string[] } {
@@ -152,7 +145,7 @@ export function openApiDocument(): Record<string, unknown> {
         },
       ];
       (op.responses as Record<string, unknown>)['202'] = { description: 'Accepted: the run is queued' };
-      (op.responses as Record<string, unknown>)['409'] = errorResponses['404'];
+      (op.responses as Record<string, unknown>)['409'] = errorResponse('Element disabled');
     }
     if (g.method !== 'get' && g.method !== 'delete') {
       op.requestBody = { required: false, content: { 'application/json': { schema: input } } };

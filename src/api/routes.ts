@@ -10,7 +10,7 @@ import { listElements } from '../store/elements.js';
 import { getRun, listItems, listRuns, runEvents, toRunView, type RunRow } from '../store/runs.js';
 import { applyElement, createElement, SLUG_RE } from '../elements/service.js';
 import { toElementView } from '../elements/view.js';
-import { cursorCodec, parseStatuses } from '../elements/base-ops.js';
+import { cursorCodec, parseStatuses, runPage } from '../elements/base-ops.js';
 import { cancel } from '../engine/control.js';
 import { actorOf, authorize } from './auth.js';
 import { baseUrlOf } from './context.js';
@@ -216,10 +216,7 @@ export const ROUTES: RouteDef[] = [
         before: query.cursor ? cursorCodec.decode(query.cursor) : undefined,
         limit,
       });
-      return {
-        runs: rows.map((r) => toRunView(r, circle!.slug, baseUrlOf(deps))),
-        next_cursor: rows.length === limit ? cursorCodec.encode(rows[rows.length - 1]!.id) : null,
-      };
+      return runPage(rows, limit, circle!.slug, baseUrlOf(deps));
     },
   },
   {

@@ -1,5 +1,13 @@
 import pg from 'pg';
-import { ident, type CircleIdentity, type Db, type Queryable, type QueryResult } from './types.js';
+import {
+  circleSessionSql,
+  ident,
+  type CircleIdentity,
+  type CircleSessionOptions,
+  type Db,
+  type Queryable,
+  type QueryResult,
+} from './types.js';
 import { OID_INT8, OID_TIMESTAMP, OID_TIMESTAMPTZ } from './timestamps.js';
 
 const types = {
@@ -26,8 +34,12 @@ function wrap(c: ClientLike): Queryable {
   };
 }
 
-async function inTransaction<T>(client: pg.PoolClient, fn: (tx: Queryable) => Promise<T>): Promise<T> {
-  await client.query('BEGIN');
+async function inTransaction<T>(
+  client: pg.PoolClient,
+  fn: (tx: Queryable) => Promise<T>,
+  begin = 'BEGIN',
+): Promise<T> {
+  await client.query(begin);
   try {
     const out = await fn(wrap(client));
     await client.query('COMMIT');
@@ -134,7 +146,11 @@ export class PgDb implements Db {
   }
 
   /** A circle's SQL logs in as the circle's own role: Postgres itself enforces the boundary. */
-  async asCircle<T>(id: CircleIdentity, fn: (q: Queryable) => Promise<T>): Promise<T> {
+  async asCircle<T>(
+    id: CircleIdentity,
+    fn: (q: Queryable) => Promise<T>,
+    opts: CircleSessionOptions = {},
+  ): Promise<T> {
     let pool = this.circlePools.get(id.role);
     if (!pool) {
       const u = new URL(this.url);
@@ -153,10 +169,8 @@ export class PgDb implements Db {
     const client = await pool.connect();
     let broken = false;
     try {
-      return await inTransaction(client, async (tx) => {
-        await tx.query(`SET LOCAL search_path = ${ident(id.schema)}`);
-        return fn(tx);
-      });
+      // BEGIN and the session settings travel in one simple-protocol round trip.
+      return await inTransaction(client, fn, `BEGIN;\n${circleSessionSql(id, opts, false)}`);
     } catch (e) {
       broken = true;
       throw e;

@@ -1,5 +1,12 @@
 import { PGlite } from '@electric-sql/pglite';
-import { ident, type CircleIdentity, type Db, type Queryable, type QueryResult } from './types.js';
+import {
+  circleSessionSql,
+  type CircleIdentity,
+  type CircleSessionOptions,
+  type Db,
+  type Queryable,
+  type QueryResult,
+} from './types.js';
 import { OID_INT8, OID_TIMESTAMP, OID_TIMESTAMPTZ } from './timestamps.js';
 
 const parsers = {
@@ -62,10 +69,13 @@ export class PgliteDb implements Db {
     return this.pg.listen(channel, cb);
   }
 
-  asCircle<T>(id: CircleIdentity, fn: (q: Queryable) => Promise<T>): Promise<T> {
+  asCircle<T>(
+    id: CircleIdentity,
+    fn: (q: Queryable) => Promise<T>,
+    opts: CircleSessionOptions = {},
+  ): Promise<T> {
     return this.transaction(async (tx) => {
-      await tx.query(`SET LOCAL ROLE ${ident(id.role)}`);
-      await tx.query(`SET LOCAL search_path = ${ident(id.schema)}`);
+      await tx.exec(circleSessionSql(id, opts, true));
       return fn(tx);
     });
   }

@@ -17,6 +17,20 @@ export interface CircleIdentity {
   schema: string;
 }
 
+export interface CircleSessionOptions {
+  /** statement_timeout for the transaction (ms). */
+  statementTimeoutMs?: number;
+}
+
+/** The SET LOCAL lines that open a circle transaction (one round trip, no user input). */
+export function circleSessionSql(id: CircleIdentity, opts: CircleSessionOptions, withRole: boolean): string {
+  const lines = [`SET LOCAL search_path = ${ident(id.schema)}`];
+  if (withRole) lines.unshift(`SET LOCAL ROLE ${ident(id.role)}`);
+  if (opts.statementTimeoutMs !== undefined)
+    lines.push(`SET LOCAL statement_timeout = ${Math.trunc(opts.statementTimeoutMs)}`);
+  return lines.join(';\n');
+}
+
 /**
  * The thin database seam (DESIGN: "Embedded and distributed are one code path").
  * Two drivers implement it: PGlite (embedded) and pg (a PostgreSQL server).
@@ -33,7 +47,11 @@ export interface Db extends Queryable {
    * the role, so even `RESET ROLE` cannot leave it; on PGlite (one superuser
    * session) it is `SET LOCAL ROLE` and the caller must also apply the SQL guard.
    */
-  asCircle<T>(identity: CircleIdentity, fn: (q: Queryable) => Promise<T>): Promise<T>;
+  asCircle<T>(
+    identity: CircleIdentity,
+    fn: (q: Queryable) => Promise<T>,
+    opts?: CircleSessionOptions,
+  ): Promise<T>;
   /** Whether a circle's session can escape `SET ROLE` by itself (true on PGlite). */
   readonly sharedSuperuserSession: boolean;
   close(): Promise<void>;

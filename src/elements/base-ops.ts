@@ -3,7 +3,7 @@ import { errors } from '../core/errors.js';
 import { normalizeStatus, type RunStatus } from '../core/status.js';
 import { qbool, qint } from '../core/zod.js';
 import * as store from '../store/elements.js';
-import { getRun, listRuns, toRunView } from '../store/runs.js';
+import { getRun, listRuns, toRunView, type RunRow } from '../store/runs.js';
 import { updateElement } from './service.js';
 import { toElementView } from './view.js';
 import { checkSpec } from './validate.js';
@@ -41,6 +41,14 @@ export const cursorCodec = {
     return id;
   },
 };
+
+/** One page of runs, newest first, with the cursor of the next page when there may be one. */
+export function runPage(rows: RunRow[], limit: number, circleSlug: string, baseUrl: string) {
+  return {
+    runs: rows.map((r) => toRunView(r, circleSlug, baseUrl)),
+    next_cursor: rows.length === limit ? cursorCodec.encode(rows[rows.length - 1]!.id) : null,
+  };
+}
 
 export function parseStatuses(s: string | undefined): RunStatus[] | undefined {
   if (!s) return undefined;
@@ -275,10 +283,7 @@ export const BASE_OPS: OperationDecl[] = [
         before: ctx.input.cursor ? cursorCodec.decode(ctx.input.cursor) : undefined,
         limit,
       });
-      return {
-        runs: rows.map((r) => toRunView(r, ctx.circle.slug, ctx.baseUrl)),
-        next_cursor: rows.length === limit ? cursorCodec.encode(rows[rows.length - 1]!.id) : null,
-      };
+      return runPage(rows, limit, ctx.circle.slug, ctx.baseUrl);
     },
   },
   {

@@ -8,6 +8,13 @@ const TYPES: ElementTypeDecl[] = [sqlType];
 
 const byName = new Map(TYPES.map((t) => [t.type, t]));
 
+/** Adds a type at runtime (benchmarks, and later plugins). A name is registered once. */
+export function registerType(t: ElementTypeDecl): void {
+  if (byName.has(t.type)) throw new Error(`element type ${t.type} is already registered`);
+  TYPES.push(t);
+  byName.set(t.type, t);
+}
+
 export function listTypes(): ElementTypeDecl[] {
   return TYPES;
 }

@@ -50,7 +50,10 @@ export class Worker {
   private readonly pollMs: number;
   private readonly reapMs: number;
   private readonly log: Logger;
+  /** Claimed and not yet settled (heartbeats cover these). */
   private readonly inflight = new Map<string, InFlight>();
+  /** Executors running now; `concurrency` bounds this, not the settle backlog. */
+  private executing = 0;
   private readonly circles = new Map<string, CircleRow>();
   private pending: Settlement[] = [];
   private flushing: Promise<void> | undefined;
@@ -103,7 +106,10 @@ export class Worker {
 
   private async loop(): Promise<void> {
     while (this.running) {
-      const free = this.concurrency - this.inflight.size;
+      // A slot frees when its executor returns, so claims overlap the batched settles;
+      // the settle backlog is bounded too.
+      const backlog = this.inflight.size - this.executing;
+      const free = backlog >= this.concurrency * 2 ? 0 : this.concurrency - this.executing;
       let claimed = 0;
       if (free > 0) {
         this.claiming = true;
@@ -121,7 +127,7 @@ export class Worker {
       if (free > 0 && claimed === free) continue; // the queue may hold more
       if (this.kicked) {
         this.kicked = false;
-        if (this.inflight.size < this.concurrency) continue;
+        if (this.executing < this.concurrency) continue;
       }
       if (this.inflight.size === 0) for (const w of this.idleWaiters.splice(0)) w();
       await new Promise<void>((resolve) => {
@@ -149,7 +155,12 @@ export class Worker {
   private start1(run: RunRow): void {
     const controller = new AbortController();
     this.inflight.set(run.id, { run, controller });
-    void this.execute(run, controller.signal).then((s) => this.enqueueSettle(s));
+    this.executing++;
+    void this.execute(run, controller.signal).then((s) => {
+      this.executing--;
+      this.enqueueSettle(s);
+      this.kick();
+    });
   }
 
   private async execute(run: RunRow, signal: AbortSignal): Promise<Settlement> {

@@ -1,12 +1,11 @@
 import { readFileSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, inject } from 'vitest';
 import type { Db } from '../../src/db/types.js';
 import { PgDb } from '../../src/db/pg.js';
 import { PgliteDb } from '../../src/db/pglite.js';
 import { loadSqlParser } from '../../src/elements/sql/guard.js';
-import { withDatabase } from './pg-server.js';
+import { cloneTemplate } from './pg-server.js';
 
 export type Driver = 'pglite' | 'pg';
 export const DRIVERS: Driver[] = ['pglite', 'pg'];
@@ -20,12 +19,7 @@ export async function freshDb(driver: Driver): Promise<{ db: Db; url?: string; d
     return { db, drop: () => db.close() };
   }
   const server = inject('pgUrl');
-  const name = 'cairn_t_' + randomBytes(6).toString('hex');
-  const admin = new pg.Client({ connectionString: server });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${name} TEMPLATE cairn_template`);
-  await admin.end();
-  const url = withDatabase(server, name);
+  const { url, name } = await cloneTemplate(server);
   const db = new PgDb(url, { max: 10 });
   return {
     db,

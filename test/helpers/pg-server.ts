@@ -1,4 +1,6 @@
 import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
 import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -104,4 +106,20 @@ export function withDatabase(url: string, db: string): string {
   const u = new URL(url);
   u.pathname = '/' + db;
   return u.toString();
+}
+
+/** A new database cloned from the migrated template (`CREATE DATABASE … TEMPLATE`); returns its URL and name. */
+export async function cloneTemplate(
+  serverUrl: string,
+  prefix = 'cairn_t_',
+): Promise<{ url: string; name: string }> {
+  const name = prefix + randomBytes(6).toString('hex');
+  const admin = new pg.Client({ connectionString: serverUrl });
+  await admin.connect();
+  try {
+    await admin.query(`CREATE DATABASE ${name} TEMPLATE cairn_template`);
+  } finally {
+    await admin.end();
+  }
+  return { url: withDatabase(serverUrl, name), name };
 }

@@ -34,37 +34,40 @@ export async function invokeSql(ctx: ExecContext): Promise<ExecResult> {
   let rows: Record<string, unknown>[] = [];
   let rowCount = 0;
   try {
-    await ctx.db.asCircle(circleIdentity(ctx.circle), async (q) => {
-      await q.query(`SET LOCAL statement_timeout = ${Math.trunc(spec.timeout_ms)}`);
-      if (g.cursorable) {
-        await q.query(`DECLARE cairn_rows NO SCROLL CURSOR FOR ${spec.query}`, values);
-        const r = await q.query(`FETCH FORWARD ${spec.max_rows + 1} FROM cairn_rows`);
-        rows = r.rows;
-        rowCount = r.rows.length;
-      } else {
-        const r = await q.query(spec.query, values);
-        rows = r.rows ?? [];
-        rowCount = g.kind === 'SelectStmt' ? rows.length : r.rowCount;
-      }
-      if (rows.length > spec.max_rows) {
-        throw sqlError(
-          'SQL_TOO_MANY_ROWS',
-          `The query returned more than spec.max_rows (${spec.max_rows}) rows.`,
-          {
-            max_rows: spec.max_rows,
-          },
-        );
-      }
-      // PGlite runs in WebAssembly without timer signals, so statement_timeout
-      // cannot interrupt it; an overrun is detected here and rolled back.
-      const elapsed = performance.now() - t0;
-      if (elapsed > spec.timeout_ms) {
-        throw sqlError(
-          'SQL_TIMEOUT',
-          `The statement ran ${Math.round(elapsed)} ms, over spec.timeout_ms (${spec.timeout_ms}); its effects were rolled back.`,
-        );
-      }
-    });
+    await ctx.db.asCircle(
+      circleIdentity(ctx.circle),
+      async (q) => {
+        if (g.cursorable) {
+          await q.query(`DECLARE cairn_rows NO SCROLL CURSOR FOR ${spec.query}`, values);
+          const r = await q.query(`FETCH FORWARD ${spec.max_rows + 1} FROM cairn_rows`);
+          rows = r.rows;
+          rowCount = r.rows.length;
+        } else {
+          const r = await q.query(spec.query, values);
+          rows = r.rows ?? [];
+          rowCount = g.kind === 'SelectStmt' ? rows.length : r.rowCount;
+        }
+        if (rows.length > spec.max_rows) {
+          throw sqlError(
+            'SQL_TOO_MANY_ROWS',
+            `The query returned more than spec.max_rows (${spec.max_rows}) rows.`,
+            {
+              max_rows: spec.max_rows,
+            },
+          );
+        }
+        // PGlite runs in WebAssembly without timer signals, so statement_timeout
+        // cannot interrupt it; an overrun is detected here and rolled back.
+        const elapsed = performance.now() - t0;
+        if (elapsed > spec.timeout_ms) {
+          throw sqlError(
+            'SQL_TIMEOUT',
+            `The statement ran ${Math.round(elapsed)} ms, over spec.timeout_ms (${spec.timeout_ms}); its effects were rolled back.`,
+          );
+        }
+      },
+      { statementTimeoutMs: spec.timeout_ms },
+    );
   } catch (e: any) {
     if (e instanceof CairnError) throw e;
     const code = codeForSqlState(e?.code);

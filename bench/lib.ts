@@ -1,0 +1,31 @@
+import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { cpus } from 'node:os';
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+export function percentile(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
+}
+
+export const machine = () => `${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}`;
+
+const OUT = new URL('./out/', import.meta.url);
+
+/** Each benchmark writes its section; `bench/results.md` is assembled from the sections. */
+export function writeSection(name: string, markdown: string): void {
+  mkdirSync(OUT, { recursive: true });
+  writeFileSync(new URL(`${name}.md`, OUT), markdown.trim() + '\n');
+  const order = ['engine-throughput', 'invoke-latency'];
+  const parts = order
+    .filter((n) => existsSync(new URL(`${n}.md`, OUT)))
+    .map((n) => readFileSync(new URL(`${n}.md`, OUT), 'utf8'));
+  writeFileSync(
+    new URL('./results.md', import.meta.url),
+    `# Benchmark results\n\nMeasured side by side in one process run, on a shared and noisy machine: read the ratios, not the absolute numbers.\nReproduce with \`npm run bench\` (all) or \`npx vitest run --config bench/vitest.config.ts bench/<name>.bench.ts\`.\n\n${parts.join('\n')}`,
+  );
+}
