@@ -17,7 +17,18 @@ export function parseElementsYaml(text: string, file = 'input'): Record<string, 
         suggestion: 'Fix the YAML at the position given (indentation and quoting are the usual causes).',
       });
     }
-    const v = doc.toJS({ maxAliasCount: 100 });
+    let v: unknown;
+    try {
+      v = doc.toJS({ maxAliasCount: 100 });
+    } catch (e) {
+      // Unresolved aliases and alias bombs surface here, not in doc.errors.
+      throw new CairnError({
+        code: 'INVALID_YAML',
+        class: 'validation',
+        message: `${file}: ${(e as Error).message.split('\n')[0]}`,
+        suggestion: 'Define every anchor (&name) before its alias (*name), and avoid deeply nested aliases.',
+      });
+    }
     if (v === null || v === undefined) continue;
     if (!isPlainObject(v)) {
       throw new CairnError({

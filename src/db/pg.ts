@@ -168,6 +168,9 @@ export class PgDb implements Db {
     }
     const client = await pool.connect();
     let broken = false;
+    const pid = (client as unknown as { processID?: number }).processID;
+    const onAbort = () => void this.pool.query('SELECT pg_cancel_backend($1)', [pid]).catch(() => undefined);
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
     try {
       // BEGIN and the session settings travel in one simple-protocol round trip.
       return await inTransaction(client, fn, `BEGIN;\n${circleSessionSql(id, opts, false)}`);
@@ -175,6 +178,7 @@ export class PgDb implements Db {
       broken = true;
       throw e;
     } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
       // A client whose session state the user may have touched is not reused after an error.
       client.release(broken);
     }

@@ -20,6 +20,8 @@ export interface CircleIdentity {
 export interface CircleSessionOptions {
   /** statement_timeout for the transaction (ms). */
   statementTimeoutMs?: number;
+  /** Aborting cancels the running statement where the driver can (pg: pg_cancel_backend). */
+  signal?: AbortSignal;
 }
 
 /** The SET LOCAL lines that open a circle transaction (one round trip, no user input). */

@@ -28,19 +28,34 @@ export function registerServe(program: Command): void {
     .option('--data <dir>', 'data directory (env CAIRN_DATA, default .cairn)')
     .option('--no-worker', 'do not run a worker in this process (PostgreSQL only)')
     .option('--demo', 'create a "demo" circle with an example element and print how to call it')
+    .option('--json', 'print one JSON line when ready: {"event": "serving", "url", "database", "worker"}')
     .action(async (o) => {
       const config = loadConfig({ port: o.port, host: o.host, dataDir: o.data, embeddedWorker: o.worker });
       const log = createLogger();
-      const server = await startServer(config, log, (s) => process.stdout.write(s));
+      // With --json, stdout carries only the JSON line; the one-time token notice goes to stderr.
+      const server = await startServer(config, log, (s) =>
+        (o.json ? process.stderr : process.stdout).write(s),
+      );
       onSignals(() => server.stop());
-      if (o.demo) process.stdout.write(await installDemo(server.db, server.url, config));
-      process.stdout.write(`Cairn is serving on ${server.url} (database: ${server.db.kind})\n`);
+      const demo = o.demo ? await installDemo(server.db, server.url, config) : '';
+      if (o.json) {
+        const line = {
+          event: 'serving',
+          url: server.url,
+          database: server.db.kind,
+          worker: server.worker?.id ?? null,
+        };
+        process.stdout.write(JSON.stringify(line) + '\n');
+      } else {
+        process.stdout.write(demo + `Cairn is serving on ${server.url} (database: ${server.db.kind})\n`);
+      }
     });
 
   program
     .command('worker')
     .description('Run a worker against DATABASE_URL; start any number, on any number of machines')
     .option('--concurrency <n>', 'runs at once (env CAIRN_WORKER_CONCURRENCY)')
+    .option('--json', 'print one JSON line when ready: {"event": "worker", "id"}')
     .action(async (o) => {
       const config = loadConfig({ workerConcurrency: o.concurrency });
       if (!config.databaseUrl) {
@@ -53,6 +68,10 @@ export function registerServe(program: Command): void {
       const log = createLogger();
       const w = await startWorker(config, log);
       onSignals(() => w.stop());
-      process.stdout.write(`worker ${w.worker.id} is claiming runs\n`);
+      process.stdout.write(
+        o.json
+          ? JSON.stringify({ event: 'worker', id: w.worker.id }) + '\n'
+          : `worker ${w.worker.id} is claiming runs\n`,
+      );
     });
 }

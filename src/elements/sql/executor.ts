@@ -66,7 +66,7 @@ export async function invokeSql(ctx: ExecContext): Promise<ExecResult> {
           );
         }
       },
-      { statementTimeoutMs: spec.timeout_ms },
+      { statementTimeoutMs: spec.timeout_ms, signal: ctx.signal },
     );
   } catch (e: any) {
     if (e instanceof CairnError) throw e;

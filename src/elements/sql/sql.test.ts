@@ -142,4 +142,39 @@ describeEachDriver('sql element', ({ db, driver }) => {
     expect(b.snapshot.operation.retry_on_loss).toBe(false);
     expect(b.max_attempts).toBe(1);
   });
+
+  it('cancelling a running run records it and interrupts the statement (PostgreSQL)', async () => {
+    // PGlite is one session: a cancel waits behind the running statement (docs/architecture.md).
+    if (driver !== 'pg') return;
+    await t.call(
+      'POST',
+      `/api/${c.slug}/ops/create`,
+      {
+        element_type: 'sql',
+        slug: 'sleepy',
+        spec: { query: 'select 1 as x from pg_sleep(5)', timeout_ms: 20000 },
+      },
+      c.tokens.write,
+    );
+    const r = await t.call('POST', `/api/${c.slug}/sleepy/ops/invoke?async=1`, {}, c.tokens.execute);
+    const id = r.body.run_id;
+    for (let i = 0; i < 100; i++) {
+      if ((await t.call('GET', `/api/runs/${id}`, undefined, c.tokens.read)).body.status === 'running') break;
+      await new Promise((res) => setTimeout(res, 20));
+    }
+    const started = Date.now();
+    const x = await t.call('POST', `/api/runs/${id}/cancel`, {}, c.tokens.execute);
+    expect(x.body.status).toBe('cancelled');
+    if (driver === 'pg') {
+      while (t.worker!.inFlight > 0 && Date.now() - started < 4000)
+        await new Promise((res) => setTimeout(res, 20));
+      expect(t.worker!.inFlight).toBe(0);
+      expect(Date.now() - started).toBeLessThan(2000); // well before pg_sleep(5) would end
+    }
+    await t.worker!.idle();
+    const run = (await t.call('GET', `/api/runs/${id}`, undefined, c.tokens.read)).body;
+    expect(run.status).toBe('cancelled'); // the worker's late settle does not overwrite it
+    const audit = (await t.call('GET', `/api/runs/${id}/audit`, undefined, c.tokens.read)).body.events;
+    expect(audit.map((e: any) => e.to_status)).toEqual(['queued', 'running', 'cancelled']);
+  });
 });
