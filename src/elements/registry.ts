@@ -1,10 +1,11 @@
 import { errors } from '../core/errors.js';
 import { BASE_OPS } from './base-ops.js';
 import { sqlType } from './sql/index.js';
+import { goFnType } from './go-fn/index.js';
 import type { ElementTypeDecl, HttpMethod, OperationDecl } from './types.js';
 
 /** Every element type Cairn knows. Adding one is adding a folder and a line here. */
-const TYPES: ElementTypeDecl[] = [sqlType];
+const TYPES: ElementTypeDecl[] = [sqlType, goFnType];
 
 const byName = new Map(TYPES.map((t) => [t.type, t]));
 

@@ -1,0 +1,280 @@
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { canonicalJson, sha256Hex } from '../../core/hash.js';
+import { errors as coreErrors } from '../../core/errors.js';
+import {
+  buildGo,
+  GoBuildError,
+  goVersion,
+  vetGo,
+  type GoBuild,
+  type GoRequest,
+} from '../../sandbox/builders/go.js';
+import { WRAPPER_VERSION } from '../../sandbox/builders/go-wrapper.js';
+import { runSandbox, type SandboxResult } from '../../sandbox/runner.js';
+import { declaredError } from '../errors.js';
+import type { ExecContext, ExecResult, OpContext } from '../types.js';
+import { GO_FN_ERRORS } from './errors.js';
+
+const fail = (code: string, message: string, details?: unknown) =>
+  declaredError(GO_FN_ERRORS, code, message, details);
+
+/** What the Go runtime prints when an allocation fails under RLIMIT_DATA. */
+const GO_OOM = [
+  /fatal error: runtime: out of memory/,
+  /runtime: cannot allocate memory/,
+  /fatal error: out of memory/,
+];
+
+/** Logs kept on the run, per stream. */
+export const LOG_CAP = 64 * 1024;
+
+interface GoSpec {
+  source: GoRequest['source'];
+  handler: string;
+  env: Record<string, string>;
+  timeout_ms: number;
+  memory_mb: number;
+}
+
+function request(spec: GoSpec): GoRequest {
+  return { source: spec.source, handler: spec.handler };
+}
+
+function friendly(e: GoBuildError): string {
+  const sig = /does not satisfy cairnHandler/.exec(e.message);
+  if (sig) {
+    return `The handler has an unsupported signature (${e.message.split(': ').slice(1).join(': ').split(' does not')[0]}); use func(map[string]interface{}) (map[string]interface{}, error) or func(context.Context, map[string]interface{}) (map[string]interface{}, error).`;
+  }
+  const undef = /cairn_main\.go:\d+:\d+: undefined: (\w+)/.exec(e.diagnostics);
+  if (undef) return `spec.handler "${undef[1]}" is not defined in the source.`;
+  return `Go build failed: ${e.message}`;
+}
+
+export async function build(spec: GoSpec): Promise<GoBuild> {
+  try {
+    return await buildGo(request(spec));
+  } catch (e) {
+    if (e instanceof GoBuildError) {
+      if (e.kind === 'source' || e.kind === 'download')
+        throw fail('GO_FN_COMPILATION_FAILED', `${e.message}`, { kind: e.kind, diagnostics: e.diagnostics });
+      throw fail('GO_FN_COMPILATION_FAILED', friendly(e), { kind: e.kind, diagnostics: e.diagnostics });
+    }
+    throw e;
+  }
+}
+
+const binaryHashes = new Map<string, string>();
+function binaryHash(b: GoBuild): string {
+  let h = binaryHashes.get(b.key);
+  if (!h) {
+    h = 'sha256:' + createHash('sha256').update(readFileSync(b.binary)).digest('hex');
+    binaryHashes.set(b.key, h);
+  }
+  return h;
+}
+
+function capped(
+  buf: Buffer,
+  truncated: boolean,
+): { text: string; bytes: number; sha256: string; truncated: boolean } {
+  const over = buf.length > LOG_CAP;
+  return {
+    text: buf.subarray(0, LOG_CAP).toString('utf8'),
+    bytes: buf.length,
+    sha256: 'sha256:' + sha256Hex(buf),
+    truncated: truncated || over,
+  };
+}
+
+function tail(buf: Buffer, lines = 12): string {
+  return buf.toString('utf8').trimEnd().split('\n').slice(-lines).join('\n');
+}
+
+/** The verdict of the sandbox and the wrapper's envelope → output or a typed GO_FN_* error. */
+function interpret(r: SandboxResult, spec: GoSpec): unknown {
+  switch (r.verdict) {
+    case 'timeout':
+      throw fail(
+        'GO_FN_TIMEOUT',
+        `The function ran longer than timeout_ms (${spec.timeout_ms} ms) and was killed.`,
+      );
+    case 'memory_exceeded':
+      throw fail(
+        'GO_FN_MEMORY_EXCEEDED',
+        `The function exceeded memory_mb (${spec.memory_mb} MB): ${tail(r.stderr, 1)}`,
+      );
+    case 'output_limit':
+      throw fail(
+        'GO_FN_OUTPUT_TOO_LARGE',
+        r.stdoutTruncated || r.stderrTruncated
+          ? `The function wrote more than ${r.limits.stdoutBytes} bytes of logs and was stopped.`
+          : `The result is larger than ${r.limits.resultBytes} bytes.`,
+      );
+    case 'cancelled':
+      throw coreErrors.conflict(
+        'RUN_CANCELLED',
+        'The run was cancelled; its sandbox was killed.',
+        'Rerun it if the work is still needed.',
+      );
+    case 'crashed':
+      throw fail(
+        'GO_FN_EXECUTION_FAILED',
+        `The function crashed (${r.signal ? `signal ${r.signal}` : `exit code ${r.exitCode}`}): ${tail(r.stderr, 3)}`,
+        {
+          stderr_tail: tail(r.stderr),
+        },
+      );
+    case 'invalid_output':
+      throw fail(
+        'GO_FN_INVALID_OUTPUT',
+        'The function exited without returning a result (did it call os.Exit?).',
+      );
+    case 'ok':
+      break;
+  }
+  let env: { kind: string; output?: unknown; error?: string; stack?: string };
+  try {
+    env = JSON.parse(r.result.toString('utf8'));
+  } catch {
+    throw fail(
+      'GO_FN_INVALID_OUTPUT',
+      'The function wrote something that is not a Cairn result envelope on fd 3.',
+    );
+  }
+  switch (env.kind) {
+    case 'ok':
+      return env.output ?? null;
+    case 'panic':
+      throw fail('GO_FN_EXECUTION_FAILED', `The handler panicked: ${env.error}`, {
+        kind: 'panic',
+        stack: env.stack,
+      });
+    case 'error':
+      throw fail('GO_FN_EXECUTION_FAILED', `The handler returned an error: ${env.error}`, { kind: 'error' });
+    case 'invalid_output':
+      throw fail(
+        'GO_FN_INVALID_OUTPUT',
+        `The handler's return value cannot be encoded as JSON: ${env.error}`,
+      );
+    default:
+      throw fail('GO_FN_EXECUTION_FAILED', `The function could not read its input: ${env.error}`, {
+        kind: env.kind,
+      });
+  }
+}
+
+export async function invokeGo(ctx: ExecContext): Promise<ExecResult> {
+  const spec = ctx.spec as GoSpec;
+  const b = await build(spec);
+  const stdin = JSON.stringify(ctx.input ?? {});
+  const deadline = Date.now() + spec.timeout_ms;
+  const argv = ['/fn/handler'];
+  const r = await runSandbox({
+    argv,
+    binds: [{ src: b.binary, dest: '/fn/handler' }],
+    env: { ...spec.env, CAIRN_DEADLINE_UNIX_MS: String(deadline) },
+    stdin,
+    limits: { timeoutMs: spec.timeout_ms, memoryMb: spec.memory_mb },
+    oomMarkers: GO_OOM,
+    signal: ctx.signal,
+  });
+  const evidence = {
+    command: argv,
+    toolchain: { go: goVersion(), wrapper: WRAPPER_VERSION, build_key: b.key, commit: b.commit ?? null },
+    binary_hash: binaryHash(b),
+    input_hashes: { stdin: 'sha256:' + sha256Hex(stdin) },
+    exit_code: r.exitCode,
+    signal: r.signal,
+    verdict: r.verdict,
+    stdout: capped(r.stdout, r.stdoutTruncated),
+    stderr: capped(r.stderr, r.stderrTruncated),
+    host: ctx.host || hostname(),
+    sandbox: {
+      backend: 'bubblewrap',
+      uid: r.uid,
+      limits: { memory_mb: spec.memory_mb, timeout_ms: spec.timeout_ms, max_procs: r.limits.maxProcs },
+    },
+    timing: { build_ms: round(b.durationMs), build_cached: b.cached, run_ms: round(r.durationMs) },
+    peak_memory_kb: peakOf(r),
+  };
+  let output: unknown;
+  try {
+    output = interpret(r, spec);
+  } catch (e: any) {
+    // Failed runs keep their evidence too.
+    e.evidence = evidence;
+    throw e;
+  }
+  return {
+    output,
+    evidence: { ...evidence, output_hashes: { output: 'sha256:' + sha256Hex(canonicalJson(output)) } },
+  };
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 1000) / 1000;
+}
+
+function peakOf(r: SandboxResult): number | null {
+  try {
+    return JSON.parse(r.result.toString('utf8')).peak_rss_kb ?? null;
+  } catch {
+    return null;
+  }
+}
+
+export async function buildOp(ctx: OpContext) {
+  const spec = ctx.element.spec as unknown as GoSpec;
+  const b = await build(spec);
+  return {
+    status: 'built',
+    cached: b.cached,
+    build_key: b.key,
+    go_version: b.goVersion,
+    duration_ms: round(b.durationMs),
+    diagnostics: '',
+  };
+}
+
+export async function validateOp(ctx: OpContext) {
+  const spec = ctx.element.spec as unknown as GoSpec;
+  try {
+    const v = await vetGo(request(spec));
+    const lines = v.diagnostics.split('\n').filter((l) => /\.go:\d+:\d+/.test(l));
+    return { valid: v.ok, errors: v.ok ? [] : lines.length ? lines : [v.diagnostics], warnings: [] };
+  } catch (e) {
+    if (e instanceof GoBuildError) return { valid: false, errors: [e.message], warnings: [] };
+    throw e;
+  }
+}
+
+let lastError: string | null = null;
+
+/** Is the isolation backend healthy? Runs the toolchain in a sandbox, to tell platform faults from user errors. */
+export async function diagnosticsOp(_ctx: OpContext) {
+  const t0 = performance.now();
+  let reachable = false;
+  try {
+    const { goRootDir } = await import('../../sandbox/toolchains.js');
+    const r = await runSandbox({
+      argv: ['/goroot/bin/go', 'version'],
+      binds: [{ src: goRootDir(), dest: '/goroot' }],
+      env: { HOME: '/tmp', GOTOOLCHAIN: 'local' },
+      limits: { timeoutMs: 10_000, memoryMb: 512 },
+    });
+    reachable = r.exitCode === 0;
+    if (!reachable) lastError = r.stderr.toString('utf8').slice(0, 500) || `exit ${r.exitCode}`;
+  } catch (e: any) {
+    lastError = String(e?.message ?? e);
+  }
+  return {
+    isolation_backend: 'bubblewrap',
+    isolation_reachable: reachable,
+    worker_available: reachable,
+    go_version: goVersion(),
+    check_ms: round(performance.now() - t0),
+    last_error: lastError,
+  };
+}

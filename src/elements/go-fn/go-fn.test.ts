@@ -1,0 +1,249 @@
+import { readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freshDb } from '../../../test/helpers/db.js';
+import { testApp, type TestApp } from '../../../test/helpers/app.js';
+import { parseElementsYaml } from '../../yaml.js';
+import { GO_FN_ERRORS } from './errors.js';
+
+const greeter = parseElementsYaml(
+  readFileSync(new URL('../../../examples/my-greeter.yaml', import.meta.url), 'utf8'),
+)[0]!;
+
+const fn = (body: string, imports = '') => `package main
+
+${imports}
+
+func Handler(input map[string]interface{}) (map[string]interface{}, error) {
+${body}
+}
+`;
+
+describe('go-fn', () => {
+  let t: TestApp;
+  let c: Awaited<ReturnType<TestApp['circle']>>;
+  let drop: () => Promise<void>;
+  let n = 0;
+  const create = async (spec: Record<string, unknown>) => {
+    const slug = `g${n++}`;
+    const r = await t.call(
+      'POST',
+      `/api/${c.slug}/ops/create`,
+      { element_type: 'go-fn', slug, spec },
+      c.tokens.write,
+    );
+    return { slug, r };
+  };
+  const invoke = async (slug: string, body: unknown = {}) =>
+    (await t.call('POST', `/api/${c.slug}/${slug}/ops/invoke`, body, c.tokens.execute)).body;
+  const run = async (code: string, body: unknown = {}, extra: Record<string, unknown> = {}) => {
+    const { slug, r } = await create({ source: { type: 'inline', code }, ...extra });
+    expect(r.status, JSON.stringify(r.body)).toBe(201);
+    return invoke(slug, body);
+  };
+
+  beforeAll(async () => {
+    const h = await freshDb('pg');
+    drop = h.drop;
+    t = await testApp(h.db);
+    c = await t.circle('gofn');
+  }, 120_000);
+  afterAll(async () => {
+    await t.close();
+    await drop();
+  });
+
+  it("applies the seed's Quick Start verbatim and answers as the seed says", async () => {
+    const a = await t.call('POST', `/api/${c.slug}/ops/apply`, greeter, c.tokens.write);
+    expect(a.status).toBe(200);
+    expect(a.body.element.spec).toMatchObject({
+      handler: 'Handler',
+      timeout_ms: 30000,
+      memory_mb: 128,
+      env: {},
+      data_sources: [],
+    });
+    const alice = await invoke('my-greeter', { name: 'Alice' });
+    expect(alice).toMatchObject({
+      status: 'succeeded',
+      output: { message: 'Hello, Alice!' },
+      credits_used: 10000,
+    });
+    expect((await invoke('my-greeter', { payload: { name: 'Alice' } })).output).toEqual({
+      message: 'Hello, Alice!',
+    });
+    expect((await invoke('my-greeter', {})).output).toEqual({ message: 'Hello, World!' });
+
+    const items = (await t.call('GET', `/api/runs/${alice.run_id}/items`, undefined, c.tokens.read)).body
+      .items;
+    const ev = items[0].evidence;
+    expect(ev.command).toEqual(['/fn/handler']);
+    expect(ev.binary_hash).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect(ev.toolchain.go).toMatch(/^go1\./);
+    expect(ev.exit_code).toBe(0);
+    expect(ev.verdict).toBe('ok');
+    expect(ev.sandbox.backend).toBe('bubblewrap');
+    expect(ev.input_hashes.stdin).toMatch(/^sha256:/);
+    expect(ev.output_hashes.output).toMatch(/^sha256:/);
+    expect(ev.peak_memory_kb).toBeGreaterThan(0);
+    expect(ev.timing.build_cached).toBe(true); // the first invoke built it
+  });
+
+  it('supports the context signature, whose deadline is the run timeout', async () => {
+    const code = `package main
+
+import (
+	"context"
+	"time"
+)
+
+func Handler(ctx context.Context, input map[string]interface{}) (map[string]interface{}, error) {
+	d, ok := ctx.Deadline()
+	return map[string]interface{}{"has_deadline": ok, "left_ms": time.Until(d).Milliseconds()}, nil
+}
+`;
+    const r = await run(code, {}, { timeout_ms: 5000 });
+    expect(r.status).toBe('succeeded');
+    expect(r.output.has_deadline).toBe(true);
+    expect(r.output.left_ms).toBeGreaterThan(3000);
+    expect(r.output.left_ms).toBeLessThanOrEqual(5000);
+  });
+
+  it('builds and runs the seed gjson requirements example', async () => {
+    const code = `package main
+
+import (
+  "github.com/tidwall/gjson"
+)
+
+func Handler(input map[string]interface{}) (map[string]interface{}, error) {
+    v := gjson.Get(\`{"name":{"first":"Ada"}}\`, "name.first")
+    return map[string]interface{}{"first": v.String()}, nil
+}
+`;
+    const r = await run(
+      code,
+      {},
+      { source: { type: 'inline', code, requirements: 'github.com/tidwall/gjson v1.18.0\n' } },
+    );
+    expect(r.error).toBeNull();
+    expect(r.output).toEqual({ first: 'Ada' });
+  }, 180_000);
+
+  it('GO_FN_HANDLER_NOT_EXPORTED, and the other definition-time errors and warnings', async () => {
+    const lower = await create({
+      source: { type: 'inline', code: fn('return nil, nil') },
+      handler: 'handler',
+    });
+    expect(lower.r.status).toBe(400);
+    expect(lower.r.body.error.code).toBe('GO_FN_HANDLER_NOT_EXPORTED');
+    expect((await create({ source: { type: 'inline' } })).r.body.error.message).toMatch(
+      /source.code is required when source.type is inline/,
+    );
+    expect((await create({ source: { type: 'git' } })).r.body.error.message).toMatch(
+      /source.git_url is required/,
+    );
+    expect((await create({ source: { type: 'inline', code: 'x' }, timeout_ms: 50 })).r.body.error.code).toBe(
+      'INVALID_SPEC',
+    );
+    expect(
+      (await create({ source: { type: 'inline', code: 'x', requirements: 'replace a => /etc' } })).r.body
+        .error.code,
+    ).toBe('INVALID_SPEC');
+    const warn = await create({
+      source: { type: 'inline', code: fn('return nil, nil') },
+      memory_mb: 2048,
+      timeout_ms: 600000,
+    });
+    expect(warn.r.status).toBe(201);
+    expect(warn.r.body.warnings).toEqual([
+      'memory_mb over 1024MB — consider whether your function truly needs this much memory',
+      'timeout_ms over 5 minutes — long-running functions may be better suited to an agent element',
+    ]);
+    const git = await create({ source: { type: 'git', git_url: 'file:///nonexistent', git_ref: 'main' } });
+    expect(git.r.body.warnings).toEqual([
+      "Pinning to 'main' branch means code changes automatically — consider pinning to a commit SHA for stable deployments",
+    ]);
+  });
+
+  const cases: [string, string, RegExp][] = [
+    ['GO_FN_COMPILATION_FAILED', fn('return undefinedThing, nil'), /fn\.go:6:\d+: undefined: undefinedThing/],
+    [
+      'GO_FN_EXECUTION_FAILED',
+      fn('var m map[string]int\n\tm["boom"] = 1\n\treturn nil, nil'),
+      /panicked: assignment to entry in nil map/,
+    ],
+    [
+      'GO_FN_EXECUTION_FAILED',
+      fn('return nil, errors.New("card declined")', 'import "errors"'),
+      /returned an error: card declined/,
+    ],
+    [
+      'GO_FN_INVALID_OUTPUT',
+      fn('return map[string]interface{}{"c": make(chan int)}, nil'),
+      /json: unsupported type: chan int/,
+    ],
+    ['GO_FN_TIMEOUT', fn('for {}'), /longer than timeout_ms \(300 ms\)/],
+    [
+      'GO_FN_MEMORY_EXCEEDED',
+      fn(
+        'b := [][]byte{}\n\tfor i := 0; i < 4096; i++ { x := make([]byte, 1<<20); for j := range x { x[j] = 1 }; b = append(b, x) }\n\treturn map[string]interface{}{"n": len(b)}, nil',
+      ),
+      /exceeded memory_mb \(64 MB\)/,
+    ],
+    [
+      'GO_FN_OUTPUT_TOO_LARGE',
+      fn('for { fmt.Println("flood flood flood flood flood flood flood") }', 'import "fmt"'),
+      /more than \d+ bytes of logs/,
+    ],
+  ];
+  for (const [code, src, msg] of cases) {
+    it(`${code}: ${msg.source}`, async () => {
+      const r = await run(src, {}, { timeout_ms: 300, memory_mb: 64 });
+      expect(r.status, JSON.stringify(r)).toBe('failed');
+      const decl = GO_FN_ERRORS.find((e) => e.code === code)!;
+      expect(r.error).toMatchObject({
+        code,
+        class: decl.class,
+        retryable: decl.retryable,
+        _suggestion: decl.suggestion,
+      });
+      expect(r.error.message).toMatch(msg);
+    });
+  }
+
+  it('a wrong handler signature fails the build with a message that names it', async () => {
+    const r = await run(`package main
+
+func Handler(input string) (map[string]interface{}, error) { return nil, nil }
+`);
+    expect(r.error.code).toBe('GO_FN_COMPILATION_FAILED');
+    expect(r.error.message).toMatch(/unsupported signature \(func\(input string\)/);
+  });
+
+  it('build and validate ops', async () => {
+    const { slug } = await create({
+      source: { type: 'inline', code: fn('return map[string]interface{}{"ok": true}, nil') },
+    });
+    const b1 = await t.call('POST', `/api/${c.slug}/${slug}/ops/build`, {}, c.tokens.write);
+    expect(b1.body).toMatchObject({ status: 'built' });
+    const b2 = await t.call('POST', `/api/${c.slug}/${slug}/ops/build`, {}, c.tokens.write);
+    expect(b2.body.cached).toBe(true);
+    expect(b2.body.build_key).toBe(b1.body.build_key);
+    const ok = await t.call('POST', `/api/${c.slug}/${slug}/ops/validate`, {}, c.tokens.read);
+    expect(ok.body).toEqual({ valid: true, errors: [], warnings: [] });
+    const bad = await create({
+      source: { type: 'inline', code: fn('fmt.Printf("%d", "x")\n\treturn nil, nil', 'import "fmt"') },
+    });
+    const v = await t.call('POST', `/api/${c.slug}/${bad.slug}/ops/validate`, {}, c.tokens.read);
+    expect(v.body.valid).toBe(false);
+    expect(v.body.errors.join('\n')).toMatch(
+      /fn\.go:\d+:\d+: fmt\.Printf format %d has arg "x" of wrong type string/,
+    );
+    const d = await t.call('GET', `/api/${c.slug}/${slug}/ops/diagnostics`, undefined, c.tokens.read);
+    expect(d.body).toMatchObject({
+      isolation_backend: 'bubblewrap',
+      isolation_reachable: true,
+      last_error: null,
+    });
+  });
+});

@@ -1,0 +1,156 @@
+import { z } from 'zod';
+import type { ElementTypeDecl } from '../types.js';
+import { GO_FN_ERRORS } from './errors.js';
+import { buildOp, diagnosticsOp, invokeGo, validateOp } from './executor.js';
+import { REQUIREMENT_LINE } from '../../sandbox/builders/go.js';
+
+const HANDLER_RE = /^[A-Z][a-zA-Z0-9_]*$/;
+
+export const goFnSpec = z
+  .object({
+    source: z
+      .object({
+        type: z.enum(['inline', 'git']).default('inline'),
+        code: z.string().max(1_000_000).optional(),
+        requirements: z
+          .string()
+          .max(20_000)
+          .optional()
+          .superRefine((v, ctx) => {
+            for (const line of (v ?? '').split('\n').map((l) => l.trim())) {
+              if (line && !line.startsWith('//') && !REQUIREMENT_LINE.test(line)) {
+                ctx.addIssue({
+                  code: 'custom',
+                  message: `"${line}" is not a "module/path vX.Y.Z" requirement line`,
+                });
+              }
+            }
+          })
+          .describe('Lines appended to the require block of go.mod'),
+        git_url: z.string().max(2000).optional(),
+        git_ref: z.string().max(200).optional(),
+        path: z
+          .string()
+          .max(500)
+          .regex(/^(?!\/)(?!.*\.\.)[\w./-]*$/, 'a relative path inside the repository')
+          .optional(),
+      })
+      .strict()
+      .describe('Source code configuration'),
+    handler: z.string().default('Handler').describe('Entry point function. Must be exported (capitalized).'),
+    env: z
+      .record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string().max(32_768))
+      .default({})
+      .describe('Environment variables injected at runtime'),
+    timeout_ms: z
+      .number()
+      .int()
+      .min(100)
+      .max(900_000)
+      .default(30_000)
+      .describe('Maximum execution time in milliseconds'),
+    memory_mb: z
+      .number()
+      .int()
+      .min(64)
+      .max(4096)
+      .default(128)
+      .describe('Memory limit for the sandbox in megabytes'),
+    data_sources: z.array(z.string()).default([]).describe('Data elements this function can access'),
+  })
+  .strict();
+
+export const goFnType: ElementTypeDecl = {
+  type: 'go-fn',
+  category: 'actions',
+  title: 'Go',
+  description:
+    'Execute compiled Go code in a sandboxed environment. Code is compiled ahead of time and cached by content; ' +
+    'each invoke runs the binary in a fresh bubblewrap sandbox with no network. Put your code in spec.source.code or ' +
+    'point to a git repository. Your code must define a Handler function. Supports Go modules via spec.source.requirements.',
+  spec: goFnSpec,
+  operations: [
+    {
+      name: 'invoke',
+      method: 'POST',
+      path: 'invoke',
+      auth: 'execute',
+      summary: 'Invoke the Go function with input data',
+      description:
+        "Calls the compiled Handler with the JSON body (envelopes payload/data/input are unwrapped). Returns the Handler's return value as the run output.",
+      input: z.record(z.string(), z.unknown()),
+      output: z.record(z.string(), z.unknown()),
+      createsRun: true,
+      price: 10_000,
+      // A handler may have side effects: never repeated behind the caller's back.
+      retryOnLoss: false,
+    },
+    {
+      name: 'build',
+      method: 'POST',
+      path: 'build',
+      auth: 'write',
+      summary: 'Compile the Go function ahead of time',
+      input: z.object({}).strict(),
+      handler: buildOp,
+    },
+    {
+      name: 'validate',
+      method: 'POST',
+      path: 'validate',
+      auth: 'read',
+      summary: 'Validate Go source code and module dependencies (go vet, no binary)',
+      input: z.object({}).strict(),
+      handler: validateOp,
+    },
+    {
+      name: 'diagnostics',
+      method: 'GET',
+      path: 'diagnostics',
+      auth: 'read',
+      summary: 'Check isolation backend health',
+      input: z.object({}).strict(),
+      handler: diagnosticsOp,
+    },
+  ],
+  errors: GO_FN_ERRORS,
+  rules: [
+    {
+      level: 'error',
+      message: 'source.code is required when source.type is inline',
+      check: (s) =>
+        s.source.type !== 'inline' || (typeof s.source.code === 'string' && s.source.code.trim() !== ''),
+    },
+    {
+      level: 'error',
+      message: 'source.git_url is required when source.type is git',
+      check: (s) =>
+        s.source.type !== 'git' || (typeof s.source.git_url === 'string' && s.source.git_url !== ''),
+    },
+    {
+      level: 'error',
+      code: 'GO_FN_HANDLER_NOT_EXPORTED',
+      message: 'handler must be an exported Go function name (start with a capital letter, e.g. Handler)',
+      check: (s) => HANDLER_RE.test(s.handler),
+    },
+    {
+      level: 'warning',
+      message: 'memory_mb over 1024MB — consider whether your function truly needs this much memory',
+      check: (s) => s.memory_mb <= 1024,
+    },
+    {
+      level: 'warning',
+      message: 'timeout_ms over 5 minutes — long-running functions may be better suited to an agent element',
+      check: (s) => s.timeout_ms <= 300_000,
+    },
+    {
+      level: 'warning',
+      message:
+        "Pinning to 'main' branch means code changes automatically — consider pinning to a commit SHA for stable deployments",
+      check: (s) =>
+        !(s.source.type === 'git' && (s.source.git_ref === 'main' || s.source.git_ref === undefined)),
+    },
+  ],
+  executors: { invoke: invokeGo },
+  timeoutMs: (s) => s.timeout_ms,
+};

@@ -1,0 +1,403 @@
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  statSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { canonicalJson, sha256Hex } from '../../core/hash.js';
+import { cacheRoot } from '../exec-helper.js';
+import { runSandbox, type Bind, type SandboxResult } from '../runner.js';
+import { goBinary, goRootDir } from '../toolchains.js';
+import { uidPool } from '../uids.js';
+import { goWrapper, WRAPPER_VERSION } from './go-wrapper.js';
+
+export interface GoSource {
+  type: 'inline' | 'git';
+  code?: string;
+  requirements?: string;
+  git_url?: string;
+  git_ref?: string;
+  path?: string;
+}
+
+export interface GoBuild {
+  key: string;
+  binary: string;
+  cached: boolean;
+  durationMs: number;
+  goVersion: string;
+  commit?: string;
+}
+
+export type GoBuildFailure = 'compile' | 'download' | 'timeout' | 'memory' | 'source';
+
+/** A build that did not produce a binary; `diagnostics` quotes the tool's own lines. */
+export class GoBuildError extends Error {
+  constructor(
+    readonly kind: GoBuildFailure,
+    message: string,
+    readonly diagnostics: string,
+  ) {
+    super(message);
+  }
+}
+
+const BUILD_FLAGS = ['-trimpath', '-ldflags=-s -w'];
+const BUILD_LIMITS = {
+  timeoutMs: Number(process.env.CAIRN_GO_BUILD_TIMEOUT_MS ?? 120_000),
+  memoryMb: 3072,
+  maxProcs: 512,
+  fileSizeMb: 512,
+  openFiles: 4096,
+  tmpMb: 512,
+  stdoutBytes: 256 * 1024,
+  stderrBytes: 256 * 1024,
+};
+const MAX_CACHED = Number(process.env.CAIRN_GO_CACHE_ENTRIES ?? 256);
+
+/** One host uid owns the Go caches and runs every build; functions never run as it. */
+export function builderUid(): number | undefined {
+  return uidPool.enabled ? uidPool.base - 1 : undefined;
+}
+
+function dirs() {
+  const root = join(cacheRoot(), 'go');
+  return {
+    root,
+    bin: join(root, 'bin'),
+    stage: join(root, 'stage'),
+    gocache: join(root, 'gocache'),
+    gomod: join(root, 'gomod'),
+  };
+}
+
+function ensureDir(path: string, owner?: number): void {
+  if (!existsSync(path)) mkdirSync(path, { recursive: true, mode: 0o755 });
+  chmodSync(path, 0o755);
+  if (owner !== undefined) chownSync(path, owner, owner);
+}
+
+let goVersionCache: string | undefined;
+export function goVersion(): string {
+  goVersionCache ??= execFileSync(goBinary(), ['env', 'GOVERSION'], { encoding: 'utf8' }).trim();
+  return goVersionCache;
+}
+
+function hostGoEnv(): Record<string, string> {
+  const out = execFileSync(
+    goBinary(),
+    ['env', '-json', 'GOPROXY', 'GOSUMDB', 'GONOSUMDB', 'GOPRIVATE', 'GOINSECURE'],
+    {
+      encoding: 'utf8',
+    },
+  );
+  return Object.fromEntries(
+    Object.entries(JSON.parse(out) as Record<string, string>).filter(([, v]) => v !== ''),
+  );
+}
+
+/** The go.mod Cairn writes: our module, the toolchain's language version, and the spec's require lines. */
+export function goMod(requirements: string | undefined): string {
+  const lang = /^go(\d+\.\d+)/.exec(goVersion())?.[1] ?? '1.22';
+  const reqs = (requirements ?? '')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('//'));
+  return `module cairnfn\n\ngo ${lang}\n${reqs.length ? `\nrequire (\n${reqs.map((r) => `\t${r}`).join('\n')}\n)\n` : ''}`;
+}
+
+/** A requirement line: a module path and a version, nothing else (no replace, no exclude). */
+export const REQUIREMENT_LINE = /^[A-Za-z0-9][A-Za-z0-9._~\-/]*\s+v[0-9][A-Za-z0-9.+\-]*(\s*\/\/ indirect)?$/;
+
+function sandboxEnv(extra: Record<string, string>): Record<string, string> {
+  return {
+    PATH: '/goroot/bin',
+    HOME: '/tmp',
+    GOROOT: '/goroot',
+    GOCACHE: '/gocache',
+    GOMODCACHE: '/gomod',
+    GOPATH: '/tmp/gopath',
+    GOFLAGS: '-mod=mod -buildvcs=false',
+    GOTOOLCHAIN: 'local',
+    GOTELEMETRY: 'off',
+    CGO_ENABLED: '0',
+    ...extra,
+  };
+}
+
+function toolBinds(stage: string, gomodRw: boolean): Bind[] {
+  const d = dirs();
+  return [
+    { src: goRootDir(), dest: '/goroot' },
+    { src: d.gocache, dest: '/gocache', rw: true },
+    { src: d.gomod, dest: '/gomod', rw: gomodRw },
+    { src: stage, dest: '/src', rw: true },
+  ];
+}
+
+/** Files a network step needs to resolve names and verify TLS; nothing else of the host. */
+const NET_BINDS: Bind[] = [
+  '/etc/resolv.conf',
+  '/etc/hosts',
+  '/etc/ssl',
+  '/etc/ca-certificates',
+  '/usr/share/ca-certificates',
+]
+  .filter((p) => existsSync(p))
+  .map((p) => ({ src: p, dest: p }));
+
+function failure(r: SandboxResult, kind: GoBuildFailure, what: string): GoBuildError {
+  const text = (r.stderr.toString('utf8') + r.stdout.toString('utf8')).replace(/\/src\//g, './').trim();
+  if (r.verdict === 'timeout')
+    return new GoBuildError('timeout', `${what} took longer than ${BUILD_LIMITS.timeoutMs} ms`, text);
+  if (/out of memory|cannot allocate memory/.test(text))
+    return new GoBuildError('memory', `${what} ran out of memory`, text);
+  return new GoBuildError(
+    kind,
+    text.split('\n').find((l) => /\.go:\d+:\d+/.test(l)) ?? (text.split('\n')[0] || `${what} failed`),
+    text,
+  );
+}
+
+/** Module downloads: network on, GOMODCACHE writable, and no user code runs (tidy only parses). */
+async function download(stage: string): Promise<void> {
+  const r = await runSandbox({
+    argv: ['/goroot/bin/go', 'mod', 'tidy'],
+    binds: [...toolBinds(stage, true), ...NET_BINDS],
+    env: sandboxEnv(hostGoEnv()),
+    cwd: '/src',
+    network: true,
+    limits: BUILD_LIMITS,
+    asUid: builderUid(),
+  });
+  if (r.exitCode !== 0) throw failure(r, 'download', 'module download');
+}
+
+export interface GoRequest {
+  source: GoSource;
+  handler: string;
+}
+
+interface Resolved {
+  files: Record<string, string>;
+  keyParts: Record<string, unknown>;
+  needsDownload: boolean;
+  commit?: string;
+  stageFrom?: string; // a cloned checkout to stage instead of inline files
+}
+
+function resolveSource(req: GoRequest, scratch: string): Resolved {
+  const s = req.source;
+  if (s.type === 'inline') {
+    const files = { 'fn.go': s.code ?? '', 'go.mod': goMod(s.requirements) };
+    return { files, keyParts: { files }, needsDownload: Boolean(s.requirements?.trim()) };
+  }
+  // git: clone on the host (git runs no code from the repository), pin the commit.
+  const dir = join(scratch, 'checkout');
+  try {
+    execFileSync(
+      'git',
+      [
+        'clone',
+        '--quiet',
+        '--depth',
+        '1',
+        ...(s.git_ref ? ['--branch', s.git_ref] : []),
+        '--',
+        s.git_url!,
+        dir,
+      ],
+      {
+        stdio: ['ignore', 'ignore', 'pipe'],
+        timeout: 60_000,
+        env: { ...process.env, GIT_TERMINAL_PROMPT: '0' },
+      },
+    );
+  } catch (e: any) {
+    throw new GoBuildError(
+      'source',
+      `git clone of ${s.git_url} at ${s.git_ref ?? 'HEAD'} failed`,
+      String(e?.stderr ?? e?.message ?? e),
+    );
+  }
+  const commit = execFileSync('git', ['-C', dir, 'rev-parse', 'HEAD'], { encoding: 'utf8' }).trim();
+  rmSync(join(dir, '.git'), { recursive: true, force: true });
+  const sub = join(dir, s.path ?? '.');
+  if (!sub.startsWith(dir))
+    throw new GoBuildError('source', 'source.path must stay inside the repository', '');
+  return {
+    files: {},
+    keyParts: { git: s.git_url, commit, path: s.path ?? '.' },
+    needsDownload: true,
+    commit,
+    stageFrom: sub,
+  };
+}
+
+const inflight = new Map<string, Promise<GoBuild>>();
+
+/**
+ * Builds (or finds) the binary for a handler. The cache key covers the source,
+ * go.mod, requirements, handler, Go version, build flags and wrapper version;
+ * a key is built once even under concurrent invokes, written atomically, and
+ * the oldest keys are evicted past CAIRN_GO_CACHE_ENTRIES.
+ */
+export async function buildGo(req: GoRequest): Promise<GoBuild> {
+  const d = dirs();
+  const scratch = join(d.stage, `${Date.now()}-${randomBytes(6).toString('hex')}`);
+  const t0 = performance.now();
+  const owner = builderUid();
+  ensureDir(d.root);
+  ensureDir(d.bin);
+  ensureDir(d.stage, owner);
+  ensureDir(d.gocache, owner);
+  ensureDir(d.gomod, owner);
+  let resolved: Resolved | undefined;
+  if (req.source.type === 'inline') resolved = resolveSource(req, scratch);
+  else {
+    ensureDir(scratch, owner);
+    resolved = resolveSource(req, scratch);
+  }
+  const key = sha256Hex(
+    canonicalJson({
+      wrapper: WRAPPER_VERSION,
+      go: goVersion(),
+      handler: req.handler,
+      flags: BUILD_FLAGS,
+      ...resolved.keyParts,
+    }),
+  );
+  const binary = join(d.bin, key, 'fn');
+  if (existsSync(binary)) {
+    const now = new Date();
+    utimesSync(join(d.bin, key), now, now); // LRU: recently used
+    rmSync(scratch, { recursive: true, force: true });
+    return {
+      key,
+      binary,
+      cached: true,
+      durationMs: performance.now() - t0,
+      goVersion: goVersion(),
+      commit: resolved.commit,
+    };
+  }
+  let p = inflight.get(key);
+  if (!p) {
+    p = compile(key, resolved, req.handler, scratch).finally(() => inflight.delete(key));
+    inflight.set(key, p);
+  } else rmSync(scratch, { recursive: true, force: true });
+  const b = await p;
+  return { ...b, durationMs: performance.now() - t0 };
+}
+
+function stageFiles(stage: string, resolved: Resolved, handler: string, owner: number | undefined): void {
+  ensureDir(stage, owner);
+  if (resolved.stageFrom) {
+    execFileSync('cp', ['-a', '--no-preserve=ownership', `${resolved.stageFrom}/.`, stage]);
+    if (!existsSync(join(stage, 'go.mod'))) writeFileSync(join(stage, 'go.mod'), goMod(undefined));
+  }
+  for (const [name, text] of Object.entries(resolved.files))
+    writeFileSync(join(stage, name), text, { mode: 0o644 });
+  writeFileSync(join(stage, 'cairn_main.go'), goWrapper(handler), { mode: 0o644 });
+  if (owner !== undefined) execFileSync('chown', ['-R', `${owner}:${owner}`, stage]);
+}
+
+async function compile(key: string, resolved: Resolved, handler: string, scratch: string): Promise<GoBuild> {
+  const d = dirs();
+  const owner = builderUid();
+  const stage = join(scratch, 'src');
+  const t0 = performance.now();
+  try {
+    stageFiles(stage, resolved, handler, owner);
+    if (resolved.needsDownload) await download(stage);
+    const r = await runSandbox({
+      argv: ['/goroot/bin/go', 'build', ...BUILD_FLAGS, '-o', '/src/.cairn-fn', '.'],
+      binds: toolBinds(stage, false),
+      env: sandboxEnv({ GOPROXY: 'off' }),
+      cwd: '/src',
+      limits: BUILD_LIMITS,
+      asUid: owner,
+    });
+    if (r.exitCode !== 0) throw failure(r, 'compile', 'go build');
+    const out = join(stage, '.cairn-fn');
+    // The host reads this file back: it must be a plain file the build wrote, never a planted link.
+    const st = lstatSync(out);
+    if (!st.isFile() || st.isSymbolicLink())
+      throw new GoBuildError('compile', 'the build output is not a regular file', '');
+    const tmpDir = join(d.bin, `${key}.${randomBytes(4).toString('hex')}.tmp`);
+    mkdirSync(tmpDir, { mode: 0o755 });
+    renameSync(out, join(tmpDir, 'fn'));
+    chownSync(join(tmpDir, 'fn'), 0, 0);
+    chmodSync(join(tmpDir, 'fn'), 0o555);
+    try {
+      renameSync(tmpDir, join(d.bin, key));
+    } catch {
+      rmSync(tmpDir, { recursive: true, force: true }); // another process won the race with the same bytes
+    }
+    evict();
+    return {
+      key,
+      binary: join(d.bin, key, 'fn'),
+      cached: false,
+      durationMs: performance.now() - t0,
+      goVersion: goVersion(),
+      commit: resolved.commit,
+    };
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+}
+
+/** go vet over the staged source, no binary (the `validate` op). */
+export async function vetGo(req: GoRequest): Promise<{ ok: boolean; diagnostics: string }> {
+  const d = dirs();
+  const owner = builderUid();
+  ensureDir(d.root);
+  ensureDir(d.stage, owner);
+  ensureDir(d.gocache, owner);
+  ensureDir(d.gomod, owner);
+  const scratch = join(d.stage, `vet-${Date.now()}-${randomBytes(6).toString('hex')}`);
+  ensureDir(scratch, owner);
+  try {
+    const resolved = resolveSource(req, scratch);
+    const stage = join(scratch, 'src');
+    stageFiles(stage, resolved, req.handler, owner);
+    if (resolved.needsDownload) await download(stage);
+    const r = await runSandbox({
+      argv: ['/goroot/bin/go', 'vet', '.'],
+      binds: toolBinds(stage, false),
+      env: sandboxEnv({ GOPROXY: 'off' }),
+      cwd: '/src',
+      limits: BUILD_LIMITS,
+      asUid: owner,
+    });
+    const text = (r.stderr.toString('utf8') + r.stdout.toString('utf8')).replace(/\/src\//g, './').trim();
+    if (r.verdict === 'timeout')
+      return { ok: false, diagnostics: `go vet took longer than ${BUILD_LIMITS.timeoutMs} ms` };
+    return { ok: r.exitCode === 0, diagnostics: text };
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+}
+
+function evict(): void {
+  const d = dirs();
+  const entries = readdirSync(d.bin)
+    .filter((n) => /^[0-9a-f]{64}$/.test(n))
+    .map((n) => ({ n, t: statSync(join(d.bin, n)).mtimeMs }));
+  if (entries.length <= MAX_CACHED) return;
+  entries.sort((a, b) => a.t - b.t);
+  for (const e of entries.slice(0, entries.length - MAX_CACHED))
+    rmSync(join(d.bin, e.n), { recursive: true, force: true });
+}

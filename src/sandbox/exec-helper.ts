@@ -1,0 +1,40 @@
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { goBinary } from './toolchains.js';
+
+const SOURCE = fileURLToPath(new URL('../../src/sandbox/exec-helper/main.go', import.meta.url));
+
+/** Where Cairn keeps what it builds for itself (helpers, the Go caches, function binaries). */
+export function cacheRoot(): string {
+  // Sandboxes run as other uids and must reach the binaries they run, so the cache
+  // lives where every uid can traverse (not under a private data dir such as /root).
+  return process.env.CAIRN_CACHE_DIR ?? join(tmpdir(), 'cairn-cache');
+}
+
+let built: string | undefined;
+
+/** Builds the helper once per source hash (atomically), and returns its path. */
+export function execHelper(): string {
+  if (built && existsSync(built)) return built;
+  const src = readFileSync(SOURCE);
+  const key = createHash('sha256').update(src).digest('hex').slice(0, 16);
+  const dir = join(cacheRoot(), 'helpers');
+  const out = join(dir, `cairn-sandbox-exec-${key}`);
+  if (!existsSync(out)) {
+    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    chmodSync(dir, 0o755);
+    const tmp = `${out}.${process.pid}.tmp`;
+    execFileSync(goBinary(), ['build', '-trimpath', '-ldflags=-s -w', '-o', tmp, SOURCE], {
+      env: { ...process.env, CGO_ENABLED: '0', GOFLAGS: '-mod=mod', GO111MODULE: 'off' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    chmodSync(tmp, 0o755);
+    renameSync(tmp, out);
+  }
+  built = out;
+  return out;
+}
