@@ -118,7 +118,7 @@ export function goMod(requirements: string | undefined): string {
 }
 
 /** A requirement line: a module path and a version, nothing else (no replace, no exclude). */
-export const REQUIREMENT_LINE = /^[A-Za-z0-9][A-Za-z0-9._~\-/]*\s+v[0-9][A-Za-z0-9.+\-]*(\s*\/\/ indirect)?$/;
+export const REQUIREMENT_LINE = /^[A-Za-z0-9][A-Za-z0-9._~\-/]*\s+v[0-9][A-Za-z0-9.+-]*(\s*\/\/ indirect)?$/;
 
 function sandboxEnv(extra: Record<string, string>): Record<string, string> {
   return {
