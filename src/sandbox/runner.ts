@@ -6,6 +6,11 @@ import { performance } from 'node:perf_hooks';
 import { buildSeccompFilter } from './seccomp.js';
 import { uidPool } from './uids.js';
 import { execHelper } from './exec-helper.js';
+import { constants } from 'node:os';
+
+function signalName(n: number): string | undefined {
+  return Object.entries(constants.signals).find(([, v]) => v === n)?.[0];
+}
 
 export const BWRAP = '/usr/bin/bwrap';
 
@@ -76,6 +81,8 @@ export interface SandboxResult {
   /** What the program wrote on fd 3: its result, kept apart from its logs. */
   result: Buffer;
   durationMs: number;
+  /** Peak resident memory of the sandbox's process tree (wait4 rusage), when known. */
+  peakMemoryKb: number | null;
   uid: number | null;
   argv: string[];
   limits: Limits;
@@ -135,6 +142,8 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
     String(limits.maxProcs),
     String(limits.fileSizeMb * 1024 * 1024),
     String(limits.openFiles),
+    // With a pooled uid the helper may kill every process of that uid when the run ends.
+    uid !== undefined && pooled ? '1' : '0',
     '--',
     BWRAP,
     ...bwrapArgs(req, limits),
@@ -144,7 +153,7 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
   try {
     child = spawn(execHelper(), args, {
       env: {}, // bwrap's own pid 1 keeps this environment, readable in /proc/1/environ
-      stdio: ['pipe', 'pipe', 'pipe', 'pipe', seccompFd],
+      stdio: ['pipe', 'pipe', 'pipe', 'pipe', seccompFd, 'pipe'],
       ...(uid !== undefined ? { uid, gid: uid } : {}),
       detached: false,
     });
@@ -162,12 +171,21 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
   let resultOver = false;
   let timedOut = false;
   let cancelled = false;
+  // The helper kills and reaps the whole sandbox on SIGTERM; SIGKILL is the fallback.
+  let killTimer: NodeJS.Timeout | undefined;
   const kill = () => {
     try {
-      child.kill('SIGKILL');
+      child.kill('SIGTERM');
     } catch {
       // already gone
     }
+    killTimer ??= setTimeout(() => {
+      try {
+        child.kill('SIGKILL');
+      } catch {
+        // already gone
+      }
+    }, 500);
   };
   const take = (chunks: Buffer[], cap: number, n: number, d: Buffer): [number, boolean] => {
     if (n + d.length > cap) {
@@ -192,6 +210,10 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
     [resN, resultOver] = take(res, limits.resultBytes, resN, d);
   });
   resultStream.on('error', () => undefined);
+  let reportText = '';
+  const reportStream = (child.stdio as unknown as NodeJS.ReadableStream[])[5]!;
+  reportStream.on('data', (d: Buffer) => (reportText += d.toString('utf8')));
+  reportStream.on('error', () => undefined);
   child.stdin!.on('error', () => undefined);
   child.stdin!.end(req.stdin ?? '');
   const timer = setTimeout(() => {
@@ -205,11 +227,12 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
   req.signal?.addEventListener('abort', onAbort, { once: true });
   if (req.signal?.aborted) onAbort();
 
-  const [exitCode, signal] = await new Promise<[number | null, string | null]>((resolve) => {
+  const [helperExit, helperSignal] = await new Promise<[number | null, string | null]>((resolve) => {
     let status: [number | null, string | null] | undefined;
-    let open = 3;
+    let open = 4;
     const done = () => status && open === 0 && resolve(status);
-    for (const s of [child.stdout!, child.stderr!, resultStream]) s.on('close', () => (open--, done()));
+    for (const s of [child.stdout!, child.stderr!, resultStream, reportStream])
+      s.on('close', () => (open--, done()));
     child.on('exit', (code, sig) => {
       status = [code, sig];
       // A grandchild may hold the pipes; the namespace dies with bwrap, so this is brief.
@@ -222,7 +245,20 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
     child.on('error', () => resolve([null, 'SPAWN_ERROR']));
   });
   clearTimeout(timer);
+  if (killTimer) clearTimeout(killTimer);
   req.signal?.removeEventListener('abort', onAbort);
+  // The helper's report: bwrap's real exit status and the tree's peak RSS (wait4).
+  let exitCode = helperExit;
+  let signal = helperSignal;
+  let peakMemoryKb: number | null = null;
+  try {
+    const rep = JSON.parse(reportText) as { exit: number; signal: number; max_rss_kb: number };
+    exitCode = rep.exit >= 0 ? rep.exit : null;
+    signal = rep.signal ? (signalName(rep.signal) ?? String(rep.signal)) : null;
+    peakMemoryKb = rep.max_rss_kb;
+  } catch {
+    // the helper itself was killed: keep what Node saw
+  }
   if (pooled) uidPool.release(uid);
   const durationMs = performance.now() - t0;
   const stdout = Buffer.concat(out);
@@ -249,6 +285,7 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
     stderrTruncated,
     result,
     durationMs,
+    peakMemoryKb,
     uid: uid ?? null,
     argv: req.argv,
     limits,

@@ -31,7 +31,8 @@ export class UidPool {
     if (uid === undefined) return;
     const w = this.waiters.shift();
     if (w) w(uid);
-    else this.free.push(uid);
+    // To the back of the line: a released uid is the last one reused.
+    else this.free.unshift(uid);
   }
 }
 

@@ -197,7 +197,7 @@ export async function invokeGo(ctx: ExecContext): Promise<ExecResult> {
       limits: { memory_mb: spec.memory_mb, timeout_ms: spec.timeout_ms, max_procs: r.limits.maxProcs },
     },
     timing: { build_ms: round(b.durationMs), build_cached: b.cached, run_ms: round(r.durationMs) },
-    peak_memory_kb: peakOf(r),
+    peak_memory_kb: r.peakMemoryKb ?? peakOf(r),
   };
   let output: unknown;
   try {

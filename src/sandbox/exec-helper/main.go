@@ -1,14 +1,20 @@
-// cairn-sandbox-exec: the last step before bwrap. It applies the rlimits,
-// closes every inherited fd except stdin/stdout/stderr, the result fd (3)
-// and the seccomp filter fd (4), then execs its arguments. Inherited fds that
-// were not close-on-exec would otherwise reach the sandboxed program.
+// cairn-sandbox-exec: the parent of every sandbox. It applies the rlimits,
+// closes every inherited fd except 0-2, the result fd (3), the seccomp filter
+// fd (4) and its report fd (5), then becomes a child subreaper and starts bwrap
+// with fds 0-4 only. On SIGTERM, or once bwrap exits, it kills whatever is
+// left of the sandbox uid (only when that uid is dedicated to this sandbox),
+// reaps every descendant (so no zombie lingers and counts toward
+// RLIMIT_NPROC), and writes one JSON line on fd 5:
+// {"exit": n, "signal": n, "max_rss_kb": n}.
 //
-// usage: cairn-sandbox-exec <data> <nproc> <fsize> <nofile> -- /usr/bin/bwrap ...
+// usage: cairn-sandbox-exec <data> <nproc> <fsize> <nofile> <own-uid:0|1> -- /usr/bin/bwrap ...
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/signal"
 	"strconv"
 	"syscall"
 )
@@ -29,27 +35,90 @@ func limit(res int, v string) {
 }
 
 const (
-	rlimitNproc = 6
-	rlimitCore  = 4
+	rlimitNproc         = 6
+	rlimitCore          = 4
+	sysCloseRange       = 436
+	prSetChildSubreaper = 36
 )
+
+type report struct {
+	Exit     int   `json:"exit"`
+	Signal   int   `json:"signal"`
+	MaxRSSKB int64 `json:"max_rss_kb"`
+	Killed   bool  `json:"killed"`
+}
 
 func main() {
 	a := os.Args
-	if len(a) < 7 || a[5] != "--" {
-		fail("usage", fmt.Errorf("cairn-sandbox-exec <data> <nproc> <fsize> <nofile> -- cmd ..."))
+	if len(a) < 8 || a[6] != "--" {
+		fail("usage", fmt.Errorf("cairn-sandbox-exec <data> <nproc> <fsize> <nofile> <own-uid> -- cmd ..."))
 	}
 	limit(syscall.RLIMIT_DATA, a[1])
 	limit(rlimitNproc, a[2])
 	limit(syscall.RLIMIT_FSIZE, a[3])
 	limit(syscall.RLIMIT_NOFILE, a[4])
 	limit(rlimitCore, "0")
-	// close_range(5, ~0U, 0): everything above the seccomp fd.
-	if _, _, e := syscall.RawSyscall(436, 5, ^uintptr(0)>>32, 0); e != 0 {
-		for fd := 5; fd < 65536; fd++ {
+	ownUID := a[5] == "1"
+	if _, _, e := syscall.RawSyscall(sysCloseRange, 6, ^uintptr(0)>>32, 0); e != 0 {
+		for fd := 6; fd < 65536; fd++ {
 			syscall.Close(fd)
 		}
 	}
-	if err := syscall.Exec(a[6], a[6:], os.Environ()); err != nil {
-		fail("exec "+a[6], err)
+	if _, _, e := syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0); e != 0 {
+		fail("prctl subreaper", e)
 	}
+	out := os.NewFile(5, "report")
+	syscall.CloseOnExec(5)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	pid, err := syscall.ForkExec(a[7], a[7:], &syscall.ProcAttr{Env: os.Environ(), Files: []uintptr{0, 1, 2, 3, 4}})
+	if err != nil {
+		fail("exec "+a[7], err)
+	}
+	syscall.Close(4)
+	killAll := func() {
+		syscall.Kill(pid, syscall.SIGKILL)
+		if ownUID {
+			// Every process of this dedicated uid (kill(-1) spares the caller).
+			syscall.Kill(-1, syscall.SIGKILL)
+		}
+	}
+	r := report{}
+	go func() {
+		<-sigs
+		r.Killed = true
+		killAll()
+	}()
+	var ws syscall.WaitStatus
+	var ru syscall.Rusage
+	for {
+		_, err := syscall.Wait4(pid, &ws, 0, &ru)
+		if err != syscall.EINTR {
+			break
+		}
+	}
+	r.MaxRSSKB = ru.Maxrss
+	if ws.Signaled() {
+		r.Signal = int(ws.Signal())
+		r.Exit = -1
+	} else {
+		r.Exit = ws.ExitStatus()
+	}
+	killAll()
+	for {
+		var ru2 syscall.Rusage
+		_, err := syscall.Wait4(-1, nil, 0, &ru2)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			break
+		}
+		if ru2.Maxrss > r.MaxRSSKB {
+			r.MaxRSSKB = ru2.Maxrss
+		}
+	}
+	b, _ := json.Marshal(r)
+	out.Write(append(b, '\n'))
+	os.Exit(0)
 }
