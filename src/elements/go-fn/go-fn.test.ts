@@ -251,4 +251,95 @@ func Handler(input string) (map[string]interface{}, error) { return nil, nil }
       last_error: null,
     });
   });
+
+  it('run_cancel kills a running sandbox within 100 ms and records it', async () => {
+    const { slug } = await create({
+      source: {
+        type: 'inline',
+        code: fn('time.Sleep(30 * time.Second)\n\treturn nil, nil', 'import "time"'),
+      },
+      timeout_ms: 60000,
+    });
+    await t.call('POST', `/api/${c.slug}/${slug}/ops/build`, {}, c.tokens.write);
+    const r = await t.call('POST', `/api/${c.slug}/${slug}/ops/invoke?async=1`, {}, c.tokens.execute);
+    const id = r.body.run_id;
+    for (let i = 0; i < 200 && t.worker!.inFlight === 0; i++) await new Promise((res) => setTimeout(res, 10));
+    await new Promise((res) => setTimeout(res, 100)); // the sandbox is up and sleeping
+    const t0 = performance.now();
+    const x = await t.call(
+      'POST',
+      `/api/${c.slug}/${slug}/ops/runs/${id}/cancel`,
+      { reason: 'stop' },
+      c.tokens.execute,
+    );
+    expect(x.body.status).toBe('cancelled');
+    while (t.worker!.inFlight > 0 && performance.now() - t0 < 2000)
+      await new Promise((res) => setTimeout(res, 2));
+    expect(t.worker!.inFlight).toBe(0);
+    expect(performance.now() - t0).toBeLessThan(100);
+    const audit = (await t.call('GET', `/api/runs/${id}/audit`, undefined, c.tokens.read)).body.events;
+    expect(audit.at(-1)).toMatchObject({
+      type: 'control',
+      to_status: 'cancelled',
+      data: { action: 'cancel', reason: 'stop' },
+    });
+    expect((await t.call('GET', `/api/runs/${id}`, undefined, c.tokens.read)).body.status).toBe('cancelled');
+  });
+
+  it('builds from a git source pinned to a ref (a local repository)', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const repo = mkdtempSync(join(tmpdir(), 'cairn-fn-repo-'));
+    const git = (...a: string[]) =>
+      execFileSync('git', ['-C', repo, '-c', 'user.email=t@t', '-c', 'user.name=t', ...a]);
+    execFileSync('git', ['init', '-q', '-b', 'main', repo]);
+    writeFileSync(join(repo, 'go.mod'), 'module example.com/fn\n\ngo 1.22\n');
+    writeFileSync(join(repo, 'fn.go'), fn('return map[string]interface{}{"version": "v1"}, nil'));
+    git('add', '-A');
+    git('commit', '-qm', 'v1');
+    git('tag', 'v1.0.0');
+    writeFileSync(join(repo, 'fn.go'), fn('return map[string]interface{}{"version": "v2"}, nil'));
+    git('commit', '-qam', 'v2');
+    try {
+      const pinned = await create({ source: { type: 'git', git_url: repo, git_ref: 'v1.0.0' } });
+      expect(pinned.r.status).toBe(201);
+      expect(pinned.r.body.warnings).toBeUndefined();
+      expect((await invoke(pinned.slug)).output).toEqual({ version: 'v1' });
+      const head = await create({ source: { type: 'git', git_url: repo, git_ref: 'main' } });
+      expect(head.r.body.warnings[0]).toMatch(/Pinning to 'main'/);
+      const out = await invoke(head.slug);
+      expect(out.output).toEqual({ version: 'v2' });
+      const ev = (await t.call('GET', `/api/runs/${out.run_id}/items`, undefined, c.tokens.read)).body
+        .items[0].evidence;
+      expect(ev.toolchain.commit).toBe(
+        execFileSync('git', ['-C', repo, 'rev-parse', 'HEAD'], { encoding: 'utf8' }).trim(),
+      );
+      const missing = await create({
+        source: { type: 'git', git_url: join(repo, 'nope'), git_ref: 'v1.0.0' },
+      });
+      const failed = await invoke(missing.slug);
+      expect(failed.error.code).toBe('GO_FN_COMPILATION_FAILED');
+      expect(failed.error.message).toMatch(/git clone .* failed/);
+    } finally {
+      rmSync(repo, { recursive: true, force: true });
+    }
+  }, 120_000);
+
+  it('concurrent invokes of a changed handler build it once (single flight)', async () => {
+    const { buildGo } = await import('../../sandbox/builders/go.js');
+    const code = fn(`return map[string]interface{}{"nonce": "${Date.now()}-${Math.random()}"}, nil`);
+    const builds = await Promise.all(
+      Array.from({ length: 6 }, () => buildGo({ source: { type: 'inline', code }, handler: 'Handler' })),
+    );
+    expect(new Set(builds.map((b) => b.key)).size).toBe(1);
+    expect(builds.filter((b) => !b.cached).length).toBeLessThanOrEqual(6);
+    // all six waited on one compile: their durations overlap instead of adding up
+    const compiled = builds.filter((b) => !b.cached);
+    expect(compiled.length).toBeGreaterThanOrEqual(1);
+    const cached = await buildGo({ source: { type: 'inline', code }, handler: 'Handler' });
+    expect(cached.cached).toBe(true);
+    expect(cached.durationMs).toBeLessThan(5);
+  });
 });

@@ -247,6 +247,9 @@ function resolveSource(req: GoRequest, scratch: string): Resolved {
 
 const inflight = new Map<string, Promise<GoBuild>>();
 
+/** Counters for metrics (go_fn_cache_hit_rate, build durations) and for tests of single flight. */
+export const goBuildStats = { hits: 0, misses: 0, compiles: 0, compileMsTotal: 0 };
+
 /**
  * Builds (or finds) the binary for a handler. The cache key covers the source,
  * go.mod, requirements, handler, Go version, build flags and wrapper version;
@@ -283,6 +286,7 @@ export async function buildGo(req: GoRequest): Promise<GoBuild> {
     const now = new Date();
     utimesSync(join(d.bin, key), now, now); // LRU: recently used
     rmSync(scratch, { recursive: true, force: true });
+    goBuildStats.hits++;
     return {
       key,
       binary,
@@ -292,8 +296,10 @@ export async function buildGo(req: GoRequest): Promise<GoBuild> {
       commit: resolved.commit,
     };
   }
+  goBuildStats.misses++;
   let p = inflight.get(key);
   if (!p) {
+    goBuildStats.compiles++;
     p = compile(key, resolved, req.handler, scratch).finally(() => inflight.delete(key));
     inflight.set(key, p);
   } else rmSync(scratch, { recursive: true, force: true });
