@@ -8,6 +8,7 @@ import { createCircle, getCircleById, listCircles, publicCircle, RESERVED_SLUGS 
 import { createToken, listTokens, revokeToken } from '../store/tokens.js';
 import { listElements } from '../store/elements.js';
 import { getRun, listItems, listRuns, runEvents, toRunView, type RunRow } from '../store/runs.js';
+import { readLogs } from '../store/logs.js';
 import { applyElement, createElement, SLUG_RE } from '../elements/service.js';
 import { toElementView } from '../elements/view.js';
 import { cursorCodec, parseStatuses, runPage } from '../elements/base-ops.js';
@@ -251,6 +252,23 @@ export const ROUTES: RouteDef[] = [
     handler: async (ctx) => {
       const { run } = await visibleRun(ctx, 'read');
       return { run_id: run.id, items: await listItems(ctx.deps.db, run.id, ctx.query.status) };
+    },
+  },
+  {
+    method: 'GET',
+    url: '/api/runs/:id/logs',
+    auth: 'token',
+    tag: 'runs',
+    summary: "The run's stdout/stderr lines with timestamps (tail, since)",
+    query: z
+      .object({ tail: qint(1, 10_000).optional(), since: z.iso.datetime({ offset: true }).optional() })
+      .strict(),
+    handler: async (ctx) => {
+      const { run } = await visibleRun(ctx, 'read');
+      return {
+        run_id: run.id,
+        lines: await readLogs(ctx.deps.db, { runId: run.id, tail: ctx.query.tail, since: ctx.query.since }),
+      };
     },
   },
   {

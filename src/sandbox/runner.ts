@@ -70,6 +70,12 @@ export interface SandboxRequest {
   asUid?: number;
 }
 
+/** One log line as it arrived: [epoch ms, stream, text]. */
+export type LogLine = [number, 'stdout' | 'stderr', string];
+
+/** Most log lines kept per run; the overflow is counted, not stored. */
+export const MAX_LOG_LINES = 2000;
+
 export interface SandboxResult {
   verdict: Verdict;
   exitCode: number | null;
@@ -80,6 +86,9 @@ export interface SandboxResult {
   stderrTruncated: boolean;
   /** What the program wrote on fd 3: its result, kept apart from its logs. */
   result: Buffer;
+  /** stdout and stderr split into lines, timestamped on arrival (at most MAX_LOG_LINES). */
+  lines: LogLine[];
+  linesDropped: number;
   durationMs: number;
   /** Peak resident memory of the sandbox's process tree (wait4 rusage), when known. */
   peakMemoryKb: number | null;
@@ -196,13 +205,29 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
     chunks.push(d);
     return [n + d.length, false];
   };
+  const lines: LogLine[] = [];
+  let linesDropped = 0;
+  const partial = { stdout: '', stderr: '' };
+  const split = (stream: 'stdout' | 'stderr', d: Buffer, final = false) => {
+    const text = partial[stream] + d.toString('utf8');
+    const parts = text.split('\n');
+    partial[stream] = final ? '' : parts.pop()!;
+    const now = Date.now();
+    for (const p of final ? parts.filter((x) => x !== '') : parts) {
+      if (lines.length < MAX_LOG_LINES)
+        lines.push([now, stream, p.length > 4096 ? p.slice(0, 4096) + '…' : p]);
+      else linesDropped++;
+    }
+  };
   child.stdout!.on('data', (d: Buffer) => {
     if (stdoutTruncated) return;
     [outN, stdoutTruncated] = take(out, limits.stdoutBytes, outN, d);
+    split('stdout', d);
   });
   child.stderr!.on('data', (d: Buffer) => {
     if (stderrTruncated) return;
     [errN, stderrTruncated] = take(err, limits.stderrBytes, errN, d);
+    split('stderr', d);
   });
   const resultStream = child.stdio[3] as NodeJS.ReadableStream;
   resultStream.on('data', (d: Buffer) => {
@@ -261,6 +286,8 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
   }
   if (pooled) uidPool.release(uid);
   const durationMs = performance.now() - t0;
+  split('stdout', Buffer.alloc(0), true);
+  split('stderr', Buffer.alloc(0), true);
   const stdout = Buffer.concat(out);
   const stderr = Buffer.concat(err);
   const result = Buffer.concat(res);
@@ -284,6 +311,8 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
     stdoutTruncated,
     stderrTruncated,
     result,
+    lines,
+    linesDropped,
     durationMs,
     peakMemoryKb,
     uid: uid ?? null,

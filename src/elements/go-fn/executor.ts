@@ -27,9 +27,6 @@ const GO_OOM = [
   /fatal error: out of memory/,
 ];
 
-/** Logs kept on the run, per stream. */
-export const LOG_CAP = 64 * 1024;
-
 interface GoSpec {
   source: GoRequest['source'];
   handler: string;
@@ -75,17 +72,12 @@ function binaryHash(b: GoBuild): string {
   return h;
 }
 
-function capped(
+/** A stream's size and hash; its text lives in `log_lines`. */
+function streamEvidence(
   buf: Buffer,
   truncated: boolean,
-): { text: string; bytes: number; sha256: string; truncated: boolean } {
-  const over = buf.length > LOG_CAP;
-  return {
-    text: buf.subarray(0, LOG_CAP).toString('utf8'),
-    bytes: buf.length,
-    sha256: 'sha256:' + sha256Hex(buf),
-    truncated: truncated || over,
-  };
+): { bytes: number; sha256: string; truncated: boolean } {
+  return { bytes: buf.length, sha256: 'sha256:' + sha256Hex(buf), truncated };
 }
 
 function tail(buf: Buffer, lines = 12): string {
@@ -188,8 +180,10 @@ export async function invokeGo(ctx: ExecContext): Promise<ExecResult> {
     exit_code: r.exitCode,
     signal: r.signal,
     verdict: r.verdict,
-    stdout: capped(r.stdout, r.stdoutTruncated),
-    stderr: capped(r.stderr, r.stderrTruncated),
+    stdout: streamEvidence(r.stdout, r.stdoutTruncated),
+    stderr: streamEvidence(r.stderr, r.stderrTruncated),
+    log_lines: r.lines,
+    log_lines_dropped: r.linesDropped,
     host: ctx.host || hostname(),
     sandbox: {
       backend: 'bubblewrap',

@@ -342,4 +342,55 @@ func Handler(input string) (map[string]interface{}, error) { return nil, nil }
     expect(cached.cached).toBe(true);
     expect(cached.durationMs).toBeLessThan(5);
   });
+
+  it('stores stdout and stderr as timestamped lines, served by the logs op and /api/runs/{id}/logs', async () => {
+    const code = fn(
+      'fmt.Println("hello from stdout")\n\tfmt.Fprintln(os.Stderr, "warning on stderr")\n\tfmt.Println("second line")\n\treturn map[string]interface{}{"ok": true}, nil',
+      'import (\n\t"fmt"\n\t"os"\n)',
+    );
+    const { slug } = await create({ source: { type: 'inline', code } });
+    const a = await invoke(slug);
+    const b = await invoke(slug);
+    expect(a.output).toEqual({ ok: true }); // logs stay logs
+    const one = await t.call(
+      'GET',
+      `/api/${c.slug}/${slug}/ops/logs?run_id=${a.run_id}`,
+      undefined,
+      c.tokens.read,
+    );
+    expect(one.body.lines.map((l: any) => [l.stream, l.line])).toEqual(
+      expect.arrayContaining([
+        ['stdout', 'hello from stdout'],
+        ['stderr', 'warning on stderr'],
+        ['stdout', 'second line'],
+      ]),
+    );
+    expect(one.body.lines).toHaveLength(3);
+    expect(one.body.lines.every((l: any) => l.run_id === a.run_id && !Number.isNaN(Date.parse(l.ts)))).toBe(
+      true,
+    );
+    const all = await t.call('GET', `/api/${c.slug}/${slug}/ops/logs`, undefined, c.tokens.read);
+    expect(all.body.lines).toHaveLength(6);
+    expect(all.body.lines.at(-1).run_id).toBe(b.run_id);
+    const tail = await t.call('GET', `/api/${c.slug}/${slug}/ops/logs?tail=2`, undefined, c.tokens.read);
+    expect(tail.body.lines).toHaveLength(2);
+    const future = new Date(Date.now() + 60_000).toISOString();
+    expect(
+      (await t.call('GET', `/api/${c.slug}/${slug}/ops/logs?since=${future}`, undefined, c.tokens.read)).body
+        .lines,
+    ).toEqual([]);
+    const direct = await t.call('GET', `/api/runs/${a.run_id}/logs?tail=1`, undefined, c.tokens.read);
+    expect(direct.body.lines).toHaveLength(1);
+    const ev = (await t.call('GET', `/api/runs/${a.run_id}/items`, undefined, c.tokens.read)).body.items[0]
+      .evidence;
+    expect(ev.stdout).toMatchObject({ bytes: 'hello from stdout\nsecond line\n'.length, truncated: false });
+    expect(ev.stdout.sha256).toMatch(/^sha256:/);
+    const bad = await t.call(
+      'GET',
+      `/api/${c.slug}/${slug}/ops/logs?run_id=00000000-0000-7000-8000-000000000000`,
+      undefined,
+      c.tokens.read,
+    );
+    expect(bad.body.error.code).toBe('RUN_NOT_FOUND');
+  });
 });

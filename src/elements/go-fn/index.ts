@@ -3,6 +3,7 @@ import type { ElementTypeDecl } from '../types.js';
 import { GO_FN_ERRORS } from './errors.js';
 import { buildOp, diagnosticsOp, invokeGo, validateOp } from './executor.js';
 import { REQUIREMENT_LINE } from '../../sandbox/builders/go.js';
+import { LOGS_OP } from '../logs-op.js';
 
 const HANDLER_RE = /^[A-Z][a-zA-Z0-9_]*$/;
 
@@ -103,6 +104,7 @@ export const goFnType: ElementTypeDecl = {
       input: z.object({}).strict(),
       handler: validateOp,
     },
+    LOGS_OP,
     {
       name: 'diagnostics',
       method: 'GET',
