@@ -2,10 +2,11 @@ import { errors } from '../core/errors.js';
 import { BASE_OPS } from './base-ops.js';
 import { sqlType } from './sql/index.js';
 import { goFnType } from './go-fn/index.js';
+import { javascriptType, pythonType } from './script/index.js';
 import type { ElementTypeDecl, HttpMethod, OperationDecl } from './types.js';
 
 /** Every element type Cairn knows. Adding one is adding a folder and a line here. */
-const TYPES: ElementTypeDecl[] = [sqlType, goFnType];
+const TYPES: ElementTypeDecl[] = [sqlType, goFnType, pythonType, javascriptType];
 
 const byName = new Map(TYPES.map((t) => [t.type, t]));
 

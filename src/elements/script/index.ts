@@ -1,0 +1,397 @@
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { canonicalJson, sha256Hex } from '../../core/hash.js';
+import { errors as coreErrors } from '../../core/errors.js';
+import { cacheRoot } from '../../sandbox/exec-helper.js';
+import { runSandbox, type SandboxResult } from '../../sandbox/runner.js';
+import { nodeRuntime, pythonRuntime, type Runtime } from '../../sandbox/runtimes.js';
+import { declaredError } from '../errors.js';
+import { LOGS_OP } from '../logs-op.js';
+import type { ElementTypeDecl, ErrorCodeDecl, ExecContext, ExecResult } from '../types.js';
+import { nodeWrapper, pythonWrapper, SCRIPT_WRAPPER_VERSION } from './wrappers.js';
+
+interface Lang {
+  type: 'python' | 'javascript';
+  prefix: 'PYTHON_FN' | 'JS_FN';
+  title: string;
+  file: string;
+  wrapperFile: string;
+  wrapper: (handler: string) => string;
+  runtime: () => Runtime;
+  argv: (rt: Runtime, memoryMb: number) => string[];
+  defaultMemoryMb: number;
+  /** Below this the runtime cannot start (Node's ESM loader aborts under 128 MB of data). */
+  minMemoryMb: number;
+  oom: RegExp[];
+  example: string;
+}
+
+const LANGS: Lang[] = [
+  {
+    type: 'python',
+    prefix: 'PYTHON_FN',
+    title: 'Python',
+    file: 'handler.py',
+    wrapperFile: 'cairn_main.py',
+    wrapper: pythonWrapper,
+    runtime: pythonRuntime,
+    // -I: isolated (no env vars, no user site), -S: no site import, -B: no .pyc writes
+    argv: (rt) => [rt.path, '-I', '-S', '-B', '/fn/cairn_main.py'],
+    defaultMemoryMb: 128,
+    minMemoryMb: 64,
+    oom: [/\bMemoryError\b/],
+    example: 'def handler(input):\n    return {"message": "Hello, " + input.get("name", "World") + "!"}',
+  },
+  {
+    type: 'javascript',
+    prefix: 'JS_FN',
+    title: 'JavaScript',
+    file: 'handler.mjs',
+    wrapperFile: 'cairn_main.mjs',
+    wrapper: nodeWrapper,
+    runtime: nodeRuntime,
+    // V8's heap below the sandbox's data limit, so running out is reported, not a crash
+    argv: (rt, mb) => [
+      rt.path,
+      `--max-old-space-size=${Math.max(16, Math.floor(mb * 0.75))}`,
+      '--disallow-code-generation-from-strings',
+      '/fn/cairn_main.mjs',
+    ],
+    defaultMemoryMb: 256,
+    minMemoryMb: 128,
+    oom: [
+      /JavaScript heap out of memory/,
+      /Fatal JavaScript invalid size error/,
+      /FATAL ERROR: .*(Allocation failed|heap)/,
+    ],
+    example: 'export function handler(input) {\n  return { message: `Hello, ${input.name ?? "World"}!` };\n}',
+  },
+];
+
+function errorTable(l: Lang): ErrorCodeDecl[] {
+  const p = l.prefix;
+  return [
+    {
+      code: `${p}_SYNTAX_ERROR`,
+      class: 'validation',
+      retryable: false,
+      description: `The ${l.title} source does not parse`,
+      suggestion: 'Fix the line the message names; run POST …/ops/validate to check without invoking.',
+    },
+    {
+      code: `${p}_HANDLER_NOT_FOUND`,
+      class: 'validation',
+      retryable: false,
+      description: 'The source defines no function named spec.handler',
+      suggestion: `Define ${l.type === 'python' ? '`def handler(input):`' : '`export function handler(input)`'} or set spec.handler to your function's name.`,
+    },
+    {
+      code: `${p}_EXECUTION_FAILED`,
+      class: 'internal',
+      retryable: true,
+      description: 'The handler raised an exception, or the process crashed',
+      suggestion:
+        'Read the exception and the stack in details; fix the handler or its input, then invoke again.',
+    },
+    {
+      code: `${p}_TIMEOUT`,
+      class: 'timeout',
+      retryable: true,
+      description: 'Execution exceeded timeout_ms',
+      suggestion: 'Make the handler faster, or raise spec.timeout_ms (at most 900000).',
+    },
+    {
+      code: `${p}_MEMORY_EXCEEDED`,
+      class: 'internal',
+      retryable: false,
+      description: 'The function exceeded its memory_mb allocation',
+      suggestion: `Process data in smaller pieces, or raise spec.memory_mb (${l.minMemoryMb}–4096).`,
+    },
+    {
+      code: `${p}_INVALID_OUTPUT`,
+      class: 'validation',
+      retryable: false,
+      description: 'The handler returned a value that cannot be encoded as JSON',
+      suggestion: 'Return only JSON values (objects, arrays, strings, numbers, booleans, null).',
+    },
+    {
+      code: `${p}_OUTPUT_TOO_LARGE`,
+      class: 'validation',
+      retryable: false,
+      description: 'The function wrote more than the log cap, or returned more than the result cap',
+      suggestion: 'Log less and return less; put large data in a table or file element.',
+    },
+  ];
+}
+
+function specSchema(l: Lang) {
+  return z
+    .object({
+      source: z
+        .object({ type: z.literal('inline').default('inline'), code: z.string().max(1_000_000).optional() })
+        .strict(),
+      handler: z
+        .string()
+        .regex(/^[A-Za-z_$][A-Za-z0-9_$]*$/, 'an identifier')
+        .default('handler'),
+      env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string().max(32_768)).default({}),
+      timeout_ms: z.number().int().min(100).max(900_000).default(30_000),
+      memory_mb: z.number().int().min(l.minMemoryMb).max(4096).default(l.defaultMemoryMb),
+    })
+    .strict();
+}
+
+interface ScriptSpec {
+  source: { code?: string };
+  handler: string;
+  env: Record<string, string>;
+  timeout_ms: number;
+  memory_mb: number;
+}
+
+/** The handler and wrapper, written once per content key, read-only, bound at /fn. */
+function stage(l: Lang, spec: ScriptSpec): { dir: string; key: string } {
+  const key = sha256Hex(
+    canonicalJson({
+      wrapper: SCRIPT_WRAPPER_VERSION,
+      type: l.type,
+      code: spec.source.code ?? '',
+      handler: spec.handler,
+    }),
+  );
+  const root = join(cacheRoot(), 'scripts');
+  const dir = join(root, key);
+  if (existsSync(dir)) return { dir, key };
+  mkdirSync(root, { recursive: true, mode: 0o755 });
+  chmodSync(root, 0o755);
+  const tmp = `${dir}.${randomBytes(4).toString('hex')}.tmp`;
+  mkdirSync(tmp, { mode: 0o755 });
+  writeFileSync(join(tmp, l.file), spec.source.code ?? '', { mode: 0o444 });
+  writeFileSync(join(tmp, l.wrapperFile), l.wrapper(spec.handler), { mode: 0o444 });
+  try {
+    renameSync(tmp, dir);
+  } catch {
+    rmSync(tmp, { recursive: true, force: true }); // same content, written by a concurrent invoke
+  }
+  return { dir, key };
+}
+
+function tailOf(buf: Buffer, n = 3): string {
+  return buf.toString('utf8').trimEnd().split('\n').slice(-n).join('\n');
+}
+
+function interpret(l: Lang, r: SandboxResult, spec: ScriptSpec): unknown {
+  const fail = (code: string, message: string, details?: unknown) =>
+    declaredError(errorTable(l), `${l.prefix}_${code}`, message, details);
+  switch (r.verdict) {
+    case 'timeout':
+      throw fail(
+        'TIMEOUT',
+        `The function ran longer than timeout_ms (${spec.timeout_ms} ms) and was killed.`,
+      );
+    case 'memory_exceeded':
+      throw fail(
+        'MEMORY_EXCEEDED',
+        `The function exceeded memory_mb (${spec.memory_mb} MB): ${tailOf(r.stderr, 1)}`,
+      );
+    case 'output_limit':
+      throw fail(
+        'OUTPUT_TOO_LARGE',
+        r.stdoutTruncated || r.stderrTruncated
+          ? `The function wrote more than ${r.limits.stdoutBytes} bytes of logs and was stopped.`
+          : `The result is larger than ${r.limits.resultBytes} bytes.`,
+      );
+    case 'cancelled':
+      throw coreErrors.conflict(
+        'RUN_CANCELLED',
+        'The run was cancelled; its sandbox was killed.',
+        'Rerun it if the work is still needed.',
+      );
+    case 'crashed':
+      throw fail(
+        'EXECUTION_FAILED',
+        `The function crashed (${r.signal ? `signal ${r.signal}` : `exit code ${r.exitCode}`}): ${tailOf(r.stderr)}`,
+      );
+    case 'invalid_output':
+      throw fail('INVALID_OUTPUT', 'The function exited without returning a result.');
+    case 'ok':
+      break;
+  }
+  let env: { kind: string; output?: unknown; error?: string; stack?: string };
+  try {
+    env = JSON.parse(r.result.toString('utf8'));
+  } catch {
+    throw fail('INVALID_OUTPUT', 'The function wrote something that is not a Cairn result envelope on fd 3.');
+  }
+  switch (env.kind) {
+    case 'ok':
+      return env.output ?? null;
+    case 'syntax_error':
+      throw fail('SYNTAX_ERROR', `Syntax error: ${env.error}`);
+    case 'no_handler':
+      throw fail('HANDLER_NOT_FOUND', `The source defines no function "${spec.handler}".`);
+    case 'invalid_output':
+      throw fail('INVALID_OUTPUT', `The handler's return value cannot be encoded as JSON: ${env.error}`);
+    case 'error':
+      throw fail('EXECUTION_FAILED', `The handler raised ${env.error}`, { stack: env.stack });
+    default:
+      throw fail('EXECUTION_FAILED', `The function could not read its input: ${env.error}`);
+  }
+}
+
+function executor(l: Lang) {
+  return async (ctx: ExecContext): Promise<ExecResult> => {
+    const { r, evidence, spec } = await runScript(
+      l,
+      ctx.spec as ScriptSpec,
+      ctx.input,
+      ctx.signal,
+      ctx.host,
+      {},
+    );
+    try {
+      const output = interpret(l, r, spec);
+      return {
+        output,
+        evidence: { ...evidence, output_hashes: { output: 'sha256:' + sha256Hex(canonicalJson(output)) } },
+      };
+    } catch (e: any) {
+      e.evidence = evidence;
+      throw e;
+    }
+  };
+}
+
+async function runScript(
+  l: Lang,
+  spec: ScriptSpec,
+  input: unknown,
+  signal: AbortSignal,
+  host: string,
+  extraEnv: Record<string, string>,
+) {
+  const rt = l.runtime();
+  const { dir, key } = stage(l, spec);
+  const stdin = JSON.stringify(input ?? {});
+  const argv = l.argv(rt, spec.memory_mb);
+  const r = await runSandbox({
+    argv,
+    binds: [...rt.binds, { src: dir, dest: '/fn' }],
+    env: { ...rt.env, ...spec.env, ...extraEnv },
+    stdin,
+    limits: { timeoutMs: spec.timeout_ms, memoryMb: spec.memory_mb },
+    oomMarkers: l.oom,
+    signal,
+  });
+  const evidence: Record<string, unknown> = {
+    command: argv,
+    toolchain: { runtime: rt.name, version: rt.version, wrapper: SCRIPT_WRAPPER_VERSION },
+    source_hash: 'sha256:' + key,
+    input_hashes: { stdin: 'sha256:' + sha256Hex(stdin) },
+    exit_code: r.exitCode,
+    signal: r.signal,
+    verdict: r.verdict,
+    stdout: {
+      bytes: r.stdout.length,
+      sha256: 'sha256:' + sha256Hex(r.stdout),
+      truncated: r.stdoutTruncated,
+    },
+    stderr: {
+      bytes: r.stderr.length,
+      sha256: 'sha256:' + sha256Hex(r.stderr),
+      truncated: r.stderrTruncated,
+    },
+    log_lines: r.lines,
+    log_lines_dropped: r.linesDropped,
+    host,
+    sandbox: {
+      backend: 'bubblewrap',
+      uid: r.uid,
+      limits: { memory_mb: spec.memory_mb, timeout_ms: spec.timeout_ms },
+    },
+    timing: { run_ms: Math.round(r.durationMs * 1000) / 1000 },
+    peak_memory_kb: r.peakMemoryKb,
+  };
+  return { r, evidence, spec };
+}
+
+function scriptType(l: Lang): ElementTypeDecl {
+  return {
+    type: l.type,
+    category: 'actions',
+    title: l.title,
+    description: `Runs a ${l.title} function in a fresh bubblewrap sandbox with no network. The handler gets the clean input object and returns a JSON value. Example:\n\n\`\`\`\n${l.example}\n\`\`\``,
+    spec: specSchema(l),
+    operations: [
+      {
+        name: 'invoke',
+        method: 'POST',
+        path: 'invoke',
+        auth: 'execute',
+        summary: `Invoke the ${l.title} function with input data`,
+        description:
+          'The JSON body (envelopes payload/data/input unwrapped) is the handler argument; its return value is the run output.',
+        input: z.record(z.string(), z.unknown()),
+        createsRun: true,
+        price: 10_000,
+        retryOnLoss: false,
+      },
+      {
+        name: 'validate',
+        method: 'POST',
+        path: 'validate',
+        auth: 'read',
+        summary: 'Check that the source loads and defines the handler, without invoking it',
+        input: z.object({}).strict(),
+        handler: async (ctx) => {
+          // The wrapper's check mode loads the module and reports whether the handler exists; nothing is called.
+          const spec = ctx.element.spec as unknown as ScriptSpec;
+          const { r } = await runScript(l, spec, {}, new AbortController().signal, '', { CAIRN_CHECK: '1' });
+          try {
+            const env = r.verdict === 'ok' ? JSON.parse(r.result.toString('utf8')) : undefined;
+            if (env?.kind === 'checked') {
+              return env.has_handler
+                ? { valid: true, errors: [], warnings: [] }
+                : {
+                    valid: false,
+                    errors: [`The source defines no function "${spec.handler}".`],
+                    warnings: [],
+                  };
+            }
+            interpret(l, r, spec);
+            return { valid: false, errors: ['the source did not load'], warnings: [] };
+          } catch (e: any) {
+            return { valid: false, errors: [String(e?.message ?? e)], warnings: [] };
+          }
+        },
+      },
+      LOGS_OP,
+    ],
+    errors: errorTable(l),
+    rules: [
+      {
+        level: 'error',
+        message: 'source.code is required',
+        check: (s) => typeof s.source?.code === 'string' && s.source.code.trim() !== '',
+      },
+      {
+        level: 'warning',
+        message: 'memory_mb over 1024MB — consider whether your function truly needs this much memory',
+        check: (s) => s.memory_mb <= 1024,
+      },
+      {
+        level: 'warning',
+        message:
+          'timeout_ms over 5 minutes — long-running functions may be better suited to an agent element',
+        check: (s) => s.timeout_ms <= 300_000,
+      },
+    ],
+    executors: { invoke: executor(l) },
+    timeoutMs: (s) => s.timeout_ms,
+  };
+}
+
+export const pythonType = scriptType(LANGS[0]!);
+export const javascriptType = scriptType(LANGS[1]!);
