@@ -20,7 +20,7 @@ const OUT = new URL('./out/', import.meta.url);
 export function writeSection(name: string, markdown: string): void {
   mkdirSync(OUT, { recursive: true });
   writeFileSync(new URL(`${name}.md`, OUT), markdown.trim() + '\n');
-  const order = ['engine-throughput', 'invoke-latency'];
+  const order = ['engine-throughput', 'invoke-latency', 'code-actions'];
   const parts = order
     .filter((n) => existsSync(new URL(`${n}.md`, OUT)))
     .map((n) => readFileSync(new URL(`${n}.md`, OUT), 'utf8'));

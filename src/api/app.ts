@@ -11,6 +11,8 @@ import { openApiDocument } from './openapi.js';
 import type { RouteCtx, RouteDef } from './route.js';
 import { ROUTES } from './routes.js';
 import type { HttpMethod } from '../elements/types.js';
+import { goCacheHitRate, registry } from '../telemetry/metrics.js';
+import { goBuildStats } from '../sandbox/builders/go.js';
 
 const BODY_LIMIT = 1024 * 1024;
 
@@ -161,5 +163,15 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
 
   const doc = openApiDocument();
   app.get('/openapi.json', async () => doc);
+  // Prometheus scrapes with the instance-admin token (metrics name circles and elements).
+  app.get('/metrics', async (req, reply) => {
+    authorize(await deps.authn.principal(req.headers.authorization), undefined, 'instance_admin');
+    goCacheHitRate.set(
+      goBuildStats.hits + goBuildStats.misses > 0
+        ? goBuildStats.hits / (goBuildStats.hits + goBuildStats.misses)
+        : 0,
+    );
+    return reply.type(registry.contentType).send(await registry.metrics());
+  });
   return app;
 }

@@ -4,6 +4,7 @@ import { normalizeStatus, type RunStatus } from '../core/status.js';
 import { qbool, qint } from '../core/zod.js';
 import * as store from '../store/elements.js';
 import { getRun, listRuns, toRunView, type RunRow } from '../store/runs.js';
+import { elementEvents, elementStats } from '../store/stats.js';
 import { updateElement } from './service.js';
 import { toElementView } from './view.js';
 import { checkSpec } from './validate.js';
@@ -285,6 +286,55 @@ export const BASE_OPS: OperationDecl[] = [
       });
       return runPage(rows, limit, ctx.circle.slug, ctx.baseUrl);
     },
+  },
+  {
+    name: 'stats',
+    method: 'GET',
+    path: 'stats',
+    auth: 'read',
+    summary: 'Aggregate statistics with computed health (default period: day)',
+    description:
+      'Health: error if errors_per_day > 5 or success_rate < 0.8; warning if errors_per_day > 0 or success_rate < 0.95.',
+    input: z.object({ period: z.enum(['hour', 'day', 'week']).default('day') }).strict(),
+    handler: async (ctx) => {
+      const days = { hour: 1 / 24, day: 1, week: 7 }[ctx.input.period as 'hour' | 'day' | 'week'];
+      const since = new Date(Date.now() - days * 86_400_000).toISOString();
+      const s = await elementStats(ctx.db, ctx.element.id, since);
+      const finished = s.succeeded + s.failed;
+      const successRate = finished > 0 ? s.succeeded / finished : null;
+      const errorsPerDay = s.failed / days;
+      const health =
+        successRate === null
+          ? 'unknown'
+          : errorsPerDay > 5 || successRate < 0.8
+            ? 'error'
+            : errorsPerDay > 0 || successRate < 0.95
+              ? 'warning'
+              : 'healthy';
+      return {
+        period: ctx.input.period,
+        since,
+        ...s,
+        runs_per_day: s.runs / days,
+        errors_per_day: errorsPerDay,
+        success_rate: successRate,
+        health,
+      };
+    },
+  },
+  {
+    name: 'activity',
+    method: 'GET',
+    path: 'activity',
+    auth: 'read',
+    summary:
+      "The element's events, newest first (e.g. go_fn.invoked, go_fn.completed, go_fn.build_completed)",
+    input: z
+      .object({ limit: qint(1, 1000).optional(), before: qint(1, Number.MAX_SAFE_INTEGER).optional() })
+      .strict(),
+    handler: async (ctx) => ({
+      events: await elementEvents(ctx.db, ctx.element.id, ctx.input.limit ?? 100, ctx.input.before),
+    }),
   },
   {
     name: 'run_get',

@@ -33,6 +33,10 @@ export function getType(name: string): ElementTypeDecl {
   return t;
 }
 
+export function getTypeOrUndefined(name: string | null): ElementTypeDecl | undefined {
+  return name ? byName.get(name) : undefined;
+}
+
 /** All ops of a type: the base ops plus its own (its own win on a name clash). */
 export function operationsOf(t: ElementTypeDecl): OperationDecl[] {
   const own = new Set(t.operations.map((o) => o.name));

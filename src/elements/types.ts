@@ -76,8 +76,13 @@ export interface ExecContext {
   host: string;
 }
 
+/** An element event to record with the run's settlement: [name, epoch ms, data]. */
+export type ElementEvent = [string, number, Record<string, unknown>];
+
 export interface ExecResult {
   output: unknown;
+  /** Events the executor saw (e.g. go_fn.build_completed). */
+  events?: ElementEvent[];
   /** R-EVIDENCE: command, hashes, timings… recorded on the item. */
   evidence: Record<string, unknown>;
   /** Micro-credits to charge; defaults to the op's declared price. */
@@ -101,6 +106,8 @@ export interface ElementTypeDecl {
   validateSpec?: (spec: any) => void;
   /** Executors of run-creating ops, by op name. */
   executors: Record<string, Executor>;
+  /** Prefix of the type's metrics and events (go_fn → go_fn_invocation_count, go_fn.invoked). */
+  telemetry?: { prefix: string };
   /** Default timeout of a run of this type (ms), read from the spec. */
   timeoutMs?: (spec: any) => number;
   /** What the type pins into the run snapshot beyond the element itself (toolchains…). */

@@ -12,7 +12,8 @@ import {
   type Settlement,
 } from '../store/queue.js';
 import type { RunRow } from '../store/runs.js';
-import { getType, operationsOf } from '../elements/registry.js';
+import { getType, getTypeOrUndefined, operationsOf } from '../elements/registry.js';
+import { recordInvocation } from '../telemetry/metrics.js';
 import { silentLogger, type Logger } from '../telemetry/log.js';
 
 export interface WorkerOptions {
@@ -164,6 +165,25 @@ export class Worker {
   }
 
   private async execute(run: RunRow, signal: AbortSignal): Promise<Settlement> {
+    const s = await this.execute1(run, signal);
+    // Metrics and events, named by the type's declared prefix (go_fn_invocation_count, go_fn.invoked …).
+    const prefix = getTypeOrUndefined(run.element_type)?.telemetry?.prefix;
+    if (prefix) {
+      const started = Date.parse(run.started_at ?? '') || Date.now();
+      const ms = Date.now() - started;
+      recordInvocation(prefix, run.circle_id, run.element_slug ?? '', s.status === 'succeeded', ms);
+      s.events = [
+        [`${prefix}.invoked`, started, { attempt: run.attempt, worker: this.id }],
+        ...(s.events ?? []),
+        s.status === 'succeeded'
+          ? [`${prefix}.completed`, Date.now(), { duration_ms: ms }]
+          : [`${prefix}.failed`, Date.now(), { duration_ms: ms, error_code: s.error?.code ?? null }],
+      ];
+    }
+    return s;
+  }
+
+  private async execute1(run: RunRow, signal: AbortSignal): Promise<Settlement> {
     try {
       const type = getType(run.element_type ?? '');
       const op = operationsOf(type).find((o) => o.name === run.operation);
@@ -187,18 +207,22 @@ export class Worker {
         error: null,
         credits: result.credits ?? op.price ?? 0,
         evidence: { ...result.evidence, worker: this.id },
+        events: result.events,
       };
     } catch (e) {
       const err = toCairnError(e);
       if (err.code === 'INTERNAL') this.log.error({ err: e, run: run.id }, 'executor crashed');
       const body: ErrorBody = err.toBody();
+      // Executors attach what they saw (exit code, logs, hashes, events) to the error: a failed item keeps its evidence.
+      const seen = (e ?? {}) as { evidence?: Record<string, unknown>; events?: Settlement['events'] };
       return {
         id: run.id,
         status: 'failed',
         output: null,
         error: body,
         credits: 0,
-        evidence: { host: this.host, worker: this.id },
+        evidence: { ...(seen.evidence ?? {}), host: this.host, worker: this.id },
+        events: seen.events,
       };
     }
   }

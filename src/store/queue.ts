@@ -138,12 +138,14 @@ export interface Settlement {
   error: ErrorBody | null;
   credits: number;
   evidence: Record<string, unknown>;
+  /** Element events to append with the settlement: [name, epoch ms, data]. */
+  events?: [string, number, Record<string, unknown>][];
 }
 
 const SETTLE = `
 WITH s AS (
   SELECT * FROM jsonb_to_recordset($1::jsonb)
-    AS x(id uuid, status text, output jsonb, error jsonb, credits bigint, evidence jsonb)),
+    AS x(id uuid, status text, output jsonb, error jsonb, credits bigint, evidence jsonb, events jsonb)),
 u AS (
   UPDATE cairn.runs r SET status = s.status, output = s.output, error = s.error,
     finished_at = clock_timestamp(),
@@ -153,7 +155,11 @@ u AS (
     items_failed = CASE WHEN s.status = 'failed' THEN r.items_total ELSE 0 END,
     items_pending = 0
   FROM s WHERE r.id = s.id AND r.status = 'running' AND r.worker_id = $2
-  RETURNING r.id, r.circle_id, r.status, r.attempt, r.duration_ms, r.credits_used),
+  RETURNING r.id, r.circle_id, r.element_id, r.status, r.attempt, r.duration_ms, r.credits_used),
+ev AS (
+  INSERT INTO cairn.events (circle_id, run_id, element_id, name, at, data)
+  SELECT u.circle_id, u.id, u.element_id, x ->> 0, to_timestamp((x ->> 1)::double precision / 1000), x -> 2
+  FROM u JOIN s ON s.id = u.id, jsonb_array_elements(COALESCE(s.events, '[]'::jsonb)) AS x),
 it AS (
   UPDATE cairn.items i SET status = u.status, outputs = s.output, error = s.error, credits_used = s.credits,
     finished_at = clock_timestamp(), evidence = s.evidence,

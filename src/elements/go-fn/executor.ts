@@ -14,7 +14,7 @@ import {
 import { WRAPPER_VERSION } from '../../sandbox/builders/go-wrapper.js';
 import { runSandbox, type SandboxResult } from '../../sandbox/runner.js';
 import { declaredError } from '../errors.js';
-import type { ExecContext, ExecResult, OpContext } from '../types.js';
+import type { ElementEvent, ExecContext, ExecResult, OpContext } from '../types.js';
 import { GO_FN_ERRORS } from './errors.js';
 
 const fail = (code: string, message: string, details?: unknown) =>
@@ -160,6 +160,15 @@ function interpret(r: SandboxResult, spec: GoSpec): unknown {
 export async function invokeGo(ctx: ExecContext): Promise<ExecResult> {
   const spec = ctx.spec as GoSpec;
   const b = await build(spec);
+  const events: ElementEvent[] = b.cached
+    ? []
+    : [
+        [
+          'go_fn.build_completed',
+          Date.now(),
+          { build_key: b.key, duration_ms: round(b.durationMs), go_version: b.goVersion },
+        ],
+      ];
   const stdin = JSON.stringify(ctx.input ?? {});
   const deadline = Date.now() + spec.timeout_ms;
   const argv = ['/fn/handler'];
@@ -197,12 +206,14 @@ export async function invokeGo(ctx: ExecContext): Promise<ExecResult> {
   try {
     output = interpret(r, spec);
   } catch (e: any) {
-    // Failed runs keep their evidence too.
+    // Failed runs keep their evidence (and events) too.
     e.evidence = evidence;
+    e.events = events;
     throw e;
   }
   return {
     output,
+    events,
     evidence: { ...evidence, output_hashes: { output: 'sha256:' + sha256Hex(canonicalJson(output)) } },
   };
 }

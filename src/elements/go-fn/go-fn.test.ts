@@ -393,4 +393,81 @@ func Handler(input string) (map[string]interface{}, error) { return nil, nil }
     );
     expect(bad.body.error.code).toBe('RUN_NOT_FOUND');
   });
+
+  it('failed runs keep their evidence; events, stats and metrics follow the seed', async () => {
+    const nonce = `${Date.now()}`;
+    const { slug } = await create({
+      source: {
+        type: 'inline',
+        code: fn(
+          `fmt.Println("nonce ${nonce}")\n\tif input["fail"] == true {\n\t\treturn nil, errors.New("asked to fail")\n\t}\n\treturn map[string]interface{}{"ok": true}, nil`,
+          'import (\n\t"errors"\n\t"fmt"\n)',
+        ),
+      },
+    });
+    const ok1 = await invoke(slug, {});
+    await invoke(slug, {});
+    const bad = await invoke(slug, { fail: true });
+    expect(bad.error.code).toBe('GO_FN_EXECUTION_FAILED');
+    const ev = (await t.call('GET', `/api/runs/${bad.run_id}/items`, undefined, c.tokens.read)).body.items[0]
+      .evidence;
+    expect(ev).toMatchObject({ command: ['/fn/handler'], exit_code: 0, verdict: 'ok' });
+    expect(ev.binary_hash).toMatch(/^sha256:/);
+    expect(ev.log_lines.map((l: any) => l[2])).toEqual([`nonce ${nonce}`]);
+
+    const events = (await t.call('GET', `/api/${c.slug}/${slug}/ops/activity`, undefined, c.tokens.read)).body
+      .events;
+    const names = events.map((e: any) => e.name).reverse();
+    expect(names).toEqual([
+      'go_fn.invoked',
+      'go_fn.build_completed',
+      'go_fn.completed',
+      'go_fn.invoked',
+      'go_fn.completed',
+      'go_fn.invoked',
+      'go_fn.failed',
+    ]);
+    expect(events.find((e: any) => e.name === 'go_fn.failed').data.error_code).toBe('GO_FN_EXECUTION_FAILED');
+    expect(events.find((e: any) => e.name === 'go_fn.build_completed').run_id).toBe(ok1.run_id);
+
+    const st = (await t.call('GET', `/api/${c.slug}/${slug}/ops/stats`, undefined, c.tokens.read)).body;
+    expect(st).toMatchObject({
+      period: 'day',
+      runs: 3,
+      succeeded: 2,
+      failed: 1,
+      errors_per_day: 1,
+      health: 'error',
+    });
+    expect(st.success_rate).toBeCloseTo(2 / 3, 5);
+    expect(st.avg_duration_ms).toBeGreaterThan(0);
+
+    const m = await t.app.inject({
+      method: 'GET',
+      url: '/metrics',
+      headers: { authorization: `Bearer ${t.admin}` },
+    });
+    expect(m.statusCode).toBe(200);
+    for (const name of [
+      'go_fn_invocation_count',
+      'go_fn_duration_ms_bucket',
+      'go_fn_error_rate',
+      'go_fn_build_duration_ms_bucket',
+      'go_fn_cache_hit_rate',
+    ]) {
+      expect(m.body).toContain(name);
+    }
+    expect(m.body).toMatch(
+      new RegExp(`go_fn_invocation_count\\{circle="${c.id}",element="${slug}",status="failed"\\} 1`),
+    );
+    expect(
+      (
+        await t.app.inject({
+          method: 'GET',
+          url: '/metrics',
+          headers: { authorization: `Bearer ${c.tokens.admin}` },
+        })
+      ).statusCode,
+    ).toBe(403);
+  });
 });

@@ -154,5 +154,6 @@ export const goFnType: ElementTypeDecl = {
     },
   ],
   executors: { invoke: invokeGo },
+  telemetry: { prefix: 'go_fn' },
   timeoutMs: (s) => s.timeout_ms,
 };

@@ -389,6 +389,7 @@ function scriptType(l: Lang): ElementTypeDecl {
       },
     ],
     executors: { invoke: executor(l) },
+    telemetry: { prefix: l.prefix.toLowerCase() },
     timeoutMs: (s) => s.timeout_ms,
   };
 }

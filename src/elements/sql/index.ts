@@ -46,5 +46,6 @@ export const sqlType: ElementTypeDecl = {
     guardSql(spec.query);
   },
   executors: { invoke: invokeSql },
+  telemetry: { prefix: 'sql' },
   timeoutMs: (spec: { timeout_ms: number }) => spec.timeout_ms,
 };

@@ -21,6 +21,7 @@ import { runSandbox, type Bind, type SandboxResult } from '../runner.js';
 import { goBinary, goRootDir } from '../toolchains.js';
 import { uidPool } from '../uids.js';
 import { goWrapper, WRAPPER_VERSION } from './go-wrapper.js';
+import { goBuildDuration } from '../../telemetry/metrics.js';
 
 export interface GoSource {
   type: 'inline' | 'git';
@@ -352,6 +353,9 @@ async function compile(key: string, resolved: Resolved, handler: string, scratch
       rmSync(tmpDir, { recursive: true, force: true }); // another process won the race with the same bytes
     }
     evict();
+    const ms = performance.now() - t0;
+    goBuildStats.compileMsTotal += ms;
+    goBuildDuration.observe(ms);
     return {
       key,
       binary: join(d.bin, key, 'fn'),

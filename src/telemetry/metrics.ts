@@ -1,0 +1,80 @@
+import client from 'prom-client';
+
+/**
+ * Prometheus metrics (R-OTEL), served at GET /metrics. Per-type metric names
+ * come from each type's declared prefix (go_fn_invocation_count, …), so the
+ * engine records them without knowing which type it ran.
+ */
+export const registry = new client.Registry();
+client.collectDefaultMetrics({ register: registry, prefix: 'cairn_process_' });
+
+interface TypeMetrics {
+  invocations: client.Counter<'circle' | 'element' | 'status'>;
+  duration: client.Histogram<'circle' | 'element'>;
+  errorRate: client.Gauge<'circle' | 'element'>;
+  counts: Map<string, { all: number; failed: number }>;
+}
+
+const byPrefix = new Map<string, TypeMetrics>();
+
+function metricsFor(prefix: string): TypeMetrics {
+  let m = byPrefix.get(prefix);
+  if (!m) {
+    m = {
+      invocations: new client.Counter({
+        name: `${prefix}_invocation_count`,
+        help: `Invocations of ${prefix} elements`,
+        labelNames: ['circle', 'element', 'status'],
+        registers: [registry],
+      }),
+      duration: new client.Histogram({
+        name: `${prefix}_duration_ms`,
+        help: `Duration of ${prefix} invocations (ms)`,
+        labelNames: ['circle', 'element'],
+        buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000, 30000],
+        registers: [registry],
+      }),
+      errorRate: new client.Gauge({
+        name: `${prefix}_error_rate`,
+        help: `Share of failed ${prefix} invocations since start`,
+        labelNames: ['circle', 'element'],
+        registers: [registry],
+      }),
+      counts: new Map(),
+    };
+    byPrefix.set(prefix, m);
+  }
+  return m;
+}
+
+export function recordInvocation(
+  prefix: string,
+  circle: string,
+  element: string,
+  ok: boolean,
+  ms: number,
+): void {
+  const m = metricsFor(prefix);
+  m.invocations.inc({ circle, element, status: ok ? 'succeeded' : 'failed' });
+  m.duration.observe({ circle, element }, ms);
+  const key = `${circle}/${element}`;
+  const c = m.counts.get(key) ?? { all: 0, failed: 0 };
+  c.all++;
+  if (!ok) c.failed++;
+  m.counts.set(key, c);
+  m.errorRate.set({ circle, element }, c.failed / c.all);
+}
+
+export const goBuildDuration = new client.Histogram({
+  name: 'go_fn_build_duration_ms',
+  help: 'Duration of go-fn compilations (ms)',
+  buckets: [50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 120000],
+  registers: [registry],
+});
+
+/** Set from the builder's counters at scrape time. */
+export const goCacheHitRate = new client.Gauge({
+  name: 'go_fn_cache_hit_rate',
+  help: 'Share of go-fn binary lookups served from the cache since start',
+  registers: [registry],
+});
