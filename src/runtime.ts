@@ -14,8 +14,18 @@ import { Authenticator } from './api/auth.js';
 import { buildApp } from './api/app.js';
 import type { Deps } from './api/context.js';
 import type { Logger } from './telemetry/log.js';
+import { sandboxDisabled } from './sandbox/runner.js';
 
 /** Opens the configured database (PostgreSQL when DATABASE_URL is set, else PGlite in the data dir) and migrates it. */
+/** The sandbox opt-out is loud: logged at start by every process that executes runs. */
+export function warnIfUnsandboxed(log: Logger): void {
+  if (sandboxDisabled()) {
+    log.warn(
+      'CAIRN_UNSAFE_NO_SANDBOX=1: code actions run WITHOUT the bubblewrap sandbox (no namespaces, no seccomp, network reachable); every such run is flagged "unsandboxed"',
+    );
+  }
+}
+
 export async function openDb(config: Config): Promise<Db> {
   await loadSqlParser();
   let db: Db;
@@ -98,6 +108,7 @@ export async function startServer(
           log,
         })
       : undefined;
+  if (worker) warnIfUnsandboxed(log);
   await worker?.start();
   const deps: Deps = {
     db,
@@ -140,6 +151,7 @@ export async function startWorker(
     pollMs: config.pollMs,
     log,
   });
+  warnIfUnsandboxed(log);
   await worker.start();
   return {
     worker,

@@ -85,6 +85,8 @@ export interface ExecResult {
   events?: ElementEvent[];
   /** R-EVIDENCE: command, hashes, timings… recorded on the item. */
   evidence: Record<string, unknown>;
+  /** Flags for the run record (e.g. `unsandboxed`). */
+  flags?: string[];
   /** Micro-credits to charge; defaults to the op's declared price. */
   credits?: number;
 }

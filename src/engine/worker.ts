@@ -208,13 +208,18 @@ export class Worker {
         credits: result.credits ?? op.price ?? 0,
         evidence: { ...result.evidence, worker: this.id },
         events: result.events,
+        flags: result.flags,
       };
     } catch (e) {
       const err = toCairnError(e);
       if (err.code === 'INTERNAL') this.log.error({ err: e, run: run.id }, 'executor crashed');
       const body: ErrorBody = err.toBody();
       // Executors attach what they saw (exit code, logs, hashes, events) to the error: a failed item keeps its evidence.
-      const seen = (e ?? {}) as { evidence?: Record<string, unknown>; events?: Settlement['events'] };
+      const seen = (e ?? {}) as {
+        evidence?: Record<string, unknown>;
+        events?: Settlement['events'];
+        flags?: string[];
+      };
       return {
         id: run.id,
         status: 'failed',
@@ -223,6 +228,7 @@ export class Worker {
         credits: 0,
         evidence: { ...(seen.evidence ?? {}), host: this.host, worker: this.id },
         events: seen.events,
+        flags: seen.flags,
       };
     }
   }

@@ -51,6 +51,15 @@ export const DEFAULT_LIMITS: Limits = {
   resultBytes: 6 * 1024 * 1024,
 };
 
+/**
+ * The explicit, loud opt-out: CAIRN_UNSAFE_NO_SANDBOX=1 runs code without bubblewrap
+ * (rlimits, a dedicated uid and reaping still apply). `serve` and `worker` log it at
+ * start, and every such run carries the flag `unsandboxed`.
+ */
+export function sandboxDisabled(): boolean {
+  return process.env.CAIRN_UNSAFE_NO_SANDBOX === '1';
+}
+
 export type Verdict =
   'ok' | 'timeout' | 'memory_exceeded' | 'output_limit' | 'crashed' | 'invalid_output' | 'cancelled';
 
@@ -90,6 +99,8 @@ export interface SandboxResult {
   lines: LogLine[];
   linesDropped: number;
   durationMs: number;
+  /** False when the operator opted out of the sandbox (CAIRN_UNSAFE_NO_SANDBOX=1). */
+  sandboxed: boolean;
   /** Peak resident memory of the sandbox's process tree (wait4 rusage), when known. */
   peakMemoryKb: number | null;
   uid: number | null;
@@ -136,6 +147,16 @@ export function bwrapArgs(req: SandboxRequest, limits: Limits): string[] {
   return a;
 }
 
+/** Without bwrap, each bind destination in argv is its host source path. */
+function unsandboxedArgv(req: SandboxRequest): string[] {
+  return req.argv.map((a) => {
+    const b = [...req.binds]
+      .sort((x, y) => y.dest.length - x.dest.length)
+      .find((x) => a === x.dest || a.startsWith(x.dest + '/'));
+    return b ? b.src + a.slice(b.dest.length) : a;
+  });
+}
+
 /**
  * Runs `argv` in a fresh bubblewrap sandbox and decides the verdict from what
  * it saw: its own timer, the output caps, the OOM markers, the exit status and
@@ -146,6 +167,7 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
   const pooled = req.asUid === undefined;
   const uid = pooled ? await uidPool.acquire() : req.asUid;
   const seccompFd = openSync(seccompFile(Boolean(req.network)), 'r');
+  const sandboxed = !sandboxDisabled();
   const args = [
     String(limits.memoryMb * 1024 * 1024),
     String(limits.maxProcs),
@@ -154,14 +176,16 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
     // With a pooled uid the helper may kill every process of that uid when the run ends.
     uid !== undefined && pooled ? '1' : '0',
     '--',
-    BWRAP,
-    ...bwrapArgs(req, limits),
+    ...(sandboxed ? [BWRAP, ...bwrapArgs(req, limits)] : unsandboxedArgv(req)),
   ];
   const t0 = performance.now();
   let child;
   try {
     child = spawn(execHelper(), args, {
-      env: {}, // bwrap's own pid 1 keeps this environment, readable in /proc/1/environ
+      // bwrap's own pid 1 keeps this environment (readable in /proc/1/environ), so it is empty;
+      // without bwrap the program gets exactly the requested environment.
+      env: sandboxed ? {} : { ...(req.env ?? {}) },
+      ...(sandboxed ? {} : { cwd: tmpdir() }),
       stdio: ['pipe', 'pipe', 'pipe', 'pipe', seccompFd, 'pipe'],
       ...(uid !== undefined ? { uid, gid: uid } : {}),
       detached: false,
@@ -314,6 +338,7 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
     lines,
     linesDropped,
     durationMs,
+    sandboxed,
     peakMemoryKb,
     uid: uid ?? null,
     argv: req.argv,

@@ -138,6 +138,8 @@ export interface Settlement {
   error: ErrorBody | null;
   credits: number;
   evidence: Record<string, unknown>;
+  /** Flags added to the run (e.g. `unsandboxed`). */
+  flags?: string[];
   /** Element events to append with the settlement: [name, epoch ms, data]. */
   events?: [string, number, Record<string, unknown>][];
 }
@@ -145,12 +147,13 @@ export interface Settlement {
 const SETTLE = `
 WITH s AS (
   SELECT * FROM jsonb_to_recordset($1::jsonb)
-    AS x(id uuid, status text, output jsonb, error jsonb, credits bigint, evidence jsonb, events jsonb)),
+    AS x(id uuid, status text, output jsonb, error jsonb, credits bigint, evidence jsonb, events jsonb, flags jsonb)),
 u AS (
   UPDATE cairn.runs r SET status = s.status, output = s.output, error = s.error,
     finished_at = clock_timestamp(),
     duration_ms = round((extract(epoch FROM clock_timestamp() - r.started_at) * 1000)::numeric, 3),
     credits_used = r.credits_used + s.credits, lease_expires_at = NULL,
+    flags = r.flags || ARRAY(SELECT jsonb_array_elements_text(COALESCE(s.flags, '[]'::jsonb))),
     items_succeeded = CASE WHEN s.status = 'succeeded' THEN r.items_total ELSE 0 END,
     items_failed = CASE WHEN s.status = 'failed' THEN r.items_total ELSE 0 END,
     items_pending = 0

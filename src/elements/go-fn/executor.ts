@@ -12,7 +12,7 @@ import {
   type GoRequest,
 } from '../../sandbox/builders/go.js';
 import { WRAPPER_VERSION } from '../../sandbox/builders/go-wrapper.js';
-import { runSandbox, type SandboxResult } from '../../sandbox/runner.js';
+import { runSandbox, sandboxDisabled, type SandboxResult } from '../../sandbox/runner.js';
 import { declaredError } from '../errors.js';
 import type { ElementEvent, ExecContext, ExecResult, OpContext } from '../types.js';
 import { GO_FN_ERRORS } from './errors.js';
@@ -195,13 +195,14 @@ export async function invokeGo(ctx: ExecContext): Promise<ExecResult> {
     log_lines_dropped: r.linesDropped,
     host: ctx.host || hostname(),
     sandbox: {
-      backend: 'bubblewrap',
+      backend: r.sandboxed ? 'bubblewrap' : 'none',
       uid: r.uid,
       limits: { memory_mb: spec.memory_mb, timeout_ms: spec.timeout_ms, max_procs: r.limits.maxProcs },
     },
     timing: { build_ms: round(b.durationMs), build_cached: b.cached, run_ms: round(r.durationMs) },
     peak_memory_kb: r.peakMemoryKb ?? peakOf(r),
   };
+  const flags = r.sandboxed ? [] : ['unsandboxed'];
   let output: unknown;
   try {
     output = interpret(r, spec);
@@ -209,11 +210,13 @@ export async function invokeGo(ctx: ExecContext): Promise<ExecResult> {
     // Failed runs keep their evidence (and events) too.
     e.evidence = evidence;
     e.events = events;
+    e.flags = flags;
     throw e;
   }
   return {
     output,
     events,
+    flags,
     evidence: { ...evidence, output_hashes: { output: 'sha256:' + sha256Hex(canonicalJson(output)) } },
   };
 }
@@ -275,7 +278,7 @@ export async function diagnosticsOp(_ctx: OpContext) {
     lastError = String(e?.message ?? e);
   }
   return {
-    isolation_backend: 'bubblewrap',
+    isolation_backend: sandboxDisabled() ? 'none (CAIRN_UNSAFE_NO_SANDBOX=1)' : 'bubblewrap',
     isolation_reachable: reachable,
     worker_available: reachable,
     go_version: goVersion(),

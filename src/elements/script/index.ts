@@ -251,14 +251,17 @@ function executor(l: Lang) {
       ctx.host,
       {},
     );
+    const flags = r.sandboxed ? [] : ['unsandboxed'];
     try {
       const output = interpret(l, r, spec);
       return {
         output,
+        flags,
         evidence: { ...evidence, output_hashes: { output: 'sha256:' + sha256Hex(canonicalJson(output)) } },
       };
     } catch (e: any) {
       e.evidence = evidence;
+      e.flags = flags;
       throw e;
     }
   };
@@ -307,7 +310,7 @@ async function runScript(
     log_lines_dropped: r.linesDropped,
     host,
     sandbox: {
-      backend: 'bubblewrap',
+      backend: r.sandboxed ? 'bubblewrap' : 'none',
       uid: r.uid,
       limits: { memory_mb: spec.memory_mb, timeout_ms: spec.timeout_ms },
     },

@@ -194,4 +194,44 @@ describe('python and javascript functions', () => {
       });
     });
   }
+
+  it('the sandbox opt-out is explicit, logged at start, and flagged on every run', async () => {
+    const { warnIfUnsandboxed } = await import('../../runtime.js');
+    const pino = (await import('pino')).default;
+    const lines: string[] = [];
+    const log = pino({ level: 'info' }, { write: (l: string) => lines.push(l) });
+    const py = await create('python', LANGS.python.greet);
+    const sandboxed = await invoke(py, { name: 'A' });
+    expect(
+      (await t.call('GET', `/api/runs/${sandboxed.run_id}`, undefined, c.tokens.read)).body.flags,
+    ).toEqual([]);
+    warnIfUnsandboxed(log);
+    expect(lines).toEqual([]);
+    process.env.CAIRN_UNSAFE_NO_SANDBOX = '1';
+    try {
+      warnIfUnsandboxed(log);
+      expect(lines.join('')).toMatch(/WITHOUT the bubblewrap sandbox/);
+      for (const [type, code] of [
+        ['python', LANGS.python.greet],
+        ['javascript', LANGS.javascript.greet],
+      ] as const) {
+        const slug = await create(type, code);
+        const r = await invoke(slug, { name: 'Bare' });
+        expect(r.output).toEqual({ message: 'Hello, Bare!' });
+        const run = (await t.call('GET', `/api/runs/${r.run_id}`, undefined, c.tokens.read)).body;
+        expect(run.flags).toEqual(['unsandboxed']);
+        const ev = (await t.call('GET', `/api/runs/${r.run_id}/items`, undefined, c.tokens.read)).body
+          .items[0].evidence;
+        expect(ev.sandbox.backend).toBe('none');
+      }
+      const failing = await create('python', 'def handler(input):\n    raise RuntimeError("x")\n');
+      const f = await invoke(failing);
+      expect(f.status).toBe('failed');
+      expect((await t.call('GET', `/api/runs/${f.run_id}`, undefined, c.tokens.read)).body.flags).toEqual([
+        'unsandboxed',
+      ]);
+    } finally {
+      delete process.env.CAIRN_UNSAFE_NO_SANDBOX;
+    }
+  });
 });
