@@ -5,15 +5,37 @@ import { z } from 'zod';
 import { canonicalJson, sha256Hex } from '../../core/hash.js';
 import { errors as coreErrors } from '../../core/errors.js';
 import { cacheRoot } from '../../sandbox/exec-helper.js';
-import { runSandbox, type SandboxResult } from '../../sandbox/runner.js';
+import { runSandbox, sandboxDisabled, type SandboxResult } from '../../sandbox/runner.js';
 import { nodeRuntime, pythonRuntime, type Runtime } from '../../sandbox/runtimes.js';
 import { declaredError } from '../errors.js';
 import { LOGS_OP } from '../logs-op.js';
 import type { ElementTypeDecl, ErrorCodeDecl, ExecContext, ExecResult } from '../types.js';
 import { nodeWrapper, pythonWrapper, SCRIPT_WRAPPER_VERSION } from './wrappers.js';
+import {
+  DependencyError,
+  NPM_NAME,
+  NPM_RANGE,
+  npmDeps,
+  PIP_LINE,
+  pythonDeps,
+  type Deps,
+} from '../../sandbox/builders/deps.js';
+import { symlinkSync } from 'node:fs';
+import type { Bind } from '../../sandbox/runner.js';
+
+interface DepsSupport {
+  /** The spec.source field that declares them. */
+  field: 'requirements' | 'dependencies';
+  schema: z.ZodType;
+  declared: (source: Record<string, unknown>) => boolean;
+  install: (source: Record<string, unknown>) => Promise<Deps>;
+  /** Binds and env that make the installed packages importable. */
+  mount: (d: Deps, sandboxed: boolean) => { binds: Bind[]; env: Record<string, string> };
+}
 
 interface Lang {
   type: 'python' | 'javascript';
+  deps: DepsSupport;
   prefix: 'PYTHON_FN' | 'JS_FN';
   title: string;
   file: string;
@@ -39,6 +61,29 @@ const LANGS: Lang[] = [
     runtime: pythonRuntime,
     // -I: isolated (no env vars, no user site), -S: no site import, -B: no .pyc writes
     argv: (rt) => [rt.path, '-I', '-S', '-B', '/fn/cairn_main.py'],
+    deps: {
+      field: 'requirements',
+      schema: z
+        .string()
+        .max(20_000)
+        .superRefine((v, ctx) => {
+          for (const line of v.split('\n').map((l) => l.trim())) {
+            if (line && !line.startsWith('#') && !PIP_LINE.test(line)) {
+              ctx.addIssue({
+                code: 'custom',
+                message: `"${line}" is not a "name==version" requirement (no options, URLs or paths)`,
+              });
+            }
+          }
+        })
+        .describe('pip requirement lines, installed as wheels'),
+      declared: (src) => typeof src.requirements === 'string' && src.requirements.trim() !== '',
+      install: (src) => pythonDeps(src.requirements as string),
+      mount: (d, sandboxed) =>
+        sandboxed
+          ? { binds: [{ src: d.dir, dest: '/deps' }], env: { CAIRN_DEPS_DIR: '/deps' } }
+          : { binds: [], env: { CAIRN_DEPS_DIR: d.dir } },
+    },
     defaultMemoryMb: 128,
     minMemoryMb: 64,
     oom: [/\bMemoryError\b/],
@@ -59,6 +104,25 @@ const LANGS: Lang[] = [
       '--disallow-code-generation-from-strings',
       '/fn/cairn_main.mjs',
     ],
+    deps: {
+      field: 'dependencies',
+      schema: z
+        .record(
+          z.string().regex(NPM_NAME, 'an npm package name'),
+          z.string().regex(NPM_RANGE, 'a version or range from the registry'),
+        )
+        .describe('npm packages (name → version), installed with --ignore-scripts'),
+      declared: (src) =>
+        typeof src.dependencies === 'object' &&
+        src.dependencies !== null &&
+        Object.keys(src.dependencies).length > 0,
+      install: (src) => npmDeps(src.dependencies as Record<string, string>),
+      // Node resolves bare imports from /fn up to /node_modules.
+      mount: (d, sandboxed) =>
+        sandboxed
+          ? { binds: [{ src: join(d.dir, 'node_modules'), dest: '/node_modules' }], env: {} }
+          : { binds: [], env: {} },
+    },
     defaultMemoryMb: 256,
     minMemoryMb: 128,
     oom: [
@@ -117,6 +181,13 @@ function errorTable(l: Lang): ErrorCodeDecl[] {
       suggestion: 'Return only JSON values (objects, arrays, strings, numbers, booleans, null).',
     },
     {
+      code: `${p}_DEPENDENCY_FAILED`,
+      class: 'validation',
+      retryable: false,
+      description: `The declared ${l.deps.field} could not be installed`,
+      suggestion: `Check the package names and versions in spec.source.${l.deps.field}; the installer's output is in details.`,
+    },
+    {
       code: `${p}_OUTPUT_TOO_LARGE`,
       class: 'validation',
       retryable: false,
@@ -130,7 +201,11 @@ function specSchema(l: Lang) {
   return z
     .object({
       source: z
-        .object({ type: z.literal('inline').default('inline'), code: z.string().max(1_000_000).optional() })
+        .object({
+          type: z.literal('inline').default('inline'),
+          code: z.string().max(1_000_000).optional(),
+          [l.deps.field]: l.deps.schema.optional(),
+        })
         .strict(),
       handler: z
         .string()
@@ -144,7 +219,7 @@ function specSchema(l: Lang) {
 }
 
 interface ScriptSpec {
-  source: { code?: string };
+  source: { code?: string; [k: string]: unknown };
   handler: string;
   env: Record<string, string>;
   timeout_ms: number;
@@ -152,13 +227,14 @@ interface ScriptSpec {
 }
 
 /** The handler and wrapper, written once per content key, read-only, bound at /fn. */
-function stage(l: Lang, spec: ScriptSpec): { dir: string; key: string } {
+function stage(l: Lang, spec: ScriptSpec, deps: Deps | undefined): { dir: string; key: string } {
   const key = sha256Hex(
     canonicalJson({
       wrapper: SCRIPT_WRAPPER_VERSION,
       type: l.type,
       code: spec.source.code ?? '',
       handler: spec.handler,
+      deps: deps?.key ?? null,
     }),
   );
   const root = join(cacheRoot(), 'scripts');
@@ -170,6 +246,8 @@ function stage(l: Lang, spec: ScriptSpec): { dir: string; key: string } {
   mkdirSync(tmp, { mode: 0o755 });
   writeFileSync(join(tmp, l.file), spec.source.code ?? '', { mode: 0o444 });
   writeFileSync(join(tmp, l.wrapperFile), l.wrapper(spec.handler), { mode: 0o444 });
+  // Unsandboxed, Node finds packages next to the handler; in the sandbox this link dangles and /node_modules serves.
+  if (deps && l.type === 'javascript') symlinkSync(join(deps.dir, 'node_modules'), join(tmp, 'node_modules'));
   try {
     renameSync(tmp, dir);
   } catch {
@@ -276,13 +354,25 @@ async function runScript(
   extraEnv: Record<string, string>,
 ) {
   const rt = l.runtime();
-  const { dir, key } = stage(l, spec);
+  let deps: Deps | undefined;
+  if (l.deps.declared(spec.source)) {
+    try {
+      deps = await l.deps.install(spec.source);
+    } catch (e) {
+      if (e instanceof DependencyError) {
+        throw declaredError(errorTable(l), `${l.prefix}_DEPENDENCY_FAILED`, e.message, { output: e.output });
+      }
+      throw e;
+    }
+  }
+  const { dir, key } = stage(l, spec, deps);
+  const mount = deps ? l.deps.mount(deps, !sandboxDisabled()) : { binds: [], env: {} };
   const stdin = JSON.stringify(input ?? {});
   const argv = l.argv(rt, spec.memory_mb);
   const r = await runSandbox({
     argv,
-    binds: [...rt.binds, { src: dir, dest: '/fn' }],
-    env: { ...rt.env, ...spec.env, ...extraEnv },
+    binds: [...rt.binds, { src: dir, dest: '/fn' }, ...mount.binds],
+    env: { ...rt.env, ...spec.env, ...mount.env, ...extraEnv },
     stdin,
     limits: { timeoutMs: spec.timeout_ms, memoryMb: spec.memory_mb },
     oomMarkers: l.oom,
@@ -292,6 +382,7 @@ async function runScript(
     command: argv,
     toolchain: { runtime: rt.name, version: rt.version, wrapper: SCRIPT_WRAPPER_VERSION },
     source_hash: 'sha256:' + key,
+    dependencies: deps ? { key: deps.key, cached: deps.cached } : null,
     input_hashes: { stdin: 'sha256:' + sha256Hex(stdin) },
     exit_code: r.exitCode,
     signal: r.signal,

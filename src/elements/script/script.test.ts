@@ -80,7 +80,8 @@ describe('python and javascript functions', () => {
   beforeAll(async () => {
     const h = await freshDb('pglite');
     drop = h.drop;
-    t = await testApp(h.db);
+    // First-time dependency installs download from the registries: give sync invokes room.
+    t = await testApp(h.db, { syncWaitMs: 180_000 });
     c = await t.circle('scripts');
   }, 120_000);
   afterAll(async () => {
@@ -234,4 +235,62 @@ describe('python and javascript functions', () => {
       delete process.env.CAIRN_UNSAFE_NO_SANDBOX;
     }
   });
+
+  it('installs declared dependencies once per content key and imports them in the sandbox', async () => {
+    const py = await create(
+      'python',
+      'import six\ndef handler(input):\n    return {"six": six.__version__}\n',
+      {
+        source: {
+          code: 'import six\ndef handler(input):\n    return {"six": six.__version__}\n',
+          requirements: 'six==1.16.0\n',
+        },
+      },
+    );
+    const a = await invoke(py);
+    expect(a.error).toBeNull();
+    expect(a.output).toEqual({ six: '1.16.0' });
+    const js = await create('javascript', '', {
+      source: {
+        code: 'import isNumber from "is-number";\nexport function handler(input) {\n  return { yes: isNumber(5), no: isNumber("x") };\n}\n',
+        dependencies: { 'is-number': '7.0.0' },
+      },
+    });
+    const b = await invoke(js);
+    expect(b.error).toBeNull();
+    expect(b.output).toEqual({ yes: true, no: false });
+    const ev = (await t.call('GET', `/api/runs/${b.run_id}/items`, undefined, c.tokens.read)).body.items[0]
+      .evidence;
+    expect(ev.dependencies.key).toMatch(/^[0-9a-f]{64}$/);
+    const again = await invoke(js);
+    const ev2 = (await t.call('GET', `/api/runs/${again.run_id}/items`, undefined, c.tokens.read)).body
+      .items[0].evidence;
+    expect(ev2.dependencies).toEqual({ key: ev.dependencies.key, cached: true });
+  }, 240_000);
+
+  it('refuses dependency declarations that are not plain registry packages, and types install failures', async () => {
+    for (const [type, source] of [
+      ['python', { code: LANGS.python.greet, requirements: '-e git+https://example.com/x.git' }],
+      ['python', { code: LANGS.python.greet, requirements: '--index-url http://evil/ six' }],
+      ['python', { code: LANGS.python.greet, requirements: '/etc/passwd' }],
+      ['javascript', { code: LANGS.javascript.greet, dependencies: { x: 'file:../../etc' } }],
+      ['javascript', { code: LANGS.javascript.greet, dependencies: { x: 'git+https://example.com/x.git' } }],
+      ['javascript', { code: LANGS.javascript.greet, dependencies: { '../x': '1.0.0' } }],
+    ] as const) {
+      const r = await t.call(
+        'POST',
+        `/api/${c.slug}/ops/create`,
+        { element_type: type, slug: `dep${n++}`, spec: { source } },
+        c.tokens.write,
+      );
+      expect(r.status, JSON.stringify(source)).toBe(400);
+      expect(r.body.error.code).toBe('INVALID_SPEC');
+    }
+    const missing = await create('python', '', {
+      source: { code: LANGS.python.greet, requirements: 'cairn-no-such-package-xyz==9.9.9' },
+    });
+    const f = await invoke(missing);
+    expect(f.error.code).toBe('PYTHON_FN_DEPENDENCY_FAILED');
+    expect(f.error.message).toMatch(/pip install failed: .*(No matching distribution|Could not find)/);
+  }, 240_000);
 });

@@ -83,7 +83,7 @@ function dirs() {
   };
 }
 
-function ensureDir(path: string, owner?: number): void {
+export function ensureDir(path: string, owner?: number): void {
   if (!existsSync(path)) mkdirSync(path, { recursive: true, mode: 0o755 });
   chmodSync(path, 0o755);
   if (owner !== undefined) chownSync(path, owner, owner);
@@ -148,7 +148,7 @@ function toolBinds(stage: string, gomodRw: boolean): Bind[] {
 }
 
 /** Files a network step needs to resolve names and verify TLS; nothing else of the host. */
-const NET_BINDS: Bind[] = [
+export const NET_BINDS: Bind[] = [
   '/etc/resolv.conf',
   '/etc/hosts',
   '/etc/ssl',
