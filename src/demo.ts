@@ -12,18 +12,20 @@ const EXAMPLES = new URL('../examples/', import.meta.url);
 /** `serve --demo`: a "demo" circle with the examples applied (idempotent), and how to call them. */
 export async function installDemo(db: Db, url: string, config: Config): Promise<string> {
   const circle = (await getCircleBySlug(db, 'demo')) ?? (await createCircle(db, 'demo'));
-  for (const f of ['add-one.yaml', 'notes.yaml']) {
+  for (const f of ['add-one.yaml', 'notes.yaml', 'my-greeter.yaml', 'hello-python.yaml']) {
     const text = await readFile(new URL(f, EXAMPLES), 'utf8');
     for (const def of parseElementsYaml(text, f))
       await applyElement(db, circle, def as unknown as ElementInput, 'demo');
   }
   const token = (await readBootstrapToken(config)) ?? '<your instance-admin token>';
   return `
-Demo circle "demo" is ready with the sql elements add-one, notes-setup, add-note, list-notes.
+Demo circle "demo" is ready: sql elements add-one, notes-setup, add-note, list-notes;
+go-fn my-greeter (seed 004's Quick Start) and python hello-python.
 Try:
   curl -s -X POST ${url}/api/demo/add-one/ops/invoke \\
     -H 'Authorization: Bearer ${token}' -H 'Content-Type: application/json' -d '{"params": [41]}'
   ./bin/cairn invoke add-one --circle demo -d '{"params": [41]}'
+  ./bin/cairn invoke my-greeter --circle demo -d '{"name": "Alice"}'   # the first call compiles it
   ./bin/cairn runs list --circle demo
 `;
 }

@@ -15,6 +15,7 @@ import { buildApp } from './api/app.js';
 import type { Deps } from './api/context.js';
 import type { Logger } from './telemetry/log.js';
 import { sandboxDisabled } from './sandbox/runner.js';
+import { prewarmGo } from './sandbox/builders/go.js';
 
 /** Opens the configured database (PostgreSQL when DATABASE_URL is set, else PGlite in the data dir) and migrates it. */
 /** The sandbox opt-out is loud: logged at start by every process that executes runs. */
@@ -24,6 +25,15 @@ export function warnIfUnsandboxed(log: Logger): void {
       'CAIRN_UNSAFE_NO_SANDBOX=1: code actions run WITHOUT the bubblewrap sandbox (no namespaces, no seccomp, network reachable); every such run is flagged "unsandboxed"',
     );
   }
+}
+
+/** Warms the Go build cache in the background; a missing toolchain only matters when a go-fn runs. */
+function prewarm(log: Logger): void {
+  if (process.env.CAIRN_PREWARM === '0') return;
+  prewarmGo().then(
+    () => log.debug('go build cache warm'),
+    (e) => log.warn({ err: String(e?.message ?? e) }, 'could not pre-warm the Go build cache'),
+  );
 }
 
 export async function openDb(config: Config): Promise<Db> {
@@ -108,7 +118,10 @@ export async function startServer(
           log,
         })
       : undefined;
-  if (worker) warnIfUnsandboxed(log);
+  if (worker) {
+    warnIfUnsandboxed(log);
+    prewarm(log);
+  }
   await worker?.start();
   const deps: Deps = {
     db,
@@ -152,6 +165,7 @@ export async function startWorker(
     log,
   });
   warnIfUnsandboxed(log);
+  prewarm(log);
   await worker.start();
   return {
     worker,
