@@ -175,6 +175,8 @@ ${live}
 ${drain}
 
 Goal ≥ 1.0×.
+
+Cairn keeps every run (run, item and three audit events per unit, indexed), so its tables grow round after round; graphile-worker deletes completed jobs. Rounds on this shared 2-core machine vary widely (see the per-round ratios); compare medians, and re-run before concluding from one round.
 `,
   );
 });

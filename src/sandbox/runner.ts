@@ -164,6 +164,7 @@ function unsandboxedArgv(req: SandboxRequest): string[] {
  */
 export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
   const limits: Limits = { ...DEFAULT_LIMITS, ...req.limits };
+  const helper = execHelper(); // before taking a uid: a failed helper build must not leak one
   const pooled = req.asUid === undefined;
   const uid = pooled ? await uidPool.acquire() : req.asUid;
   const seccompFd = openSync(seccompFile(Boolean(req.network)), 'r');
@@ -181,7 +182,7 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
   const t0 = performance.now();
   let child;
   try {
-    child = spawn(execHelper(), args, {
+    child = spawn(helper, args, {
       // bwrap's own pid 1 keeps this environment (readable in /proc/1/environ), so it is empty;
       // without bwrap the program gets exactly the requested environment.
       env: sandboxed ? {} : { ...(req.env ?? {}) },
