@@ -114,6 +114,7 @@ export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Prom
     params,
     actor,
     baseUrl: baseUrlOf(deps),
+    workerId: deps.worker?.id ?? null,
     cancelRun: (runId, who, reason) => cancel(deps.db, runId, who, reason),
   });
   if (op.status) ctx.reply.code(op.status);

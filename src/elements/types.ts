@@ -37,6 +37,8 @@ export interface OpContext {
   params: Record<string, string>;
   actor: string;
   baseUrl: string;
+  /** The worker inside this process, when there is one. */
+  workerId: string | null;
   /** Cancels a run through the engine (wakes its worker). */
   cancelRun: (runId: string, actor: string, reason: string | null) => Promise<RunRow>;
 }

@@ -261,7 +261,7 @@ export async function validateOp(ctx: OpContext) {
 let lastError: string | null = null;
 
 /** Is the isolation backend healthy? Runs the toolchain in a sandbox, to tell platform faults from user errors. */
-export async function diagnosticsOp(_ctx: OpContext) {
+export async function diagnosticsOp(ctx: OpContext) {
   const t0 = performance.now();
   let reachable = false;
   try {
@@ -277,10 +277,17 @@ export async function diagnosticsOp(_ctx: OpContext) {
   } catch (e: any) {
     lastError = String(e?.message ?? e);
   }
+  // A worker is available when this process runs one, or some worker claimed a run lately.
+  const recent = await ctx.db.query<{ at: string | null }>(
+    "SELECT max(started_at)::text AS at FROM cairn.runs WHERE started_at > clock_timestamp() - interval '5 minutes'",
+  );
+  const lastClaim = recent.rows[0]?.at ?? null;
   return {
     isolation_backend: sandboxDisabled() ? 'none (CAIRN_UNSAFE_NO_SANDBOX=1)' : 'bubblewrap',
     isolation_reachable: reachable,
-    worker_available: reachable,
+    worker_available: ctx.workerId !== null || lastClaim !== null,
+    embedded_worker: ctx.workerId,
+    last_claim_at: lastClaim,
     go_version: goVersion(),
     check_ms: round(performance.now() - t0),
     last_error: lastError,

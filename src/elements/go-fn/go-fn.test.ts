@@ -248,6 +248,8 @@ func Handler(input string) (map[string]interface{}, error) { return nil, nil }
     expect(d.body).toMatchObject({
       isolation_backend: 'bubblewrap',
       isolation_reachable: true,
+      worker_available: true,
+      embedded_worker: t.worker!.id,
       last_error: null,
     });
   });
