@@ -176,6 +176,7 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
     String(limits.openFiles),
     // With a pooled uid the helper may kill every process of that uid when the run ends.
     uid !== undefined && pooled ? '1' : '0',
+    String(limits.timeoutMs),
     '--',
     ...(sandboxed ? [BWRAP, ...bwrapArgs(req, limits)] : unsandboxedArgv(req)),
   ];
@@ -266,10 +267,11 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
   reportStream.on('error', () => undefined);
   child.stdin!.on('error', () => undefined);
   child.stdin!.end(req.stdin ?? '');
+  // The helper enforces the limit with its own timer; this one only covers a helper that died.
   const timer = setTimeout(() => {
     timedOut = true;
     kill();
-  }, limits.timeoutMs);
+  }, limits.timeoutMs + 1_000);
   const onAbort = () => {
     cancelled = true;
     kill();
@@ -301,16 +303,26 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
   let exitCode = helperExit;
   let signal = helperSignal;
   let peakMemoryKb: number | null = null;
+  let helperElapsedMs: number | undefined;
   try {
-    const rep = JSON.parse(reportText) as { exit: number; signal: number; max_rss_kb: number };
+    const rep = JSON.parse(reportText) as {
+      exit: number;
+      signal: number;
+      max_rss_kb: number;
+      timed_out: boolean;
+      elapsed_ms: number;
+    };
     exitCode = rep.exit >= 0 ? rep.exit : null;
     signal = rep.signal ? (signalName(rep.signal) ?? String(rep.signal)) : null;
     peakMemoryKb = rep.max_rss_kb;
+    if (rep.timed_out) timedOut = true;
+    helperElapsedMs = rep.elapsed_ms;
   } catch {
     // the helper itself was killed: keep what Node saw
   }
   if (pooled) uidPool.release(uid);
-  const durationMs = performance.now() - t0;
+  // The helper's clock: from starting bwrap to reaping the last process (no event-loop lag).
+  const durationMs = helperElapsedMs ?? performance.now() - t0;
   split('stdout', Buffer.alloc(0), true);
   split('stderr', Buffer.alloc(0), true);
   const stdout = Buffer.concat(out);

@@ -203,7 +203,7 @@ func Handler(input map[string]interface{}) (map[string]interface{}, error) {
   ];
   for (const [code, src, msg] of cases) {
     it(`${code}: ${msg.source}`, async () => {
-      const r = await run(src, {}, { timeout_ms: 300, memory_mb: 64 });
+      const r = await run(src, {}, { timeout_ms: code === 'GO_FN_TIMEOUT' ? 300 : 20_000, memory_mb: 64 });
       expect(r.status, JSON.stringify(r)).toBe('failed');
       const decl = GO_FN_ERRORS.find((e) => e.code === code)!;
       expect(r.error).toMatchObject({

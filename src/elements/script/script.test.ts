@@ -126,7 +126,10 @@ describe('python and javascript functions', () => {
 
       for (const [suffix, code, msg] of L.cases) {
         it(`${L.decl.errors[0]!.code.split('_FN_')[0]}_FN_${suffix}`, async () => {
-          const slug = await create(type, code, { timeout_ms: 500, memory_mb: L.mem });
+          const slug = await create(type, code, {
+            timeout_ms: suffix === 'TIMEOUT' ? 500 : 20_000,
+            memory_mb: L.mem,
+          });
           const r = await invoke(slug);
           expect(r.status, JSON.stringify(r)).toBe('failed');
           const decl = L.decl.errors.find((e) => e.code.endsWith('_' + suffix))!;

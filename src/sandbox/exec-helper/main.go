@@ -5,9 +5,11 @@
 // left of the sandbox uid (only when that uid is dedicated to this sandbox),
 // reaps every descendant (so no zombie lingers and counts toward
 // RLIMIT_NPROC), and writes one JSON line on fd 5:
-// {"exit": n, "signal": n, "max_rss_kb": n}.
+// {"exit": n, "signal": n, "max_rss_kb": n, "timed_out": b, "elapsed_ms": f}.
+// The wall-clock limit is enforced here, by a timer of its own, so a busy
+// parent event loop cannot delay the kill.
 //
-// usage: cairn-sandbox-exec <data> <nproc> <fsize> <nofile> <own-uid:0|1> -- /usr/bin/bwrap ...
+// usage: cairn-sandbox-exec <data> <nproc> <fsize> <nofile> <own-uid:0|1> <timeout-ms> -- /usr/bin/bwrap ...
 package main
 
 import (
@@ -16,7 +18,9 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"sync"
 	"syscall"
+	"time"
 )
 
 func fail(msg string, err error) {
@@ -42,16 +46,22 @@ const (
 )
 
 type report struct {
-	Exit     int   `json:"exit"`
-	Signal   int   `json:"signal"`
-	MaxRSSKB int64 `json:"max_rss_kb"`
-	Killed   bool  `json:"killed"`
+	Exit      int     `json:"exit"`
+	Signal    int     `json:"signal"`
+	MaxRSSKB  int64   `json:"max_rss_kb"`
+	Killed    bool    `json:"killed"`
+	TimedOut  bool    `json:"timed_out"`
+	ElapsedMS float64 `json:"elapsed_ms"`
 }
 
 func main() {
 	a := os.Args
-	if len(a) < 8 || a[6] != "--" {
-		fail("usage", fmt.Errorf("cairn-sandbox-exec <data> <nproc> <fsize> <nofile> <own-uid> -- cmd ..."))
+	if len(a) < 9 || a[7] != "--" {
+		fail("usage", fmt.Errorf("cairn-sandbox-exec <data> <nproc> <fsize> <nofile> <own-uid> <timeout-ms> -- cmd ..."))
+	}
+	timeoutMS, err := strconv.ParseInt(a[6], 10, 64)
+	if err != nil {
+		fail("bad timeout "+a[6], err)
 	}
 	limit(syscall.RLIMIT_DATA, a[1])
 	limit(rlimitNproc, a[2])
@@ -71,9 +81,10 @@ func main() {
 	syscall.CloseOnExec(5)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	pid, err := syscall.ForkExec(a[7], a[7:], &syscall.ProcAttr{Env: os.Environ(), Files: []uintptr{0, 1, 2, 3, 4}})
+	start := time.Now()
+	pid, err := syscall.ForkExec(a[8], a[8:], &syscall.ProcAttr{Env: os.Environ(), Files: []uintptr{0, 1, 2, 3, 4}})
 	if err != nil {
-		fail("exec "+a[7], err)
+		fail("exec "+a[8], err)
 	}
 	syscall.Close(4)
 	killAll := func() {
@@ -84,9 +95,18 @@ func main() {
 		}
 	}
 	r := report{}
+	var mu sync.Mutex
+	timer := time.AfterFunc(time.Duration(timeoutMS)*time.Millisecond, func() {
+		mu.Lock()
+		r.TimedOut = true
+		mu.Unlock()
+		killAll()
+	})
 	go func() {
 		<-sigs
+		mu.Lock()
 		r.Killed = true
+		mu.Unlock()
 		killAll()
 	}()
 	var ws syscall.WaitStatus
@@ -97,6 +117,9 @@ func main() {
 			break
 		}
 	}
+	timer.Stop()
+	mu.Lock()
+	r.ElapsedMS = float64(time.Since(start).Microseconds()) / 1000
 	r.MaxRSSKB = ru.Maxrss
 	if ws.Signaled() {
 		r.Signal = int(ws.Signal())
@@ -119,6 +142,7 @@ func main() {
 		}
 	}
 	b, _ := json.Marshal(r)
+	mu.Unlock()
 	out.Write(append(b, '\n'))
 	os.Exit(0)
 }
