@@ -15,7 +15,7 @@ import { getType, operationsOf } from '../src/elements/registry.js';
 import { submitRun } from '../src/engine/submit.js';
 import { parseElementsYaml } from '../src/yaml.js';
 import { cloneTemplate } from '../test/helpers/pg-server.js';
-import { machine, median, percentile, writeSection } from './lib.js';
+import { machine, median, percentile, writeSection, timed } from './lib.js';
 
 const N = Number(process.env.BENCH_INVOKES ?? 300);
 const TOKEN = 'cairn_bench_' + randomBytes(12).toString('hex');
@@ -36,16 +36,6 @@ function bare(argv: string[], binds: string[][], input = '{"name":"Alice"}'): Pr
     c.stdin!.end(input);
     c.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`bare exit ${code}`))));
   });
-}
-
-async function timed(n: number, fn: () => Promise<unknown>): Promise<number[]> {
-  const out: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const t0 = performance.now();
-    await fn();
-    out.push(performance.now() - t0);
-  }
-  return out;
 }
 
 async function interleaved(n: number, a: () => Promise<unknown>, b: () => Promise<unknown>) {

@@ -7,7 +7,7 @@ import { loadConfig } from '../src/config.js';
 import { startServer, type Server } from '../src/runtime.js';
 import { silentLogger } from '../src/telemetry/log.js';
 import { cloneTemplate } from '../test/helpers/pg-server.js';
-import { machine, percentile, writeSection } from './lib.js';
+import { machine, percentile, writeSection, timed } from './lib.js';
 
 const N = Number(process.env.BENCH_INVOKES ?? 1000);
 const WARMUP = 100;
@@ -15,16 +15,6 @@ const TOKEN = 'cairn_bench_' + randomBytes(12).toString('hex');
 
 async function pgDatabase(): Promise<string> {
   return (await cloneTemplate(inject('pgUrl'), 'cairn_l_')).url;
-}
-
-async function timed(n: number, fn: () => Promise<void>): Promise<number[]> {
-  const out: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const t0 = performance.now();
-    await fn();
-    out.push(performance.now() - t0);
-  }
-  return out;
 }
 
 async function measure(server: Server) {

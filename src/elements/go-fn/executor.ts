@@ -2,7 +2,6 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { canonicalJson, sha256Hex } from '../../core/hash.js';
-import { errors as coreErrors } from '../../core/errors.js';
 import {
   buildGo,
   GoBuildError,
@@ -14,6 +13,7 @@ import {
 import { WRAPPER_VERSION } from '../../sandbox/builders/go-wrapper.js';
 import { runSandbox, sandboxDisabled, type SandboxResult } from '../../sandbox/runner.js';
 import { declaredError } from '../errors.js';
+import { readEnvelope, sandboxEvidence } from '../code-action.js';
 import type { ElementEvent, ExecContext, ExecResult, OpContext } from '../types.js';
 import { GO_FN_ERRORS } from './errors.js';
 
@@ -72,69 +72,14 @@ function binaryHash(b: GoBuild): string {
   return h;
 }
 
-/** A stream's size and hash; its text lives in `log_lines`. */
-function streamEvidence(
-  buf: Buffer,
-  truncated: boolean,
-): { bytes: number; sha256: string; truncated: boolean } {
-  return { bytes: buf.length, sha256: 'sha256:' + sha256Hex(buf), truncated };
-}
-
-function tail(buf: Buffer, lines = 12): string {
-  return buf.toString('utf8').trimEnd().split('\n').slice(-lines).join('\n');
-}
-
-/** The verdict of the sandbox and the wrapper's envelope → output or a typed GO_FN_* error. */
+/** The sandbox's verdict and the wrapper's envelope → output or a typed GO_FN_* error. */
 function interpret(r: SandboxResult, spec: GoSpec): unknown {
-  switch (r.verdict) {
-    case 'timeout':
-      throw fail(
-        'GO_FN_TIMEOUT',
-        `The function ran longer than timeout_ms (${spec.timeout_ms} ms) and was killed.`,
-      );
-    case 'memory_exceeded':
-      throw fail(
-        'GO_FN_MEMORY_EXCEEDED',
-        `The function exceeded memory_mb (${spec.memory_mb} MB): ${tail(r.stderr, 1)}`,
-      );
-    case 'output_limit':
-      throw fail(
-        'GO_FN_OUTPUT_TOO_LARGE',
-        r.stdoutTruncated || r.stderrTruncated
-          ? `The function wrote more than ${r.limits.stdoutBytes} bytes of logs and was stopped.`
-          : `The result is larger than ${r.limits.resultBytes} bytes.`,
-      );
-    case 'cancelled':
-      throw coreErrors.conflict(
-        'RUN_CANCELLED',
-        'The run was cancelled; its sandbox was killed.',
-        'Rerun it if the work is still needed.',
-      );
-    case 'crashed':
-      throw fail(
-        'GO_FN_EXECUTION_FAILED',
-        `The function crashed (${r.signal ? `signal ${r.signal}` : `exit code ${r.exitCode}`}): ${tail(r.stderr, 3)}`,
-        {
-          stderr_tail: tail(r.stderr),
-        },
-      );
-    case 'invalid_output':
-      throw fail(
-        'GO_FN_INVALID_OUTPUT',
-        'The function exited without returning a result (did it call os.Exit?).',
-      );
-    case 'ok':
-      break;
-  }
-  let env: { kind: string; output?: unknown; error?: string; stack?: string };
-  try {
-    env = JSON.parse(r.result.toString('utf8'));
-  } catch {
-    throw fail(
-      'GO_FN_INVALID_OUTPUT',
-      'The function wrote something that is not a Cairn result envelope on fd 3.',
-    );
-  }
+  const env = readEnvelope(
+    r,
+    spec,
+    (suffix, m, d) => fail(`GO_FN_${suffix}`, m, d),
+    ' (did it call os.Exit?)',
+  );
   switch (env.kind) {
     case 'ok':
       return env.output ?? null;
@@ -186,19 +131,8 @@ export async function invokeGo(ctx: ExecContext): Promise<ExecResult> {
     toolchain: { go: goVersion(), wrapper: WRAPPER_VERSION, build_key: b.key, commit: b.commit ?? null },
     binary_hash: binaryHash(b),
     input_hashes: { stdin: 'sha256:' + sha256Hex(stdin) },
-    exit_code: r.exitCode,
-    signal: r.signal,
-    verdict: r.verdict,
-    stdout: streamEvidence(r.stdout, r.stdoutTruncated),
-    stderr: streamEvidence(r.stderr, r.stderrTruncated),
-    log_lines: r.lines,
-    log_lines_dropped: r.linesDropped,
+    ...sandboxEvidence(r, spec),
     host: ctx.host || hostname(),
-    sandbox: {
-      backend: r.sandboxed ? 'bubblewrap' : 'none',
-      uid: r.uid,
-      limits: { memory_mb: spec.memory_mb, timeout_ms: spec.timeout_ms, max_procs: r.limits.maxProcs },
-    },
     timing: { build_ms: round(b.durationMs), build_cached: b.cached, run_ms: round(r.durationMs) },
     peak_memory_kb: r.peakMemoryKb ?? peakOf(r),
   };

@@ -3,11 +3,11 @@ import { chmodSync, existsSync, mkdirSync, renameSync, rmSync, writeFileSync } f
 import { join } from 'node:path';
 import { z } from 'zod';
 import { canonicalJson, sha256Hex } from '../../core/hash.js';
-import { errors as coreErrors } from '../../core/errors.js';
 import { cacheRoot } from '../../sandbox/exec-helper.js';
 import { runSandbox, sandboxDisabled, type SandboxResult } from '../../sandbox/runner.js';
 import { nodeRuntime, pythonRuntime, type Runtime } from '../../sandbox/runtimes.js';
 import { declaredError } from '../errors.js';
+import { readEnvelope, sandboxEvidence } from '../code-action.js';
 import { LOGS_OP } from '../logs-op.js';
 import type { ElementTypeDecl, ErrorCodeDecl, ExecContext, ExecResult } from '../types.js';
 import { nodeWrapper, pythonWrapper, SCRIPT_WRAPPER_VERSION } from './wrappers.js';
@@ -256,53 +256,10 @@ function stage(l: Lang, spec: ScriptSpec, deps: Deps | undefined): { dir: string
   return { dir, key };
 }
 
-function tailOf(buf: Buffer, n = 3): string {
-  return buf.toString('utf8').trimEnd().split('\n').slice(-n).join('\n');
-}
-
 function interpret(l: Lang, r: SandboxResult, spec: ScriptSpec): unknown {
   const fail = (code: string, message: string, details?: unknown) =>
     declaredError(errorTable(l), `${l.prefix}_${code}`, message, details);
-  switch (r.verdict) {
-    case 'timeout':
-      throw fail(
-        'TIMEOUT',
-        `The function ran longer than timeout_ms (${spec.timeout_ms} ms) and was killed.`,
-      );
-    case 'memory_exceeded':
-      throw fail(
-        'MEMORY_EXCEEDED',
-        `The function exceeded memory_mb (${spec.memory_mb} MB): ${tailOf(r.stderr, 1)}`,
-      );
-    case 'output_limit':
-      throw fail(
-        'OUTPUT_TOO_LARGE',
-        r.stdoutTruncated || r.stderrTruncated
-          ? `The function wrote more than ${r.limits.stdoutBytes} bytes of logs and was stopped.`
-          : `The result is larger than ${r.limits.resultBytes} bytes.`,
-      );
-    case 'cancelled':
-      throw coreErrors.conflict(
-        'RUN_CANCELLED',
-        'The run was cancelled; its sandbox was killed.',
-        'Rerun it if the work is still needed.',
-      );
-    case 'crashed':
-      throw fail(
-        'EXECUTION_FAILED',
-        `The function crashed (${r.signal ? `signal ${r.signal}` : `exit code ${r.exitCode}`}): ${tailOf(r.stderr)}`,
-      );
-    case 'invalid_output':
-      throw fail('INVALID_OUTPUT', 'The function exited without returning a result.');
-    case 'ok':
-      break;
-  }
-  let env: { kind: string; output?: unknown; error?: string; stack?: string };
-  try {
-    env = JSON.parse(r.result.toString('utf8'));
-  } catch {
-    throw fail('INVALID_OUTPUT', 'The function wrote something that is not a Cairn result envelope on fd 3.');
-  }
+  const env = readEnvelope(r, spec, fail);
   switch (env.kind) {
     case 'ok':
       return env.output ?? null;
@@ -384,29 +341,9 @@ async function runScript(
     source_hash: 'sha256:' + key,
     dependencies: deps ? { key: deps.key, cached: deps.cached } : null,
     input_hashes: { stdin: 'sha256:' + sha256Hex(stdin) },
-    exit_code: r.exitCode,
-    signal: r.signal,
-    verdict: r.verdict,
-    stdout: {
-      bytes: r.stdout.length,
-      sha256: 'sha256:' + sha256Hex(r.stdout),
-      truncated: r.stdoutTruncated,
-    },
-    stderr: {
-      bytes: r.stderr.length,
-      sha256: 'sha256:' + sha256Hex(r.stderr),
-      truncated: r.stderrTruncated,
-    },
-    log_lines: r.lines,
-    log_lines_dropped: r.linesDropped,
+    ...sandboxEvidence(r, spec),
     host,
-    sandbox: {
-      backend: r.sandboxed ? 'bubblewrap' : 'none',
-      uid: r.uid,
-      limits: { memory_mb: spec.memory_mb, timeout_ms: spec.timeout_ms },
-    },
     timing: { run_ms: Math.round(r.durationMs * 1000) / 1000 },
-    peak_memory_kb: r.peakMemoryKb,
   };
   return { r, evidence, spec };
 }
