@@ -16,17 +16,20 @@ export interface Runtime {
 /** Shared libraries a set of ELF files needs, from ldd, as binds at the paths the loader asks for. */
 function libraryBinds(files: string[]): Bind[] {
   const seen = new Map<string, string>();
-  for (const f of files) {
-    let out = '';
-    try {
-      out = execFileSync('ldd', [f], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
-    } catch {
-      continue; // not dynamic
-    }
-    for (const line of out.split('\n')) {
-      const m = /=>\s+(\/\S+)/.exec(line) ?? /^\s*(\/\S+)\s+\(/.exec(line);
-      if (m && !seen.has(m[1]!)) seen.set(m[1]!, realpathSync(m[1]!));
-    }
+  let out = '';
+  try {
+    // One ldd over every file (it prints a section per file); static files just say so.
+    out = execFileSync('ldd', files, {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+      maxBuffer: 16 * 1024 * 1024,
+    });
+  } catch (e: any) {
+    out = String(e?.stdout ?? ''); // ldd exits non-zero when some file is not dynamic
+  }
+  for (const line of out.split('\n')) {
+    const m = /=>\s+(\/\S+)/.exec(line) ?? /^\s+(\/\S+)\s+\(/.exec(line);
+    if (m && !seen.has(m[1]!)) seen.set(m[1]!, realpathSync(m[1]!));
   }
   return [...seen.entries()].map(([dest, src]) => ({ src, dest }));
 }
