@@ -6,6 +6,7 @@ import { performance } from 'node:perf_hooks';
 import { buildSeccompFilter } from './seccomp.js';
 import { uidPool } from './uids.js';
 import { execHelper } from './exec-helper.js';
+import { prepareMemoryCgroup } from './cgroup.js';
 import { constants } from 'node:os';
 
 function signalName(n: number): string | undefined {
@@ -169,14 +170,18 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
   const uid = pooled ? await uidPool.acquire() : req.asUid;
   const seccompFd = openSync(seccompFile(Boolean(req.network)), 'r');
   const sandboxed = !sandboxDisabled();
+  // A memory cgroup where one is writable (exact, whole tree, counted OOM kills); RLIMIT_DATA otherwise.
+  const cgroup =
+    uid !== undefined && pooled ? prepareMemoryCgroup(uid, limits.memoryMb * 1024 * 1024) : undefined;
   const args = [
-    String(limits.memoryMb * 1024 * 1024),
+    cgroup ? String(64 * 1024 * 1024 * 1024) : String(limits.memoryMb * 1024 * 1024),
     String(limits.maxProcs),
     String(limits.fileSizeMb * 1024 * 1024),
     String(limits.openFiles),
     // With a pooled uid the helper may kill every process of that uid when the run ends.
     uid !== undefined && pooled ? '1' : '0',
     String(limits.timeoutMs),
+    cgroup?.procs ?? '-',
     '--',
     ...(sandboxed ? [BWRAP, ...bwrapArgs(req, limits)] : unsandboxedArgv(req)),
   ];
@@ -320,6 +325,17 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
   } catch {
     // the helper itself was killed: keep what Node saw
   }
+  let oomKilled = false;
+  if (cgroup) {
+    try {
+      const c = cgroup.finish();
+      peakMemoryKb = c.peakKb;
+      oomKilled = c.oomKilled;
+    } catch {
+      // keep wait4's figure
+    }
+  }
+  // Only now may another run take this uid (and reset its cgroup's counters).
   if (pooled) uidPool.release(uid);
   // The helper's clock: from starting bwrap to reaping the last process (no event-loop lag).
   const durationMs = helperElapsedMs ?? performance.now() - t0;
@@ -333,6 +349,7 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
   let verdict: Verdict;
   if (cancelled) verdict = 'cancelled';
   else if (timedOut) verdict = 'timeout';
+  else if (oomKilled) verdict = 'memory_exceeded';
   else if (stdoutTruncated || stderrTruncated || resultOver) verdict = 'output_limit';
   else if ((req.oomMarkers ?? []).some((re) => re.test(errText))) verdict = 'memory_exceeded';
   else if (exitCode === 0 && result.length > 0) verdict = 'ok';

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runSandbox, type SandboxRequest } from '../../src/sandbox/runner.js';
 import { cacheRoot } from '../../src/sandbox/exec-helper.js';
+import { memoryCgroupsAvailable } from '../../src/sandbox/cgroup.js';
 import { buildGo, GoBuildError } from '../../src/sandbox/builders/go.js';
 
 /**
@@ -96,6 +97,19 @@ describe('sandbox containment', () => {
     const r = await run(['mem', '2000'], { limits: { memoryMb: 64 }, oomMarkers: [/out of memory/] });
     expect(r.verdict).toBe('memory_exceeded');
     expect(r.stdout.toString()).not.toMatch(/allocated=2000/);
+  });
+
+  it('where a memory cgroup is writable, it limits the whole tree and counts the OOM kill itself', async () => {
+    if (!memoryCgroupsAvailable()) return; // RLIMIT_DATA covers other hosts (test above)
+    // No OOM markers: the verdict can only come from the kernel's own count.
+    const r = await run(['mem', '2000'], { limits: { memoryMb: 96 } });
+    expect(r.verdict).toBe('memory_exceeded');
+    expect(r.exitCode).not.toBe(0); // killed inside; bwrap's reaper reports it as an exit status
+    expect(r.peakMemoryKb).toBeGreaterThan(64 * 1024);
+    expect(r.peakMemoryKb).toBeLessThanOrEqual(96 * 1024 + 1024);
+    const small = await run(['mem', '8'], { limits: { memoryMb: 96 } });
+    expect(small.stdout.toString()).toBe('mem allocated=8\n');
+    expect(small.peakMemoryKb).toBeGreaterThan(8 * 1024);
   });
 
   it('a busy loop and a long sleep are killed within 50 ms of the limit', async () => {

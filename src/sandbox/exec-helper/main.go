@@ -9,7 +9,10 @@
 // The wall-clock limit is enforced here, by a timer of its own, so a busy
 // parent event loop cannot delay the kill.
 //
-// usage: cairn-sandbox-exec <data> <nproc> <fsize> <nofile> <own-uid:0|1> <timeout-ms> -- /usr/bin/bwrap ...
+// When a cgroup.procs path is given (not "-"), it first moves itself into that
+// memory cgroup, so the whole sandbox is accounted and limited there.
+//
+// usage: cairn-sandbox-exec <data> <nproc> <fsize> <nofile> <own-uid:0|1> <timeout-ms> <cgroup.procs|-> -- /usr/bin/bwrap ...
 package main
 
 import (
@@ -56,9 +59,10 @@ type report struct {
 
 func main() {
 	a := os.Args
-	if len(a) < 9 || a[7] != "--" {
-		fail("usage", fmt.Errorf("cairn-sandbox-exec <data> <nproc> <fsize> <nofile> <own-uid> <timeout-ms> -- cmd ..."))
+	if len(a) < 10 || a[8] != "--" {
+		fail("usage", fmt.Errorf("cairn-sandbox-exec <data> <nproc> <fsize> <nofile> <own-uid> <timeout-ms> <cgroup.procs|-> -- cmd ..."))
 	}
+
 	timeoutMS, err := strconv.ParseInt(a[6], 10, 64)
 	if err != nil {
 		fail("bad timeout "+a[6], err)
@@ -74,6 +78,18 @@ func main() {
 			syscall.Close(fd)
 		}
 	}
+	// Raw syscalls: os.* file calls would start Go's netpoller, whose fd must not
+	// exist before close_range above (it would be closed under the runtime's feet).
+	if a[7] != "-" {
+		fd, err := syscall.Open(a[7], syscall.O_WRONLY|syscall.O_CLOEXEC, 0)
+		if err == nil {
+			_, err = syscall.Write(fd, []byte(strconv.Itoa(os.Getpid())))
+			syscall.Close(fd)
+		}
+		if err != nil {
+			fail("join cgroup "+a[7], err)
+		}
+	}
 	if _, _, e := syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0); e != 0 {
 		fail("prctl subreaper", e)
 	}
@@ -82,9 +98,9 @@ func main() {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	start := time.Now()
-	pid, err := syscall.ForkExec(a[8], a[8:], &syscall.ProcAttr{Env: os.Environ(), Files: []uintptr{0, 1, 2, 3, 4}})
+	pid, err := syscall.ForkExec(a[9], a[9:], &syscall.ProcAttr{Env: os.Environ(), Files: []uintptr{0, 1, 2, 3, 4}})
 	if err != nil {
-		fail("exec "+a[8], err)
+		fail("exec "+a[9], err)
 	}
 	syscall.Close(4)
 	killAll := func() {
