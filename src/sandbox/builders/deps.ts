@@ -106,6 +106,12 @@ function check(r: Awaited<ReturnType<typeof runSandbox>>, what: string): void {
 /** The host's CA configuration (e.g. a TLS-inspecting proxy's CA): the files live under the bound /etc/ssl. */
 const CA_ENV = ['NODE_EXTRA_CA_CERTS', 'SSL_CERT_FILE', 'SSL_CERT_DIR', 'PIP_CERT', 'REQUESTS_CA_BUNDLE'];
 
+const SYSTEM_CA = '/etc/ssl/certs/ca-certificates.crt';
+function systemCaBundle(): string | undefined {
+  const p = process.env.NODE_EXTRA_CA_CERTS ?? SYSTEM_CA;
+  return existsSync(p) ? p : undefined;
+}
+
 const hostEnv = (names: string[]) =>
   Object.fromEntries(names.filter((n) => process.env[n]).map((n) => [n, process.env[n]!]));
 
@@ -189,7 +195,10 @@ export function npmDeps(dependencies: Record<string, string>): Promise<Deps> {
           HOME: '/tmp',
           npm_config_cache: '/tmp/npm-cache',
           ...hostEnv(['npm_config_registry', 'NPM_CONFIG_REGISTRY', ...CA_ENV]),
-          ...(process.env.NODE_EXTRA_CA_CERTS ? { npm_config_cafile: process.env.NODE_EXTRA_CA_CERTS } : {}),
+          // Node ignores the system CA store; the system bundle carries any locally trusted CA too.
+          ...(systemCaBundle()
+            ? { npm_config_cafile: systemCaBundle()!, NODE_EXTRA_CA_CERTS: systemCaBundle()! }
+            : {}),
         },
         cwd: '/out',
         network: true,
