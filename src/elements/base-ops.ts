@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { errors } from '../core/errors.js';
+import { isUuid } from '../core/ids.js';
 import { normalizeStatus, type RunStatus } from '../core/status.js';
 import { qbool, qint } from '../core/zod.js';
 import * as store from '../store/elements.js';
@@ -15,9 +16,9 @@ import { toolsOf } from './schema.js';
 const empty = z.object({}).strict();
 const anyObject = z.record(z.string(), z.unknown());
 
-async function runOfElement(ctx: OpContext) {
-  const id = ctx.params.run_id ?? '';
-  const run = /^[0-9a-f-]{36}$/i.test(id) ? await getRun(ctx.db, id) : undefined;
+/** A run of this element, or RUN_NOT_FOUND (also for ids that are not UUIDs: never a database error). */
+export async function runOfElement(ctx: OpContext, id: string) {
+  const run = isUuid(id) ? await getRun(ctx.db, id) : undefined;
   if (!run || run.element_id !== ctx.element.id) {
     throw errors.notFound(
       'RUN_NOT_FOUND',
@@ -343,7 +344,8 @@ export const BASE_OPS: OperationDecl[] = [
     auth: 'read',
     summary: 'Get one run of this element',
     input: empty,
-    handler: async (ctx) => toRunView(await runOfElement(ctx), ctx.circle.slug, ctx.baseUrl),
+    handler: async (ctx) =>
+      toRunView(await runOfElement(ctx, ctx.params.run_id ?? ''), ctx.circle.slug, ctx.baseUrl),
   },
   {
     name: 'run_cancel',
@@ -353,7 +355,7 @@ export const BASE_OPS: OperationDecl[] = [
     summary: 'Cancel a queued or running run of this element',
     input: z.object({ reason: z.string().max(500).optional() }).strict(),
     handler: async (ctx) => {
-      const run = await runOfElement(ctx);
+      const run = await runOfElement(ctx, ctx.params.run_id ?? '');
       return toRunView(
         await ctx.cancelRun(run.id, ctx.actor, ctx.input.reason ?? null),
         ctx.circle.slug,

@@ -226,6 +226,24 @@ describeEachDriver('element operations', ({ db }) => {
     expect(d.body.element.spec).toEqual({ query: 'select 2 as two', timeout_ms: 5000, max_rows: 1000 });
   });
 
+  it('a malformed run id answers RUN_NOT_FOUND, never a database error', async () => {
+    for (const id of ['-'.repeat(36), 'nope', '01a1ffc6-ad8f-7366-8b8b-89ab46a53ce4']) {
+      for (const [m, path] of [
+        ['GET', `runs/${id}`],
+        ['POST', `runs/${id}/cancel`],
+      ] as const) {
+        const r = await t.call(
+          m,
+          `${base()}/add-one/ops/${path}`,
+          m === 'POST' ? {} : undefined,
+          c.tokens.admin,
+        );
+        expect(r.status, `${m} ${path}`).toBe(404);
+        expect(r.body.error.code).toBe('RUN_NOT_FOUND');
+      }
+    }
+  });
+
   it('unknown ops and wrong methods are typed', async () => {
     const r = await t.call('POST', `${base()}/add-one/ops/teleport`, {}, c.tokens.admin);
     expect(r.status).toBe(404);

@@ -50,6 +50,7 @@ describeEachDriver('fuzzed requests', ({ db }) => {
       '%00',
       '01a1ffc6-ad8f-7366-8b8b-89ab46a53ce4',
       'runs%2F1',
+      '-'.repeat(36),
     ),
     fc.string({ maxLength: 12 }).map((s) => encodeURIComponent(s)),
   );
