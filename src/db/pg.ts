@@ -8,13 +8,11 @@ import {
   type Queryable,
   type QueryResult,
 } from './types.js';
-import { OID_INT8, OID_TIMESTAMP, OID_TIMESTAMPTZ } from './timestamps.js';
+import { TYPE_PARSERS } from './timestamps.js';
 
 const types = {
   getTypeParser(oid: number, format?: any): any {
-    if (oid === OID_TIMESTAMPTZ || oid === OID_TIMESTAMP) return (v: string) => v;
-    if (oid === OID_INT8) return (v: string) => Number(v);
-    return pg.types.getTypeParser(oid, format);
+    return TYPE_PARSERS[oid] ?? pg.types.getTypeParser(oid, format);
   },
 };
 

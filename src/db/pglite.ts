@@ -7,13 +7,7 @@ import {
   type Queryable,
   type QueryResult,
 } from './types.js';
-import { OID_INT8, OID_TIMESTAMP, OID_TIMESTAMPTZ } from './timestamps.js';
-
-const parsers = {
-  [OID_TIMESTAMPTZ]: (v: string) => v,
-  [OID_TIMESTAMP]: (v: string) => v,
-  [OID_INT8]: (v: string) => Number(v),
-};
+import { TYPE_PARSERS } from './timestamps.js';
 
 interface PgliteLike {
   query<T>(sql: string, params?: unknown[]): Promise<{ rows: T[]; affectedRows?: number }>;
@@ -46,7 +40,7 @@ export class PgliteDb implements Db {
   static async open(dataDir?: string, opts: { loadDataDir?: Blob | File } = {}): Promise<PgliteDb> {
     const pg = await PGlite.create({
       dataDir,
-      parsers,
+      parsers: TYPE_PARSERS,
       ...(opts.loadDataDir ? { loadDataDir: opts.loadDataDir } : {}),
     });
     await pg.exec("SET TimeZone = 'UTC'");

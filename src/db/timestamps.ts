@@ -11,8 +11,16 @@ export function pgTimestampToIso(v: string | null | undefined): string | null {
   return `${m[1]}T${m[2]}.${frac}Z`;
 }
 
-/** OIDs whose text form we keep: timestamptz, timestamp; int8 becomes a JS number. */
-export const OID_TIMESTAMPTZ = 1184;
-export const OID_TIMESTAMP = 1114;
-export const OID_INT8 = 20;
-export const OID_NUMERIC = 1700;
+const OID_TIMESTAMPTZ = 1184;
+const OID_TIMESTAMP = 1114;
+const OID_INT8 = 20;
+
+/**
+ * The column parsers both drivers install, by type OID: timestamps stay text
+ * (microseconds survive), int8 becomes a JS number (micro-credits fit in 2^53).
+ */
+export const TYPE_PARSERS: Record<number, (v: string) => unknown> = {
+  [OID_TIMESTAMPTZ]: (v) => v,
+  [OID_TIMESTAMP]: (v) => v,
+  [OID_INT8]: (v) => Number(v),
+};

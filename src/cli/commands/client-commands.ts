@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { CairnError } from '../../core/errors.js';
 import { parseElementsYaml } from '../../yaml.js';
-import { ApiError, EXIT, localError } from '../client.js';
+import { ApiError, EXIT, localError, exitCodeFor } from '../client.js';
 import { addGlobalOptions, cliContext, type CliCtx, type GlobalOpts } from '../context.js';
 import { color, renderError, statusMark, table } from '../output.js';
 
@@ -20,21 +20,12 @@ export function action<A extends unknown[]>(fn: (ctx: CliCtx, ...args: A) => Pro
       if (err instanceof ApiError) {
         if (ctx.out.json) ctx.out.print(JSON.stringify({ error: err.body }, null, 2));
         else ctx.out.error(renderError(err.body));
-        process.exitCode = err.status === 0 ? EXIT.unavailable : exitFor(err.status);
+        process.exitCode = err.status === 0 ? EXIT.unavailable : exitCodeFor(err.status);
         return;
       }
       throw e;
     }
   };
-}
-
-function exitFor(status: number): number {
-  if (status === 401 || status === 403) return EXIT.auth;
-  if (status === 404) return EXIT.notFound;
-  if (status === 409) return EXIT.conflict;
-  if (status === 402) return EXIT.payment;
-  if (status >= 500) return EXIT.unavailable;
-  return EXIT.usage;
 }
 
 export function needCircle(ctx: CliCtx): string {
