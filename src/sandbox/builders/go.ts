@@ -72,15 +72,31 @@ export function builderUid(): number | undefined {
   return uidPool.enabled ? uidPool.base - 1 : undefined;
 }
 
+const prepared = new Set<string>();
+
+/**
+ * The Go cache directories, created (with the builder uid owning the ones it
+ * writes) once per process and cache root — not on every invoke's lookup.
+ */
 function dirs() {
   const root = join(cacheRoot(), 'go');
-  return {
+  const d = {
     root,
     bin: join(root, 'bin'),
     stage: join(root, 'stage'),
     gocache: join(root, 'gocache'),
     gomod: join(root, 'gomod'),
   };
+  if (!prepared.has(root)) {
+    const owner = builderUid();
+    ensureDir(d.root);
+    ensureDir(d.bin);
+    ensureDir(d.stage, owner);
+    ensureDir(d.gocache, owner);
+    ensureDir(d.gomod, owner);
+    prepared.add(root);
+  }
+  return d;
 }
 
 export function ensureDir(path: string, owner?: number): void {
@@ -262,11 +278,6 @@ export async function buildGo(req: GoRequest): Promise<GoBuild> {
   const scratch = join(d.stage, `${Date.now()}-${randomBytes(6).toString('hex')}`);
   const t0 = performance.now();
   const owner = builderUid();
-  ensureDir(d.root);
-  ensureDir(d.bin);
-  ensureDir(d.stage, owner);
-  ensureDir(d.gocache, owner);
-  ensureDir(d.gomod, owner);
   let resolved: Resolved | undefined;
   if (req.source.type === 'inline') resolved = resolveSource(req, scratch);
   else {
@@ -373,10 +384,6 @@ async function compile(key: string, resolved: Resolved, handler: string, scratch
 export async function vetGo(req: GoRequest): Promise<{ ok: boolean; diagnostics: string }> {
   const d = dirs();
   const owner = builderUid();
-  ensureDir(d.root);
-  ensureDir(d.stage, owner);
-  ensureDir(d.gocache, owner);
-  ensureDir(d.gomod, owner);
   const scratch = join(d.stage, `vet-${Date.now()}-${randomBytes(6).toString('hex')}`);
   ensureDir(scratch, owner);
   try {
