@@ -11,8 +11,7 @@ import { openApiDocument } from './openapi.js';
 import type { RouteCtx, RouteDef } from './route.js';
 import { ROUTES } from './routes.js';
 import type { HttpMethod } from '../elements/types.js';
-import { goCacheHitRate, registry } from '../telemetry/metrics.js';
-import { goBuildStats } from '../sandbox/builders/go.js';
+import { registry } from '../telemetry/metrics.js';
 
 const BODY_LIMIT = 1024 * 1024;
 
@@ -166,11 +165,6 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
   // Prometheus scrapes with the instance-admin token (metrics name circles and elements).
   app.get('/metrics', async (req, reply) => {
     authorize(await deps.authn.principal(req.headers.authorization), undefined, 'instance_admin');
-    goCacheHitRate.set(
-      goBuildStats.hits + goBuildStats.misses > 0
-        ? goBuildStats.hits / (goBuildStats.hits + goBuildStats.misses)
-        : 0,
-    );
     return reply.type(registry.contentType).send(await registry.metrics());
   });
   return app;

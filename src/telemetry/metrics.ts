@@ -72,7 +72,7 @@ export const goBuildDuration = new client.Histogram({
   registers: [registry],
 });
 
-/** Set from the builder's counters at scrape time. */
+/** Kept current by the Go builder on every lookup. */
 export const goCacheHitRate = new client.Gauge({
   name: 'go_fn_cache_hit_rate',
   help: 'Share of go-fn binary lookups served from the cache since start',

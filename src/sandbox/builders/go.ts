@@ -21,7 +21,7 @@ import { runSandbox, type Bind, type SandboxResult } from '../runner.js';
 import { goBinary, goRootDir } from '../toolchains.js';
 import { uidPool } from '../uids.js';
 import { goWrapper, WRAPPER_VERSION } from './go-wrapper.js';
-import { goBuildDuration } from '../../telemetry/metrics.js';
+import { goBuildDuration, goCacheHitRate } from '../../telemetry/metrics.js';
 
 export interface GoSource {
   type: 'inline' | 'git';
@@ -267,6 +267,12 @@ const inflight = new Map<string, Promise<GoBuild>>();
 /** Counters for metrics (go_fn_cache_hit_rate, build durations) and for tests of single flight. */
 export const goBuildStats = { hits: 0, misses: 0, compiles: 0, compileMsTotal: 0 };
 
+function countLookup(hit: boolean): void {
+  if (hit) goBuildStats.hits++;
+  else goBuildStats.misses++;
+  goCacheHitRate.set(goBuildStats.hits / (goBuildStats.hits + goBuildStats.misses));
+}
+
 /**
  * Builds (or finds) the binary for a handler. The cache key covers the source,
  * go.mod, requirements, handler, Go version, build flags and wrapper version;
@@ -298,7 +304,7 @@ export async function buildGo(req: GoRequest): Promise<GoBuild> {
     const now = new Date();
     utimesSync(join(d.bin, key), now, now); // LRU: recently used
     rmSync(scratch, { recursive: true, force: true });
-    goBuildStats.hits++;
+    countLookup(true);
     return {
       key,
       binary,
@@ -308,7 +314,7 @@ export async function buildGo(req: GoRequest): Promise<GoBuild> {
       commit: resolved.commit,
     };
   }
-  goBuildStats.misses++;
+  countLookup(false);
   let p = inflight.get(key);
   if (!p) {
     goBuildStats.compiles++;
