@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import sjson from 'secure-json-parse';
 import { CairnError, errors, toCairnError } from '../core/errors.js';
-import { describeIssues, issuesOf } from '../core/zod.js';
+import { parseInput } from '../core/zod.js';
 import { getCircleBySlug } from '../store/circles.js';
 import type { Principal } from '../store/tokens.js';
 import { authorize } from './auth.js';
@@ -130,11 +130,7 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
 
   function parseWith(what: string, schema: RouteDef['body'], value: unknown): unknown {
     if (!schema) return value;
-    const r = schema.safeParse(value === undefined ? {} : value);
-    if (!r.success) {
-      throw errors.invalidInput(`Invalid ${what}: ${describeIssues(r.error)}`, issuesOf(r.error));
-    }
-    return r.data;
+    return parseInput(schema, value === undefined ? {} : value, `Invalid ${what}`);
   }
 
   for (const def of ROUTES) {

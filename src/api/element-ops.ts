@@ -1,5 +1,5 @@
 import { CairnError, errors } from '../core/errors.js';
-import { describeIssues, issuesOf } from '../core/zod.js';
+import { parseInput } from '../core/zod.js';
 import type { HttpMethod } from '../elements/types.js';
 import { getType, resolveOperation } from '../elements/registry.js';
 import { elementNotFound } from '../elements/service.js';
@@ -89,14 +89,12 @@ export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Prom
 
   const raw =
     method === 'GET' || method === 'DELETE' ? (ctx.query ?? {}) : ctx.body === undefined ? {} : ctx.body;
-  const parsed = op.input.safeParse(raw);
-  if (!parsed.success) {
-    throw errors.invalidInput(
-      `Invalid input for ${op.name}: ${describeIssues(parsed.error)}`,
-      issuesOf(parsed.error),
-      `GET /openapi.json documents ${op.name}; ${op.summary}.`,
-    );
-  }
+  const input = parseInput(
+    op.input,
+    raw,
+    `Invalid input for ${op.name}`,
+    `GET /openapi.json documents ${op.name}; ${op.summary}.`,
+  );
   if (!op.handler) {
     throw new CairnError({
       code: 'OPERATION_NOT_IMPLEMENTED',
@@ -110,7 +108,7 @@ export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Prom
     circle: circle!,
     element,
     type,
-    input: parsed.data,
+    input,
     params,
     actor,
     baseUrl: baseUrlOf(deps),

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { errors } from './errors.js';
 
 /** A boolean from a query string: only the spellings people actually use. */
 export const qbool = z
@@ -21,4 +22,17 @@ export function describeIssues(err: z.ZodError): string {
     .slice(0, 5)
     .map((i) => `${i.path}: ${i.message}`)
     .join('; ');
+}
+
+/** Parses or throws INVALID_INPUT as `<lead>: <issues>`, listing every issue in details. */
+export function parseInput<S extends z.ZodType>(
+  schema: S,
+  value: unknown,
+  lead: string,
+  suggestion?: string,
+): z.output<S> {
+  const r = schema.safeParse(value);
+  if (!r.success)
+    throw errors.invalidInput(`${lead}: ${describeIssues(r.error)}`, issuesOf(r.error), suggestion);
+  return r.data;
 }

@@ -1,7 +1,7 @@
 import { errors, CairnError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { ENGINE_VERSION } from '../core/version.js';
-import { describeIssues, issuesOf } from '../core/zod.js';
+import { parseInput } from '../core/zod.js';
 import type { Db } from '../db/types.js';
 import type { CircleRow } from '../store/circles.js';
 import type { ElementRow } from '../store/elements.js';
@@ -47,14 +47,12 @@ export async function submitRun(
 ): Promise<Submitted> {
   const { element: el, op, type } = req;
   if (el.state === 'disabled') throw elementDisabled(el);
-  const parsed = op.input.safeParse(req.input);
-  if (!parsed.success) {
-    throw errors.invalidInput(
-      `The input does not match ${type.type}.${op.name}: ${describeIssues(parsed.error)}`,
-      issuesOf(parsed.error),
-      `GET /api/${req.circle.slug}/${el.slug}/ops/schema shows the input schema.`,
-    );
-  }
+  const input = parseInput(
+    op.input,
+    req.input,
+    `The input does not match ${type.type}.${op.name}`,
+    `GET /api/${req.circle.slug}/${el.slug}/ops/schema shows the input schema.`,
+  );
   if (req.idempotencyKey) {
     const prior = await findByIdempotencyKey(db, req.circle.id, req.idempotencyKey);
     if (prior) return { run: prior, created: false };
@@ -77,7 +75,7 @@ export async function submitRun(
       operation: op.name,
       mode: 'live',
       trigger: req.trigger,
-      input: parsed.data,
+      input,
       parentRunId: req.parentRunId ?? null,
       rootRunId: req.rootRunId ?? null,
       maxAttempts: retry ? (op.maxAttempts ?? 3) : 1,
