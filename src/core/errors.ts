@@ -111,10 +111,6 @@ export class CairnError extends Error {
   }
 }
 
-export function isCairnError(e: unknown): e is CairnError {
-  return e instanceof CairnError;
-}
-
 /** Anything unknown becomes a typed 500; the original stays in `cause` for the log. */
 export function toCairnError(e: unknown): CairnError {
   if (e instanceof CairnError) return e;

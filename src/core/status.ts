@@ -27,10 +27,6 @@ export function isTerminal(s: RunStatus): boolean {
   return TERMINAL_STATUSES.includes(s);
 }
 
-export function isActive(s: RunStatus): boolean {
-  return !isTerminal(s);
-}
-
 const transitions: Record<RunStatus, readonly RunStatus[]> = {
   // queued → failed: the run could not start (e.g. its element was deleted)
   queued: ['running', 'cancelled', 'failed'],

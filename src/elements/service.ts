@@ -1,6 +1,6 @@
 import { CairnError, errors } from '../core/errors.js';
 import { definitionHash } from '../core/hash.js';
-import { deepMerge, isPlainObject } from '../core/json.js';
+import { deepMerge } from '../core/json.js';
 import type { Db } from '../db/types.js';
 import type { CircleRow } from '../store/circles.js';
 import * as store from '../store/elements.js';
@@ -145,9 +145,4 @@ export function elementNotFound(slug: string): CairnError {
     `No element "${slug}" in this circle.`,
     "Check the slug; GET /api/{circle}/elements lists the circle's elements.",
   );
-}
-
-export function assertObject(v: unknown, what: string): Record<string, unknown> {
-  if (!isPlainObject(v)) throw errors.invalidInput(`${what} must be a JSON object.`);
-  return v;
 }

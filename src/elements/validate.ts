@@ -1,4 +1,3 @@
-import { z } from 'zod';
 import { CairnError } from '../core/errors.js';
 import { issuesOf, describeIssues } from '../core/zod.js';
 import type { ElementTypeDecl } from './types.js';
@@ -38,5 +37,3 @@ export function checkSpec(type: ElementTypeDecl, raw: unknown): SpecCheck {
   const warnings = type.rules.filter((r) => r.level === 'warning' && !r.check(spec)).map((r) => r.message);
   return { spec, warnings };
 }
-
-export const objectSchema = z.record(z.string(), z.unknown());

@@ -265,7 +265,7 @@ function resolveSource(req: GoRequest, scratch: string): Resolved {
 const inflight = new Map<string, Promise<GoBuild>>();
 
 /** Counters for metrics (go_fn_cache_hit_rate, build durations) and for tests of single flight. */
-export const goBuildStats = { hits: 0, misses: 0, compiles: 0, compileMsTotal: 0 };
+export const goBuildStats = { hits: 0, misses: 0, compiles: 0 };
 
 function countLookup(hit: boolean): void {
   if (hit) goBuildStats.hits++;
@@ -371,7 +371,6 @@ async function compile(key: string, resolved: Resolved, handler: string, scratch
     }
     evict();
     const ms = performance.now() - t0;
-    goBuildStats.compileMsTotal += ms;
     goBuildDuration.observe(ms);
     return {
       key,
