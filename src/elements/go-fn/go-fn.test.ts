@@ -206,7 +206,7 @@ func Handler(input map[string]interface{}) (map[string]interface{}, error) {
       const r = await run(src, {}, { timeout_ms: code === 'GO_FN_TIMEOUT' ? 300 : 20_000, memory_mb: 64 });
       expect(r.status, JSON.stringify(r)).toBe('failed');
       const decl = GO_FN_ERRORS.find((e) => e.code === code)!;
-      expect(r.error).toMatchObject({
+      expect(r.error, JSON.stringify(r)).toMatchObject({
         code,
         class: decl.class,
         retryable: decl.retryable,

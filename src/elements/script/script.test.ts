@@ -133,7 +133,7 @@ describe('python and javascript functions', () => {
           const r = await invoke(slug);
           expect(r.status, JSON.stringify(r)).toBe('failed');
           const decl = L.decl.errors.find((e) => e.code.endsWith('_' + suffix))!;
-          expect(r.error).toMatchObject({
+          expect(r.error, JSON.stringify(r)).toMatchObject({
             code: decl.code,
             class: decl.class,
             retryable: decl.retryable,

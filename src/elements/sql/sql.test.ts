@@ -68,7 +68,7 @@ describeEachDriver('sql element', ({ db, driver }) => {
       const r = await run(spec, body);
       expect(r.status).toBe('failed');
       const decl = SQL_ERRORS.find((e) => e.code === code)!;
-      expect(r.error).toMatchObject({
+      expect(r.error, JSON.stringify(r)).toMatchObject({
         code,
         class: decl.class,
         retryable: decl.retryable,
