@@ -36,6 +36,8 @@ export const configSchema = z.object({
   embeddedWorker: z.coerce.boolean().default(true),
   /** CAIRN_PG_POOL: pool size on PostgreSQL */
   pgPool: int(10, 1, 200),
+  /** CAIRN_WELCOME_CREDITS: promotional micro-credits granted to each new circle (0: none) */
+  welcomeCredits: int(1_000_000_000, 0, Number.MAX_SAFE_INTEGER),
 });
 
 export type Config = z.infer<typeof configSchema>;
@@ -54,6 +56,7 @@ const ENV: Record<string, keyof Config> = {
   CAIRN_SHUTDOWN_GRACE_MS: 'shutdownGraceMs',
   CAIRN_EMBEDDED_WORKER: 'embeddedWorker',
   CAIRN_PG_POOL: 'pgPool',
+  CAIRN_WELCOME_CREDITS: 'welcomeCredits',
 };
 
 export function loadConfig(

@@ -102,7 +102,7 @@ export const ROUTES: RouteDef[] = [
       if (RESERVED_SLUGS.has(body.slug)) {
         throw errors.invalidInput(`"${body.slug}" is reserved.`, undefined, 'Pick another circle slug.');
       }
-      return publicCircle(await createCircle(deps.db, body.slug));
+      return publicCircle(await createCircle(deps.db, body.slug, deps.config.welcomeCredits));
     },
   },
   {

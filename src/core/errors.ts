@@ -157,4 +157,13 @@ export const errors = {
   conflict(code: string, message: string, suggestion: string): CairnError {
     return new CairnError({ code, class: 'conflict', message, suggestion });
   },
+  insufficientCredits(circleSlug: string, needed: number, available: number): CairnError {
+    return new CairnError({
+      code: 'INSUFFICIENT_CREDITS',
+      class: 'payment',
+      message: `This run needs ${needed} micro-credits reserved; the wallet of circle "${circleSlug}" has ${Math.max(0, available)} available.`,
+      details: { needed, available },
+      suggestion: `Add credit (POST /api/${circleSlug}/wallet/grants as instance admin, or \`cairn wallet grant\`), wait for running work to release its reservations, or run fewer items.`,
+    });
+  },
 };

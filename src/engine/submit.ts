@@ -7,6 +7,7 @@ import type { CircleRow } from '../store/circles.js';
 import type { ElementRow } from '../store/elements.js';
 import { insertRun } from '../store/queue.js';
 import { findByIdempotencyKey, type RunRow } from '../store/runs.js';
+import { getWallet } from '../store/ledger.js';
 import type { ElementTypeDecl, OperationDecl } from '../elements/types.js';
 import { randomBytes } from 'node:crypto';
 
@@ -101,6 +102,10 @@ export async function submitRun(
       idempotencyKey: req.idempotencyKey ?? null,
       timeoutMs: type.timeoutMs?.(el.spec) ?? 60_000,
     });
+    if (!run) {
+      const w = await getWallet(db, req.circle.id);
+      throw errors.insufficientCredits(req.circle.slug, op.price ?? 0, w.available);
+    }
     return { run, created: true };
   } catch (e: any) {
     // Two requests with the same key raced: the loser answers with the winner's run.

@@ -2,6 +2,7 @@ import { ident, literal, type Db, type Queryable, type CircleIdentity } from '..
 import { newId, randomSecret } from '../core/ids.js';
 import { errors } from '../core/errors.js';
 import { isoFields } from './rows.js';
+import { grant } from './ledger.js';
 
 export interface Circle {
   id: string;
@@ -42,7 +43,7 @@ export function circleIdentity(c: CircleRow): CircleIdentity {
  * that owns that schema and nothing else — all in one transaction, so a failed
  * create leaves nothing behind.
  */
-export async function createCircle(db: Db, slug: string): Promise<CircleRow> {
+export async function createCircle(db: Db, slug: string, welcomeCredits = 0): Promise<CircleRow> {
   const id = newId();
   const name = 'circle_' + id.replace(/-/g, '');
   const password = randomSecret(24);
@@ -59,6 +60,17 @@ export async function createCircle(db: Db, slug: string): Promise<CircleRow> {
       );
       await tx.query(`CREATE SCHEMA ${ident(name)} AUTHORIZATION ${ident(name)}`);
       await tx.query(`ALTER ROLE ${ident(name)} SET search_path = ${ident(name)}`);
+      await tx.query('INSERT INTO cairn.wallets (circle_id) VALUES ($1)', [id]);
+      if (welcomeCredits > 0) {
+        await grant(tx, {
+          circleId: id,
+          amount: welcomeCredits,
+          category: 'promotional',
+          actor: 'system',
+          note: 'welcome credits',
+          transferId: `welcome:${id}`,
+        });
+      }
       return isoFields(r.rows[0]!, ['created_at']);
     });
   } catch (e: any) {

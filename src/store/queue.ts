@@ -31,15 +31,23 @@ export interface NewRun {
   timeoutMs: number;
 }
 
+/**
+ * Reserve (when the op is metered) and insert in one statement: when the
+ * wallet cannot cover the reservation, nothing is written and no row returns.
+ */
 const INSERT_RUN = `
-WITH r AS (
+WITH res AS (
+  SELECT CASE WHEN $18::bigint = 0 THEN true
+    ELSE cairn.ledger_reserve($1::text || ':reserve:0', $2::uuid, $1::uuid, $18::bigint, $25::text) END AS ok),
+r AS (
   INSERT INTO cairn.runs (id, circle_id, kind, element_id, element_slug, element_type, element_version,
     definition_hash, operation, status, mode, trigger, input, parent_run_id, root_run_id, max_attempts,
     retryable_on_loss, engine_version, items_total, items_pending, credits_reserved, budget, snapshot,
     trace_id, idempotency_key, timeout_ms)
-  VALUES ($1::uuid, $2::uuid, $3, $4::uuid, $5, $6, $7::int, $8, $9, 'queued', $10, $11::jsonb, $12::jsonb,
+  SELECT $1::uuid, $2::uuid, $3, $4::uuid, $5, $6, $7::int, $8, $9, 'queued', $10, $11::jsonb, $12::jsonb,
     $13::uuid, COALESCE($14::uuid, $1::uuid), $15::int, $16::boolean, $17, 1, 1, $18::bigint, $19::bigint, $20::jsonb,
-    $21, $22, $23::int)
+    $21, $22, $23::int
+  FROM res WHERE res.ok
   RETURNING *),
 i AS (
   INSERT INTO cairn.items (id, run_id, circle_id, key, status, inputs)
@@ -47,10 +55,15 @@ i AS (
 e AS (
   INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
   SELECT r.id, r.circle_id, 'status', NULL, 'queued', $25::text,
-    jsonb_build_object('trigger', r.trigger, 'operation', r.operation, 'definition_hash', r.definition_hash) FROM r)
+    jsonb_build_object('trigger', r.trigger, 'operation', r.operation, 'definition_hash', r.definition_hash) FROM r
+  UNION ALL
+  SELECT r.id, r.circle_id, 'ledger', NULL, NULL, $25::text,
+    jsonb_build_object('movement', 'reserve', 'amount', r.credits_reserved, 'transfer_id', r.id::text || ':reserve:0')
+  FROM r WHERE r.credits_reserved > 0)
 SELECT r.*, pg_notify('cairn_run_queued', r.id::text) AS _n FROM r`;
 
-export async function insertRun(q: Queryable, n: NewRun): Promise<RunRow> {
+/** Inserts a queued run with its item; undefined when the wallet could not cover its reservation. */
+export async function insertRun(q: Queryable, n: NewRun): Promise<RunRow | undefined> {
   const res = await q.query<RunRow>(INSERT_RUN, [
     n.id,
     n.circleId,
@@ -78,7 +91,7 @@ export async function insertRun(q: Queryable, n: NewRun): Promise<RunRow> {
     n.itemId,
     n.trigger.actor,
   ]);
-  return runRow(res.rows[0]!);
+  return res.rows[0] && runRow(res.rows[0]);
 }
 
 const CLAIM = `
@@ -173,8 +186,10 @@ e AS (
   SELECT u.id, u.circle_id, 'status', 'running', u.status, 'worker:' || $2,
     jsonb_strip_nulls(jsonb_build_object('attempt', u.attempt, 'duration_ms', u.duration_ms,
       'credits_used', u.credits_used, 'error_code', s.error ->> 'code'))
-  FROM u JOIN s ON s.id = u.id)
-SELECT u.id, u.status, pg_notify('cairn_run_done', u.id::text) AS _n FROM u`;
+  FROM u JOIN s ON s.id = u.id),
+l AS (SELECT cairn.ledger_settle_run(u.id, s.credits, true, 'worker:' || $2) AS c FROM u JOIN s ON s.id = u.id)
+SELECT u.id, u.status, pg_notify('cairn_run_done', u.id::text) AS _n
+FROM u CROSS JOIN (SELECT count(*) AS n FROM l) lc`;
 
 /**
  * Settles finished runs in one statement. Only runs still `running` under this
@@ -217,9 +232,10 @@ e AS (
   INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
   SELECT u.id, u.circle_id, 'status', 'running', u.status, $1,
     jsonb_build_object('reason', 'lease_expired', 'lost_worker', u.lost_worker, 'lost_host', u.lost_host,
-      'attempt', u.attempt, 'requeued', u.status = 'queued') FROM u)
+      'attempt', u.attempt, 'requeued', u.status = 'queued') FROM u),
+l AS (SELECT cairn.ledger_settle_run(u.id, 0, true, $1) AS c FROM u WHERE u.status = 'failed')
 SELECT u.id, u.status, CASE WHEN u.status = 'queued' THEN pg_notify('cairn_run_queued', u.id::text)
-  ELSE pg_notify('cairn_run_done', u.id::text) END AS _n FROM u`;
+  ELSE pg_notify('cairn_run_done', u.id::text) END AS _n FROM u CROSS JOIN (SELECT count(*) AS n FROM l) lc`;
 
 export const WORKER_LOST: ErrorBody = {
   code: 'WORKER_LOST',

@@ -175,6 +175,15 @@ describeEachDriver('sql element', ({ db, driver }) => {
     const run = (await t.call('GET', `/api/runs/${id}`, undefined, c.tokens.read)).body;
     expect(run.status).toBe('cancelled'); // the worker's late settle does not overwrite it
     const audit = (await t.call('GET', `/api/runs/${id}/audit`, undefined, c.tokens.read)).body.events;
-    expect(audit.map((e: any) => e.to_status)).toEqual(['queued', 'running', 'cancelled']);
+    expect(audit.filter((e: any) => e.type !== 'ledger').map((e: any) => e.to_status)).toEqual([
+      'queued',
+      'running',
+      'cancelled',
+    ]);
+    // A cancelled run releases its whole reservation.
+    expect(audit.filter((e: any) => e.type === 'ledger').map((e: any) => [e.data.movement, e.data.amount])).toEqual([
+      ['reserve', 1000],
+      ['release', 1000],
+    ]);
   });
 });
