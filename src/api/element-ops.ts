@@ -12,6 +12,19 @@ import { baseUrlOf } from './context.js';
 import { unwrapEnvelope } from './envelope.js';
 import type { RouteCtx } from './route.js';
 
+/** The request's Idempotency-Key header, checked. */
+export function idempotencyKeyOf(ctx: RouteCtx): string | undefined {
+  const key = ctx.req.headers['idempotency-key'];
+  if (key !== undefined && (typeof key !== 'string' || key.length === 0 || key.length > 200)) {
+    throw errors.invalidInput(
+      'Idempotency-Key must be 1–200 characters.',
+      undefined,
+      'Send one short unique key per logical request.',
+    );
+  }
+  return key;
+}
+
 function wantsAsync(ctx: RouteCtx): boolean {
   const prefer = String(ctx.req.headers.prefer ?? '');
   const q = ctx.query?.async;
@@ -53,14 +66,7 @@ export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Prom
 
   if (op.createsRun) {
     const body = unwrapEnvelope(ctx.body === undefined ? {} : ctx.body);
-    const key = ctx.req.headers['idempotency-key'];
-    if (key !== undefined && (typeof key !== 'string' || key.length === 0 || key.length > 200)) {
-      throw errors.invalidInput(
-        'Idempotency-Key must be 1–200 characters.',
-        undefined,
-        'Send one short unique key per logical request.',
-      );
-    }
+    const key = idempotencyKeyOf(ctx);
     const { run } = await submitRun(
       deps.db,
       {
@@ -103,6 +109,7 @@ export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Prom
       suggestion: 'Report this; the element type declares an operation it does not implement.',
     });
   }
+  let status = op.status;
   const result = await op.handler({
     db: deps.db,
     circle: circle!,
@@ -114,7 +121,12 @@ export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Prom
     baseUrl: baseUrlOf(deps),
     workerId: deps.worker?.id ?? null,
     cancelRun: (runId, who, reason) => cancel(deps.db, runId, who, reason),
+    snapshotExtra: deps.snapshotExtra,
+    idempotencyKey: idempotencyKeyOf(ctx),
+    setStatus: (code) => {
+      status = code;
+    },
   });
-  if (op.status) ctx.reply.code(op.status);
+  if (status) ctx.reply.code(status);
   return result;
 }

@@ -1,21 +1,22 @@
 import { z } from 'zod';
 import { errors } from '../core/errors.js';
 import { isUuid } from '../core/ids.js';
-import { ROLES, RUN_KINDS, TRIGGER_TYPES, type Role } from '../core/status.js';
+import { ROLES, RUN_KINDS, TRIGGER_TYPES } from '../core/status.js';
 import { qint } from '../core/zod.js';
 import { VERSION } from '../core/version.js';
-import { createCircle, getCircleById, listCircles, publicCircle, RESERVED_SLUGS } from '../store/circles.js';
+import { createCircle, listCircles, publicCircle, RESERVED_SLUGS } from '../store/circles.js';
 import { createToken, listTokens, revokeToken } from '../store/tokens.js';
 import { listElements } from '../store/elements.js';
-import { getRun, listItems, listRuns, runEvents, toRunView, type RunRow } from '../store/runs.js';
+import { listRuns, runEvents, toRunView } from '../store/runs.js';
 import { readLogs } from '../store/logs.js';
 import { applyElement, createElement, SLUG_RE } from '../elements/service.js';
 import { toElementView } from '../elements/view.js';
 import { cursorCodec, parseStatuses, runPage } from '../elements/base-ops.js';
 import { cancel } from '../engine/control.js';
-import { actorOf, authorize } from './auth.js';
+import { actorOf } from './auth.js';
 import { baseUrlOf } from './context.js';
-import type { RouteCtx, RouteDef } from './route.js';
+import type { RouteDef } from './route.js';
+import { CONTROL_ROUTES, idempotent, visibleRun } from './control-routes.js';
 
 const slug = z.string().regex(SLUG_RE, 'lowercase letters, digits and dashes');
 const elementBody = z
@@ -27,24 +28,6 @@ const elementBody = z
     intention: z.string().max(2000).nullable().optional(),
   })
   .strict();
-
-/** Loads a run the caller may see. Another circle's run answers 404, so its existence does not leak. */
-async function visibleRun(ctx: RouteCtx, need: Role): Promise<{ run: RunRow; circleSlug: string }> {
-  const id = String(ctx.params.id);
-  const notFound = errors.notFound(
-    'RUN_NOT_FOUND',
-    `No run ${id}.`,
-    'Check the run id; GET /api/{circle}/runs lists runs.',
-  );
-  if (!isUuid(id)) throw notFound;
-  const run = await getRun(ctx.deps.db, id);
-  if (!run) throw notFound;
-  const p = ctx.principal!;
-  if (!p.instanceAdmin && p.circleId !== run.circle_id) throw notFound;
-  const circle = await getCircleById(ctx.deps.db, run.circle_id);
-  authorize(p, circle, need);
-  return { run, circleSlug: circle!.slug };
-}
 
 const runList = z
   .object({
@@ -227,8 +210,8 @@ export const ROUTES: RouteDef[] = [
     tag: 'runs',
     summary: 'Get a run (every R-RUN field)',
     handler: async (ctx) => {
-      const { run, circleSlug } = await visibleRun(ctx, 'read');
-      return toRunView(run, circleSlug, baseUrlOf(ctx.deps));
+      const { run, circle } = await visibleRun(ctx, 'read');
+      return toRunView(run, circle.slug, baseUrlOf(ctx.deps));
     },
   },
   {
@@ -240,18 +223,6 @@ export const ROUTES: RouteDef[] = [
     handler: async (ctx) => {
       const { run } = await visibleRun(ctx, 'read');
       return { run_id: run.id, events: await runEvents(ctx.deps.db, run.id) };
-    },
-  },
-  {
-    method: 'GET',
-    url: '/api/runs/:id/items',
-    auth: 'token',
-    tag: 'runs',
-    summary: "The run's items with their evidence (filter: status)",
-    query: z.object({ status: z.string().optional() }).strict(),
-    handler: async (ctx) => {
-      const { run } = await visibleRun(ctx, 'read');
-      return { run_id: run.id, items: await listItems(ctx.deps.db, run.id, ctx.query.status) };
     },
   },
   {
@@ -279,9 +250,12 @@ export const ROUTES: RouteDef[] = [
     summary: 'Cancel a queued, running or paused run',
     body: z.object({ reason: z.string().max(500).optional() }).strict(),
     handler: async (ctx) => {
-      const { run, circleSlug } = await visibleRun(ctx, 'execute');
-      const row = await cancel(ctx.deps.db, run.id, actorOf(ctx.principal!), ctx.body.reason ?? null);
-      return toRunView(row, circleSlug, baseUrlOf(ctx.deps));
+      const { run, circle } = await visibleRun(ctx, 'execute');
+      return idempotent(ctx, circle.id, `cancel:${run.id}`, async () => {
+        const row = await cancel(ctx.deps.db, run.id, actorOf(ctx.principal!), ctx.body.reason ?? null);
+        return toRunView(row, circle.slug, baseUrlOf(ctx.deps));
+      });
     },
   },
+  ...CONTROL_ROUTES,
 ];

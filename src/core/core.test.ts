@@ -9,9 +9,10 @@ import { unwrapEnvelope } from '../api/envelope.js';
 import { pgTimestampToIso } from '../db/timestamps.js';
 
 describe('run statuses', () => {
-  it('terminal states have no way out', () => {
+  it('terminal states have no way out, except retry-failed re-queueing a completed or failed run', () => {
     for (const from of RUN_STATUSES.filter(isTerminal)) {
-      for (const to of RUN_STATUSES) expect(canTransition(from, to)).toBe(false);
+      for (const to of RUN_STATUSES)
+        expect(canTransition(from, to)).toBe(to === 'queued' && (from === 'completed' || from === 'failed'));
       expect(() => assertTransition(from, 'running')).toThrowError(/cannot become running/);
     }
   });

@@ -8,7 +8,9 @@ import { CairnError } from './errors.js';
  *   queued ──claim──► running ──settle──► succeeded | completed | failed
  *     │  ▲              │  ▲ │
  *     │  └──lease lost──┘  │ └──pause──► paused ──resume──► queued
+ *     ├──pause──────────────┼──────────► paused
  *     └────────cancel──────┴──────────────────────────────► cancelled
+ *   completed | failed ──retry-failed──► queued (same run, failed items only)
  */
 export const RUN_STATUSES = [
   'queued',
@@ -29,13 +31,14 @@ export function isTerminal(s: RunStatus): boolean {
 
 const transitions: Record<RunStatus, readonly RunStatus[]> = {
   // queued → failed: the run could not start (e.g. its element was deleted)
-  queued: ['running', 'cancelled', 'failed'],
+  queued: ['running', 'cancelled', 'failed', 'paused'],
   // running → queued: lease expired and the op is retryable, or a graceful shutdown handed it back
   running: ['succeeded', 'completed', 'failed', 'cancelled', 'paused', 'queued'],
   paused: ['queued', 'cancelled'],
   succeeded: [],
-  completed: [],
-  failed: [],
+  // retry-failed: the failed items of a finished run run again, in the same run
+  completed: ['queued'],
+  failed: ['queued'],
   cancelled: [],
 };
 

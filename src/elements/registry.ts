@@ -3,10 +3,11 @@ import { BASE_OPS } from './base-ops.js';
 import { sqlType } from './sql/index.js';
 import { goFnType } from './go-fn/index.js';
 import { javascriptType, pythonType } from './script/index.js';
+import { tableType } from './table/index.js';
 import type { ElementTypeDecl, HttpMethod, OperationDecl } from './types.js';
 
 /** Every element type Cairn knows. Adding one is adding a folder and a line here. */
-const TYPES: ElementTypeDecl[] = [sqlType, goFnType, pythonType, javascriptType];
+const TYPES: ElementTypeDecl[] = [sqlType, goFnType, pythonType, javascriptType, tableType];
 
 const byName = new Map(TYPES.map((t) => [t.type, t]));
 

@@ -47,6 +47,7 @@ export async function createElement(
     );
   }
   const { spec, warnings } = checkSpec(type, input.spec);
+  await type.validateInCircle?.(db, circle, spec);
   const el = await db.transaction((tx) =>
     store.insertElement(tx, {
       circleId: circle.id,
@@ -86,6 +87,7 @@ export async function updateElement(
     const merged =
       patch.spec === undefined ? el.spec : patch.deep === false ? patch.spec : deepMerge(el.spec, patch.spec);
     const { spec, warnings } = checkSpec(type, merged);
+    await type.validateInCircle?.(tx, circle, spec);
     const next = await store.writeVersion(
       tx,
       el,

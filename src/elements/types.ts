@@ -1,7 +1,7 @@
 import type { z } from 'zod';
 import type { Role } from '../core/status.js';
 import type { ErrorClass } from '../core/errors.js';
-import type { Db } from '../db/types.js';
+import type { Db, Queryable } from '../db/types.js';
 import type { CircleRow } from '../store/circles.js';
 import type { ElementRow } from '../store/elements.js';
 import type { RunRow } from '../store/runs.js';
@@ -41,6 +41,12 @@ export interface OpContext {
   workerId: string | null;
   /** Cancels a run through the engine (wakes its worker). */
   cancelRun: (runId: string, actor: string, reason: string | null) => Promise<RunRow>;
+  /** Facts pinned into every run snapshot (toolchains, database version). */
+  snapshotExtra: Record<string, unknown>;
+  /** The request's Idempotency-Key, for ops that create runs themselves. */
+  idempotencyKey?: string;
+  /** Answer with another HTTP status than the op's default (e.g. 200 for a finished dry run). */
+  setStatus: (code: number) => void;
 }
 
 export interface OperationDecl {
@@ -108,6 +114,8 @@ export interface ElementTypeDecl {
   rules: ValidationRule[];
   /** Deeper definition-time checks that answer with the type's own codes (e.g. SQL_SYNTAX_ERROR). */
   validateSpec?: (spec: any) => void;
+  /** Checks against the circle (e.g. that named elements exist), on create, update and apply. */
+  validateInCircle?: (db: Queryable, circle: CircleRow, spec: any) => Promise<void>;
   /** Executors of run-creating ops, by op name. */
   executors: Record<string, Executor>;
   /** Prefix of the type's metrics and events (go_fn → go_fn_invocation_count, go_fn.invoked). */

@@ -1,16 +1,249 @@
-import { errors } from '../core/errors.js';
+import { errors, type CairnError, type ErrorBody } from '../core/errors.js';
+import type { CircleRow } from '../store/circles.js';
+import { getElementById } from '../store/elements.js';
+import { getType, operationsOf } from '../elements/registry.js';
+import { submitRun } from './submit.js';
+import { submitBatch, type RunMode } from './batch-submit.js';
+import { mapRow } from '../elements/table/index.js';
+import { ident } from '../db/types.js';
+import { isTerminal } from '../core/status.js';
 import type { Db } from '../db/types.js';
-import { cancelRun, getRun, type RunRow } from '../store/runs.js';
+import { pauseRun, resumeRun, retryFailed } from '../store/batch.js';
+import { getWallet } from '../store/ledger.js';
+import { cancelRun, getRun, listItems, type RunRow } from '../store/runs.js';
+
+async function existing(db: Db, runId: string): Promise<RunRow> {
+  const run = await getRun(db, runId);
+  if (!run) throw errors.notFound('RUN_NOT_FOUND', `No run ${runId}.`, 'Check the run id.');
+  return run;
+}
+
+function finished(run: RunRow, action: string, suggestion: string): CairnError {
+  return errors.conflict(
+    'RUN_ALREADY_FINISHED',
+    `Run ${run.id} already ended as ${run.status}; it cannot be ${action}.`,
+    suggestion,
+  );
+}
 
 /** Cancel (R-CONTROL): queued, running or paused → cancelled; the worker is told through NOTIFY. */
 export async function cancel(db: Db, runId: string, actor: string, reason: string | null): Promise<RunRow> {
   const row = await cancelRun(db, runId, actor, reason);
   if (row) return row;
-  const run = await getRun(db, runId);
-  if (!run) throw errors.notFound('RUN_NOT_FOUND', `No run ${runId}.`, 'Check the run id.');
-  throw errors.conflict(
-    'RUN_ALREADY_FINISHED',
-    `Run ${runId} already ended as ${run.status}; it cannot be cancelled.`,
+  throw finished(
+    await existing(db, runId),
+    'cancelled',
     'Only queued, running or paused runs can be cancelled. Use rerun to start it again.',
   );
+}
+
+/** Pause: no new item starts; running ones finish, then the worker lets go of the run. */
+export async function pause(db: Db, runId: string, actor: string): Promise<RunRow> {
+  const row = await pauseRun(db, runId, actor);
+  if (row) return row;
+  const run = await existing(db, runId);
+  if (run.status === 'paused') {
+    throw errors.conflict(
+      'RUN_ALREADY_PAUSED',
+      `Run ${runId} is already paused.`,
+      'Resume it with POST /api/runs/{id}/resume.',
+    );
+  }
+  throw finished(
+    run,
+    'paused',
+    'Only queued or running runs can be paused. Use rerun or retry-failed to run it again.',
+  );
+}
+
+export async function resume(db: Db, runId: string, actor: string): Promise<RunRow> {
+  const row = await resumeRun(db, runId, actor);
+  if (row) return row;
+  const run = await existing(db, runId);
+  if (isTerminal(run.status)) throw finished(run, 'resumed', 'Use rerun or retry-failed to run it again.');
+  throw errors.conflict(
+    'RUN_NOT_PAUSED',
+    `Run ${runId} is ${run.status}, not paused; there is nothing to resume.`,
+    'Pause it first with POST /api/runs/{id}/pause.',
+  );
+}
+
+export interface RetryAnswer {
+  run: RunRow;
+  retried: number;
+  message: string;
+}
+
+/**
+ * retry-failed: only the failed items run again, in the same run (their
+ * attempt_count goes on). Nothing failed: a clear answer, nothing changes.
+ */
+export async function retryFailedItems(
+  db: Db,
+  runId: string,
+  actor: string,
+  circleSlug: string,
+): Promise<RetryAnswer> {
+  const run = await existing(db, runId);
+  if (!isTerminal(run.status)) {
+    throw errors.conflict(
+      'RUN_NOT_FINISHED',
+      `Run ${runId} is ${run.status}; retry-failed applies to a finished run.`,
+      'Wait for it to finish (or cancel it), then retry its failed items.',
+    );
+  }
+  if (run.status === 'cancelled') {
+    throw errors.conflict(
+      'RUN_CANCELLED',
+      `Run ${runId} was cancelled; its unfinished items were cancelled, not failed.`,
+      'Use rerun to start a new run with the same inputs.',
+    );
+  }
+  const { only, stillInvalid } = await remapFromRows(db, run);
+  const failed = await db.query<{ n: number }>(
+    "SELECT count(*)::int AS n FROM cairn.items WHERE run_id = $1 AND status = 'failed'",
+    [runId],
+  );
+  const n = only ? only.length : failed.rows[0]!.n;
+  if (n === 0) {
+    return {
+      run,
+      retried: 0,
+      message:
+        stillInvalid > 0
+          ? `None of the ${stillInvalid} failed item(s) of run ${runId} can run: their rows still do not map to a valid input. Fix the rows, then retry again.`
+          : `Run ${runId} has no failed items; nothing to retry.`,
+    };
+  }
+  const price = Number((run.snapshot.operation as { price?: number } | undefined)?.price ?? 0);
+  const r = await retryFailed(db, runId, actor, price, only);
+  if (!r) {
+    const now = await existing(db, runId);
+    if (now.status !== run.status) return retryFailedItems(db, runId, actor, circleSlug); // raced: answer for the new state
+    throw errors.insufficientCredits(circleSlug, n * price, (await getWallet(db, run.circle_id)).available);
+  }
+  if (stillInvalid > 0) {
+    return {
+      ...r,
+      message: `${r.retried} failed item(s) queued again in run ${runId}; ${stillInvalid} stay failed (their rows still do not map to a valid input).`,
+    };
+  }
+  return { ...r, message: `${r.retried} failed item(s) queued again in run ${runId}.` };
+}
+
+/**
+ * A batch over table rows retries from the rows as they are now ("fix the
+ * input, then retry-failed"): each failed item's input is mapped again from its
+ * row; the ones that still do not make a valid input stay failed.
+ */
+async function remapFromRows(db: Db, run: RunRow): Promise<{ only: string[] | null; stillInvalid: number }> {
+  const b = run.snapshot.batch as
+    | { mapping?: Record<string, string | { value: unknown }>; cells?: { schema: string; table: string } }
+    | undefined;
+  if (!b?.cells || !b.mapping) return { only: null, stillInvalid: 0 };
+  const type = getType(run.element_type ?? '');
+  const op = operationsOf(type).find((o) => o.name === run.operation);
+  if (!op) return { only: null, stillInvalid: 0 };
+  const failed = await db.query<{ id: string; key: string }>(
+    "SELECT id, key FROM cairn.items WHERE run_id = $1 AND status = 'failed'",
+    [run.id],
+  );
+  const rows = await db.query<{ id: string; data: Record<string, unknown> }>(
+    `SELECT id, data FROM ${ident(b.cells.schema)}.${ident(b.cells.table)} WHERE id = ANY($1::uuid[])`,
+    [failed.rows.map((f) => f.key)],
+  );
+  const data = new Map(rows.rows.map((r) => [r.id, r.data]));
+  const updates: { id: string; inputs: unknown }[] = [];
+  for (const f of failed.rows) {
+    const row = data.get(f.key);
+    if (!row) continue;
+    const m = mapRow(b.mapping, row);
+    if (m.problem) continue;
+    const parsed = op.input.safeParse(m.input);
+    if (parsed.success) updates.push({ id: f.id, inputs: parsed.data });
+  }
+  if (updates.length > 0) {
+    await db.query(
+      `UPDATE cairn.items i SET inputs = x.inputs FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, inputs jsonb)
+       WHERE i.id = x.id AND i.status = 'failed'`,
+      [JSON.stringify(updates)],
+    );
+  }
+  return { only: updates.map((u) => u.id), stillInvalid: failed.rows.length - updates.length };
+}
+
+/**
+ * rerun: a new, independent run of the same element with the same inputs (an
+ * invoke's input; a batch's items, keys and settings), trigger `rerun`.
+ */
+export async function rerun(
+  db: Db,
+  runId: string,
+  actor: string,
+  circle: CircleRow,
+  snapshotExtra: Record<string, unknown>,
+  idempotencyKey?: string,
+): Promise<RunRow> {
+  const run = await existing(db, runId);
+  const element = run.element_id ? await getElementById(db, run.element_id) : undefined;
+  if (!element || element.state === 'deleted') {
+    throw errors.conflict(
+      'ELEMENT_GONE',
+      `The element run ${runId} used no longer exists.`,
+      'Recreate the element, then invoke it again.',
+    );
+  }
+  const type = getType(element.element_type);
+  const op = operationsOf(type).find((o) => o.name === run.operation);
+  if (!op?.createsRun)
+    throw errors.conflict(
+      'OPERATION_GONE',
+      `Operation ${run.operation} no longer exists.`,
+      'Invoke another operation.',
+    );
+  const trigger = { type: 'rerun', source: run.id, actor };
+  if (run.kind !== 'batch') {
+    const { run: next } = await submitRun(
+      db,
+      {
+        circle,
+        element,
+        type,
+        op,
+        input: run.input,
+        trigger,
+        idempotencyKey,
+        rerunOf: run.id,
+        rootRunId: null,
+      },
+      snapshotExtra,
+    );
+    return next;
+  }
+  const items = await listItems(db, run.id);
+  const problem = (e: ErrorBody | null) => (e?.code === 'INVALID_INPUT' ? e.message : undefined);
+  const s = await submitBatch(db, {
+    circle,
+    target: element,
+    type,
+    op,
+    units: items.map((i) => ({
+      key: i.key,
+      input: i.inputs,
+      problem: i.attempt_count === 0 ? problem(i.error) : undefined,
+    })),
+    mode: run.mode as RunMode,
+    sample: run.items_total,
+    concurrency: run.concurrency,
+    itemMaxAttempts: run.item_max_attempts,
+    budget: run.budget,
+    budgetPolicy: run.budget_policy,
+    trigger,
+    input: run.input as Record<string, unknown>,
+    batch: (run.snapshot.batch ?? {}) as Record<string, unknown>,
+    snapshotExtra,
+    idempotencyKey,
+    rerunOf: run.id,
+  });
+  return s.run;
 }

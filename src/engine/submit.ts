@@ -21,6 +21,7 @@ export interface SubmitRequest {
   idempotencyKey?: string;
   parentRunId?: string | null;
   rootRunId?: string | null;
+  rerunOf?: string | null;
 }
 
 export interface Submitted {
@@ -79,6 +80,7 @@ export async function submitRun(
       input,
       parentRunId: req.parentRunId ?? null,
       rootRunId: req.rootRunId ?? null,
+      rerunOf: req.rerunOf ?? null,
       maxAttempts: retry ? (op.maxAttempts ?? 3) : 1,
       retryableOnLoss: retry,
       engineVersion: ENGINE_VERSION,

@@ -14,6 +14,7 @@ import {
 import type { RunRow } from '../store/runs.js';
 import { getType, getTypeOrUndefined, operationsOf } from '../elements/registry.js';
 import { recordInvocation } from '../telemetry/metrics.js';
+import { BatchControl, runBatch, type BatchHost } from './batch.js';
 import { silentLogger, type Logger } from '../telemetry/log.js';
 
 export interface WorkerOptions {
@@ -34,7 +35,12 @@ export interface WorkerOptions {
 interface InFlight {
   run: RunRow;
   controller: AbortController;
+  /** Batch runs: told when the run is paused (or its control state changed). */
+  control?: BatchControl;
 }
+
+/** What one execution produced (a run's settlement without its id). */
+export type Outcome = Omit<Settlement, 'id'>;
 
 /**
  * A worker claims queued runs (FOR UPDATE SKIP LOCKED), executes them through
@@ -66,6 +72,7 @@ export class Worker {
   private timers: NodeJS.Timeout[] = [];
   private unlisten: (() => Promise<void>)[] = [];
   private idleWaiters: (() => void)[] = [];
+  private readonly batchHost: BatchHost;
 
   constructor(opts: WorkerOptions) {
     this.db = opts.db;
@@ -76,6 +83,12 @@ export class Worker {
     this.pollMs = opts.pollMs ?? 1_000;
     this.reapMs = opts.reapMs ?? Math.min(this.leaseMs, 5_000);
     this.log = (opts.log ?? silentLogger).child({ worker: this.id });
+    this.batchHost = {
+      db: this.db,
+      workerId: this.id,
+      log: this.log,
+      runOnce: (run, input, signal) => this.runOnce(run, input, signal),
+    };
   }
 
   async start(): Promise<void> {
@@ -87,6 +100,9 @@ export class Worker {
         const f = this.inflight.get(id);
         if (f) f.controller.abort(new Error('cancelled'));
       }),
+    );
+    this.unlisten.push(
+      await this.db.listen('cairn_run_control', (id) => this.inflight.get(id)?.control?.poke()),
     );
     this.timers.push(setInterval(() => void this.beat(), Math.max(50, Math.floor(this.leaseMs / 3))));
     this.timers.push(setInterval(() => void this.reap(), this.reapMs));
@@ -155,6 +171,20 @@ export class Worker {
 
   private start1(run: RunRow): void {
     const controller = new AbortController();
+    if (run.kind === 'batch') {
+      // A batch run settles its items itself, in batches, and ends itself.
+      const control = new BatchControl();
+      this.inflight.set(run.id, { run, controller, control });
+      this.executing++;
+      void runBatch(this.batchHost, run, controller.signal, control)
+        .catch((e) => this.log.error({ err: e, run: run.id }, 'batch run crashed; its lease will expire'))
+        .finally(() => {
+          this.executing--;
+          this.inflight.delete(run.id);
+          this.kick();
+        });
+      return;
+    }
     this.inflight.set(run.id, { run, controller });
     this.executing++;
     void this.execute(run, controller.signal).then((s) => {
@@ -165,13 +195,13 @@ export class Worker {
   }
 
   private async execute(run: RunRow, signal: AbortSignal): Promise<Settlement> {
-    const s = await this.execute1(run, signal);
+    const o = await this.runOnce(run, run.input, signal);
+    const s: Settlement = { id: run.id, ...o };
     // Metrics and events, named by the type's declared prefix (go_fn_invocation_count, go_fn.invoked …).
     const prefix = getTypeOrUndefined(run.element_type)?.telemetry?.prefix;
     if (prefix) {
       const started = Date.parse(run.started_at ?? '') || Date.now();
       const ms = Date.now() - started;
-      recordInvocation(prefix, run.circle_id, run.element_slug ?? '', s.status === 'succeeded', ms);
       s.events = [
         [`${prefix}.invoked`, started, { attempt: run.attempt, worker: this.id }],
         ...(s.events ?? []),
@@ -183,7 +213,27 @@ export class Worker {
     return s;
   }
 
-  private async execute1(run: RunRow, signal: AbortSignal): Promise<Settlement> {
+  /**
+   * Executes the run's operation once on `input` through its type's executor
+   * (an invoke run's input, or one item of a batch run). Never throws: a
+   * failure is an outcome with a typed error and the evidence seen so far.
+   */
+  async runOnce(run: RunRow, input: unknown, signal: AbortSignal): Promise<Outcome> {
+    const started = Date.now();
+    const o = await this.runOnce1(run, input, signal);
+    const prefix = getTypeOrUndefined(run.element_type)?.telemetry?.prefix;
+    if (prefix)
+      recordInvocation(
+        prefix,
+        run.circle_id,
+        run.element_slug ?? '',
+        o.status === 'succeeded',
+        Date.now() - started,
+      );
+    return o;
+  }
+
+  private async runOnce1(run: RunRow, input: unknown, signal: AbortSignal): Promise<Outcome> {
     try {
       const type = getType(run.element_type ?? '');
       const op = operationsOf(type).find((o) => o.name === run.operation);
@@ -196,12 +246,11 @@ export class Worker {
         circle: await this.circle(run.circle_id),
         run,
         spec,
-        input: run.input,
+        input,
         signal,
         host: this.host,
       });
       return {
-        id: run.id,
         status: 'succeeded',
         output: result.output ?? null,
         error: null,
@@ -221,7 +270,6 @@ export class Worker {
         flags?: string[];
       };
       return {
-        id: run.id,
         status: 'failed',
         output: null,
         error: body,
@@ -262,7 +310,9 @@ export class Worker {
     const ids = [...this.inflight.keys()];
     if (ids.length === 0) return;
     try {
-      const held = new Set(await heartbeat(this.db, this.id, ids, this.leaseMs));
+      const rows = await heartbeat(this.db, this.id, ids, this.leaseMs);
+      const held = new Set(rows.map((r) => r.id));
+      for (const r of rows) if (r.status === 'paused') this.inflight.get(r.id)?.control?.poke();
       for (const id of ids) {
         // Lost (cancelled, or recovered elsewhere): stop work nobody will record.
         if (!held.has(id) && !this.pending.some((p) => p.id === id))

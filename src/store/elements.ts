@@ -99,6 +99,11 @@ export async function getElement(
   return row(r.rows[0]);
 }
 
+export async function getElementById(q: Queryable, id: string): Promise<ElementRow | undefined> {
+  const r = await q.query<ElementRow>(`SELECT ${COLS} FROM cairn.elements WHERE id = $1`, [id]);
+  return row(r.rows[0]);
+}
+
 export async function listElements(q: Queryable, circleId: string): Promise<ElementRow[]> {
   const r = await q.query<ElementRow>(
     `SELECT ${COLS} FROM cairn.elements WHERE circle_id = $1 AND state <> 'deleted' ORDER BY slug`,

@@ -20,6 +20,7 @@ export interface NewRun {
   input: unknown;
   parentRunId: string | null;
   rootRunId: string | null;
+  rerunOf?: string | null;
   maxAttempts: number;
   retryableOnLoss: boolean;
   engineVersion: string;
@@ -43,10 +44,10 @@ r AS (
   INSERT INTO cairn.runs (id, circle_id, kind, element_id, element_slug, element_type, element_version,
     definition_hash, operation, status, mode, trigger, input, parent_run_id, root_run_id, max_attempts,
     retryable_on_loss, engine_version, items_total, items_pending, credits_reserved, budget, snapshot,
-    trace_id, idempotency_key, timeout_ms)
+    trace_id, idempotency_key, timeout_ms, rerun_of)
   SELECT $1::uuid, $2::uuid, $3, $4::uuid, $5, $6, $7::int, $8, $9, 'queued', $10, $11::jsonb, $12::jsonb,
     $13::uuid, COALESCE($14::uuid, $1::uuid), $15::int, $16::boolean, $17, 1, 1, $18::bigint, $19::bigint, $20::jsonb,
-    $21, $22, $23::int
+    $21, $22, $23::int, $26::uuid
   FROM res WHERE res.ok
   RETURNING *),
 i AS (
@@ -90,6 +91,7 @@ export async function insertRun(q: Queryable, n: NewRun): Promise<RunRow | undef
     n.timeoutMs,
     n.itemId,
     n.trigger.actor,
+    n.rerunOf ?? null,
   ]);
   return res.rows[0] && runRow(res.rows[0]);
 }
@@ -109,7 +111,7 @@ u AS (
   RETURNING r.*),
 it AS (
   UPDATE cairn.items i SET status = 'running', attempt_count = i.attempt_count + 1, started_at = clock_timestamp()
-  FROM u WHERE i.run_id = u.id AND i.status IN ('pending', 'retrying', 'running')),
+  FROM u WHERE u.kind <> 'batch' AND i.run_id = u.id AND i.status IN ('pending', 'retrying', 'running')),
 e AS (
   INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
   SELECT u.id, u.circle_id, 'status', 'queued', 'running', 'worker:' || $2,
@@ -128,20 +130,23 @@ export async function claimRuns(
   return r.rows.map(runRow);
 }
 
-/** Extends the leases of the runs this worker still holds; returns the ids it still holds. */
+/**
+ * Extends the leases of the runs this worker still holds (a paused batch run
+ * stays held while its running items drain); returns them with their status.
+ */
 export async function heartbeat(
   q: Queryable,
   workerId: string,
   ids: string[],
   leaseMs: number,
-): Promise<string[]> {
+): Promise<{ id: string; status: string }[]> {
   if (ids.length === 0) return [];
-  const r = await q.query<{ id: string }>(
+  const r = await q.query<{ id: string; status: string }>(
     `UPDATE cairn.runs SET lease_expires_at = clock_timestamp() + make_interval(secs => $3::double precision / 1000)
-     WHERE id = ANY($2::uuid[]) AND worker_id = $1 AND status = 'running' RETURNING id`,
+     WHERE id = ANY($2::uuid[]) AND worker_id = $1 AND status IN ('running', 'paused') RETURNING id, status`,
     [workerId, ids, leaseMs],
   );
-  return r.rows.map((x) => x.id);
+  return r.rows;
 }
 
 export interface Settlement {
@@ -202,31 +207,44 @@ export async function settleRuns(q: Queryable, workerId: string, batch: Settleme
   return r.rows.map((x) => x.id);
 }
 
+/**
+ * Lease expired: an invoke run is requeued when its op is safe to repeat and
+ * attempts remain, failed otherwise. A batch run is always requeued (its
+ * pending items are safe to start); the items its lost worker was running are
+ * retried when the op is safe to repeat, failed with WORKER_LOST otherwise.
+ */
 const RECOVER = `
 WITH x AS (
   SELECT id, worker_id AS lost_worker, host AS lost_host,
-    (retryable_on_loss AND attempt < max_attempts) AS requeue
+    (kind = 'batch' OR (retryable_on_loss AND attempt < max_attempts)) AS requeue,
+    (kind = 'batch' AND NOT retryable_on_loss) AS fail_items
   FROM cairn.runs
-  WHERE status = 'running' AND lease_expires_at < clock_timestamp()
+  WHERE status IN ('running', 'paused') AND lease_expires_at < clock_timestamp()
   ORDER BY lease_expires_at
   LIMIT 100
   FOR UPDATE SKIP LOCKED),
+lost AS (
+  SELECT i.run_id, count(*)::int AS n FROM cairn.items i JOIN x ON x.id = i.run_id
+  WHERE i.status = 'running' AND x.fail_items GROUP BY i.run_id),
 u AS (
   UPDATE cairn.runs r SET
-    status = CASE WHEN x.requeue THEN 'queued' ELSE 'failed' END,
+    status = CASE WHEN r.status = 'paused' THEN 'paused' WHEN x.requeue THEN 'queued' ELSE 'failed' END,
     worker_id = NULL, lease_expires_at = NULL, run_after = clock_timestamp(),
     error = CASE WHEN x.requeue THEN NULL ELSE $2::jsonb END,
     finished_at = CASE WHEN x.requeue THEN NULL ELSE clock_timestamp() END,
     duration_ms = CASE WHEN x.requeue THEN NULL
       ELSE round((extract(epoch FROM clock_timestamp() - r.started_at) * 1000)::numeric, 3) END,
-    items_failed = CASE WHEN x.requeue THEN r.items_failed ELSE r.items_total END,
-    items_pending = CASE WHEN x.requeue THEN r.items_pending ELSE 0 END
-  FROM x WHERE r.id = x.id
-  RETURNING r.id, r.circle_id, r.status, r.attempt, x.lost_worker, x.lost_host),
+    items_failed = CASE WHEN x.requeue THEN r.items_failed + coalesce(lost.n, 0) ELSE r.items_total END,
+    items_pending = CASE WHEN x.requeue THEN r.items_pending - coalesce(lost.n, 0) ELSE 0 END
+  FROM x LEFT JOIN lost ON lost.run_id = x.id WHERE r.id = x.id
+  RETURNING r.id, r.circle_id, r.status, r.attempt, r.kind, x.lost_worker, x.lost_host, x.fail_items),
 it AS (
-  UPDATE cairn.items i SET status = CASE WHEN u.status = 'queued' THEN 'retrying' ELSE 'failed' END,
-    error = CASE WHEN u.status = 'queued' THEN i.error ELSE $2::jsonb END,
-    finished_at = CASE WHEN u.status = 'queued' THEN NULL ELSE clock_timestamp() END
+  UPDATE cairn.items i SET
+    status = CASE WHEN u.fail_items OR u.status = 'failed' THEN 'failed'
+      WHEN u.kind = 'batch' THEN 'retrying' ELSE 'retrying' END,
+    error = CASE WHEN u.fail_items OR u.status = 'failed' THEN $2::jsonb ELSE i.error END,
+    finished_at = CASE WHEN u.fail_items OR u.status = 'failed' THEN clock_timestamp() ELSE NULL END,
+    retry_at = clock_timestamp(), worker_id = NULL
   FROM u WHERE i.run_id = u.id AND i.status = 'running'),
 e AS (
   INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
@@ -257,11 +275,13 @@ export async function handBack(q: Queryable, workerId: string, ids: string[]): P
   if (ids.length === 0) return [];
   const r = await q.query<{ id: string }>(
     `WITH u AS (
-       UPDATE cairn.runs r SET status = 'queued', worker_id = NULL, lease_expires_at = NULL,
+       UPDATE cairn.runs r SET status = CASE WHEN r.status = 'paused' THEN 'paused' ELSE 'queued' END,
+         worker_id = NULL, lease_expires_at = NULL,
          run_after = clock_timestamp(), attempt = GREATEST(r.attempt - 1, 0)
-       WHERE r.id = ANY($2::uuid[]) AND r.worker_id = $1 AND r.status = 'running'
+       WHERE r.id = ANY($2::uuid[]) AND r.worker_id = $1 AND r.status IN ('running', 'paused')
        RETURNING r.id, r.circle_id),
-     it AS (UPDATE cairn.items i SET status = 'pending' FROM u WHERE i.run_id = u.id AND i.status = 'running'),
+     it AS (UPDATE cairn.items i SET status = 'pending', worker_id = NULL, attempt_count = GREATEST(i.attempt_count - 1, 0)
+       FROM u WHERE i.run_id = u.id AND i.status = 'running'),
      e AS (INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
        SELECT u.id, u.circle_id, 'status', 'running', 'queued', 'worker:' || $1,
          '{"reason": "worker_shutdown"}'::jsonb FROM u)

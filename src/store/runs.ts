@@ -48,6 +48,12 @@ export interface RunRow {
   trace_id: string;
   idempotency_key: string | null;
   timeout_ms: number;
+  /** Batch runs: items executed at once. */
+  concurrency: number;
+  /** What exceeding `budget` does: flag the run, or stop it. */
+  budget_policy: 'flag' | 'stop';
+  /** Batch runs: attempts an item may take when its error is retryable. */
+  item_max_attempts: number;
 }
 
 const RUN_TS = ['queued_at', 'run_after', 'started_at', 'finished_at', 'lease_expires_at'] as const;
@@ -98,6 +104,8 @@ export interface RunView {
   credits_reserved: number;
   credits_used: number;
   budget: number | null;
+  budget_policy: string;
+  concurrency: number;
   flags: string[];
   snapshot: Record<string, unknown>;
   trace_id: string;
@@ -146,6 +154,8 @@ export function toRunView(r: RunRow, circleSlug: string, baseUrl: string): RunVi
     credits_reserved: r.credits_reserved,
     credits_used: r.credits_used,
     budget: r.budget,
+    budget_policy: r.budget_policy,
+    concurrency: r.concurrency,
     flags: r.flags,
     snapshot: r.snapshot,
     trace_id: r.trace_id,
@@ -244,6 +254,7 @@ export interface ItemRow {
   id: string;
   run_id: string;
   key: string;
+  ord: number;
   status: string;
   attempt_count: number;
   inputs: unknown;
@@ -256,18 +267,33 @@ export interface ItemRow {
   evidence: Record<string, unknown>;
 }
 
-export async function listItems(q: Queryable, runId: string, status?: string): Promise<ItemRow[]> {
+const ITEM_COLS = `id, run_id, key, ord, status, attempt_count, inputs, outputs, error, credits_used, started_at,
+  finished_at, duration_ms, evidence`;
+
+function itemRow(i: ItemRow): ItemRow {
+  const o = isoFields(i, ['started_at', 'finished_at']);
+  if (o.duration_ms !== null) o.duration_ms = Number(o.duration_ms);
+  return o;
+}
+
+/** A run's items in order (row order for a batch), optionally by status, a page at a time. */
+export async function listItems(
+  q: Queryable,
+  runId: string,
+  opts: { status?: string; limit?: number; afterOrd?: number } = {},
+): Promise<ItemRow[]> {
   const r = await q.query<ItemRow>(
-    `SELECT id, run_id, key, status, attempt_count, inputs, outputs, error, credits_used, started_at,
-       finished_at, duration_ms, evidence
-     FROM cairn.items WHERE run_id = $1 AND ($2::text IS NULL OR status = $2) ORDER BY key`,
-    [runId, status ?? null],
+    `SELECT ${ITEM_COLS} FROM cairn.items
+     WHERE run_id = $1 AND ($2::text IS NULL OR status = $2) AND ($3::int IS NULL OR ord > $3)
+     ORDER BY ord, key LIMIT $4`,
+    [runId, opts.status ?? null, opts.afterOrd ?? null, opts.limit ?? 100_000],
   );
-  return r.rows.map((i) => {
-    const o = isoFields(i, ['started_at', 'finished_at']);
-    if (o.duration_ms !== null) o.duration_ms = Number(o.duration_ms);
-    return o;
-  });
+  return r.rows.map(itemRow);
+}
+
+export async function getItem(q: Queryable, id: string): Promise<ItemRow | undefined> {
+  const r = await q.query<ItemRow>(`SELECT ${ITEM_COLS} FROM cairn.items WHERE id = $1`, [id]);
+  return r.rows[0] && itemRow(r.rows[0]);
 }
 
 export const CANCELLED: ErrorBody = {

@@ -76,13 +76,17 @@ describeEachDriver('runs', ({ db }) => {
     expect(run.snapshot.toolchains.database.version).toMatch(/PostgreSQL/);
 
     const audit = (await t.call('GET', `/api/runs/${run.id}/audit`, undefined, c.tokens.read)).body.events;
-    expect(audit.filter((e: any) => e.type === 'status').map((e: any) => [e.from_status, e.to_status])).toEqual([
+    expect(
+      audit.filter((e: any) => e.type === 'status').map((e: any) => [e.from_status, e.to_status]),
+    ).toEqual([
       [null, 'queued'],
       ['queued', 'running'],
       ['running', 'succeeded'],
     ]);
     // Every ledger movement is in the trail: reserved at submit, captured at settle (sql query: 1000).
-    expect(audit.filter((e: any) => e.type === 'ledger').map((e: any) => [e.data.movement, e.data.amount])).toEqual([
+    expect(
+      audit.filter((e: any) => e.type === 'ledger').map((e: any) => [e.data.movement, e.data.amount]),
+    ).toEqual([
       ['reserve', 1000],
       ['capture', 1000],
     ]);

@@ -120,7 +120,11 @@ describe('bin/cairn end to end (embedded database)', () => {
       expect(get.out).toContain(f);
     }
     const audit = JSON.parse((await cli(['runs', 'audit', body.run_id, '--json'])).out);
-    expect(audit.events.map((e: any) => e.to_status)).toEqual(['queued', 'running', 'succeeded']);
+    expect(audit.events.filter((e: any) => e.type === 'status').map((e: any) => e.to_status)).toEqual([
+      'queued',
+      'running',
+      'succeeded',
+    ]);
     const list = await cli(['runs', 'list', '--circle', 'e2e', '--status', 'success']);
     expect(list.out.split('\n').filter((l) => l.includes('add-one'))).toHaveLength(3);
   });

@@ -31,15 +31,24 @@ export interface TestApp {
 /** The real Fastify app on a real database, exercised with app.inject (DESIGN convention 6). */
 export async function testApp(
   db: Db,
-  opts: { worker?: boolean; syncWaitMs?: number; leaseMs?: number } = {},
+  opts: {
+    worker?: boolean;
+    syncWaitMs?: number;
+    leaseMs?: number;
+    welcomeCredits?: number;
+    concurrency?: number;
+  } = {},
 ): Promise<TestApp> {
-  const config = loadConfig({ port: 0, syncWaitMs: opts.syncWaitMs ?? 20_000, pollMs: 100 }, {});
+  const config = loadConfig(
+    { port: 0, syncWaitMs: opts.syncWaitMs ?? 20_000, pollMs: 100, welcomeCredits: opts.welcomeCredits },
+    {},
+  );
   const waiter = new RunWaiter(db, 100);
   await waiter.start();
   const worker =
     opts.worker === false
       ? undefined
-      : new Worker({ db, concurrency: 4, leaseMs: opts.leaseMs ?? 10_000, pollMs: 100 });
+      : new Worker({ db, concurrency: opts.concurrency ?? 4, leaseMs: opts.leaseMs ?? 10_000, pollMs: 100 });
   await worker?.start();
   const deps: Deps = {
     db,

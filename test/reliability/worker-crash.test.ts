@@ -29,7 +29,7 @@ describe('a worker killed with SIGKILL while holding a run', () => {
     db = h.db;
     url = h.url!;
     drop = h.drop;
-    circle = await createCircle(db, 'rel');
+    circle = await createCircle(db, 'rel', 1_000_000_000);
     await db.asCircle(circleIdentity(circle), (q) =>
       q.query('create table marks (at timestamptz default now())'),
     );
@@ -116,7 +116,7 @@ describe('a worker killed with SIGKILL while holding a run', () => {
     expect(read.attempt).toBe(2);
     expect(read.worker_id).not.toBe(held);
     expect(read.output).toEqual({ rows: [{ done: 1 }], row_count: 1 });
-    const rEv = await runEvents(db, readId);
+    const rEv = (await runEvents(db, readId)).filter((e) => e.type === 'status');
     expect(rEv.map((e) => `${e.from_status}>${e.to_status}`)).toEqual([
       'null>queued',
       'queued>running',
@@ -129,7 +129,11 @@ describe('a worker killed with SIGKILL while holding a run', () => {
     // Not safe to repeat: failed, saying the worker was lost; nothing stays running.
     expect(write.error).toMatchObject({ code: 'WORKER_LOST', class: 'unavailable' });
     expect(write.finished_at).toBeTruthy();
-    const wEv = await runEvents(db, writeId);
+    const wEv = (await runEvents(db, writeId)).filter((e) => e.type === 'status');
+    // Its reservation was released when it failed.
+    expect(
+      (await runEvents(db, writeId)).filter((e) => e.type === 'ledger').map((e) => e.data.movement),
+    ).toEqual(['reserve', 'release']);
     expect(wEv.at(-1)).toMatchObject({
       from_status: 'running',
       to_status: 'failed',
@@ -146,10 +150,10 @@ describe('a worker killed with SIGKILL while holding a run', () => {
     const a = worker();
     const holder = await until(async () => (await getRun(db, id))?.worker_id ?? undefined, 30_000, 'a claim');
     a.child.kill('SIGTERM'); // grace is 300 ms, the query takes 2 s
-    expect(await a.exited).toBe(0);
+    expect(await a.exited, a.output()).toBe(0);
     const back = await getRun(db, id);
     expect(back!.status).toBe('queued');
-    const ev = await runEvents(db, id);
+    const ev = (await runEvents(db, id)).filter((e) => e.type === 'status');
     expect(ev.at(-1)).toMatchObject({
       from_status: 'running',
       to_status: 'queued',

@@ -260,3 +260,95 @@ CREATE TABLE cairn.idempotency (
   at timestamptz NOT NULL DEFAULT clock_timestamp(),
   PRIMARY KEY (circle_id, key)
 );
+
+-- Settles finished items of a batch run in one call: items, their row cells
+-- (when the run writes to a table), the run's counters and the capture of what
+-- the succeeded items cost. Only items still running under this worker change,
+-- so a replay, a cancel or a recovery in between can never count twice.
+CREATE FUNCTION cairn.settle_items(p_run uuid, p_worker text, p_items jsonb, p_schema text, p_table text,
+  p_column text)
+RETURNS TABLE (succeeded int, failed int, retrying int, captured bigint) LANGUAGE plpgsql AS $$
+DECLARE ok int; bad int; retry int; cost bigint; cells jsonb; s int; held bigint; avail bigint; circle uuid;
+BEGIN
+  WITH x AS (
+    SELECT * FROM jsonb_to_recordset(p_items)
+      AS x(id uuid, status text, output jsonb, error jsonb, credits bigint, evidence jsonb, retry_in_ms int)),
+  u AS (
+    UPDATE cairn.items i SET status = x.status,
+      outputs = x.output, error = x.error,
+      credits_used = i.credits_used + CASE WHEN x.status = 'succeeded' THEN x.credits ELSE 0 END,
+      finished_at = CASE WHEN x.status = 'retrying' THEN NULL ELSE clock_timestamp() END,
+      duration_ms = round((extract(epoch FROM clock_timestamp() - i.started_at) * 1000)::numeric, 3),
+      evidence = x.evidence, worker_id = NULL,
+      retry_at = CASE WHEN x.status = 'retrying'
+        THEN clock_timestamp() + make_interval(secs => x.retry_in_ms / 1000.0) END
+    FROM x WHERE i.id = x.id AND i.run_id = p_run AND i.status = 'running' AND i.worker_id = p_worker
+    RETURNING i.id, i.key, i.status, i.attempt_count, i.outputs, i.error, x.credits)
+  SELECT count(*) FILTER (WHERE u.status = 'succeeded'), count(*) FILTER (WHERE u.status = 'failed'),
+    count(*) FILTER (WHERE u.status = 'retrying'),
+    coalesce(sum(u.credits) FILTER (WHERE u.status = 'succeeded'), 0),
+    coalesce(jsonb_agg(jsonb_build_object('key', u.key, 'cell', jsonb_strip_nulls(jsonb_build_object(
+      'status', u.status, 'value', u.outputs, 'error', u.error, 'item_id', u.id, 'run_id', p_run,
+      'attempts', u.attempt_count, 'at', clock_timestamp()))))
+      FILTER (WHERE u.status <> 'retrying'), '[]'::jsonb)
+  INTO ok, bad, retry, cost, cells FROM u;
+
+  IF p_table IS NOT NULL AND jsonb_array_length(cells) > 0 THEN
+    EXECUTE format(
+      'UPDATE %I.%I t SET cells = t.cells || jsonb_build_object(%L, c.cell), updated_at = clock_timestamp()
+       FROM jsonb_to_recordset($1) AS c(key uuid, cell jsonb) WHERE t.id = c.key', p_schema, p_table, p_column)
+    USING cells;
+  END IF;
+
+  -- Capture what succeeded: from the run's hold, beyond it only what the wallet can cover.
+  IF cost > 0 THEN
+    SELECT h.held, h.circle_id INTO held, circle FROM cairn.run_holds h WHERE h.run_id = p_run;
+    SELECT w.credits_posted - w.debits_posted - w.debits_pending - w.floor INTO avail
+    FROM cairn.wallets w WHERE w.circle_id = coalesce(circle, (SELECT r.circle_id FROM cairn.runs r WHERE r.id = p_run));
+    cost := least(cost, coalesce(held, 0) + greatest(coalesce(avail, 0), 0));
+    UPDATE cairn.run_holds SET seq = seq + 1 WHERE run_id = p_run RETURNING seq INTO s;
+    PERFORM cairn.ledger_capture(p_run || ':items:' || coalesce(s, 0) || ':' || md5(p_items::text), p_run, cost,
+      'worker:' || p_worker);
+  END IF;
+
+  UPDATE cairn.runs SET items_succeeded = items_succeeded + ok, items_failed = items_failed + bad,
+    items_pending = items_pending - ok - bad, credits_used = credits_used + cost
+  WHERE id = p_run;
+  RETURN QUERY SELECT ok, bad, retry, cost;
+END $$;
+
+-- Ends a batch run once no item is pending, running or retrying: succeeded
+-- (every item), completed (some failed), failed (none succeeded, or stopped
+-- with p_error); releases what the run still holds. Returns the final status, or
+-- NULL when work remains or the run is no longer this worker's.
+CREATE FUNCTION cairn.finish_batch(p_run uuid, p_worker text, p_error jsonb) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE r cairn.runs; st text;
+BEGIN
+  SELECT * INTO r FROM cairn.runs WHERE id = p_run FOR UPDATE;
+  IF r.status <> 'running' OR r.worker_id IS DISTINCT FROM p_worker THEN RETURN NULL; END IF;
+  IF EXISTS (SELECT 1 FROM cairn.items WHERE run_id = p_run AND status IN ('pending', 'running', 'retrying')) THEN
+    RETURN NULL;
+  END IF;
+  st := CASE WHEN p_error IS NOT NULL THEN 'failed'
+    WHEN r.items_failed = 0 THEN 'succeeded'
+    WHEN r.items_succeeded = 0 THEN 'failed'
+    ELSE 'completed' END;
+  UPDATE cairn.runs SET status = st, finished_at = clock_timestamp(), lease_expires_at = NULL,
+    error = CASE WHEN p_error IS NOT NULL THEN p_error
+      WHEN st = 'failed' THEN jsonb_build_object('code', 'ALL_ITEMS_FAILED', 'class', 'validation',
+        'message', 'Every item of the batch failed; see the items for their errors.', 'retryable', false,
+        '_suggestion', 'GET /api/runs/' || p_run || '/items?status=failed shows why; fix the rows, then retry-failed.')
+      END,
+    output = jsonb_build_object('items_total', r.items_total, 'items_succeeded', r.items_succeeded,
+      'items_failed', r.items_failed,
+      'items_skipped', (SELECT count(*) FROM cairn.items WHERE run_id = p_run AND status = 'skipped')),
+    duration_ms = round((extract(epoch FROM clock_timestamp() - r.started_at) * 1000)::numeric, 3)
+  WHERE id = p_run;
+  INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
+  VALUES (p_run, r.circle_id, 'status', 'running', st, 'worker:' || p_worker,
+    jsonb_strip_nulls(jsonb_build_object('items_succeeded', r.items_succeeded, 'items_failed', r.items_failed,
+      'credits_used', r.credits_used, 'error_code', p_error ->> 'code')));
+  PERFORM cairn.ledger_settle_run(p_run, 0, true, 'worker:' || p_worker);
+  PERFORM pg_notify('cairn_run_done', p_run::text);
+  RETURN st;
+END $$;

@@ -181,7 +181,9 @@ describeEachDriver('sql element', ({ db, driver }) => {
       'cancelled',
     ]);
     // A cancelled run releases its whole reservation.
-    expect(audit.filter((e: any) => e.type === 'ledger').map((e: any) => [e.data.movement, e.data.amount])).toEqual([
+    expect(
+      audit.filter((e: any) => e.type === 'ledger').map((e: any) => [e.data.movement, e.data.amount]),
+    ).toEqual([
       ['reserve', 1000],
       ['release', 1000],
     ]);

@@ -1,0 +1,510 @@
+import { z } from 'zod';
+import { errors } from '../../core/errors.js';
+import { isUuid, newId } from '../../core/ids.js';
+import { qint } from '../../core/zod.js';
+import { ident, type Db, type Queryable } from '../../db/types.js';
+import type { CircleRow } from '../../store/circles.js';
+import { getElement, type ElementRow } from '../../store/elements.js';
+import { isoFields } from '../../store/rows.js';
+import { getItem } from '../../store/runs.js';
+import { submitBatch, type BatchUnit } from '../../engine/batch-submit.js';
+import { cursorCodec } from '../base-ops.js';
+import { getType, operationsOf } from '../registry.js';
+import type { ElementTypeDecl, OpContext } from '../types.js';
+
+const NAME_RE = /^[a-z_][a-z0-9_]{0,62}$/;
+const name = z
+  .string()
+  .regex(NAME_RE, 'lowercase letters, digits and underscores, starting with a letter or _');
+const FIELD_TYPES = ['string', 'number', 'integer', 'boolean', 'object', 'array', 'any'] as const;
+
+const field = z
+  .object({
+    type: z.enum(FIELD_TYPES).default('any'),
+    required: z.boolean().default(false),
+    description: z.string().max(500).optional(),
+  })
+  .strict();
+
+/** A column's input mapping: `{input_key: "row_field"}`, or `{input_key: {value: <literal>}}`. */
+const mapping = z.union([
+  z.string().regex(NAME_RE, 'a row field name'),
+  z.object({ value: z.json() }).strict(),
+]);
+
+const column = z
+  .object({
+    element: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'the slug of an element in this circle'),
+    operation: z.string().min(1).default('invoke'),
+    input: z.record(z.string().min(1), mapping).default({}),
+    concurrency: z.number().int().min(1).max(64).default(4),
+    max_attempts: z
+      .number()
+      .int()
+      .min(1)
+      .max(10)
+      .default(3)
+      .describe('Attempts per row for retryable errors'),
+    budget: z
+      .object({
+        credits: z.number().int().min(0).describe('Micro-credits a run of this column may spend'),
+        on_exceed: z.enum(['flag', 'stop']).default('stop'),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict();
+
+export const tableSpec = z
+  .object({
+    fields: z.record(name, field).default({}),
+    columns: z.record(name, column).default({}),
+  })
+  .strict();
+type TableSpec = z.output<typeof tableSpec>;
+type FieldSpec = z.output<typeof field>;
+
+/** The rows live in the circle's own schema, readable by its SQL elements: `t_<slug>`. */
+export function rowTableName(slug: string): string {
+  return 't_' + slug.replace(/-/g, '_');
+}
+
+async function tableExists(q: Queryable, circle: CircleRow, slug: string): Promise<boolean> {
+  const r = await q.query<{ t: string | null }>('SELECT to_regclass($1) AS t', [
+    `${ident(circle.schema)}.${ident(rowTableName(slug))}`,
+  ]);
+  return r.rows[0]!.t !== null;
+}
+
+async function ensureTable(db: Db, circle: CircleRow, slug: string): Promise<void> {
+  if (await tableExists(db, circle, slug)) return;
+  const t = `${ident(circle.schema)}.${ident(rowTableName(slug))}`;
+  try {
+    await db.transaction(async (tx) => {
+      await tx.query(
+        `CREATE TABLE IF NOT EXISTS ${t} (
+           id uuid PRIMARY KEY,
+           data jsonb NOT NULL,
+           cells jsonb NOT NULL DEFAULT '{}',
+           created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+           updated_at timestamptz NOT NULL DEFAULT clock_timestamp())`,
+      );
+      // The circle's SQL reads its rows; only the platform writes them (cells carry run results).
+      await tx.query(`GRANT SELECT ON ${t} TO ${ident(circle.role_name)}`);
+    });
+  } catch (e: any) {
+    // Two first inserts raced to create it: the other one won.
+    if (e?.code !== '42P07' && e?.code !== '23505') throw e;
+  }
+}
+
+const TYPE_CHECK: Record<(typeof FIELD_TYPES)[number], (v: unknown) => boolean> = {
+  string: (v) => typeof v === 'string',
+  number: (v) => typeof v === 'number' && Number.isFinite(v),
+  integer: (v) => Number.isInteger(v),
+  boolean: (v) => typeof v === 'boolean',
+  object: (v) => typeof v === 'object' && v !== null && !Array.isArray(v),
+  array: (v) => Array.isArray(v),
+  any: () => true,
+};
+
+function checkRow(fields: Record<string, FieldSpec>, row: Record<string, unknown>, i: number) {
+  const problems: { path: string; message: string }[] = [];
+  for (const [k, f] of Object.entries(fields)) {
+    const v = row[k];
+    if (v === undefined || v === null) {
+      if (f.required) problems.push({ path: `rows.${i}.${k}`, message: 'required' });
+    } else if (!TYPE_CHECK[f.type](v))
+      problems.push({ path: `rows.${i}.${k}`, message: `must be ${f.type}` });
+  }
+  return problems;
+}
+
+/** Turns a row into the column's element input; a mapped field the row lacks is a problem, not a guess. */
+export function mapRow(
+  cols: Record<string, string | { value?: unknown }>,
+  data: Record<string, unknown>,
+): { input: Record<string, unknown>; problem?: string } {
+  const input: Record<string, unknown> = {};
+  const missing: string[] = [];
+  for (const [k, m] of Object.entries(cols)) {
+    if (typeof m === 'string') {
+      if (data[m] === undefined || data[m] === null) missing.push(m);
+      else input[k] = data[m];
+    } else input[k] = m.value ?? null;
+  }
+  return missing.length > 0
+    ? {
+        input,
+        problem: `The row has no value for mapped field${missing.length > 1 ? 's' : ''} ${missing.join(', ')}.`,
+      }
+    : { input };
+}
+
+interface RowOut {
+  id: string;
+  data: Record<string, unknown>;
+  cells: Record<string, unknown>;
+  created_at: string;
+  updated_at: string;
+}
+
+const where = z
+  .record(z.string().regex(NAME_RE), z.union([z.string(), z.number(), z.boolean(), z.null()]))
+  .describe('Rows whose fields equal these values');
+const cellFilter = z
+  .enum(['all', 'empty', 'failed', 'not_succeeded'])
+  .describe('Which rows by their cell in this column: all (default), empty, failed, or not_succeeded');
+
+/** Rows of the table matching a selection, oldest first. */
+async function selectRows(
+  db: Db,
+  ctx: OpContext,
+  sel: {
+    where?: Record<string, unknown>;
+    row_ids?: string[];
+    cells?: string;
+    column?: string;
+    after?: string;
+    limit: number;
+  },
+): Promise<RowOut[]> {
+  if (!(await tableExists(db, ctx.circle, ctx.element.slug))) return [];
+  const params: unknown[] = [];
+  const cond: string[] = [];
+  const add = (sql: string, v: unknown) => {
+    params.push(v);
+    cond.push(sql.replace('?', `$${params.length}`));
+  };
+  if (sel.where && Object.keys(sel.where).length > 0) add('data @> ?::jsonb', JSON.stringify(sel.where));
+  if (sel.row_ids) add('id = ANY(?::uuid[])', sel.row_ids);
+  if (sel.after) add('id > ?::uuid', sel.after);
+  if (sel.column && sel.cells && sel.cells !== 'all') {
+    params.push(sel.column);
+    const c = `cells -> $${params.length}`;
+    cond.push(
+      sel.cells === 'empty'
+        ? `${c} IS NULL`
+        : sel.cells === 'failed'
+          ? `${c} ->> 'status' = 'failed'`
+          : `(${c} IS NULL OR ${c} ->> 'status' <> 'succeeded')`,
+    );
+  }
+  params.push(sel.limit);
+  const r = await db.query<RowOut>(
+    `SELECT id, data, cells, created_at, updated_at FROM ${ident(ctx.circle.schema)}.${ident(rowTableName(ctx.element.slug))}
+     ${cond.length ? 'WHERE ' + cond.join(' AND ') : ''} ORDER BY id LIMIT $${params.length}`,
+    params,
+  );
+  return r.rows.map((x) => isoFields(x, ['created_at', 'updated_at']));
+}
+
+function columnOf(ctx: OpContext, col: string) {
+  const spec = ctx.element.spec as TableSpec;
+  const c = spec.columns[col];
+  if (!c) {
+    throw errors.notFound(
+      'COLUMN_NOT_FOUND',
+      `Table "${ctx.element.slug}" has no computed column "${col}".`,
+      `Its columns: ${Object.keys(spec.columns).join(', ') || '(none)'}. Add one under spec.columns.`,
+    );
+  }
+  return c;
+}
+
+function rowNotFound(ctx: OpContext, id: string) {
+  return errors.notFound(
+    'ROW_NOT_FOUND',
+    `Table "${ctx.element.slug}" has no row ${id}.`,
+    'List rows with GET …/ops/rows.',
+  );
+}
+
+async function target(db: Queryable, circle: CircleRow, slug: string): Promise<ElementRow> {
+  const el = await getElement(db, circle.id, slug);
+  if (!el) {
+    throw errors.invalidInput(
+      `Column element "${slug}" does not exist in this circle.`,
+      undefined,
+      'Create the element first (cairn apply -f …), or fix the slug in spec.columns.<name>.element.',
+    );
+  }
+  return el;
+}
+
+function runOp(el: ElementRow, opName: string) {
+  const type = getType(el.element_type);
+  const op = operationsOf(type).find((o) => o.name === opName);
+  if (!op?.createsRun) {
+    throw errors.invalidInput(
+      `Element "${el.slug}" (${el.element_type}) has no run-creating operation "${opName}".`,
+      undefined,
+      `Use one of: ${operationsOf(type)
+        .filter((o) => o.createsRun)
+        .map((o) => o.name)
+        .join(', ')}.`,
+    );
+  }
+  return { type, op };
+}
+
+const runBody = z
+  .object({
+    mode: z.enum(['live', 'dry_run', 'smoke_test']).default('live'),
+    where: where.optional(),
+    row_ids: z.array(z.uuid()).max(100_000).optional(),
+    rows: cellFilter.default('all'),
+    sample: z.number().int().min(1).max(1000).default(5).describe('smoke_test: rows to run'),
+    concurrency: z.number().int().min(1).max(64).optional(),
+    max_attempts: z.number().int().min(1).max(10).optional(),
+    budget: z.number().int().min(0).optional().describe('Micro-credits this run may spend'),
+    on_budget_exceeded: z.enum(['flag', 'stop']).optional(),
+  })
+  .strict();
+
+export const tableType: ElementTypeDecl = {
+  type: 'table',
+  category: 'data',
+  title: 'Table',
+  description:
+    "Rows of JSON stored in the circle's own schema (table `t_<slug>`, readable by its SQL elements), with " +
+    'computed columns: a column names an element and maps row fields to its input; running it creates one ' +
+    "batch run with one item per row, and writes each output to its row's cell.",
+  spec: tableSpec,
+  operations: [
+    {
+      name: 'insert',
+      method: 'POST',
+      path: 'rows',
+      auth: 'write',
+      summary: 'Insert rows (up to 10,000 per request)',
+      description:
+        'Body `{"rows": [{...}, ...]}`. Each row is checked against spec.fields; any bad row refuses the request.',
+      input: z.object({ rows: z.array(z.record(z.string(), z.json())).min(1).max(10_000) }).strict(),
+      status: 201,
+      handler: async (ctx) => {
+        const spec = ctx.element.spec as TableSpec;
+        const problems = (ctx.input.rows as Record<string, unknown>[]).flatMap((r, i) =>
+          checkRow(spec.fields, r, i),
+        );
+        if (problems.length > 0) {
+          throw errors.invalidInput(
+            `${problems.length} problem(s) in the rows: ${problems
+              .slice(0, 5)
+              .map((p) => `${p.path} ${p.message}`)
+              .join('; ')}`,
+            problems.slice(0, 100),
+            'Fix the rows listed in details; nothing was inserted.',
+          );
+        }
+        await ensureTable(ctx.db, ctx.circle, ctx.element.slug);
+        const ids = (ctx.input.rows as unknown[]).map(() => newId());
+        await ctx.db.query(
+          `INSERT INTO ${ident(ctx.circle.schema)}.${ident(rowTableName(ctx.element.slug))} (id, data)
+           SELECT (x ->> 'id')::uuid, x -> 'data' FROM jsonb_array_elements($1::jsonb) AS x`,
+          [JSON.stringify((ctx.input.rows as unknown[]).map((data, i) => ({ id: ids[i], data })))],
+        );
+        return { inserted: ids.length, ids };
+      },
+    },
+    {
+      name: 'rows',
+      method: 'GET',
+      path: 'rows',
+      auth: 'read',
+      summary: 'List rows, oldest first (filters: where (JSON), column + cells; cursor paging)',
+      input: z
+        .object({
+          limit: qint(1, 1000).optional(),
+          cursor: z.string().optional(),
+          where: z.string().optional().describe('JSON object of field values, e.g. {"country":"FR"}'),
+          column: name.optional(),
+          cells: cellFilter.optional(),
+        })
+        .strict(),
+      handler: async (ctx) => {
+        let w: Record<string, unknown> | undefined;
+        if (ctx.input.where) {
+          try {
+            w = where.parse(JSON.parse(ctx.input.where));
+          } catch {
+            throw errors.invalidInput(
+              '`where` must be a JSON object of field values.',
+              undefined,
+              'Send e.g. where={"country":"FR"} (URL-encoded).',
+            );
+          }
+        }
+        if (ctx.input.column) columnOf(ctx, ctx.input.column);
+        const limit = ctx.input.limit ?? 100;
+        const rows = await selectRows(ctx.db, ctx, {
+          where: w,
+          column: ctx.input.column,
+          cells: ctx.input.cells,
+          after: ctx.input.cursor ? cursorCodec.decode(ctx.input.cursor) : undefined,
+          limit,
+        });
+        return {
+          rows,
+          next_cursor: rows.length === limit ? cursorCodec.encode(rows[rows.length - 1]!.id) : null,
+        };
+      },
+    },
+    {
+      name: 'row_get',
+      method: 'GET',
+      path: 'rows/{row_id}',
+      auth: 'read',
+      summary: 'Get one row with its cells',
+      input: z.object({}).strict(),
+      handler: async (ctx) => {
+        const id = ctx.params.row_id!;
+        const [row] = isUuid(id) ? await selectRows(ctx.db, ctx, { row_ids: [id], limit: 1 }) : [];
+        if (!row) throw rowNotFound(ctx, id);
+        return row;
+      },
+    },
+    {
+      name: 'cell_inspect',
+      method: 'GET',
+      path: 'rows/{row_id}/cells/{column}',
+      auth: 'read',
+      summary: "Inspect one cell: the row's inputs, output, full error and every attempt of its latest item",
+      input: z.object({}).strict(),
+      handler: async (ctx) => {
+        const id = ctx.params.row_id!;
+        const col = ctx.params.column!;
+        columnOf(ctx, col);
+        const [row] = isUuid(id) ? await selectRows(ctx.db, ctx, { row_ids: [id], limit: 1 }) : [];
+        if (!row) throw rowNotFound(ctx, id);
+        const cell = (row.cells[col] ?? null) as { item_id?: string; run_id?: string } | null;
+        const item =
+          cell?.item_id && isUuid(cell.item_id) ? ((await getItem(ctx.db, cell.item_id)) ?? null) : null;
+        return { table: ctx.element.slug, row_id: row.id, column: col, row: row.data, cell, item };
+      },
+    },
+    {
+      name: 'column_run',
+      method: 'POST',
+      path: 'columns/{column}/run',
+      auth: 'execute',
+      summary:
+        'Run a computed column over rows: one batch run, one item per row (modes: live, dry_run, smoke_test)',
+      description:
+        'Selects rows (`where`, `row_ids`, `rows`: all | empty | failed | not_succeeded), maps each to the ' +
+        "column element's input, and creates a batch run. dry_run validates every row and estimates the cost " +
+        '(nothing runs, nothing is charged); smoke_test runs the first `sample` rows.',
+      input: runBody,
+      status: 202,
+      handler: async (ctx) => {
+        const col = ctx.params.column!;
+        const c = columnOf(ctx, col);
+        const el = await target(ctx.db, ctx.circle, c.element);
+        const { type, op } = runOp(el, c.operation);
+        const b = ctx.input as z.output<typeof runBody>;
+        const rows = await selectRows(ctx.db, ctx, {
+          where: b.where,
+          row_ids: b.row_ids,
+          cells: b.rows,
+          column: col,
+          limit: 1_000_000,
+        });
+        if (rows.length === 0) {
+          throw errors.invalidInput(
+            'No rows match; a run needs at least one.',
+            undefined,
+            'Insert rows (POST …/ops/rows), or widen where / row_ids / rows.',
+          );
+        }
+        const units: BatchUnit[] = rows.map((r) => {
+          const m = mapRow(c.input, r.data);
+          return { key: r.id, input: m.input, problem: m.problem };
+        });
+        const budget = b.budget ?? c.budget?.credits ?? null;
+        const s = await submitBatch(ctx.db, {
+          circle: ctx.circle,
+          target: el,
+          type,
+          op,
+          units,
+          mode: b.mode,
+          sample: b.sample,
+          concurrency: b.concurrency ?? c.concurrency,
+          itemMaxAttempts: b.max_attempts ?? c.max_attempts,
+          budget,
+          budgetPolicy: b.on_budget_exceeded ?? c.budget?.on_exceed ?? 'stop',
+          trigger: { type: 'api', source: null, actor: ctx.actor },
+          input: { table: ctx.element.slug, column: col, ...b },
+          batch: {
+            table: {
+              id: ctx.element.id,
+              slug: ctx.element.slug,
+              version: ctx.element.version,
+              definition_hash: ctx.element.definition_hash,
+            },
+            column: col,
+            mapping: c.input,
+            cells: { schema: ctx.circle.schema, table: rowTableName(ctx.element.slug), column: col },
+          },
+          snapshotExtra: ctx.snapshotExtra,
+          idempotencyKey: ctx.idempotencyKey,
+        });
+        if (b.mode === 'dry_run') ctx.setStatus(200); // nothing to wait for: the dry run is finished
+        return {
+          run_id: s.run.id,
+          status: s.run.status,
+          mode: s.run.mode,
+          items_total: s.run.items_total,
+          items_valid: s.valid,
+          items_invalid: s.invalid,
+          estimated_credits: s.estimated_credits,
+          credits_reserved: s.run.credits_reserved,
+          output: s.run.output ?? null,
+          run_url: `/api/runs/${s.run.id}`,
+        };
+      },
+    },
+  ],
+  errors: [],
+  rules: [],
+  validateSpec: (spec: TableSpec) => {
+    for (const [col, c] of Object.entries(spec.columns)) {
+      if (spec.fields[col]) {
+        throw errors.invalidInput(
+          `Column "${col}" has the name of a field.`,
+          [{ path: `spec.columns.${col}`, message: 'clashes with spec.fields' }],
+          'Name computed columns differently from the fields rows carry.',
+        );
+      }
+      for (const [k, m] of Object.entries(c.input)) {
+        if (typeof m === 'string' && !spec.fields[m]) {
+          throw errors.invalidInput(
+            `Column "${col}" maps input "${k}" from field "${m}", which spec.fields does not declare.`,
+            [{ path: `spec.columns.${col}.input.${k}`, message: `unknown field "${m}"` }],
+            `Declare it under spec.fields (known: ${Object.keys(spec.fields).join(', ') || 'none'}), or map {value: …} for a constant.`,
+          );
+        }
+      }
+    }
+  },
+  validateInCircle: async (db, circle, spec: TableSpec) => {
+    for (const [col, c] of Object.entries(spec.columns)) {
+      const el = await target(db, circle, c.element).catch((e) => {
+        throw errors.invalidInput(
+          `Column "${col}": ${e.message}`,
+          [{ path: `spec.columns.${col}.element`, message: 'no such element' }],
+          e.suggestion,
+        );
+      });
+      if (el.element_type === 'table') {
+        throw errors.invalidInput(
+          `Column "${col}" names table "${el.slug}"; a column runs an action or query element.`,
+          [{ path: `spec.columns.${col}.element`, message: 'not a table' }],
+          'Name a go-fn, python, javascript or sql element.',
+        );
+      }
+      runOp(el, c.operation);
+    }
+  },
+  executors: {},
+};

@@ -1,0 +1,204 @@
+import { randomBytes } from 'node:crypto';
+import { errors, type ErrorBody } from '../core/errors.js';
+import { newId } from '../core/ids.js';
+import { ENGINE_VERSION } from '../core/version.js';
+import { describeIssues } from '../core/zod.js';
+import type { Db } from '../db/types.js';
+import type { ElementTypeDecl, OperationDecl } from '../elements/types.js';
+import type { CircleRow } from '../store/circles.js';
+import type { ElementRow } from '../store/elements.js';
+import { insertBatchRun, type NewBatchItem } from '../store/batch.js';
+import { getWallet } from '../store/ledger.js';
+import { findByIdempotencyKey, type RunRow } from '../store/runs.js';
+
+export type RunMode = 'live' | 'dry_run' | 'smoke_test';
+
+/** One unit of a batch: a key (the row id) and the input its mapping produced, or why it has none. */
+export interface BatchUnit {
+  key: string;
+  input?: unknown;
+  /** The row could not be turned into an input (e.g. a mapped field is missing). */
+  problem?: string;
+}
+
+export interface BatchRequest {
+  circle: CircleRow;
+  /** The element each item invokes, its type and op. */
+  target: ElementRow;
+  type: ElementTypeDecl;
+  op: OperationDecl;
+  units: BatchUnit[];
+  mode: RunMode;
+  /** smoke_test: how many units run (the first ones). */
+  sample?: number;
+  concurrency: number;
+  itemMaxAttempts: number;
+  budget: number | null;
+  budgetPolicy: 'flag' | 'stop';
+  trigger: { type: string; source: string | null; actor: string };
+  /** Recorded as the run's input: what was asked (table, column, filter…). */
+  input: Record<string, unknown>;
+  /** Pinned into the snapshot next to the element (source table, mapping, where cells go). */
+  batch: Record<string, unknown>;
+  snapshotExtra: Record<string, unknown>;
+  idempotencyKey?: string;
+  rerunOf?: string | null;
+}
+
+export interface BatchSubmitted {
+  run: RunRow;
+  created: boolean;
+  valid: number;
+  invalid: number;
+  estimated_credits: number;
+}
+
+function invalidItem(message: string): ErrorBody {
+  return {
+    code: 'INVALID_INPUT',
+    class: 'validation',
+    message,
+    retryable: false,
+    _suggestion: 'Fix the row (or the column mapping), then retry-failed the run.',
+  };
+}
+
+/**
+ * Creates a batch run: one item per unit, each input validated against the
+ * op's schema (a bad one fails its own item, the others go on), the estimate
+ * reserved on the wallet (402 when it cannot be covered). A dry run validates
+ * and estimates only: it is recorded, finished at once, and charges nothing.
+ */
+export async function submitBatch(db: Db, req: BatchRequest): Promise<BatchSubmitted> {
+  const { target: el, op, type } = req;
+  if (el.state === 'disabled') {
+    throw errors.conflict(
+      'ELEMENT_DISABLED',
+      `Element "${el.slug}" is disabled${el.disabled_reason ? `: ${el.disabled_reason}` : ''}.`,
+      'Enable it with POST …/ops/enable (admin), then run again.',
+    );
+  }
+  if (req.idempotencyKey) {
+    const prior = await findByIdempotencyKey(db, req.circle.id, req.idempotencyKey);
+    if (prior) return { run: prior, created: false, ...counts(prior, op) };
+  }
+  const units = req.mode === 'smoke_test' ? req.units.slice(0, req.sample ?? 5) : req.units;
+  const price = op.price ?? 0;
+  const items: NewBatchItem[] = units.map((u, ord) => {
+    const id = newId();
+    if (u.problem)
+      return {
+        id,
+        key: u.key,
+        ord,
+        status: 'failed',
+        inputs: u.input ?? null,
+        error: invalidItem(u.problem),
+      };
+    const parsed = op.input.safeParse(u.input);
+    if (!parsed.success) {
+      return {
+        id,
+        key: u.key,
+        ord,
+        status: 'failed',
+        inputs: u.input ?? null,
+        error: invalidItem(
+          `The input does not match ${type.type}.${op.name}: ${describeIssues(parsed.error)}`,
+        ),
+      };
+    }
+    return {
+      id,
+      key: u.key,
+      ord,
+      status: req.mode === 'dry_run' ? 'skipped' : 'pending',
+      inputs: parsed.data,
+      error: null,
+    };
+  });
+  const invalid = items.filter((i) => i.status === 'failed').length;
+  const valid = items.length - invalid;
+  const estimate = valid * price;
+  const dry = req.mode === 'dry_run';
+  const reserve = dry
+    ? 0
+    : req.budgetPolicy === 'stop' && req.budget !== null
+      ? Math.min(estimate, req.budget)
+      : estimate;
+  const wallet = dry ? await getWallet(db, req.circle.id) : undefined;
+  const retry = typeof op.retryOnLoss === 'function' ? op.retryOnLoss(el.spec) : (op.retryOnLoss ?? false);
+  const id = newId();
+  try {
+    const run = await insertBatchRun(db, {
+      id,
+      circleId: req.circle.id,
+      element: {
+        id: el.id,
+        slug: el.slug,
+        type: el.element_type,
+        version: el.version,
+        definition_hash: el.definition_hash,
+      },
+      operation: op.name,
+      mode: req.mode,
+      status: dry ? (invalid === 0 ? 'succeeded' : valid === 0 ? 'failed' : 'completed') : 'queued',
+      trigger: req.trigger,
+      input: req.input,
+      output: dry
+        ? {
+            dry_run: true,
+            items: items.length,
+            valid,
+            invalid,
+            estimated_credits: estimate,
+            wallet_available: wallet!.available,
+            covered: estimate <= wallet!.available,
+          }
+        : undefined,
+      rerunOf: req.rerunOf ?? null,
+      retryableOnLoss: retry,
+      engineVersion: ENGINE_VERSION,
+      reserve,
+      budget: req.budget,
+      budgetPolicy: req.budgetPolicy,
+      concurrency: req.concurrency,
+      itemMaxAttempts: req.itemMaxAttempts,
+      snapshot: {
+        element: {
+          id: el.id,
+          slug: el.slug,
+          element_type: el.element_type,
+          version: el.version,
+          definition_hash: el.definition_hash,
+          spec: el.spec,
+        },
+        operation: { name: op.name, price, retry_on_loss: retry },
+        batch: req.batch,
+        engine_version: ENGINE_VERSION,
+        policies: [],
+        ...req.snapshotExtra,
+      },
+      traceId: randomBytes(16).toString('hex'),
+      idempotencyKey: req.idempotencyKey ?? null,
+      timeoutMs: type.timeoutMs?.(el.spec) ?? 60_000,
+      items,
+    });
+    if (!run) {
+      const w = await getWallet(db, req.circle.id);
+      throw errors.insufficientCredits(req.circle.slug, reserve, w.available);
+    }
+    return { run, created: true, valid, invalid, estimated_credits: estimate };
+  } catch (e: any) {
+    if (e?.code === '23505' && req.idempotencyKey) {
+      const prior = await findByIdempotencyKey(db, req.circle.id, req.idempotencyKey);
+      if (prior) return { run: prior, created: false, ...counts(prior, op) };
+    }
+    throw e;
+  }
+}
+
+function counts(run: RunRow, op: OperationDecl) {
+  const valid = run.items_total - run.items_failed;
+  return { valid, invalid: run.items_failed, estimated_credits: valid * (op.price ?? 0) };
+}

@@ -1,0 +1,208 @@
+/**
+ * Executes a claimed batch run (R-BATCH): items are claimed a few at a time
+ * (up to the run's concurrency), executed through the same path as an invoke,
+ * and settled in batches — one call writes the items, their cells, the run's
+ * counters and the capture of what succeeded. The run holds its lease by the
+ * worker's heartbeat; pause lets running items finish and then lets go of the
+ * run; cancel aborts them; a budget stop skips what has not started.
+ */
+import type { Db } from '../db/types.js';
+import type { ErrorBody } from '../core/errors.js';
+import type { Logger } from '../telemetry/log.js';
+import type { RunRow } from '../store/runs.js';
+import {
+  claimItems,
+  finishBatch,
+  flagRun,
+  itemsLeft,
+  letGoPaused,
+  settleItems,
+  skipRemaining,
+  type ClaimedItem,
+  type ItemSettlement,
+} from '../store/batch.js';
+import { getRunsStatus } from '../store/runs.js';
+import type { Outcome } from './worker.js';
+
+export interface BatchHost {
+  db: Db;
+  workerId: string;
+  log: Logger;
+  runOnce: (run: RunRow, input: unknown, signal: AbortSignal) => Promise<Outcome>;
+}
+
+/** What a batch run snapshot carries about where its outputs go. */
+export interface BatchSnapshot {
+  cells?: { schema: string; table: string; column: string } | null;
+}
+
+/** Control signals reach a running batch through this (NOTIFY, heartbeat). */
+export class BatchControl {
+  private waiters: (() => void)[] = [];
+  /** Set when the run's status must be re-read (pause). */
+  dirty = false;
+  poke(): void {
+    this.dirty = true;
+    this.wakeAll();
+  }
+  wakeAll(): void {
+    for (const w of this.waiters.splice(0)) w();
+  }
+  /** Resolves on the next wake, or after `ms`. */
+  wait(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(done, ms);
+      function done() {
+        clearTimeout(t);
+        resolve();
+      }
+      this.waiters.push(done);
+    });
+  }
+}
+
+export const BUDGET_EXCEEDED: ErrorBody = {
+  code: 'BUDGET_EXCEEDED',
+  class: 'payment',
+  message: "The run reached its budget; items not yet started were skipped (its policy is 'stop').",
+  retryable: false,
+  _suggestion: "Raise the run's budget (or the column's default), then rerun or retry the skipped rows.",
+};
+
+/** Backoff of an automatic item retry: 250 ms doubling, capped at 30 s, with jitter. */
+export function retryDelayMs(attempt: number): number {
+  const base = Math.min(30_000, 250 * 2 ** Math.max(0, attempt - 1));
+  return Math.round(base * (0.5 + Math.random() / 2));
+}
+
+function costOf(batch: ItemSettlement[]): number {
+  return batch.reduce((s, i) => s + (i.status === 'succeeded' ? i.credits : 0), 0);
+}
+
+export async function runBatch(
+  host: BatchHost,
+  run: RunRow,
+  signal: AbortSignal,
+  control: BatchControl,
+): Promise<void> {
+  const { db, workerId } = host;
+  const snap = run.snapshot as { operation?: { price?: number }; batch?: BatchSnapshot };
+  const price = snap.operation?.price ?? 0;
+  const cells = snap.batch?.cells ?? null;
+  const concurrency = Math.max(1, run.concurrency);
+  const active = new Set<Promise<void>>();
+  let queue: ItemSettlement[] = [];
+  let flushing: Promise<void> | undefined;
+  let captured = run.credits_used;
+  /** What finished items cost that is not settled (captured) yet. */
+  let unsettled = 0;
+  let stop: ErrorBody | null = null;
+  let paused = false;
+  const onAbort = () => control.wakeAll();
+  signal.addEventListener('abort', onAbort);
+
+  const flush = async (): Promise<void> => {
+    while (queue.length > 0) {
+      const batch = queue;
+      queue = [];
+      try {
+        const r = await settleItems(db, run.id, workerId, batch, cells);
+        captured += Number(r.captured);
+        unsettled -= costOf(batch);
+      } catch (e) {
+        host.log.error({ err: e, run: run.id }, 'item settle failed; retrying');
+        queue = batch.concat(queue);
+        await new Promise((res) => setTimeout(res, 200));
+        if (signal.aborted) return;
+      }
+    }
+  };
+  const scheduleFlush = () => {
+    flushing ??= (async () => {
+      await new Promise((r) => setImmediate(r));
+      await flush();
+      flushing = undefined;
+    })();
+  };
+  const drainSettles = async () => {
+    while (flushing || queue.length > 0) {
+      if (flushing) await flushing;
+      else await flush();
+    }
+  };
+
+  const start = (item: ClaimedItem) => {
+    const p = host.runOnce(run, item.inputs, signal).then((o) => {
+      const retry =
+        o.status === 'failed' && o.error?.retryable === true && item.attempt_count < run.item_max_attempts;
+      queue.push({
+        id: item.id,
+        status: o.status === 'succeeded' ? 'succeeded' : retry ? 'retrying' : 'failed',
+        output: o.output,
+        error: o.error,
+        credits: o.credits,
+        evidence: o.evidence,
+        retry_in_ms: retry ? retryDelayMs(item.attempt_count) : undefined,
+      });
+      unsettled += o.status === 'succeeded' ? o.credits : 0;
+      scheduleFlush();
+    });
+    const tracked = p.finally(() => {
+      active.delete(tracked);
+      control.wakeAll();
+    });
+    active.add(tracked);
+  };
+
+  try {
+    for (;;) {
+      // Yield to timers and I/O: on the embedded database every query resolves without real I/O,
+      // so without this a batch would run as one chain of microtasks and starve API requests.
+      await new Promise((r) => setImmediate(r));
+      if (signal.aborted) break;
+      if (control.dirty) {
+        control.dirty = false;
+        const [s] = await getRunsStatus(db, [run.id]);
+        if (s?.status === 'paused') paused = true;
+        if (s && s.status !== 'running' && s.status !== 'paused') break; // cancelled or recovered elsewhere
+      }
+      if (paused) break;
+      // Budget: what is captured plus what running items may cost must stay within it.
+      const committed = captured + unsettled + active.size * price;
+      if (stop === null && run.budget !== null && price > 0 && committed + price > run.budget) {
+        const first = await flagRun(db, run.id, 'budget_exceeded', `worker:${workerId}`, {
+          budget: run.budget,
+          credits_used: captured,
+          policy: run.budget_policy,
+        });
+        if (run.budget_policy === 'stop') {
+          stop = BUDGET_EXCEEDED;
+          await skipRemaining(db, run.id);
+        } else if (first) {
+          host.log.warn({ run: run.id }, 'run exceeded its budget; its policy lets it go on');
+        }
+        run = { ...run, budget: null }; // flagged once; 'flag' goes on
+      }
+      const free = concurrency - active.size;
+      const claimed = free > 0 && stop === null ? await claimItems(db, run.id, workerId, free) : [];
+      for (const item of claimed) start(item);
+      if (claimed.length === 0 && active.size === 0) {
+        await drainSettles();
+        const left = await itemsLeft(db, run.id);
+        if (left.pending + left.running + left.retrying === 0) {
+          await finishBatch(db, run.id, workerId, stop);
+          break;
+        }
+        // Retries waiting for their backoff, or items another worker is still finishing.
+        await control.wait(Math.min(Math.max(left.next_retry_ms ?? 200, 5), 1_000));
+        continue;
+      }
+      if (claimed.length < free || active.size >= concurrency) await control.wait(250);
+    }
+    await Promise.all(active);
+    await drainSettles();
+    if (paused && !signal.aborted) await letGoPaused(db, run.id, workerId);
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
+}
