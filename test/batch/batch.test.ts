@@ -296,4 +296,58 @@ describeEachDriver('batch runs', ({ db, driver }) => {
     expect(br.output.items_skipped).toBeGreaterThan(0);
     expect((await ledgerOf(t, b.body.run_id, A)).held).toBe(0);
   }, 120_000);
+
+  it('retries retryable item errors automatically with backoff; rerun makes a new run with the same items', async () => {
+    const { A } = await setup(t, 'flaky');
+    const mk = (body: unknown) => t.call('POST', '/api/flaky/ops/create', body, A);
+    await mk({ element_type: 'sql', slug: 'seq', spec: { query: 'create sequence s' } });
+    expect((await t.call('POST', '/api/flaky/seq/ops/invoke', {}, A)).body.status).toBe('succeeded');
+    // The first three calls outlast their 200 ms timeout (SQL_TIMEOUT is retryable); later ones are quick.
+    await mk({
+      element_type: 'sql',
+      slug: 'slow-first',
+      spec: {
+        query: "select pg_sleep(case when nextval('s') <= 3 then 0.6 else 0 end) is null as x",
+        timeout_ms: 200,
+      },
+    });
+    await mk({
+      element_type: 'table',
+      slug: 'jobs',
+      spec: {
+        fields: { n: { type: 'integer' } },
+        columns: { out: { element: 'slow-first', concurrency: 1, max_attempts: 3 } },
+      },
+    });
+    await t.call('POST', '/api/flaky/jobs/ops/rows', { rows: [{ n: 1 }, { n: 2 }, { n: 3 }] }, A);
+    const r = await t.call('POST', '/api/flaky/jobs/ops/columns/out/run', {}, A);
+    const done = await waitFor(t, r.body.run_id, A, (x) => TERMINAL.includes(x.status), 60_000);
+    expect(done).toMatchObject({
+      status: 'succeeded',
+      items_succeeded: 3,
+      items_failed: 0,
+      credits_used: 3 * PRICE,
+    });
+    const items = (await t.call('GET', `/api/runs/${r.body.run_id}/items`, undefined, A)).body.items;
+    // Three attempts timed out and were retried after a backoff; every row then succeeded.
+    expect(items.reduce((n: number, i: any) => n + i.attempt_count, 0)).toBe(6);
+    expect(items.every((i: any) => i.status === 'succeeded' && i.attempt_count <= 3)).toBe(true);
+
+    const again = await t.call('POST', `/api/runs/${r.body.run_id}/rerun`, {}, A, {
+      'idempotency-key': 'rerun-1',
+    });
+    expect(again.status).toBe(201);
+    expect(again.body).toMatchObject({ kind: 'batch', rerun_of: r.body.run_id, items_total: 3 });
+    expect(again.body.trigger).toMatchObject({ type: 'rerun', source: r.body.run_id });
+    const replay = await t.call('POST', `/api/runs/${r.body.run_id}/rerun`, {}, A, {
+      'idempotency-key': 'rerun-1',
+    });
+    expect(replay.body.id).toBe(again.body.id);
+    const second = await waitFor(t, again.body.id, A, (x) => TERMINAL.includes(x.status), 60_000);
+    expect(second).toMatchObject({ status: 'succeeded', items_succeeded: 3 });
+    const keys = (rows: any[]) => rows.map((i) => i.key).sort();
+    expect(keys((await t.call('GET', `/api/runs/${again.body.id}/items`, undefined, A)).body.items)).toEqual(
+      keys(items),
+    );
+  }, 120_000);
 });
