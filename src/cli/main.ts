@@ -4,6 +4,7 @@ import { CairnError } from '../core/errors.js';
 import { EXIT } from './client.js';
 import { registerServe } from './commands/serve.js';
 import { registerClientCommands } from './commands/client-commands.js';
+import { registerBatchCommands } from './commands/batch-commands.js';
 import { renderError } from './output.js';
 
 const program = new Command('cairn')
@@ -14,6 +15,7 @@ const program = new Command('cairn')
 
 registerServe(program);
 registerClientCommands(program);
+registerBatchCommands(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -138,8 +138,7 @@ export async function retryFailedItems(
  */
 async function remapFromRows(db: Db, run: RunRow): Promise<{ only: string[] | null; stillInvalid: number }> {
   const b = run.snapshot.batch as
-    | { mapping?: Record<string, string | { value: unknown }>; cells?: { schema: string; table: string } }
-    | undefined;
+    { mapping?: Parameters<typeof mapRow>[0]; cells?: { schema: string; table: string } } | undefined;
   if (!b?.cells || !b.mapping) return { only: null, stillInvalid: 0 };
   const type = getType(run.element_type ?? '');
   const op = operationsOf(type).find((o) => o.name === run.operation);

@@ -158,6 +158,58 @@ describe('bin/cairn end to end (embedded database)', () => {
     expect(w.stderr).toMatch(/WORKER_NEEDS_SERVER/);
   });
 
+  it('tables, column runs, run control, cells and the wallet from the CLI', async () => {
+    expect((await cli(['apply', '-f', 'examples/people.yaml', '--circle', 'e2e'])).code).toBe(0);
+    const file = join(dir, 'people.json');
+    const people = ['Alice', 'Bob', 'Chloé', 'Dmitri', 'Eve'].map((name) => ({ name }));
+    writeFileSync(file, people.map((p) => JSON.stringify(p)).join('\n'));
+    const ins = await cli(['rows', 'insert', 'people', '-f', file, '--circle', 'e2e']);
+    expect(ins.out).toMatch(/inserted 5 rows into people/);
+
+    const dry = await cli([
+      'columns',
+      'run',
+      'people',
+      'greeting',
+      '--mode',
+      'dry_run',
+      '--circle',
+      'e2e',
+      '--json',
+    ]);
+    expect(dry.code).toBe(0);
+    expect(JSON.parse(dry.out)).toMatchObject({ mode: 'dry_run', items_valid: 5, estimated_credits: 5000 });
+
+    const w0 = JSON.parse((await cli(['wallet', '--circle', 'e2e', '--json'])).out);
+    const live = await cli(['columns', 'run', 'people', 'greeting', '--follow', '--circle', 'e2e', '--json']);
+    expect(live.code).toBe(0);
+    const end = JSON.parse(live.out);
+    expect(end).toMatchObject({ kind: 'batch', status: 'succeeded', items_succeeded: 5, credits_used: 5000 });
+    const w1 = JSON.parse((await cli(['wallet', '--circle', 'e2e', '--json'])).out);
+    expect(w0.balance - w1.balance).toBe(5000);
+
+    const failed = await cli(['runs', 'items', end.id, '--status', 'failed', '--json']);
+    expect(JSON.parse(failed.out).items).toEqual([]);
+    const rows = JSON.parse((await cli(['rows', 'list', 'people', '--circle', 'e2e', '--json'])).out).rows;
+    const alice = rows.find((r: any) => r.data.name === 'Alice');
+    const cell = await cli(['cells', 'inspect', 'people', alice.id, 'greeting', '--circle', 'e2e', '--json']);
+    expect(JSON.parse(cell.out)).toMatchObject({
+      cell: { status: 'succeeded', value: { rows: [{ message: 'Hello, Alice!', letters: 5 }] } },
+      item: { inputs: { params: ['Alice'] }, attempt_count: 1 },
+    });
+
+    const nothing = await cli(['runs', 'retry-failed', end.id]);
+    expect(nothing.code).toBe(0);
+    expect(nothing.out).toMatch(/no failed items/);
+    const late = await cli(['runs', 'pause', end.id]);
+    expect(late.code).toBe(5); // 409: the run already finished
+    expect(late.err).toMatch(/RUN_ALREADY_FINISHED/);
+    const neg = await cli(['wallet', 'grant', '-5', '--circle', 'e2e']);
+    expect(neg.code).toBe(2);
+    const ledger = JSON.parse((await cli(['runs', 'ledger', end.id, '--json'])).out);
+    expect(ledger.totals).toEqual({ reserved: 5000, captured: 5000, released: 0, held: 0 });
+  }, 120_000);
+
   it('every accepted run survives a restart', async () => {
     const before = JSON.parse(
       (await cli(['runs', 'list', '--circle', 'e2e', '--json', '--limit', '500'])).out,

@@ -26,11 +26,14 @@ const field = z
   })
   .strict();
 
-/** A column's input mapping: `{input_key: "row_field"}`, or `{input_key: {value: <literal>}}`. */
-const mapping = z.union([
-  z.string().regex(NAME_RE, 'a row field name'),
-  z.object({ value: z.json() }).strict(),
-]);
+/**
+ * A column's input mapping, per input key: `"row_field"` (that field's value),
+ * `{value: <literal>}` (a constant), or a list of those (an array, e.g. SQL params).
+ */
+const one = z.union([z.string().regex(NAME_RE, 'a row field name'), z.object({ value: z.json() }).strict()]);
+const mapping = z.union([one, z.array(one).max(100)]);
+type One = string | { value?: unknown };
+type Mapping = One | One[];
 
 const column = z
   .object({
@@ -122,17 +125,17 @@ function checkRow(fields: Record<string, FieldSpec>, row: Record<string, unknown
 
 /** Turns a row into the column's element input; a mapped field the row lacks is a problem, not a guess. */
 export function mapRow(
-  cols: Record<string, string | { value?: unknown }>,
+  cols: Record<string, Mapping>,
   data: Record<string, unknown>,
 ): { input: Record<string, unknown>; problem?: string } {
-  const input: Record<string, unknown> = {};
   const missing: string[] = [];
-  for (const [k, m] of Object.entries(cols)) {
-    if (typeof m === 'string') {
-      if (data[m] === undefined || data[m] === null) missing.push(m);
-      else input[k] = data[m];
-    } else input[k] = m.value ?? null;
-  }
+  const value = (m: One): unknown => {
+    if (typeof m !== 'string') return m.value ?? null;
+    if (data[m] === undefined || data[m] === null) missing.push(m);
+    return data[m] ?? null;
+  };
+  const input: Record<string, unknown> = {};
+  for (const [k, m] of Object.entries(cols)) input[k] = Array.isArray(m) ? m.map(value) : value(m);
   return missing.length > 0
     ? {
         input,
@@ -476,13 +479,15 @@ export const tableType: ElementTypeDecl = {
           'Name computed columns differently from the fields rows carry.',
         );
       }
-      for (const [k, m] of Object.entries(c.input)) {
-        if (typeof m === 'string' && !spec.fields[m]) {
-          throw errors.invalidInput(
-            `Column "${col}" maps input "${k}" from field "${m}", which spec.fields does not declare.`,
-            [{ path: `spec.columns.${col}.input.${k}`, message: `unknown field "${m}"` }],
-            `Declare it under spec.fields (known: ${Object.keys(spec.fields).join(', ') || 'none'}), or map {value: …} for a constant.`,
-          );
+      for (const [k, list] of Object.entries(c.input)) {
+        for (const m of Array.isArray(list) ? list : [list]) {
+          if (typeof m === 'string' && !spec.fields[m]) {
+            throw errors.invalidInput(
+              `Column "${col}" maps input "${k}" from field "${m}", which spec.fields does not declare.`,
+              [{ path: `spec.columns.${col}.input.${k}`, message: `unknown field "${m}"` }],
+              `Declare it under spec.fields (known: ${Object.keys(spec.fields).join(', ') || 'none'}), or map {value: …} for a constant.`,
+            );
+          }
         }
       }
     }
