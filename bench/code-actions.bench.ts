@@ -15,7 +15,7 @@ import { getType, operationsOf } from '../src/elements/registry.js';
 import { submitRun } from '../src/engine/submit.js';
 import { parseElementsYaml } from '../src/yaml.js';
 import { cloneTemplate } from '../test/helpers/pg-server.js';
-import { machine, median, percentile, writeSection, timed } from './lib.js';
+import { machine, median, percentile, runsPerSecond, writeSection, timed } from './lib.js';
 
 const N = Number(process.env.BENCH_INVOKES ?? 300);
 const TOKEN = 'cairn_bench_' + randomBytes(12).toString('hex');
@@ -114,30 +114,25 @@ it('code actions: latency, throughput, builds', async () => {
     const type = getType('go-fn');
     const op = operationsOf(type).find((o) => o.name === 'invoke')!;
     const M = Math.max(100, N);
-    const engineRate = async () => {
-      let done = 0;
-      let resolveAll!: () => void;
-      const all = new Promise<void>((r) => (resolveAll = r));
-      const un = await db.listen('cairn_run_done', () => ++done === M && resolveAll());
-      const t0 = performance.now();
-      for (let i = 0; i < M; i++)
-        await submitRun(
-          db,
-          {
-            circle,
-            element: el,
-            type,
-            op,
-            input: { name: 'Alice' },
-            trigger: { type: 'api', source: null, actor: 'bench' },
-          },
-          {},
-        );
-      server.worker?.kick();
-      await all;
-      await un();
-      return M / ((performance.now() - t0) / 1000);
-    };
+    const engineRate = () =>
+      runsPerSecond(
+        db,
+        M,
+        () =>
+          submitRun(
+            db,
+            {
+              circle,
+              element: el,
+              type,
+              op,
+              input: { name: 'Alice' },
+              trigger: { type: 'api', source: null, actor: 'bench' },
+            },
+            {},
+          ),
+        () => server.worker?.kick(),
+      );
     const rates: number[] = [];
     const bareRates: number[] = [];
     for (let r = 0; r < 3; r++) {

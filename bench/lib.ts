@@ -1,5 +1,6 @@
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { cpus } from 'node:os';
+import type { Db } from '../src/db/types.js';
 
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -31,7 +32,7 @@ const OUT = new URL('./out/', import.meta.url);
 export function writeSection(name: string, markdown: string): void {
   mkdirSync(OUT, { recursive: true });
   writeFileSync(new URL(`${name}.md`, OUT), markdown.trim() + '\n');
-  const order = ['engine-throughput', 'invoke-latency', 'code-actions'];
+  const order = ['engine-throughput', 'invoke-latency', 'code-actions', 'batch-ledger'];
   const parts = order
     .filter((n) => existsSync(new URL(`${n}.md`, OUT)))
     .map((n) => readFileSync(new URL(`${n}.md`, OUT), 'utf8'));
@@ -39,4 +40,23 @@ export function writeSection(name: string, markdown: string): void {
     new URL('./results.md', import.meta.url),
     `# Benchmark results\n\nMeasured side by side in one process run, on a shared and noisy machine: read the ratios, not the absolute numbers.\nReproduce with \`npm run bench\` (all) or \`npx vitest run --config bench/vitest.config.ts bench/<name>.bench.ts\`.\n\n${parts.join('\n')}`,
   );
+}
+
+/** Submits `count` runs one after another and answers runs/s from the first submit to the last settlement. */
+export async function runsPerSecond(
+  db: Db,
+  count: number,
+  submit: () => Promise<unknown>,
+  kick: () => void,
+): Promise<number> {
+  let done = 0;
+  let resolveAll!: () => void;
+  const all = new Promise<void>((r) => (resolveAll = r));
+  const un = await db.listen('cairn_run_done', () => ++done === count && resolveAll());
+  const t0 = performance.now();
+  for (let i = 0; i < count; i++) await submit();
+  kick();
+  await all;
+  await un();
+  return count / ((performance.now() - t0) / 1000);
 }

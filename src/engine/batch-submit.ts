@@ -10,6 +10,7 @@ import type { ElementRow } from '../store/elements.js';
 import { insertBatchRun, type NewBatchItem } from '../store/batch.js';
 import { getWallet } from '../store/ledger.js';
 import { findByIdempotencyKey, type RunRow } from '../store/runs.js';
+import { elementDisabled, elementRef, retryOnLoss, runSnapshot } from './submit.js';
 
 export type RunMode = 'live' | 'dry_run' | 'smoke_test';
 
@@ -71,13 +72,7 @@ function invalidItem(message: string): ErrorBody {
  */
 export async function submitBatch(db: Db, req: BatchRequest): Promise<BatchSubmitted> {
   const { target: el, op, type } = req;
-  if (el.state === 'disabled') {
-    throw errors.conflict(
-      'ELEMENT_DISABLED',
-      `Element "${el.slug}" is disabled${el.disabled_reason ? `: ${el.disabled_reason}` : ''}.`,
-      'Enable it with POST …/ops/enable (admin), then run again.',
-    );
-  }
+  if (el.state === 'disabled') throw elementDisabled(el);
   if (req.idempotencyKey) {
     const prior = await findByIdempotencyKey(db, req.circle.id, req.idempotencyKey);
     if (prior) return { run: prior, created: false, ...counts(prior, op) };
@@ -85,35 +80,20 @@ export async function submitBatch(db: Db, req: BatchRequest): Promise<BatchSubmi
   const units = req.mode === 'smoke_test' ? req.units.slice(0, req.sample ?? 5) : req.units;
   const price = op.price ?? 0;
   const items: NewBatchItem[] = units.map((u, ord) => {
-    const id = newId();
-    if (u.problem)
-      return {
-        id,
-        key: u.key,
-        ord,
-        status: 'failed',
-        inputs: u.input ?? null,
-        error: invalidItem(u.problem),
-      };
+    const item = { id: newId(), key: u.key, ord, inputs: u.input ?? null };
+    const fail = (message: string): NewBatchItem => ({
+      ...item,
+      status: 'failed',
+      error: invalidItem(message),
+    });
+    if (u.problem) return fail(u.problem);
     const parsed = op.input.safeParse(u.input);
-    if (!parsed.success) {
-      return {
-        id,
-        key: u.key,
-        ord,
-        status: 'failed',
-        inputs: u.input ?? null,
-        error: invalidItem(
-          `The input does not match ${type.type}.${op.name}: ${describeIssues(parsed.error)}`,
-        ),
-      };
-    }
+    if (!parsed.success)
+      return fail(`The input does not match ${type.type}.${op.name}: ${describeIssues(parsed.error)}`);
     return {
-      id,
-      key: u.key,
-      ord,
-      status: req.mode === 'dry_run' ? 'skipped' : 'pending',
+      ...item,
       inputs: parsed.data,
+      status: req.mode === 'dry_run' ? 'skipped' : 'pending',
       error: null,
     };
   });
@@ -127,19 +107,13 @@ export async function submitBatch(db: Db, req: BatchRequest): Promise<BatchSubmi
       ? Math.min(estimate, req.budget)
       : estimate;
   const wallet = dry ? await getWallet(db, req.circle.id) : undefined;
-  const retry = typeof op.retryOnLoss === 'function' ? op.retryOnLoss(el.spec) : (op.retryOnLoss ?? false);
+  const retry = retryOnLoss(op, el);
   const id = newId();
   try {
     const run = await insertBatchRun(db, {
       id,
       circleId: req.circle.id,
-      element: {
-        id: el.id,
-        slug: el.slug,
-        type: el.element_type,
-        version: el.version,
-        definition_hash: el.definition_hash,
-      },
+      element: elementRef(el),
       operation: op.name,
       mode: req.mode,
       status: dry ? (invalid === 0 ? 'succeeded' : valid === 0 ? 'failed' : 'completed') : 'queued',
@@ -164,21 +138,7 @@ export async function submitBatch(db: Db, req: BatchRequest): Promise<BatchSubmi
       budgetPolicy: req.budgetPolicy,
       concurrency: req.concurrency,
       itemMaxAttempts: req.itemMaxAttempts,
-      snapshot: {
-        element: {
-          id: el.id,
-          slug: el.slug,
-          element_type: el.element_type,
-          version: el.version,
-          definition_hash: el.definition_hash,
-          spec: el.spec,
-        },
-        operation: { name: op.name, price, retry_on_loss: retry },
-        batch: req.batch,
-        engine_version: ENGINE_VERSION,
-        policies: [],
-        ...req.snapshotExtra,
-      },
+      snapshot: runSnapshot(el, op, retry, { batch: req.batch, ...req.snapshotExtra }),
       traceId: randomBytes(16).toString('hex'),
       idempotencyKey: req.idempotencyKey ?? null,
       timeoutMs: type.timeoutMs?.(el.spec) ?? 60_000,

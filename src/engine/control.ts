@@ -49,6 +49,13 @@ export async function pause(db: Db, runId: string, actor: string): Promise<RunRo
       'Resume it with POST /api/runs/{id}/resume.',
     );
   }
+  if (run.status === 'running') {
+    throw errors.conflict(
+      'RUN_NOT_PAUSABLE',
+      `Run ${runId} is an ${run.kind} run whose only item is already running; it cannot be paused.`,
+      'Cancel it, or let it finish. Queued runs and running batch runs can be paused.',
+    );
+  }
   throw finished(
     run,
     'paused',

@@ -30,12 +30,51 @@ export interface Submitted {
   created: boolean;
 }
 
-function elementDisabled(el: ElementRow): CairnError {
+export function elementDisabled(el: ElementRow): CairnError {
   return errors.conflict(
     'ELEMENT_DISABLED',
     `Element "${el.slug}" is disabled${el.disabled_reason ? `: ${el.disabled_reason}` : ''}.`,
     'Enable it with POST …/ops/enable (admin), then invoke again.',
   );
+}
+
+/** The element as a run records it. */
+export function elementRef(el: ElementRow) {
+  return {
+    id: el.id,
+    slug: el.slug,
+    type: el.element_type,
+    version: el.version,
+    definition_hash: el.definition_hash,
+  };
+}
+
+/** The run's bill of materials: the exact element definition, op, engine and policies in effect. */
+export function runSnapshot(
+  el: ElementRow,
+  op: OperationDecl,
+  retry: boolean,
+  extra: Record<string, unknown>,
+): Record<string, unknown> {
+  return {
+    element: {
+      id: el.id,
+      slug: el.slug,
+      element_type: el.element_type,
+      version: el.version,
+      definition_hash: el.definition_hash,
+      spec: el.spec,
+    },
+    operation: { name: op.name, price: op.price ?? 0, retry_on_loss: retry },
+    engine_version: ENGINE_VERSION,
+    policies: [],
+    ...extra,
+  };
+}
+
+/** May a run of this op be executed again after its worker was lost? */
+export function retryOnLoss(op: OperationDecl, el: ElementRow): boolean {
+  return typeof op.retryOnLoss === 'function' ? op.retryOnLoss(el.spec) : (op.retryOnLoss ?? false);
 }
 
 /**
@@ -59,7 +98,7 @@ export async function submitRun(
     const prior = await findByIdempotencyKey(db, req.circle.id, req.idempotencyKey);
     if (prior) return { run: prior, created: false };
   }
-  const retry = typeof op.retryOnLoss === 'function' ? op.retryOnLoss(el.spec) : (op.retryOnLoss ?? false);
+  const retry = retryOnLoss(op, el);
   const id = newId();
   try {
     const run = await insertRun(db, {
@@ -67,13 +106,7 @@ export async function submitRun(
       itemId: newId(),
       circleId: req.circle.id,
       kind: 'invoke',
-      element: {
-        id: el.id,
-        slug: el.slug,
-        type: el.element_type,
-        version: el.version,
-        definition_hash: el.definition_hash,
-      },
+      element: elementRef(el),
       operation: op.name,
       mode: 'live',
       trigger: req.trigger,
@@ -86,20 +119,7 @@ export async function submitRun(
       engineVersion: ENGINE_VERSION,
       creditsReserved: op.price ?? 0,
       budget: null,
-      snapshot: {
-        element: {
-          id: el.id,
-          slug: el.slug,
-          element_type: el.element_type,
-          version: el.version,
-          definition_hash: el.definition_hash,
-          spec: el.spec,
-        },
-        operation: { name: op.name, price: op.price ?? 0, retry_on_loss: retry },
-        engine_version: ENGINE_VERSION,
-        policies: [],
-        ...snapshotExtra,
-      },
+      snapshot: runSnapshot(el, op, retry, snapshotExtra),
       traceId: randomBytes(16).toString('hex'),
       idempotencyKey: req.idempotencyKey ?? null,
       timeoutMs: type.timeoutMs?.(el.spec) ?? 60_000,

@@ -15,6 +15,7 @@ import type { RunRow } from '../store/runs.js';
 import { getType, getTypeOrUndefined, operationsOf } from '../elements/registry.js';
 import { recordInvocation } from '../telemetry/metrics.js';
 import { BatchControl, runBatch, type BatchHost } from './batch.js';
+import { expireGrants } from '../store/ledger.js';
 import { silentLogger, type Logger } from '../telemetry/log.js';
 
 export interface WorkerOptions {
@@ -328,6 +329,9 @@ export class Worker {
       const recovered = await recoverExpired(this.db, `reaper:${this.id}`);
       for (const r of recovered)
         this.log.warn({ run: r.id, status: r.status }, 'recovered run whose lease expired');
+      // Grants past their expiry lose what is left of them (never what running work holds).
+      const expired = await expireGrants(this.db, new Date(), `reaper:${this.id}`);
+      if (expired > 0) this.log.info({ micro_credits: expired }, 'expired grants');
       return recovered.length;
     } catch (e) {
       this.log.warn({ err: e }, 'reap failed');

@@ -83,6 +83,29 @@ describeEachDriver('wallet under concurrent invokes', ({ db }) => {
     expect(events.rows.map((e) => e.name)).toEqual(['wallet.threshold_80', 'wallet.threshold_100']);
   });
 
+  it('a grant past its expiry loses what is left of it when the worker sweeps', async () => {
+    const c = await t.circle('expiring');
+    const past = new Date(Date.now() - 1000).toISOString();
+    await t.call(
+      'POST',
+      '/api/expiring/wallet/grants',
+      { amount: 5_000, category: 'promotional', expires_at: past },
+      t.admin,
+    );
+    await t.call('POST', '/api/expiring/wallet/grants', { amount: 2_000, category: 'paid' }, t.admin);
+    expect((await t.call('GET', '/api/expiring/wallet', undefined, c.tokens.read)).body.balance).toBe(7_000);
+    await t.worker!.reap();
+    const w = (await t.call('GET', '/api/expiring/wallet', undefined, c.tokens.read)).body;
+    expect(w).toMatchObject({ balance: 2_000, debits_posted: 5_000 });
+    const grants = (await t.call('GET', '/api/expiring/wallet/grants', undefined, c.tokens.read)).body.grants;
+    expect(grants.map((g: any) => [g.category, g.remaining]).sort()).toEqual([
+      ['paid', 2_000],
+      ['promotional', 0],
+    ]);
+    const l = (await t.call('GET', '/api/expiring/wallet/ledger', undefined, c.tokens.read)).body.transfers;
+    expect(l.map((x: any) => x.kind)).toEqual(['expire', 'grant', 'grant']);
+  });
+
   it('refuses a negative or non-integer grant, and a grant from a circle token', async () => {
     const c = await t.circle('refuse');
     for (const amount of [-1, 0, 2.5]) {
