@@ -1,4 +1,4 @@
-import { CairnError, errors } from '../core/errors.js';
+import { CairnError } from '../core/errors.js';
 import { parseInput } from '../core/zod.js';
 import type { HttpMethod } from '../elements/types.js';
 import { getType, resolveOperation } from '../elements/registry.js';
@@ -11,19 +11,7 @@ import { actorOf, authorize } from './auth.js';
 import { baseUrlOf } from './context.js';
 import { unwrapEnvelope } from './envelope.js';
 import type { RouteCtx } from './route.js';
-
-/** The request's Idempotency-Key header, checked. */
-export function idempotencyKeyOf(ctx: RouteCtx): string | undefined {
-  const key = ctx.req.headers['idempotency-key'];
-  if (key !== undefined && (typeof key !== 'string' || key.length === 0 || key.length > 200)) {
-    throw errors.invalidInput(
-      'Idempotency-Key must be 1–200 characters.',
-      undefined,
-      'Send one short unique key per logical request.',
-    );
-  }
-  return key;
-}
+import { idempotencyKeyOf, idempotent } from './idempotency.js';
 
 function wantsAsync(ctx: RouteCtx): boolean {
   const prefer = String(ctx.req.headers.prefer ?? '');
@@ -109,24 +97,24 @@ export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Prom
       suggestion: 'Report this; the element type declares an operation it does not implement.',
     });
   }
-  let status = op.status;
-  const result = await op.handler({
-    db: deps.db,
-    circle: circle!,
-    element,
-    type,
-    input,
-    params,
-    actor,
-    baseUrl: baseUrlOf(deps),
-    workerId: deps.worker?.id ?? null,
-    cancelRun: (runId, who, reason) => cancel(deps.db, runId, who, reason),
-    snapshotExtra: deps.snapshotExtra,
-    idempotencyKey: idempotencyKeyOf(ctx),
-    setStatus: (code) => {
-      status = code;
-    },
-  });
-  if (status) ctx.reply.code(status);
-  return result;
+  const call = () =>
+    op.handler!({
+      db: deps.db,
+      circle: circle!,
+      element,
+      type,
+      input,
+      params,
+      actor,
+      baseUrl: baseUrlOf(deps),
+      workerId: deps.worker?.id ?? null,
+      cancelRun: (runId, who, reason) => cancel(deps.db, runId, who, reason),
+      snapshotExtra: deps.snapshotExtra,
+      idempotencyKey: idempotencyKeyOf(ctx),
+      setStatus: (code) => void ctx.reply.code(code),
+    });
+  if (op.status) ctx.reply.code(op.status); // the default; the handler may answer otherwise
+  // A state-changing op replayed with the same Idempotency-Key answers the first answer, with no second effect.
+  if (method === 'GET') return call();
+  return idempotent(ctx, circle!.id, `${element.slug}:${op.name}:${JSON.stringify(params)}`, call);
 }

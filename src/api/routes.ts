@@ -16,7 +16,8 @@ import { cancel } from '../engine/control.js';
 import { actorOf } from './auth.js';
 import { baseUrlOf } from './context.js';
 import type { RouteDef } from './route.js';
-import { CONTROL_ROUTES, idempotent, visibleRun } from './control-routes.js';
+import { CONTROL_ROUTES, visibleRun } from './control-routes.js';
+import { idempotent } from './idempotency.js';
 
 const slug = z.string().regex(SLUG_RE, 'lowercase letters, digits and dashes');
 const elementBody = z

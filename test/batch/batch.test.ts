@@ -208,7 +208,20 @@ describeEachDriver('batch runs', ({ db, driver }) => {
     const { A } = await setup(t, 'modes');
     await insertRows(t, 'modes', A, 30, 1);
     // A row without the mapped field: its item fails with INVALID_INPUT, the others go on.
-    await t.call('POST', '/api/modes/nums/ops/rows', { rows: [{ k: 999 }] }, A);
+    // Sent twice with one Idempotency-Key: inserted once, the replay answers the same ids.
+    const k1 = await t.call('POST', '/api/modes/nums/ops/rows', { rows: [{ k: 999 }] }, A, {
+      'idempotency-key': 'row-999',
+    });
+    const k2 = await t.call('POST', '/api/modes/nums/ops/rows', { rows: [{ k: 999 }] }, A, {
+      'idempotency-key': 'row-999',
+    });
+    expect(k1.status).toBe(201);
+    expect(k2.status).toBe(201);
+    expect(k2.headers['idempotent-replayed']).toBe('true');
+    expect(k2.body.ids).toEqual(k1.body.ids);
+    expect((await t.call('GET', '/api/modes/nums/ops/rows?limit=1000', undefined, A)).body.rows).toHaveLength(
+      31,
+    );
     const w0 = await wallet(t, 'modes', A);
 
     const dry = await t.call('POST', '/api/modes/nums/ops/columns/r/run', { mode: 'dry_run' }, A);
@@ -350,4 +363,23 @@ describeEachDriver('batch runs', ({ db, driver }) => {
       keys(items),
     );
   }, 120_000);
+
+  it('a running invoke cannot be paused (its one item has started); a queued one can', async () => {
+    const c = await t.circle(`inv-pause`);
+    const A = c.tokens.admin;
+    await t.call(
+      'POST',
+      '/api/inv-pause/ops/create',
+      { element_type: 'sql', slug: 'nap', spec: { query: 'select pg_sleep(0.8) is null as x' } },
+      A,
+    );
+    const r = await t.call('POST', '/api/inv-pause/nap/ops/invoke?async=1', {}, A);
+    await waitFor(t, r.body.run_id, A, (x) => x.status !== 'queued');
+    const p = await t.call('POST', `/api/runs/${r.body.run_id}/pause`, {}, A);
+    expect(p.status).toBe(409);
+    // On the embedded database the request waits behind the statement, so the run may have finished.
+    expect(['RUN_NOT_PAUSABLE', 'RUN_ALREADY_FINISHED']).toContain(p.body.error.code);
+    if (driver === 'pg') expect(p.body.error.code).toBe('RUN_NOT_PAUSABLE');
+    expect((await waitFor(t, r.body.run_id, A, (x) => TERMINAL.includes(x.status))).status).toBe('succeeded');
+  }, 60_000);
 });
