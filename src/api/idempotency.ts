@@ -15,8 +15,11 @@ export function idempotencyKeyOf(ctx: RouteCtx): string | undefined {
 }
 
 /**
- * Runs `fn` once per Idempotency-Key (per circle and action): a replay answers
- * the stored answer. Only successful answers are stored.
+ * Runs `fn` once per Idempotency-Key (per circle): the key is claimed first
+ * (a row with status 0), so two racing requests cannot both take effect; the
+ * winner stores its answer and every replay answers it. A request whose key
+ * is still in flight gets 409 IDEMPOTENCY_KEY_IN_USE; a failed request frees
+ * its key (only successful answers are stored).
  */
 export async function idempotent(
   ctx: RouteCtx,
@@ -27,12 +30,17 @@ export async function idempotent(
   const key = idempotencyKeyOf(ctx);
   if (!key) return fn();
   const db = ctx.deps.db;
-  const prior = await db.query<{ action: string; answer: unknown; status: number }>(
-    'SELECT action, answer, status FROM cairn.idempotency WHERE circle_id = $1 AND key = $2',
-    [circleId, key],
+  const claimed = await db.query(
+    `INSERT INTO cairn.idempotency (circle_id, key, action, answer, status) VALUES ($1, $2, $3, 'null', 0)
+     ON CONFLICT (circle_id, key) DO NOTHING RETURNING key`,
+    [circleId, key, action],
   );
-  const hit = prior.rows[0];
-  if (hit) {
+  if (claimed.rows.length === 0) {
+    const prior = await db.query<{ action: string; answer: unknown; status: number }>(
+      'SELECT action, answer, status FROM cairn.idempotency WHERE circle_id = $1 AND key = $2',
+      [circleId, key],
+    );
+    const hit = prior.rows[0]!;
     if (hit.action !== action) {
       throw errors.conflict(
         'IDEMPOTENCY_KEY_REUSED',
@@ -40,15 +48,31 @@ export async function idempotent(
         'Use a new key for each distinct request.',
       );
     }
+    if (hit.status === 0) {
+      throw errors.conflict(
+        'IDEMPOTENCY_KEY_IN_USE',
+        `A request with Idempotency-Key "${key}" is still being processed.`,
+        'Wait a moment, then send it again: it will answer what the first request answered.',
+      );
+    }
     ctx.reply.code(hit.status).header('idempotent-replayed', 'true');
     return hit.answer;
   }
-  const answer = await fn();
-  const status = ctx.reply.statusCode || 200;
-  const stored = await db.query<{ answer: unknown; status: number }>(
-    `INSERT INTO cairn.idempotency (circle_id, key, action, answer, status) VALUES ($1, $2, $3, $4::jsonb, $5)
-     ON CONFLICT (circle_id, key) DO UPDATE SET key = EXCLUDED.key RETURNING answer, status`,
-    [circleId, key, action, JSON.stringify(answer), status],
+  let answer: unknown;
+  try {
+    answer = await fn();
+  } catch (e) {
+    await db
+      .query('DELETE FROM cairn.idempotency WHERE circle_id = $1 AND key = $2 AND status = 0', [
+        circleId,
+        key,
+      ])
+      .catch(() => undefined);
+    throw e;
+  }
+  await db.query(
+    'UPDATE cairn.idempotency SET answer = $3::jsonb, status = $4 WHERE circle_id = $1 AND key = $2',
+    [circleId, key, JSON.stringify(answer ?? null), ctx.reply.statusCode || 200],
   );
-  return stored.rows[0]!.answer;
+  return answer;
 }

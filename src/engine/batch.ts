@@ -154,50 +154,62 @@ export async function runBatch(
     active.add(tracked);
   };
 
+  /** One turn of the loop; true when the run is over for this worker. */
+  const step = async (): Promise<boolean> => {
+    if (control.dirty) {
+      control.dirty = false;
+      const [s] = await getRunsStatus(db, [run.id]);
+      if (s?.status === 'paused') paused = true;
+      if (s && s.status !== 'running' && s.status !== 'paused') return true; // cancelled or recovered elsewhere
+    }
+    if (paused) return true;
+    // Budget: what is captured, finished but unsettled, and running must stay within it.
+    const committed = captured + unsettled + active.size * price;
+    if (stop === null && run.budget !== null && price > 0 && committed + price > run.budget) {
+      const first = await flagRun(db, run.id, 'budget_exceeded', `worker:${workerId}`, {
+        budget: run.budget,
+        credits_used: captured,
+        policy: run.budget_policy,
+      });
+      if (run.budget_policy === 'stop') {
+        stop = BUDGET_EXCEEDED;
+        await skipRemaining(db, run.id);
+      } else if (first) {
+        host.log.warn({ run: run.id }, 'run exceeded its budget; its policy lets it go on');
+      }
+      run = { ...run, budget: null }; // flagged once; 'flag' goes on
+    }
+    const free = concurrency - active.size;
+    const claimed = free > 0 && stop === null ? await claimItems(db, run.id, workerId, free) : [];
+    for (const item of claimed) start(item);
+    if (claimed.length === 0 && active.size === 0) {
+      await drainSettles();
+      const left = await itemsLeft(db, run.id);
+      if (left.pending + left.running + left.retrying === 0) {
+        await finishBatch(db, run.id, workerId, stop);
+        return true;
+      }
+      // Retries waiting for their backoff, or items another worker is still finishing.
+      await control.wait(Math.min(Math.max(left.next_retry_ms ?? 200, 5), 1_000));
+      return false;
+    }
+    if (claimed.length < free || active.size >= concurrency) await control.wait(250);
+    return false;
+  };
+
   try {
     for (;;) {
       // Yield to timers and I/O: on the embedded database every query resolves without real I/O,
       // so without this a batch would run as one chain of microtasks and starve API requests.
       await new Promise((r) => setImmediate(r));
-      if (signal.aborted) break;
-      if (control.dirty) {
-        control.dirty = false;
-        const [s] = await getRunsStatus(db, [run.id]);
-        if (s?.status === 'paused') paused = true;
-        if (s && s.status !== 'running' && s.status !== 'paused') break; // cancelled or recovered elsewhere
+      if (signal.aborted || paused) break;
+      try {
+        if (await step()) break;
+      } catch (e) {
+        // A database hiccup must not strand the run: log, back off, go on (the lease still holds it).
+        host.log.error({ err: e, run: run.id }, 'batch step failed; retrying');
+        await control.wait(500);
       }
-      if (paused) break;
-      // Budget: what is captured plus what running items may cost must stay within it.
-      const committed = captured + unsettled + active.size * price;
-      if (stop === null && run.budget !== null && price > 0 && committed + price > run.budget) {
-        const first = await flagRun(db, run.id, 'budget_exceeded', `worker:${workerId}`, {
-          budget: run.budget,
-          credits_used: captured,
-          policy: run.budget_policy,
-        });
-        if (run.budget_policy === 'stop') {
-          stop = BUDGET_EXCEEDED;
-          await skipRemaining(db, run.id);
-        } else if (first) {
-          host.log.warn({ run: run.id }, 'run exceeded its budget; its policy lets it go on');
-        }
-        run = { ...run, budget: null }; // flagged once; 'flag' goes on
-      }
-      const free = concurrency - active.size;
-      const claimed = free > 0 && stop === null ? await claimItems(db, run.id, workerId, free) : [];
-      for (const item of claimed) start(item);
-      if (claimed.length === 0 && active.size === 0) {
-        await drainSettles();
-        const left = await itemsLeft(db, run.id);
-        if (left.pending + left.running + left.retrying === 0) {
-          await finishBatch(db, run.id, workerId, stop);
-          break;
-        }
-        // Retries waiting for their backoff, or items another worker is still finishing.
-        await control.wait(Math.min(Math.max(left.next_retry_ms ?? 200, 5), 1_000));
-        continue;
-      }
-      if (claimed.length < free || active.size >= concurrency) await control.wait(250);
     }
     await Promise.all(active);
     await drainSettles();

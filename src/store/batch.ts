@@ -262,8 +262,9 @@ export async function flagRun(
 /** Budget stop: items not yet started are skipped (they will not run, nothing is charged for them). */
 export async function skipRemaining(q: Queryable, runId: string): Promise<number> {
   const r = await q.query<{ n: number }>(
-    `WITH s AS (UPDATE cairn.items SET status = 'skipped', finished_at = clock_timestamp(), retry_at = NULL
-       WHERE run_id = $1 AND status IN ('pending', 'retrying') RETURNING id),
+    `WITH lk AS (SELECT id FROM cairn.runs WHERE id = $1 FOR UPDATE), -- run before items, as cancel does
+     s AS (UPDATE cairn.items SET status = 'skipped', finished_at = clock_timestamp(), retry_at = NULL
+       WHERE run_id = (SELECT id FROM lk) AND status IN ('pending', 'retrying') RETURNING id),
      u AS (UPDATE cairn.runs SET items_pending = items_pending - (SELECT count(*) FROM s) WHERE id = $1)
      SELECT count(*)::int AS n FROM s`,
     [runId],

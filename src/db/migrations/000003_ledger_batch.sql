@@ -270,6 +270,8 @@ CREATE FUNCTION cairn.settle_items(p_run uuid, p_worker text, p_items jsonb, p_s
 RETURNS TABLE (succeeded int, failed int, retrying int, captured bigint) LANGUAGE plpgsql AS $$
 DECLARE ok int; bad int; retry int; cost bigint; cells jsonb; s int; held bigint; avail bigint; circle uuid;
 BEGIN
+  -- Lock order run → items → hold, as cancel, pause and recovery take them: no deadlock with them.
+  PERFORM 1 FROM cairn.runs WHERE id = p_run FOR UPDATE;
   WITH x AS (
     SELECT * FROM jsonb_to_recordset(p_items)
       AS x(id uuid, status text, output jsonb, error jsonb, credits bigint, evidence jsonb, retry_in_ms int)),
