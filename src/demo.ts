@@ -5,31 +5,7 @@ import { createCircle, getCircleBySlug } from './store/circles.js';
 import { applyElement, type ElementInput } from './elements/service.js';
 import { readBootstrapToken } from './runtime.js';
 import { parseElementsYaml } from './yaml.js';
-import { getElement, type ElementRow } from './store/elements.js';
-import type { CircleRow } from './store/circles.js';
-import { getType, operationsOf } from './elements/registry.js';
-import type { OpContext } from './elements/types.js';
-
-function getTypeOp(type: string, name: string) {
-  return operationsOf(getType(type)).find((o) => o.name === name)!;
-}
-
-function opContext(db: Db, circle: CircleRow, element: ElementRow, input: unknown): OpContext {
-  return {
-    db,
-    circle,
-    element,
-    type: getType(element.element_type),
-    input,
-    params: {},
-    actor: 'demo',
-    baseUrl: '',
-    workerId: null,
-    cancelRun: () => Promise.reject(new Error('not in the demo')),
-    snapshotExtra: {},
-    setStatus: () => undefined,
-  };
-}
+import { hasRows, insertRows } from './elements/table/index.js';
 
 /** src/ and dist/ are both one level under the repo root, where examples/ lives. */
 const EXAMPLES = new URL('../examples/', import.meta.url);
@@ -43,11 +19,13 @@ export async function installDemo(db: Db, url: string, config: Config): Promise<
       await applyElement(db, circle, def as unknown as ElementInput, 'demo');
   }
   // A few rows for the people table, once.
-  const people = (await getElement(db, circle.id, 'people'))!;
-  const rows = ['Alice', 'Bob', 'Chloé', 'Dmitri', 'Eve', 'Farah'].map((name) => ({ name }));
-  const existing = await getTypeOp('table', 'rows').handler!(opContext(db, circle, people, { limit: 1 }));
-  if ((existing as { rows: unknown[] }).rows.length === 0)
-    await getTypeOp('table', 'insert').handler!(opContext(db, circle, people, { rows }));
+  if (!(await hasRows(db, circle, 'people')))
+    await insertRows(
+      db,
+      circle,
+      'people',
+      ['Alice', 'Bob', 'Chloé', 'Dmitri', 'Eve', 'Farah'].map((name) => ({ name })),
+    );
   const token = (await readBootstrapToken(config)) ?? '<your instance-admin token>';
   return `
 Demo circle "demo" is ready: sql elements add-one, notes-setup, add-note, list-notes;

@@ -107,11 +107,14 @@ export async function retryFailedItems(
     );
   }
   const { only, stillInvalid } = await remapFromRows(db, run);
-  const failed = await db.query<{ n: number }>(
-    "SELECT count(*)::int AS n FROM cairn.items WHERE run_id = $1 AND status = 'failed'",
-    [runId],
-  );
-  const n = only ? only.length : failed.rows[0]!.n;
+  const n =
+    only?.length ??
+    (
+      await db.query<{ n: number }>(
+        "SELECT count(*)::int AS n FROM cairn.items WHERE run_id = $1 AND status = 'failed'",
+        [runId],
+      )
+    ).rows[0]!.n;
   if (n === 0) {
     return {
       run,

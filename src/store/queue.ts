@@ -240,8 +240,7 @@ u AS (
   RETURNING r.id, r.circle_id, r.status, r.attempt, r.kind, x.lost_worker, x.lost_host, x.fail_items),
 it AS (
   UPDATE cairn.items i SET
-    status = CASE WHEN u.fail_items OR u.status = 'failed' THEN 'failed'
-      WHEN u.kind = 'batch' THEN 'retrying' ELSE 'retrying' END,
+    status = CASE WHEN u.fail_items OR u.status = 'failed' THEN 'failed' ELSE 'retrying' END,
     error = CASE WHEN u.fail_items OR u.status = 'failed' THEN $2::jsonb ELSE i.error END,
     finished_at = CASE WHEN u.fail_items OR u.status = 'failed' THEN clock_timestamp() ELSE NULL END,
     retry_at = clock_timestamp(), worker_id = NULL

@@ -24,54 +24,52 @@ export async function providerSummary(
   const where = `($1::uuid IS NULL OR r.id = $1) AND ($2::uuid IS NULL OR r.circle_id = $2)
     AND ($3::timestamptz IS NULL OR r.queued_at >= $3)`;
   const params = [f.runId ?? null, f.circleId ?? null, f.since ?? null];
-  const main = await q.query<{
+  const agg = await q.query<{
     element: string | null;
     element_type: string | null;
     runs: number;
     items: number;
-    by_status: Record<string, number>;
     credits_used: number;
     p50: number | null;
     p95: number | null;
     max: number | null;
   }>(
-    `WITH s AS (
-       SELECT r.element_slug AS element, r.element_type, i.status, count(*)::int AS n,
-         count(DISTINCT r.id)::int AS runs, sum(i.credits_used)::bigint AS credits
-       FROM cairn.items i JOIN cairn.runs r ON r.id = i.run_id WHERE ${where}
-       GROUP BY 1, 2, 3),
-     d AS (
-       SELECT r.element_slug AS element, r.element_type,
-         percentile_cont(0.5) WITHIN GROUP (ORDER BY i.duration_ms) AS p50,
-         percentile_cont(0.95) WITHIN GROUP (ORDER BY i.duration_ms) AS p95, max(i.duration_ms) AS max,
-         count(DISTINCT r.id)::int AS runs
-       FROM cairn.items i JOIN cairn.runs r ON r.id = i.run_id WHERE ${where}
-       GROUP BY 1, 2)
-     SELECT s.element, s.element_type, max(d.runs) AS runs, sum(s.n)::int AS items,
-       jsonb_object_agg(s.status, s.n) AS by_status, coalesce(sum(s.credits), 0)::bigint AS credits_used,
-       max(d.p50) AS p50, max(d.p95) AS p95, max(d.max) AS max
-     FROM s JOIN d ON d.element IS NOT DISTINCT FROM s.element AND d.element_type IS NOT DISTINCT FROM s.element_type
+    `SELECT r.element_slug AS element, r.element_type, count(DISTINCT r.id)::int AS runs, count(*)::int AS items,
+       coalesce(sum(i.credits_used), 0)::bigint AS credits_used,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY i.duration_ms) AS p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY i.duration_ms) AS p95, max(i.duration_ms) AS max
+     FROM cairn.items i JOIN cairn.runs r ON r.id = i.run_id WHERE ${where}
      GROUP BY 1, 2 ORDER BY 1`,
     params,
   );
-  const errs = await q.query<{ element: string | null; code: string; n: number }>(
-    `SELECT r.element_slug AS element, i.error ->> 'code' AS code, count(*)::int AS n
-     FROM cairn.items i JOIN cairn.runs r ON r.id = i.run_id
-     WHERE ${where} AND i.status IN ('failed', 'retrying') AND i.error IS NOT NULL
-     GROUP BY 1, 2 ORDER BY 3 DESC`,
+  // Counts by status and error code in one pass: by_status sums them, errors keeps the failures' codes.
+  const counts = await q.query<{ element: string | null; status: string; code: string | null; n: number }>(
+    `SELECT r.element_slug AS element, i.status, i.error ->> 'code' AS code, count(*)::int AS n
+     FROM cairn.items i JOIN cairn.runs r ON r.id = i.run_id WHERE ${where}
+     GROUP BY 1, 2, 3 ORDER BY 4 DESC`,
     params,
   );
   const round = (v: number | null) => (v === null ? null : Math.round(Number(v) * 1000) / 1000);
-  return main.rows.map((m) => ({
-    element: m.element,
-    element_type: m.element_type,
-    runs: m.runs,
-    items: m.items,
-    by_status: m.by_status,
-    credits_used: Number(m.credits_used),
-    errors: errs.rows.filter((e) => e.element === m.element).map((e) => ({ code: e.code, count: e.n })),
-    duration_ms: { p50: round(m.p50), p95: round(m.p95), max: round(m.max) },
-  }));
+  return agg.rows.map((m) => {
+    const mine = counts.rows.filter((c) => c.element === m.element);
+    const byStatus: Record<string, number> = {};
+    const byCode = new Map<string, number>();
+    for (const c of mine) {
+      byStatus[c.status] = (byStatus[c.status] ?? 0) + c.n;
+      if (c.code && (c.status === 'failed' || c.status === 'retrying'))
+        byCode.set(c.code, (byCode.get(c.code) ?? 0) + c.n);
+    }
+    return {
+      element: m.element,
+      element_type: m.element_type,
+      runs: m.runs,
+      items: m.items,
+      by_status: byStatus,
+      credits_used: Number(m.credits_used),
+      errors: [...byCode].sort((a, b) => b[1] - a[1]).map(([code, count]) => ({ code, count })),
+      duration_ms: { p50: round(m.p50), p95: round(m.p95), max: round(m.max) },
+    };
+  });
 }
 
 export interface FailureRow {

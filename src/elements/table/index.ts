@@ -101,6 +101,30 @@ async function ensureTable(db: Db, circle: CircleRow, slug: string): Promise<voi
   }
 }
 
+/** Inserts rows (already checked against the fields) into the table, creating it on first use. */
+export async function insertRows(
+  db: Db,
+  circle: CircleRow,
+  slug: string,
+  rows: unknown[],
+): Promise<string[]> {
+  await ensureTable(db, circle, slug);
+  const ids = rows.map(() => newId());
+  await db.query(
+    `INSERT INTO ${ident(circle.schema)}.${ident(rowTableName(slug))} (id, data)
+     SELECT (x ->> 'id')::uuid, x -> 'data' FROM jsonb_array_elements($1::jsonb) AS x`,
+    [JSON.stringify(rows.map((data, i) => ({ id: ids[i], data })))],
+  );
+  return ids;
+}
+
+/** Whether the table holds any row yet. */
+export async function hasRows(db: Db, circle: CircleRow, slug: string): Promise<boolean> {
+  if (!(await tableExists(db, circle, slug))) return false;
+  const r = await db.query(`SELECT 1 FROM ${ident(circle.schema)}.${ident(rowTableName(slug))} LIMIT 1`);
+  return r.rows.length > 0;
+}
+
 const TYPE_CHECK: Record<(typeof FIELD_TYPES)[number], (v: unknown) => boolean> = {
   string: (v) => typeof v === 'string',
   number: (v) => typeof v === 'number' && Number.isFinite(v),
@@ -300,13 +324,7 @@ export const tableType: ElementTypeDecl = {
             'Fix the rows listed in details; nothing was inserted.',
           );
         }
-        await ensureTable(ctx.db, ctx.circle, ctx.element.slug);
-        const ids = (ctx.input.rows as unknown[]).map(() => newId());
-        await ctx.db.query(
-          `INSERT INTO ${ident(ctx.circle.schema)}.${ident(rowTableName(ctx.element.slug))} (id, data)
-           SELECT (x ->> 'id')::uuid, x -> 'data' FROM jsonb_array_elements($1::jsonb) AS x`,
-          [JSON.stringify((ctx.input.rows as unknown[]).map((data, i) => ({ id: ids[i], data })))],
-        );
+        const ids = await insertRows(ctx.db, ctx.circle, ctx.element.slug, ctx.input.rows as unknown[]);
         return { inserted: ids.length, ids };
       },
     },
