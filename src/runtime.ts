@@ -14,7 +14,7 @@ import { Authenticator } from './api/auth.js';
 import { buildApp } from './api/app.js';
 import type { Deps } from './api/context.js';
 import type { Logger } from './telemetry/log.js';
-import { sandboxDisabled } from './sandbox/runner.js';
+import { discardStandbys, sandboxDisabled } from './sandbox/runner.js';
 import { prewarmGo } from './sandbox/builders/go.js';
 
 /** Opens the configured database (PostgreSQL when DATABASE_URL is set, else PGlite in the data dir) and migrates it. */
@@ -145,6 +145,7 @@ export async function startServer(
     async stop() {
       await app.close();
       await worker?.stop(config.shutdownGraceMs);
+      discardStandbys();
       await waiter.stop();
       await db.close();
     },
@@ -172,6 +173,7 @@ export async function startWorker(
     db,
     async stop() {
       await worker.stop(config.shutdownGraceMs);
+      discardStandbys();
       await db.close();
     },
   };

@@ -55,26 +55,62 @@ export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Prom
   if (op.createsRun) {
     const body = unwrapEnvelope(ctx.body === undefined ? {} : ctx.body);
     const key = idempotencyKeyOf(ctx);
-    const { run } = await submitRun(
-      deps.db,
-      {
-        circle: circle!,
-        element,
-        type,
-        op,
-        input: body,
-        trigger: { type: 'api', source: ctx.req.headers['user-agent'] ?? null, actor },
-        idempotencyKey: key,
-      },
-      deps.snapshotExtra,
-    );
-    deps.worker?.kick();
+    const sync = !wantsAsync(ctx);
+    // A sync invoke with a free slot here is created claimed and executed at once (no queue round trip).
+    const slot = sync ? deps.worker?.directSlot() : undefined;
+    let submitted;
+    try {
+      submitted = await submitRun(
+        deps.db,
+        {
+          circle: circle!,
+          element,
+          type,
+          op,
+          input: body,
+          trigger: { type: 'api', source: ctx.req.headers['user-agent'] ?? null, actor },
+          idempotencyKey: key,
+          ...(slot ? { claim: slot.claim } : {}),
+        },
+        deps.snapshotExtra,
+      );
+    } catch (e) {
+      slot?.release();
+      throw e;
+    }
+    const { run, created } = submitted;
     const base = baseUrlOf(deps);
     const accepted = () => {
       ctx.reply.code(202).header('Location', `/api/runs/${run.id}`);
       return { run_id: run.id, status: 'queued', run_url: `/api/runs/${run.id}` };
     };
-    if (wantsAsync(ctx)) return accepted();
+    if (slot && created && run.status === 'running') {
+      let timer: NodeJS.Timeout | undefined;
+      const settled = await Promise.race([
+        slot.run(run),
+        new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), deps.config.syncWaitMs))),
+      ]);
+      clearTimeout(timer);
+      if (settled === 'late') return accepted(); // it keeps running; the answer points at the run
+      if (settled) {
+        const { row, settlement } = settled;
+        return invokeAnswer(
+          {
+            ...run,
+            status: row.status,
+            output: settlement.output ?? null,
+            error: settlement.error,
+            duration_ms: row.duration_ms,
+            credits_used: row.credits_used,
+          },
+          base,
+        );
+      }
+    } else {
+      slot?.release();
+      deps.worker?.kick();
+    }
+    if (!sync) return accepted();
     const done = await deps.waiter.wait(run.id, deps.config.syncWaitMs);
     if (!done) return accepted();
     const final = await getRun(deps.db, run.id);

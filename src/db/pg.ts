@@ -2,6 +2,7 @@ import pg from 'pg';
 import {
   circleSessionSql,
   ident,
+  preparedName,
   type CircleIdentity,
   type CircleSessionOptions,
   type Db,
@@ -17,13 +18,16 @@ const types = {
 };
 
 interface ClientLike {
-  query(sql: string, params?: unknown[]): Promise<pg.QueryResult>;
+  query(sql: string | pg.QueryConfig, params?: unknown[]): Promise<pg.QueryResult>;
 }
 
 function wrap(c: ClientLike): Queryable {
   return {
     async query<T>(sql: string, params?: unknown[]): Promise<QueryResult<T>> {
-      const r = await c.query(sql, params as any[]);
+      const name = preparedName(sql);
+      const r = await (name
+        ? c.query({ name, text: sql, values: params as any[] })
+        : c.query(sql, params as any[]));
       return { rows: r.rows as T[], rowCount: r.rowCount ?? r.rows.length };
     },
     async exec(sql: string) {

@@ -3,6 +3,24 @@ export interface QueryResult<T> {
   rowCount: number;
 }
 
+/** Hot statements, by text: the server driver prepares each once per connection (no re-planning per call). */
+const PREPARED = new Map<string, string>();
+
+/**
+ * Marks a constant, hot SQL statement for a server-side prepared statement.
+ * Only for fixed statement texts (never SQL built per request): every marked
+ * text stays prepared on every connection of the pool.
+ */
+export function prepared(sql: string): string {
+  if (!PREPARED.has(sql)) PREPARED.set(sql, `cairn_${PREPARED.size + 1}`);
+  return sql;
+}
+
+/** The prepared statement's name for a marked statement text. */
+export function preparedName(sql: string): string | undefined {
+  return PREPARED.get(sql);
+}
+
 /** Anything that runs SQL: the pool itself or a transaction. Parameters are always `$n`. */
 export interface Queryable {
   query<T = Record<string, any>>(sql: string, params?: unknown[]): Promise<QueryResult<T>>;

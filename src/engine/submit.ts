@@ -22,6 +22,8 @@ export interface SubmitRequest {
   parentRunId?: string | null;
   rootRunId?: string | null;
   rerunOf?: string | null;
+  /** Insert the run already claimed by this worker, which executes it at once (a sync invoke). */
+  claim?: { workerId: string; host: string; leaseMs: number };
 }
 
 export interface Submitted {
@@ -123,6 +125,7 @@ export async function submitRun(
       traceId: randomBytes(16).toString('hex'),
       idempotencyKey: req.idempotencyKey ?? null,
       timeoutMs: type.timeoutMs?.(el.spec) ?? 60_000,
+      claim: req.claim ?? null,
     });
     if (!run) {
       const w = await getWallet(db, req.circle.id);

@@ -9,6 +9,7 @@ import {
   heartbeat,
   recoverExpired,
   settleRuns,
+  type SettledRun,
   type Settlement,
 } from '../store/queue.js';
 import type { RunRow } from '../store/runs.js';
@@ -43,6 +44,24 @@ interface InFlight {
 /** What one execution produced (a run's settlement without its id). */
 export type Outcome = Omit<Settlement, 'id'>;
 
+/** A run settled by this worker: what the settle wrote, and what the execution produced. */
+export interface Settled {
+  row: SettledRun;
+  settlement: Settlement;
+}
+
+/**
+ * A slot of this worker taken for a run the caller is about to create already
+ * claimed (`claim`), so it skips the queue; `run` executes it and resolves once
+ * it is settled (undefined when the settle found the run changed, e.g. cancelled).
+ */
+export interface DirectSlot {
+  claim: { workerId: string; host: string; leaseMs: number };
+  run(run: RunRow): Promise<Settled | undefined>;
+  /** The run was not created after all: the slot is free again. */
+  release(): void;
+}
+
 /**
  * A worker claims queued runs (FOR UPDATE SKIP LOCKED), executes them through
  * their type's executor, and settles them in batches. It holds each claim by
@@ -70,9 +89,18 @@ export class Worker {
   private loopDone: Promise<void> | undefined;
   private wake: (() => void) | undefined;
   private kicked = false;
+  /**
+   * Bumped by every sign that runs may be queued (kick, NOTIFY, the poll).
+   * A claim that came back short with no new sign meanwhile means the queue is
+   * empty: freed slots then do not query it again until the next sign.
+   */
+  private queueSignals = 1;
+  private queueSeenEmptyAt = 0;
   private timers: NodeJS.Timeout[] = [];
   private unlisten: (() => Promise<void>)[] = [];
   private idleWaiters: (() => void)[] = [];
+  /** Callers waiting for a run of theirs to be settled (direct slots). */
+  private readonly settledWaiters = new Map<string, (s: Settled | undefined) => void>();
   private readonly batchHost: BatchHost;
 
   constructor(opts: WorkerOptions) {
@@ -112,8 +140,14 @@ export class Worker {
     this.log.info({ concurrency: this.concurrency, leaseMs: this.leaseMs }, 'worker started');
   }
 
-  /** Wake the loop now (a run was queued in this process, or a slot freed). */
+  /** Something may have been queued (here, or NOTIFY from elsewhere): claim now. */
   kick(): void {
+    this.queueSignals++;
+    this.wakeUp();
+  }
+
+  /** Wake the loop (a slot freed); it claims only if the queue may hold runs. */
+  private wakeUp(): void {
     this.kicked = true;
     this.wake?.();
   }
@@ -129,11 +163,13 @@ export class Worker {
       const backlog = this.inflight.size - this.executing;
       const free = backlog >= this.concurrency * 2 ? 0 : this.concurrency - this.executing;
       let claimed = 0;
-      if (free > 0) {
+      const signals = this.queueSignals;
+      if (free > 0 && signals !== this.queueSeenEmptyAt) {
         this.claiming = true;
         try {
           const runs = await claimRuns(this.db, this.id, this.host, free, this.leaseMs);
           claimed = runs.length;
+          if (claimed < free) this.queueSeenEmptyAt = signals;
           for (const run of runs) this.start1(run);
         } catch (e) {
           this.log.error({ err: e }, 'claim failed');
@@ -149,7 +185,10 @@ export class Worker {
       }
       if (this.inflight.size === 0) for (const w of this.idleWaiters.splice(0)) w();
       await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, this.pollMs);
+        const t = setTimeout(() => {
+          this.queueSignals++; // the fallback poll: runs due later, or a lost notification
+          resolve();
+        }, this.pollMs);
         this.wake = () => {
           clearTimeout(t);
           resolve();
@@ -158,6 +197,42 @@ export class Worker {
       this.wake = undefined;
       this.kicked = false;
     }
+  }
+
+  /**
+   * Takes a slot for a sync invoke this process will wait for, when one is free:
+   * the run is then created claimed by this worker and executed here at once,
+   * skipping the queue's claim and the wake-up by notification. Undefined when
+   * busy (the run goes through the queue, as every other).
+   */
+  directSlot(): DirectSlot | undefined {
+    const backlog = this.inflight.size - this.executing;
+    if (!this.running || this.executing >= this.concurrency || backlog >= this.concurrency * 2)
+      return undefined;
+    this.executing++;
+    let used = false;
+    return {
+      claim: { workerId: this.id, host: this.host, leaseMs: this.leaseMs },
+      run: (run) => {
+        used = true;
+        const controller = new AbortController();
+        this.inflight.set(run.id, { run, controller });
+        return new Promise((resolve) => {
+          this.settledWaiters.set(run.id, resolve);
+          void this.execute(run, controller.signal).then((s) => {
+            this.executing--;
+            this.enqueueSettle(s);
+            this.wakeUp();
+          });
+        });
+      },
+      release: () => {
+        if (used) return;
+        used = true;
+        this.executing--;
+        this.wakeUp();
+      },
+    };
   }
 
   private async circle(id: string): Promise<CircleRow> {
@@ -182,7 +257,7 @@ export class Worker {
         .finally(() => {
           this.executing--;
           this.inflight.delete(run.id);
-          this.kick();
+          this.wakeUp();
         });
       return;
     }
@@ -191,7 +266,7 @@ export class Worker {
     void this.execute(run, controller.signal).then((s) => {
       this.executing--;
       this.enqueueSettle(s);
-      this.kick();
+      this.wakeUp();
     });
   }
 
@@ -294,8 +369,15 @@ export class Worker {
       const batch = this.pending;
       this.pending = [];
       try {
-        await settleRuns(this.db, this.id, batch);
-        for (const s of batch) this.inflight.delete(s.id);
+        const rows = new Map((await settleRuns(this.db, this.id, batch)).map((r) => [r.id, r]));
+        for (const s of batch) {
+          this.inflight.delete(s.id);
+          const w = this.settledWaiters.get(s.id);
+          if (!w) continue;
+          this.settledWaiters.delete(s.id);
+          const row = rows.get(s.id);
+          w(row ? { row, settlement: s } : undefined);
+        }
       } catch (e) {
         this.log.error({ err: e }, 'settle failed; retrying');
         this.pending = batch.concat(this.pending);
@@ -304,7 +386,7 @@ export class Worker {
       }
     }
     this.flushing = undefined;
-    this.kick();
+    this.wakeUp();
   }
 
   private async beat(): Promise<void> {
@@ -366,6 +448,9 @@ export class Worker {
       this.log.warn({ runs: back }, 'handed back unfinished runs');
     }
     for (const u of this.unlisten.splice(0)) await u().catch(() => undefined);
+    // Callers of handed-back runs wait for them the usual way.
+    for (const w of this.settledWaiters.values()) w(undefined);
+    this.settledWaiters.clear();
     for (const w of this.idleWaiters.splice(0)) w();
     this.log.info('worker stopped');
   }

@@ -1,12 +1,11 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { goBinary } from './toolchains.js';
 
-const SOURCE = fileURLToPath(new URL('../../src/sandbox/exec-helper/main.go', import.meta.url));
+const SOURCE = fileURLToPath(new URL('../../src/sandbox/exec-helper/helper.c', import.meta.url));
 
 /** Where Cairn keeps what it builds for itself (helpers, the Go caches, function binaries). */
 export function cacheRoot(): string {
@@ -17,7 +16,10 @@ export function cacheRoot(): string {
 
 let built: string | undefined;
 
-/** Builds the helper once per source hash (atomically), and returns its path. */
+/**
+ * Builds the helper (C, Debian's gcc) once per source hash, atomically, and
+ * returns its path. Static when libc.a is there: no dynamic loader on every run.
+ */
 export function execHelper(): string {
   if (built && existsSync(built)) return built;
   const src = readFileSync(SOURCE);
@@ -28,10 +30,23 @@ export function execHelper(): string {
     mkdirSync(dir, { recursive: true, mode: 0o755 });
     chmodSync(dir, 0o755);
     const tmp = `${out}.${process.pid}.tmp`;
-    execFileSync(goBinary(), ['build', '-trimpath', '-ldflags=-s -w', '-o', tmp, SOURCE], {
-      env: { ...process.env, CGO_ENABLED: '0', GOFLAGS: '-mod=mod', GO111MODULE: 'off' },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
+    const cc = process.env.CC ?? 'cc';
+    const compile = (extra: string[]) =>
+      execFileSync(cc, ['-O2', '-Wall', ...extra, '-o', tmp, SOURCE], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+    try {
+      try {
+        compile(['-static']);
+      } catch {
+        compile([]);
+      }
+    } catch (e: any) {
+      rmSync(tmp, { force: true });
+      throw new Error(
+        `cannot build the sandbox exec helper with ${cc} (install Debian's gcc and libc6-dev): ${String(e?.stderr ?? e?.message ?? e).slice(0, 500)}`,
+      );
+    }
     chmodSync(tmp, 0o755);
     renameSync(tmp, out);
   }

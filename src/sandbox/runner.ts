@@ -1,12 +1,12 @@
-import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { buildSeccompFilter } from './seccomp.js';
 import { uidPool } from './uids.js';
-import { execHelper } from './exec-helper.js';
+import { connectSandbox, frame, frameReader } from './spawn-server.js';
 import { prepareMemoryCgroup } from './cgroup.js';
+import { StandbyPool } from './standby.js';
 import { constants } from 'node:os';
 
 function signalName(n: number): string | undefined {
@@ -78,6 +78,14 @@ export interface SandboxRequest {
   signal?: AbortSignal;
   /** Run as this host uid instead of one from the pool (the Go builder's own uid). */
   asUid?: number;
+  /**
+   * Start from a sandbox made ahead of time for an identical request (same
+   * argv, binds, env and limits), and leave one ready for the next: the
+   * namespaces and mounts are set up off the run's clock, while no code of the
+   * run starts before its input is handed over. Each run still gets a fresh
+   * sandbox that no other run has used.
+   */
+  standby?: boolean;
 }
 
 /** One log line as it arrived: [epoch ms, stream, text]. */
@@ -121,8 +129,12 @@ function seccompFile(allowInet: boolean): string {
   return path;
 }
 
-/** The bwrap command line: every namespace unshared, nothing of the host but the binds. */
-export function bwrapArgs(req: SandboxRequest, limits: Limits): string[] {
+/**
+ * The bwrap command line: every namespace unshared, nothing of the host but the
+ * binds. `armed`: bwrap waits on fd 5 (which the exec helper feeds) before it
+ * starts the program, with everything else already set up.
+ */
+export function bwrapArgs(req: SandboxRequest, limits: Limits, armed = false): string[] {
   const a = [
     '--unshare-all',
     '--unshare-user',
@@ -144,6 +156,7 @@ export function bwrapArgs(req: SandboxRequest, limits: Limits): string[] {
   for (const [k, v] of Object.entries(req.env ?? {})) a.push('--setenv', k, v);
   a.push('--chdir', req.cwd ?? '/tmp');
   a.push('--seccomp', '4');
+  if (armed) a.push('--block-fd', '5');
   a.push('--', ...req.argv);
   return a;
 }
@@ -158,22 +171,45 @@ function unsandboxedArgv(req: SandboxRequest): string[] {
   });
 }
 
+/** What the helper reports on fd 5 once the whole tree is reaped. */
+interface HelperReport {
+  exit: number;
+  signal: number;
+  max_rss_kb: number;
+  killed: boolean;
+  timed_out: boolean;
+  elapsed_ms: number;
+}
+
+/** A started exec helper (and bwrap under it): released at once, or held until `go`. */
+interface Launched {
+  /** The helper has exited (a standby that died before its run is useless). */
+  readonly exited: boolean;
+  /** Hands the program its input, starts its clock; resolves once every process is reaped. */
+  go(stdin: Buffer | string | undefined, signal: AbortSignal | undefined): Promise<SandboxResult>;
+  /** A standby that is not wanted: killed before anything of a run started. */
+  discard(): void;
+}
+
 /**
- * Runs `argv` in a fresh bubblewrap sandbox and decides the verdict from what
- * it saw: its own timer, the output caps, the OOM markers, the exit status and
- * whether a result arrived on fd 3.
+ * Starts the exec helper for `req` with a pooled uid and, where writable, a
+ * memory cgroup. Armed, bwrap sets the sandbox up and then waits; otherwise
+ * the program starts as soon as bwrap has set it up.
  */
-export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
-  const limits: Limits = { ...DEFAULT_LIMITS, ...req.limits };
-  const helper = execHelper(); // before taking a uid: a failed helper build must not leak one
+async function launch(req: SandboxRequest, limits: Limits, wantArmed: boolean): Promise<Launched> {
   const pooled = req.asUid === undefined;
+  const sock = await connectSandbox(); // before taking a uid: a server that cannot start must not leak one
   const uid = pooled ? await uidPool.acquire() : req.asUid;
-  const seccompFd = openSync(seccompFile(Boolean(req.network)), 'r');
   const sandboxed = !sandboxDisabled();
+  const armed = wantArmed && sandboxed;
   // A memory cgroup where one is writable (exact, whole tree, counted OOM kills); RLIMIT_DATA otherwise.
   const cgroup =
     uid !== undefined && pooled ? prepareMemoryCgroup(uid, limits.memoryMb * 1024 * 1024) : undefined;
-  const args = [
+  // bwrap's own pid 1 keeps its environment (readable in /proc/1/environ), so it gets none;
+  // without bwrap the program gets exactly the requested environment.
+  const env = sandboxed ? [] : Object.entries(req.env ?? {}).map(([k, v]) => `${k}=${v}`);
+  const header = [
+    uid === undefined ? '-' : String(uid),
     cgroup ? String(64 * 1024 * 1024 * 1024) : String(limits.memoryMb * 1024 * 1024),
     String(limits.maxProcs),
     String(limits.fileSizeMb * 1024 * 1024),
@@ -182,24 +218,14 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
     uid !== undefined && pooled ? '1' : '0',
     String(limits.timeoutMs),
     cgroup?.procs ?? '-',
-    '--',
-    ...(sandboxed ? [BWRAP, ...bwrapArgs(req, limits)] : unsandboxedArgv(req)),
+    armed ? '1' : '0',
+    seccompFile(Boolean(req.network)),
+    sandboxed ? '-' : tmpdir(),
+    String(env.length),
+    ...env,
+    ...(sandboxed ? [BWRAP, ...bwrapArgs(req, limits, armed)] : unsandboxedArgv(req)),
   ];
-  const t0 = performance.now();
-  let child;
-  try {
-    child = spawn(helper, args, {
-      // bwrap's own pid 1 keeps this environment (readable in /proc/1/environ), so it is empty;
-      // without bwrap the program gets exactly the requested environment.
-      env: sandboxed ? {} : { ...(req.env ?? {}) },
-      ...(sandboxed ? {} : { cwd: tmpdir() }),
-      stdio: ['pipe', 'pipe', 'pipe', 'pipe', seccompFd, 'pipe'],
-      ...(uid !== undefined ? { uid, gid: uid } : {}),
-      detached: false,
-    });
-  } finally {
-    closeSync(seccompFd);
-  }
+  sock.write(frame('h', header.join('\0') + '\0'));
   const out: Buffer[] = [];
   const err: Buffer[] = [];
   const res: Buffer[] = [];
@@ -211,21 +237,15 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
   let resultOver = false;
   let timedOut = false;
   let cancelled = false;
-  // The helper kills and reaps the whole sandbox on SIGTERM; SIGKILL is the fallback.
+  let exited = false;
+  // The helper kills and reaps the whole sandbox on a kill frame; closing the connection is the fallback.
   let killTimer: NodeJS.Timeout | undefined;
+  const send = (f: Buffer) => {
+    if (!sock.destroyed && sock.writable) sock.write(f);
+  };
   const kill = () => {
-    try {
-      child.kill('SIGTERM');
-    } catch {
-      // already gone
-    }
-    killTimer ??= setTimeout(() => {
-      try {
-        child.kill('SIGKILL');
-      } catch {
-        // already gone
-      }
-    }, 500);
+    send(frame('k'));
+    killTimer ??= setTimeout(() => sock.destroy(), 500);
   };
   const take = (chunks: Buffer[], cap: number, n: number, d: Buffer): [number, boolean] => {
     if (n + d.length > cap) {
@@ -250,128 +270,167 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
       else linesDropped++;
     }
   };
-  child.stdout!.on('data', (d: Buffer) => {
-    if (stdoutTruncated) return;
-    [outN, stdoutTruncated] = take(out, limits.stdoutBytes, outN, d);
-    split('stdout', d);
-  });
-  child.stderr!.on('data', (d: Buffer) => {
-    if (stderrTruncated) return;
-    [errN, stderrTruncated] = take(err, limits.stderrBytes, errN, d);
-    split('stderr', d);
-  });
-  const resultStream = child.stdio[3] as NodeJS.ReadableStream;
-  resultStream.on('data', (d: Buffer) => {
-    if (resultOver) return;
-    [resN, resultOver] = take(res, limits.resultBytes, resN, d);
-  });
-  resultStream.on('error', () => undefined);
   let reportText = '';
-  const reportStream = (child.stdio as unknown as NodeJS.ReadableStream[])[5]!;
-  reportStream.on('data', (d: Buffer) => (reportText += d.toString('utf8')));
-  reportStream.on('error', () => undefined);
-  child.stdin!.on('error', () => undefined);
-  child.stdin!.end(req.stdin ?? '');
-  // The helper enforces the limit with its own timer; this one only covers a helper that died.
-  const timer = setTimeout(() => {
-    timedOut = true;
-    kill();
-  }, limits.timeoutMs + 1_000);
-  const onAbort = () => {
-    cancelled = true;
-    kill();
-  };
-  req.signal?.addEventListener('abort', onAbort, { once: true });
-  if (req.signal?.aborted) onAbort();
-
-  const [helperExit, helperSignal] = await new Promise<[number | null, string | null]>((resolve) => {
-    let status: [number | null, string | null] | undefined;
-    let open = 4;
-    const done = () => status && open === 0 && resolve(status);
-    for (const s of [child.stdout!, child.stderr!, resultStream, reportStream])
-      s.on('close', () => (open--, done()));
-    child.on('exit', (code, sig) => {
-      status = [code, sig];
-      // A grandchild may hold the pipes; the namespace dies with bwrap, so this is brief.
-      setTimeout(() => {
-        open = 0;
-        done();
-      }, 200).unref();
-      done();
-    });
-    child.on('error', () => resolve([null, 'SPAWN_ERROR']));
+  let spawnError = '';
+  const read = frameReader((type, d) => {
+    if (type === 'o') {
+      if (stdoutTruncated) return;
+      [outN, stdoutTruncated] = take(out, limits.stdoutBytes, outN, d);
+      split('stdout', d);
+    } else if (type === 'e') {
+      if (stderrTruncated) return;
+      [errN, stderrTruncated] = take(err, limits.stderrBytes, errN, d);
+      split('stderr', d);
+    } else if (type === 'r') {
+      if (resultOver) return;
+      [resN, resultOver] = take(res, limits.resultBytes, resN, d);
+    } else if (type === 'R') reportText = d.toString('utf8');
   });
-  clearTimeout(timer);
-  if (killTimer) clearTimeout(killTimer);
-  req.signal?.removeEventListener('abort', onAbort);
-  // The helper's report: bwrap's real exit status and the tree's peak RSS (wait4).
-  let exitCode = helperExit;
-  let signal = helperSignal;
-  let peakMemoryKb: number | null = null;
-  let helperElapsedMs: number | undefined;
-  try {
-    const rep = JSON.parse(reportText) as {
-      exit: number;
-      signal: number;
-      max_rss_kb: number;
-      timed_out: boolean;
-      elapsed_ms: number;
+  sock.on('data', read);
+  // Done once the helper has reported (it reaps every process of the sandbox first) and hung up.
+  const ended = new Promise<void>((resolve) => {
+    sock.on('error', (e) => (spawnError = e.message));
+    sock.on('close', () => {
+      exited = true;
+      resolve();
+    });
+  });
+  let finished: Promise<SandboxResult> | undefined;
+  const finish = async (signal: AbortSignal | undefined): Promise<SandboxResult> => {
+    // The helper enforces the limit with its own timer; this one only covers a helper that died.
+    const timer = setTimeout(() => {
+      timedOut = true;
+      kill();
+    }, limits.timeoutMs + 1_000);
+    const onAbort = () => {
+      cancelled = true;
+      kill();
     };
-    exitCode = rep.exit >= 0 ? rep.exit : null;
-    signal = rep.signal ? (signalName(rep.signal) ?? String(rep.signal)) : null;
-    peakMemoryKb = rep.max_rss_kb;
-    if (rep.timed_out) timedOut = true;
-    helperElapsedMs = rep.elapsed_ms;
-  } catch {
-    // the helper itself was killed: keep what Node saw
-  }
-  let oomKilled = false;
-  if (cgroup) {
+    signal?.addEventListener('abort', onAbort, { once: true });
+    if (signal?.aborted) onAbort();
+    const t0 = performance.now();
+    await ended;
+    clearTimeout(timer);
+    if (killTimer) clearTimeout(killTimer);
+    signal?.removeEventListener('abort', onAbort);
+    // The helper's report: bwrap's real exit status and the tree's peak RSS (wait4).
+    let exitCode: number | null = null;
+    let sig: string | null = reportText ? null : 'SPAWN_ERROR';
+    let peakMemoryKb: number | null = null;
+    let helperElapsedMs: number | undefined;
     try {
-      const c = cgroup.finish();
-      peakMemoryKb = c.peakKb;
-      oomKilled = c.oomKilled;
+      const rep = JSON.parse(reportText) as HelperReport;
+      exitCode = rep.exit >= 0 ? rep.exit : null;
+      sig = rep.signal ? (signalName(rep.signal) ?? String(rep.signal)) : null;
+      peakMemoryKb = rep.max_rss_kb;
+      if (rep.timed_out) timedOut = true;
+      helperElapsedMs = rep.elapsed_ms;
     } catch {
-      // keep wait4's figure
+      // no report: the helper itself died (or never started)
+      if (spawnError || !reportText)
+        split('stderr', Buffer.from(`cairn: no report from the sandbox helper ${spawnError}\n`));
     }
-  }
-  // Only now may another run take this uid (and reset its cgroup's counters).
-  if (pooled) uidPool.release(uid);
-  // The helper's clock: from starting bwrap to reaping the last process (no event-loop lag).
-  const durationMs = helperElapsedMs ?? performance.now() - t0;
-  split('stdout', Buffer.alloc(0), true);
-  split('stderr', Buffer.alloc(0), true);
-  const stdout = Buffer.concat(out);
-  const stderr = Buffer.concat(err);
-  const result = Buffer.concat(res);
-  const errText = stderr.toString('utf8');
+    let oomKilled = false;
+    if (cgroup) {
+      try {
+        const c = cgroup.finish();
+        peakMemoryKb = c.peakKb;
+        oomKilled = c.oomKilled;
+      } catch {
+        // keep wait4's figure
+      }
+    }
+    // Only now may another run take this uid (and reset its cgroup's counters).
+    if (pooled) uidPool.release(uid);
+    // The helper's clock: from releasing the program to reaping the last process (no event-loop lag).
+    const durationMs = helperElapsedMs ?? performance.now() - t0;
+    split('stdout', Buffer.alloc(0), true);
+    split('stderr', Buffer.alloc(0), true);
+    const stdout = Buffer.concat(out);
+    const stderr = Buffer.concat(err);
+    const result = Buffer.concat(res);
+    const errText = stderr.toString('utf8');
 
-  let verdict: Verdict;
-  if (cancelled) verdict = 'cancelled';
-  else if (timedOut) verdict = 'timeout';
-  else if (oomKilled) verdict = 'memory_exceeded';
-  else if (stdoutTruncated || stderrTruncated || resultOver) verdict = 'output_limit';
-  else if ((req.oomMarkers ?? []).some((re) => re.test(errText))) verdict = 'memory_exceeded';
-  else if (exitCode === 0 && result.length > 0) verdict = 'ok';
-  else if (exitCode === 0) verdict = 'invalid_output';
-  else verdict = 'crashed';
+    let verdict: Verdict;
+    if (cancelled) verdict = 'cancelled';
+    else if (timedOut) verdict = 'timeout';
+    else if (oomKilled) verdict = 'memory_exceeded';
+    else if (stdoutTruncated || stderrTruncated || resultOver) verdict = 'output_limit';
+    else if ((req.oomMarkers ?? []).some((re) => re.test(errText))) verdict = 'memory_exceeded';
+    else if (exitCode === 0 && result.length > 0) verdict = 'ok';
+    else if (exitCode === 0) verdict = 'invalid_output';
+    else verdict = 'crashed';
 
-  return {
-    verdict,
-    exitCode,
-    signal,
-    stdout,
-    stderr,
-    stdoutTruncated,
-    stderrTruncated,
-    result,
-    lines,
-    linesDropped,
-    durationMs,
-    sandboxed,
-    peakMemoryKb,
-    uid: uid ?? null,
-    argv: req.argv,
-    limits,
+    return {
+      verdict,
+      exitCode,
+      signal: sig,
+      stdout,
+      stderr,
+      stdoutTruncated,
+      stderrTruncated,
+      result,
+      lines,
+      linesDropped,
+      durationMs,
+      sandboxed,
+      peakMemoryKb,
+      uid: uid ?? null,
+      argv: req.argv,
+      limits,
+    };
   };
+  return {
+    get exited() {
+      return exited;
+    },
+    go(stdin, signal) {
+      if (finished) throw new Error('a sandbox runs once');
+      // Input first, then the release: the program finds its input waiting.
+      const input = stdin === undefined ? Buffer.alloc(0) : Buffer.from(stdin);
+      send(Buffer.concat([frame('i', input), frame('I'), ...(armed ? [frame('g')] : [])]));
+      finished = finish(signal);
+      return finished;
+    },
+    discard() {
+      if (finished) return;
+      send(frame('k')); // before its go: the helper kills the sandbox, nothing of a run started
+      finished = finish(undefined);
+      void finished;
+    },
+  };
+}
+
+/** Sandboxes made ahead of time, by request (everything but the input). */
+const standbys = new StandbyPool<Launched>({
+  perKey: Number(process.env.CAIRN_SANDBOX_STANDBY ?? 2),
+  // Never hold uids that runs are waiting for.
+  canStart: () => uidPool.available > 8,
+});
+
+/** Kills every sandbox made ahead of time (at shutdown; they hold no run). */
+export function discardStandbys(): void {
+  standbys.clear();
+}
+
+function standbyKey(req: SandboxRequest, limits: Limits): string {
+  return JSON.stringify([req.argv, req.binds, req.env ?? {}, limits, req.cwd ?? null, Boolean(req.network)]);
+}
+
+/**
+ * Runs `argv` in a fresh bubblewrap sandbox and decides the verdict from what
+ * it saw: its own timer, the output caps, the OOM markers, the exit status and
+ * whether a result arrived on fd 3.
+ */
+export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
+  const limits: Limits = { ...DEFAULT_LIMITS, ...req.limits };
+  const useStandby = Boolean(req.standby) && req.asUid === undefined && !sandboxDisabled();
+  const key = useStandby ? standbyKey(req, limits) : '';
+  const ready = useStandby ? standbys.take(key) : undefined;
+  const sandbox = ready ?? (await launch(req, limits, false));
+  const result = await sandbox.go(req.stdin, req.signal);
+  // The next one is made once this run is done: spawning forks this whole process, and the
+  // set-up competes for the same cores, so doing it during the run would slow the run.
+  if (useStandby) standbys.refill(key, () => launch(req, limits, true));
+  return result;
 }

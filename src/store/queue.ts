@@ -4,7 +4,7 @@
  * so there is never a transition without its event. Batches travel as one
  * jsonb parameter (graphile-worker style).
  */
-import type { Queryable } from '../db/types.js';
+import { prepared, type Queryable } from '../db/types.js';
 import type { ErrorBody } from '../core/errors.js';
 import { runRow, type RunRow } from './runs.js';
 
@@ -30,38 +30,50 @@ export interface NewRun {
   traceId: string;
   idempotencyKey: string | null;
   timeoutMs: number;
+  /** Insert it already claimed by this worker (a sync invoke it executes at once), skipping the queue. */
+  claim?: { workerId: string; host: string; leaseMs: number } | null;
 }
 
 /**
  * Reserve (when the op is metered) and insert in one statement: when the
  * wallet cannot cover the reservation, nothing is written and no row returns.
  */
-const INSERT_RUN = `
+const INSERT_RUN = prepared(`
 WITH res AS (
   SELECT CASE WHEN $18::bigint = 0 THEN true
-    ELSE cairn.ledger_reserve($1::text || ':reserve:0', $2::uuid, $1::uuid, $18::bigint, $25::text) END AS ok),
+    ELSE cairn.ledger_reserve($1::text || ':reserve:0', $2::uuid, $1::uuid, $18::bigint, $25::text) END AS ok,
+    clock_timestamp() AS t),
+-- A sync invoke this process executes at once is inserted already claimed ($27 = its worker): the queue is skipped.
 r AS (
   INSERT INTO cairn.runs (id, circle_id, kind, element_id, element_slug, element_type, element_version,
     definition_hash, operation, status, mode, trigger, input, parent_run_id, root_run_id, max_attempts,
     retryable_on_loss, engine_version, items_total, items_pending, credits_reserved, budget, snapshot,
-    trace_id, idempotency_key, timeout_ms, rerun_of)
-  SELECT $1::uuid, $2::uuid, $3, $4::uuid, $5, $6, $7::int, $8, $9, 'queued', $10, $11::jsonb, $12::jsonb,
+    trace_id, idempotency_key, timeout_ms, rerun_of, worker_id, host, attempt, queued_at, run_after, started_at,
+    lease_expires_at)
+  SELECT $1::uuid, $2::uuid, $3, $4::uuid, $5, $6, $7::int, $8, $9,
+    CASE WHEN $27::text IS NULL THEN 'queued' ELSE 'running' END, $10, $11::jsonb, $12::jsonb,
     $13::uuid, COALESCE($14::uuid, $1::uuid), $15::int, $16::boolean, $17, 1, 1, $18::bigint, $19::bigint, $20::jsonb,
-    $21, $22, $23::int, $26::uuid
+    $21, $22, $23::int, $26::uuid, $27::text, $28::text, CASE WHEN $27::text IS NULL THEN 0 ELSE 1 END,
+    res.t, res.t, CASE WHEN $27::text IS NOT NULL THEN res.t END,
+    CASE WHEN $27::text IS NOT NULL THEN res.t + make_interval(secs => $29::double precision / 1000) END
   FROM res WHERE res.ok
   RETURNING *),
 i AS (
-  INSERT INTO cairn.items (id, run_id, circle_id, key, status, inputs)
-  SELECT $24::uuid, r.id, r.circle_id, 'call', 'pending', r.input FROM r),
+  INSERT INTO cairn.items (id, run_id, circle_id, key, status, inputs, attempt_count, started_at)
+  SELECT $24::uuid, r.id, r.circle_id, 'call', CASE WHEN r.status = 'running' THEN 'running' ELSE 'pending' END,
+    r.input, CASE WHEN r.status = 'running' THEN 1 ELSE 0 END, r.started_at FROM r),
 e AS (
   INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
   SELECT r.id, r.circle_id, 'status', NULL, 'queued', $25::text,
     jsonb_build_object('trigger', r.trigger, 'operation', r.operation, 'definition_hash', r.definition_hash) FROM r
   UNION ALL
+  SELECT r.id, r.circle_id, 'status', 'queued', 'running', 'worker:' || $27,
+    jsonb_build_object('attempt', 1, 'host', $28::text) FROM r WHERE r.status = 'running'
+  UNION ALL
   SELECT r.id, r.circle_id, 'ledger', NULL, NULL, $25::text,
     jsonb_build_object('movement', 'reserve', 'amount', r.credits_reserved, 'transfer_id', r.id::text || ':reserve:0')
   FROM r WHERE r.credits_reserved > 0)
-SELECT r.*, pg_notify('cairn_run_queued', r.id::text) AS _n FROM r`;
+SELECT r.*, CASE WHEN r.status = 'queued' THEN pg_notify('cairn_run_queued', r.id::text) END AS _n FROM r`);
 
 /** Inserts a queued run with its item; undefined when the wallet could not cover its reservation. */
 export async function insertRun(q: Queryable, n: NewRun): Promise<RunRow | undefined> {
@@ -92,11 +104,14 @@ export async function insertRun(q: Queryable, n: NewRun): Promise<RunRow | undef
     n.itemId,
     n.trigger.actor,
     n.rerunOf ?? null,
+    n.claim?.workerId ?? null,
+    n.claim?.host ?? null,
+    n.claim?.leaseMs ?? null,
   ]);
   return res.rows[0] && runRow(res.rows[0]);
 }
 
-const CLAIM = `
+const CLAIM = prepared(`
 WITH c AS (
   SELECT id FROM cairn.runs
   WHERE status = 'queued' AND run_after <= clock_timestamp()
@@ -116,7 +131,7 @@ e AS (
   INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
   SELECT u.id, u.circle_id, 'status', 'queued', 'running', 'worker:' || $2,
     jsonb_build_object('attempt', u.attempt, 'host', $3::text) FROM u)
-SELECT * FROM u ORDER BY queued_at, id`;
+SELECT * FROM u ORDER BY queued_at, id`);
 
 /** Claims up to `limit` queued runs for this worker, with a lease of `leaseMs`. */
 export async function claimRuns(
@@ -162,7 +177,7 @@ export interface Settlement {
   events?: [string, number, Record<string, unknown>][];
 }
 
-const SETTLE = `
+const SETTLE = prepared(`
 WITH s AS (
   SELECT * FROM jsonb_to_recordset($1::jsonb)
     AS x(id uuid, status text, output jsonb, error jsonb, credits bigint, evidence jsonb, events jsonb, flags jsonb)),
@@ -193,18 +208,31 @@ e AS (
       'credits_used', u.credits_used, 'error_code', s.error ->> 'code'))
   FROM u JOIN s ON s.id = u.id),
 l AS (SELECT cairn.ledger_settle_run(u.id, s.credits, true, 'worker:' || $2) AS c FROM u JOIN s ON s.id = u.id)
-SELECT u.id, u.status, pg_notify('cairn_run_done', u.id::text) AS _n
-FROM u CROSS JOIN (SELECT count(*) AS n FROM l) lc`;
+SELECT u.id, u.status, u.duration_ms, u.credits_used, pg_notify('cairn_run_done', u.id::text) AS _n
+FROM u CROSS JOIN (SELECT count(*) AS n FROM l) lc`);
 
 /**
  * Settles finished runs in one statement. Only runs still `running` under this
  * worker's lease are touched: a run cancelled meanwhile, or recovered by
  * another worker after our lease expired, keeps its newer state.
  */
-export async function settleRuns(q: Queryable, workerId: string, batch: Settlement[]): Promise<string[]> {
+export async function settleRuns(q: Queryable, workerId: string, batch: Settlement[]): Promise<SettledRun[]> {
   if (batch.length === 0) return [];
-  const r = await q.query<{ id: string }>(SETTLE, [JSON.stringify(batch), workerId]);
-  return r.rows.map((x) => x.id);
+  const r = await q.query<SettledRun>(SETTLE, [JSON.stringify(batch), workerId]);
+  return r.rows.map((x) => ({
+    id: x.id,
+    status: x.status,
+    duration_ms: x.duration_ms === null ? null : Number(x.duration_ms),
+    credits_used: Number(x.credits_used),
+  }));
+}
+
+/** What a settle changed on one run. */
+export interface SettledRun {
+  id: string;
+  status: 'succeeded' | 'failed';
+  duration_ms: number | null;
+  credits_used: number;
 }
 
 /**

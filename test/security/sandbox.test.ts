@@ -4,9 +4,10 @@ import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runSandbox, type SandboxRequest } from '../../src/sandbox/runner.js';
+import { discardStandbys, runSandbox, type SandboxRequest } from '../../src/sandbox/runner.js';
 import { cacheRoot } from '../../src/sandbox/exec-helper.js';
 import { memoryCgroupsAvailable } from '../../src/sandbox/cgroup.js';
+import { UidPool } from '../../src/sandbox/uids.js';
 import { buildGo, GoBuildError } from '../../src/sandbox/builders/go.js';
 
 /**
@@ -225,6 +226,102 @@ func Handler(in map[string]interface{}) (map[string]interface{}, error) { return
     expect(readFileSync(b.binary).includes(Buffer.from('pwned'))).toBe(false);
   }, 120_000);
 });
+
+describe('sandboxes made ahead of time (standby)', () => {
+  let dir: string;
+  let probe: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'cairn-probe-'));
+    chmodSync(dir, 0o755);
+    probe = join(dir, 'probe');
+    execFileSync('go', ['build', '-o', probe, '.'], {
+      cwd: new URL('./probe/', import.meta.url).pathname,
+      env: { ...process.env, CGO_ENABLED: '0' },
+    });
+  }, 120_000);
+  afterAll(() => {
+    discardStandbys();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const standby = (args: string[], extra: Partial<SandboxRequest> = {}) =>
+    runSandbox({
+      argv: ['/probe', ...args],
+      binds: [{ src: probe, dest: '/probe' }],
+      standby: true,
+      ...extra,
+    });
+  const settle = () => new Promise((r) => setTimeout(r, 300)); // the next standby is made after a run
+
+  it('each run gets a fresh sandbox: nothing an earlier run left is visible', async () => {
+    const seen = [];
+    for (let i = 0; i < 3; i++) {
+      const r = await standby(['mark']);
+      seen.push(r.stdout.toString().trim());
+      await settle();
+    }
+    expect(seen).toEqual(Array(3).fill('mark saw=[] err=<nil> write=<nil>'));
+  });
+
+  it('no code of the run starts before its input is handed over', async () => {
+    const token = String(100_000 + Math.floor(Math.random() * 800_000));
+    await standby(['sleep', token], { limits: { timeoutMs: 2_000 } }); // leaves one held for this request
+    await settle();
+    // The held sandbox's processes: bwrap, set up and waiting; never the program.
+    const held = cmdlines().filter((c) => c.includes(token));
+    expect(held.length).toBeGreaterThan(0);
+    expect(held.every((c) => c.startsWith('/usr/bin/bwrap'))).toBe(true);
+  });
+
+  it("the run's clock starts when its input is handed over, not when its sandbox was made", async () => {
+    await standby(['sleep', '50'], { limits: { timeoutMs: 400 } });
+    await new Promise((r) => setTimeout(r, 600)); // the held one waits longer than the limit
+    const r = await standby(['sleep', '50'], { limits: { timeoutMs: 400 } });
+    expect(r.verdict).toBe('invalid_output'); // slept and exited 0, with no result on fd 3
+    expect(r.stdout.toString()).toBe('slept\n');
+    expect(r.durationMs).toBeLessThan(400);
+    const t = await standby(['sleep', '60000'], { limits: { timeoutMs: 400 } });
+    expect(t.verdict).toBe('timeout');
+    expect(t.durationMs - 400).toBeLessThan(50);
+    await new Promise((res) => setTimeout(res, 50));
+    expect(processesOf(t.uid)).toEqual([]);
+  });
+
+  it('held sandboxes are killed at shutdown, leaving no process behind', async () => {
+    const token = String(100_000 + Math.floor(Math.random() * 800_000));
+    await standby(['sleep', token]);
+    await settle();
+    expect(cmdlines().some((c) => c.includes(token))).toBe(true);
+    discardStandbys();
+    await new Promise((r) => setTimeout(r, 200));
+    expect(cmdlines().filter((c) => c.includes(token))).toEqual([]);
+  });
+});
+
+describe('sandbox uids', () => {
+  it('two pools (two Cairn processes on one host) never hand out the same uid', async () => {
+    if (process.getuid?.() !== 0) return; // uids are pooled only as root
+    const a = new UidPool(3_100_000, 8);
+    const b = new UidPool(3_100_000, 8);
+    const ua = await Promise.all(Array.from({ length: 8 }, () => a.acquire()));
+    const ub = await Promise.all(Array.from({ length: 8 }, () => b.acquire()));
+    expect(new Set([...ua, ...ub]).size).toBe(16);
+    expect(Math.floor((ua[0]! - 3_100_000) / 8)).not.toBe(Math.floor((ub[0]! - 3_100_000) / 8));
+  });
+});
+
+/** Every process's command line, space-separated. */
+function cmdlines(): string[] {
+  const out: string[] = [];
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      out.push(readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').join(' ').trim());
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
 
 /** Host processes running as the sandbox's uid, by scanning /proc. */
 function processesOf(uid: number | null): string[] {

@@ -115,16 +115,16 @@ export async function invokeGo(ctx: ExecContext): Promise<ExecResult> {
         ],
       ];
   const stdin = JSON.stringify(ctx.input ?? {});
-  const deadline = Date.now() + spec.timeout_ms;
   const argv = ['/fn/handler'];
   const r = await runSandbox({
     argv,
     binds: [{ src: b.binary, dest: '/fn/handler' }],
-    env: { ...spec.env, CAIRN_DEADLINE_UNIX_MS: String(deadline) },
+    env: { ...spec.env, CAIRN_TIMEOUT_MS: String(spec.timeout_ms) },
     stdin,
     limits: { timeoutMs: spec.timeout_ms, memoryMb: spec.memory_mb },
     oomMarkers: GO_OOM,
     signal: ctx.signal,
+    standby: true,
   });
   const evidence = {
     command: argv,

@@ -334,6 +334,8 @@ async function runScript(
     limits: { timeoutMs: spec.timeout_ms, memoryMb: spec.memory_mb },
     oomMarkers: l.oom,
     signal,
+    // Invokes start from a sandbox made ahead of time; a one-off check does not.
+    standby: Object.keys(extraEnv).length === 0,
   });
   const evidence: Record<string, unknown> = {
     command: argv,

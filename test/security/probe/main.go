@@ -64,6 +64,15 @@ func main() {
 			names = append(names, e.Name())
 		}
 		say("ls %s err=%v", strings.Join(names, ","), err)
+	case "mark":
+		// What an earlier run left in /tmp, then a mark of this run's own.
+		entries, err := os.ReadDir("/tmp")
+		names := []string{}
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		werr := os.WriteFile("/tmp/mark", []byte("earlier run"), 0o644)
+		say("mark saw=[%s] err=%v write=%v", strings.Join(names, ","), err, werr)
 	case "write":
 		err := os.WriteFile(arg(2), []byte("planted"), 0o644)
 		say("write err=%v", err)
