@@ -9,6 +9,7 @@ import { startServer } from '../src/runtime.js';
 import { silentLogger } from '../src/telemetry/log.js';
 import { buildGo } from '../src/sandbox/builders/go.js';
 import { nodeRuntime, pythonRuntime } from '../src/sandbox/runtimes.js';
+import { runSandbox } from '../src/sandbox/runner.js';
 import { getCircleBySlug } from '../src/store/circles.js';
 import { getElement } from '../src/store/elements.js';
 import { getType, operationsOf } from '../src/elements/registry.js';
@@ -18,6 +19,7 @@ import { cloneTemplate } from '../test/helpers/pg-server.js';
 import { machine, median, percentile, runsPerSecond, writeSection, timed } from './lib.js';
 
 const N = Number(process.env.BENCH_INVOKES ?? 300);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const TOKEN = 'cairn_bench_' + randomBytes(12).toString('hex');
 const greeter = parseElementsYaml(
   readFileSync(new URL('../examples/my-greeter.yaml', import.meta.url), 'utf8'),
@@ -133,12 +135,31 @@ it('code actions: latency, throughput, builds', async () => {
           ),
         () => server.worker?.kick(),
       );
+    // The sandbox alone, as the executor calls it (standby included), without the run record.
+    const goSandbox = () =>
+      runSandbox({
+        argv: ['/fn/handler'],
+        binds: [{ src: build.binary, dest: '/fn/handler' }],
+        env: { CAIRN_TIMEOUT_MS: '30000' },
+        stdin: '{"name":"Alice"}',
+        limits: { timeoutMs: 30_000, memoryMb: 128 },
+        standby: true,
+      });
     const rates: number[] = [];
+    const sandboxRates: number[] = [];
     const bareRates: number[] = [];
-    for (let r = 0; r < 3; r++) {
-      rates.push(await engineRate());
-      bareRates.push(await concurrently(M, 4, goBare));
-    }
+    // The kernel tears namespaces down after the fact (deferred work that a following phase
+    // would pay for): each phase starts after a pause, and the order rotates every round.
+    const phases = [
+      async () => rates.push(await engineRate()),
+      async () => sandboxRates.push(await concurrently(M, 4, goSandbox)),
+      async () => bareRates.push(await concurrently(M, 4, goBare)),
+    ];
+    for (let r = 0; r < ROUNDS; r++)
+      for (let k = 0; k < phases.length; k++) {
+        await new Promise((res) => setTimeout(res, 1_500));
+        await phases[(r + k) % phases.length]!();
+      }
 
     // 3. builds: a changed handler with a warm toolchain cache, and a cache hit
     const cold: number[] = [];
@@ -165,13 +186,15 @@ it('code actions: latency, throughput, builds', async () => {
       `| ${name} | ${f(percentile(a, 50))} | ${f(percentile(a, 99))} | ${f(percentile(b, 50))} | ${f(percentile(b, 99))} | ${(percentile(a, 50) / percentile(b, 50)).toFixed(2)}× |`;
     const md = `## Code actions (go-fn, python, javascript)
 
-Command: \`npx vitest run --config bench/vitest.config.ts bench/code-actions.bench.ts\` (BENCH_INVOKES=${N})
+Command: \`npx vitest run --config bench/vitest.config.ts bench/code-actions.bench.ts\` (BENCH_INVOKES=${N}, BENCH_ROUNDS=${ROUNDS})
 Machine: ${machine()}; \`cairn serve\` in-process on PostgreSQL, worker concurrency 4.
 
 The floor is \`bwrap --unshare-all --unshare-user --die-with-parent --new-session --ro-bind <bin> … --dev /dev --proc /proc\`
-spawned straight from Node with the same input on stdin: the namespaces, without our exec helper (rlimits, fd closing,
-subreaper), seccomp filter, tmpfs mounts, read-only remounts, HTTP, or the run record (run + item + 3 audit events,
-evidence, logs). Sync invokes and floor runs are interleaved in blocks.
+spawned straight from Node with the same input on stdin: the namespaces, without our exec helper (uid, rlimits, memory
+cgroup, fd closing, subreaper, own timer), seccomp filter, tmpfs mounts, read-only remounts, HTTP, or the run record
+(run + item + 3 audit events, ledger reserve and capture, evidence, logs). Sync invokes and floor runs are interleaved
+in blocks. An invoke starts from a sandbox made ahead of time for the same request (set up, program not started; its
+clock starts when it is handed its input), spawned by the helper's spawn server, not by forking Node.
 
 ### Latency: sync invoke over HTTP, run fully recorded, vs the floor (ms)
 
@@ -183,14 +206,16 @@ ${row('javascript', jsInv, jsFloor)}
 
 Goals (go-fn): p50 ≤ 10 ms and ≤ 1.5× the floor.
 
-### Throughput on 2 cores (runs/s, ${M} runs per round, 4 at a time)
+### Throughput on 2 cores (runs/s, ${M} runs per phase, 4 at a time; phases in rotating order, 1.5 s apart)
 
-| round | engine (submit → settled, recorded) | bare bwrap execs | ratio |
-|---|---|---|---|
-${rates.map((r, i) => `| ${i + 1} | ${r.toFixed(0)} | ${bareRates[i]!.toFixed(0)} | ${(r / bareRates[i]!).toFixed(2)} |`).join('\n')}
-| **median** | **${median(rates).toFixed(0)}** | **${median(bareRates).toFixed(0)}** | **${(median(rates) / median(bareRates)).toFixed(2)}** |
+| round | engine (submit → settled, recorded) | sandbox alone (\`runSandbox\`) | bare bwrap execs | engine / bare | sandbox / bare |
+|---|---|---|---|---|---|
+${rates.map((r, i) => `| ${i + 1} | ${r.toFixed(0)} | ${sandboxRates[i]!.toFixed(0)} | ${bareRates[i]!.toFixed(0)} | ${(r / bareRates[i]!).toFixed(2)} | ${(sandboxRates[i]! / bareRates[i]!).toFixed(2)} |`).join('\n')}
+| **median** | **${median(rates).toFixed(0)}** | **${median(sandboxRates).toFixed(0)}** | **${median(bareRates).toFixed(0)}** | **${(median(rates) / median(bareRates)).toFixed(2)}** | **${(median(sandboxRates) / median(bareRates)).toFixed(2)}** |
 
-Goal ≥ 0.90.
+Goal ≥ 0.90 (engine / bare). "Sandbox alone" is the sandbox the executor uses (spawn server, uid, memory cgroup,
+seccomp, standby) without the engine: the rest of the gap is the run record (insert, claim, settle, ledger, events),
+computed on the same 2 cores.
 
 ### Go builds
 

@@ -199,6 +199,16 @@ interface Launched {
 async function launch(req: SandboxRequest, limits: Limits, wantArmed: boolean): Promise<Launched> {
   const pooled = req.asUid === undefined;
   const sock = await connectSandbox(); // before taking a uid: a server that cannot start must not leak one
+  let spawnError = '';
+  let exited = false;
+  // Done once the helper has reported (it reaps every process of the sandbox first) and hung up.
+  const ended = new Promise<void>((resolve) => {
+    sock.on('error', (e) => (spawnError = e.message));
+    sock.on('close', () => {
+      exited = true;
+      resolve();
+    });
+  });
   const uid = pooled ? await uidPool.acquire() : req.asUid;
   const sandboxed = !sandboxDisabled();
   const armed = wantArmed && sandboxed;
@@ -237,7 +247,6 @@ async function launch(req: SandboxRequest, limits: Limits, wantArmed: boolean): 
   let resultOver = false;
   let timedOut = false;
   let cancelled = false;
-  let exited = false;
   // The helper kills and reaps the whole sandbox on a kill frame; closing the connection is the fallback.
   let killTimer: NodeJS.Timeout | undefined;
   const send = (f: Buffer) => {
@@ -271,7 +280,6 @@ async function launch(req: SandboxRequest, limits: Limits, wantArmed: boolean): 
     }
   };
   let reportText = '';
-  let spawnError = '';
   const read = frameReader((type, d) => {
     if (type === 'o') {
       if (stdoutTruncated) return;
@@ -287,14 +295,6 @@ async function launch(req: SandboxRequest, limits: Limits, wantArmed: boolean): 
     } else if (type === 'R') reportText = d.toString('utf8');
   });
   sock.on('data', read);
-  // Done once the helper has reported (it reaps every process of the sandbox first) and hung up.
-  const ended = new Promise<void>((resolve) => {
-    sock.on('error', (e) => (spawnError = e.message));
-    sock.on('close', () => {
-      exited = true;
-      resolve();
-    });
-  });
   let finished: Promise<SandboxResult> | undefined;
   const finish = async (signal: AbortSignal | undefined): Promise<SandboxResult> => {
     // The helper enforces the limit with its own timer; this one only covers a helper that died.
@@ -401,9 +401,15 @@ async function launch(req: SandboxRequest, limits: Limits, wantArmed: boolean): 
   };
 }
 
+/** CAIRN_SANDBOX_STANDBY: a whole number ≥ 0; anything else keeps the default (2). */
+function standbyCount(v: string | undefined): number {
+  const n = Number(v ?? 2);
+  return Number.isInteger(n) && n >= 0 && n <= 64 ? n : 2;
+}
+
 /** Sandboxes made ahead of time, by request (everything but the input). */
 const standbys = new StandbyPool<Launched>({
-  perKey: Number(process.env.CAIRN_SANDBOX_STANDBY ?? 2),
+  perKey: standbyCount(process.env.CAIRN_SANDBOX_STANDBY),
   // Never hold uids that runs are waiting for.
   canStart: () => uidPool.available > 8,
 });
@@ -428,7 +434,10 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
   const key = useStandby ? standbyKey(req, limits) : '';
   const ready = useStandby ? standbys.take(key) : undefined;
   const sandbox = ready ?? (await launch(req, limits, false));
-  const result = await sandbox.go(req.stdin, req.signal);
+  let result = await sandbox.go(req.stdin, req.signal);
+  // A held sandbox whose helper died before the run (e.g. killed from outside) did not run it: run it fresh.
+  if (ready && result.signal === 'SPAWN_ERROR' && !req.signal?.aborted)
+    result = await (await launch(req, limits, false)).go(req.stdin, req.signal);
   // The next one is made once this run is done: spawning forks this whole process, and the
   // set-up competes for the same cores, so doing it during the run would slow the run.
   if (useStandby) standbys.refill(key, () => launch(req, limits, true));

@@ -58,13 +58,6 @@ export async function connectSandbox(): Promise<Socket> {
   return createConnection(path);
 }
 
-/** Stops the spawn server (its running sandboxes finish; they need only their connections). */
-export function stopSpawnServer(): void {
-  proc?.stdin?.end();
-  proc = undefined;
-  ready = undefined;
-}
-
 /** One frame of the helper's protocol: a type byte, a little-endian u32 length, the bytes. */
 export function frame(type: string, data: Buffer | string = ''): Buffer {
   const body = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;

@@ -30,6 +30,17 @@ describeEachDriver('sync invokes and the worker slots', ({ db }) => {
   });
   afterAll(() => t.close());
 
+  /** The run once it is no longer queued or running (up to 5 s). */
+  async function finished(id: string) {
+    let run;
+    for (let i = 0; i < 100; i++) {
+      run = (await t.call('GET', `/api/runs/${id}`, undefined, c.tokens.read)).body;
+      if (run.status !== 'queued' && run.status !== 'running') break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return run;
+  }
+
   it('concurrent sync invokes beyond the free slots go through the queue, and all answer', async () => {
     const answers = await Promise.all(
       Array.from({ length: 5 }, () => t.call('POST', `/api/${c.slug}/nap/ops/invoke`, {}, c.tokens.execute)),
@@ -37,12 +48,7 @@ describeEachDriver('sync invokes and the worker slots', ({ db }) => {
     for (const a of answers) expect(a.status === 200 || a.status === 202).toBe(true);
     const runs = [];
     for (const a of answers) {
-      let run;
-      for (let i = 0; i < 100; i++) {
-        run = (await t.call('GET', `/api/runs/${a.body.run_id}`, undefined, c.tokens.read)).body;
-        if (run.status === 'succeeded') break;
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      const run = await finished(a.body.run_id);
       expect(run.status).toBe('succeeded');
       const audit = (await t.call('GET', `/api/runs/${run.id}/audit`, undefined, c.tokens.read)).body.events;
       expect(audit.filter((e: any) => e.type === 'status').map((e: any) => e.to_status)).toEqual([
@@ -71,12 +77,7 @@ describeEachDriver('sync invokes and the worker slots', ({ db }) => {
     const a = await t.call('POST', `/api/${c.slug}/long/ops/invoke`, {}, c.tokens.execute);
     expect(a.status).toBe(202);
     expect(a.headers.location).toBe(`/api/runs/${a.body.run_id}`);
-    let run;
-    for (let i = 0; i < 100; i++) {
-      run = (await t.call('GET', `/api/runs/${a.body.run_id}`, undefined, c.tokens.read)).body;
-      if (run.status === 'succeeded') break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    const run = await finished(a.body.run_id);
     expect(run.status).toBe('succeeded');
     expect(run.output).toEqual({ rows: [{ s: 'done' }], row_count: 1 });
   });

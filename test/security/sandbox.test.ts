@@ -25,13 +25,7 @@ describe('sandbox containment', () => {
     (await run(args, extra)).stdout.toString().trim();
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'cairn-probe-'));
-    chmodSync(dir, 0o755);
-    probe = join(dir, 'probe');
-    execFileSync('go', ['build', '-o', probe, '.'], {
-      cwd: new URL('./probe/', import.meta.url).pathname,
-      env: { ...process.env, CGO_ENABLED: '0' },
-    });
+    ({ dir, probe } = buildProbe());
     server = createServer((s) => s.end('platform secret'));
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
     port = (server.address() as { port: number }).port;
@@ -230,15 +224,7 @@ func Handler(in map[string]interface{}) (map[string]interface{}, error) { return
 describe('sandboxes made ahead of time (standby)', () => {
   let dir: string;
   let probe: string;
-  beforeAll(() => {
-    dir = mkdtempSync(join(tmpdir(), 'cairn-probe-'));
-    chmodSync(dir, 0o755);
-    probe = join(dir, 'probe');
-    execFileSync('go', ['build', '-o', probe, '.'], {
-      cwd: new URL('./probe/', import.meta.url).pathname,
-      env: { ...process.env, CGO_ENABLED: '0' },
-    });
-  }, 120_000);
+  beforeAll(() => ({ dir, probe } = buildProbe()), 120_000);
   afterAll(() => {
     discardStandbys();
     rmSync(dir, { recursive: true, force: true });
@@ -308,6 +294,18 @@ describe('sandbox uids', () => {
     expect(Math.floor((ua[0]! - 3_100_000) / 8)).not.toBe(Math.floor((ub[0]! - 3_100_000) / 8));
   });
 });
+
+/** The probe binary (every attack), built into a directory sandbox uids can traverse. */
+function buildProbe(): { dir: string; probe: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'cairn-probe-'));
+  chmodSync(dir, 0o755);
+  const probe = join(dir, 'probe');
+  execFileSync('go', ['build', '-o', probe, '.'], {
+    cwd: new URL('./probe/', import.meta.url).pathname,
+    env: { ...process.env, CGO_ENABLED: '0' },
+  });
+  return { dir, probe };
+}
 
 /** Every process's command line, space-separated. */
 function cmdlines(): string[] {

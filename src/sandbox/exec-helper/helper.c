@@ -13,18 +13,20 @@
  *
  * Each child serves one run:
  * - reads the run's header (uid, limits, cgroup, seccomp filter, armed, cwd,
- *   env, argv), opens the filter as fd 4 and joins the memory cgroup (as root),
- *   then drops to the sandbox uid, applies the rlimits, closes every other fd
- *   and becomes a child subreaper;
- * - starts argv[0] (bwrap) with stdin/stdout/stderr/result (fd 3) pipes and
- *   the filter on fd 4 (and, armed, bwrap's block fd on 5), in an empty
- *   environment unless the header gives one;
+ *   env, argv), opens the filter as fd 4, joins the memory cgroup and becomes a
+ *   child subreaper; it keeps Cairn's uid, so it is never one of the processes
+ *   of the sandbox uid that it kills;
+ * - starts argv[0] (bwrap) as the sandbox uid, with the rlimits, with
+ *   stdin/stdout/stderr/result (fd 3) pipes and the filter on fd 4 (and, armed,
+ *   bwrap's block fd on 5) and no other fd, in an empty environment unless the
+ *   header gives one;
  * - relays: input frames from the socket to the program's stdin; its stdout,
  *   stderr and result back as frames, as they arrive;
  * - enforces the wall-clock limit with its own timer, and kills on a kill frame
  *   or when the socket closes;
  * - once bwrap exits, kills whatever is left of the sandbox uid (when that uid
- *   is dedicated to this sandbox), reaps every descendant, drains the pipes,
+ *   is dedicated to this sandbox: kill(-1) from a short-lived child running as
+ *   that uid), reaps every descendant, drains the pipes,
  *   and sends one report frame:
  *   {"exit": n, "signal": n, "max_rss_kb": n, "killed": b, "timed_out": b, "elapsed_ms": f}.
  *
@@ -119,10 +121,27 @@ static double now_ms(void) {
 static pid_t child;
 static int own_uid;
 
+static int has_uid;
+static uid_t sandbox_uid;
+
+/* Drops to the sandbox uid (the program's side, and the killer's). */
+static int become_sandbox_uid(void) {
+  if (!has_uid) return 0;
+  if (setgroups(0, NULL) != 0 && geteuid() == 0) return -1;
+  return setgid(sandbox_uid) == 0 && setuid(sandbox_uid) == 0 ? 0 : -1;
+}
+
 static void kill_all(void) {
   if (child > 0) kill(child, SIGKILL);
-  /* Every process of this dedicated uid (kill(-1) spares the caller). */
-  if (own_uid) kill(-1, SIGKILL);
+  if (!own_uid) return;
+  /* Every process of this dedicated uid: kill(-1) as that uid, from a short-lived
+     child (this process keeps Cairn's uid, so it is never one of them). */
+  pid_t k = fork();
+  if (k == 0) {
+    if (become_sandbox_uid() == 0) kill(-1, SIGKILL);
+    _exit(0);
+  }
+  if (k > 0) waitpid(k, NULL, 0);
 }
 
 /* Incoming frames from Cairn, parsed as bytes arrive. */
@@ -246,16 +265,9 @@ static void serve_one(void) {
     if (fd < 0 || write(fd, pid, len) != len) fail("join cgroup", strerror(errno));
     close(fd);
   }
-  if (strcmp(f[0], "-") != 0) {
-    uid_t uid = (uid_t)number(f[0]);
-    if (setgroups(0, NULL) != 0 && geteuid() == 0) fail("setgroups", strerror(errno));
-    if (setgid(uid) != 0 || setuid(uid) != 0) fail("setuid", strerror(errno));
-  }
-  limit(RLIMIT_DATA, number(f[1]));
-  limit(RLIMIT_NPROC, number(f[2]));
-  limit(RLIMIT_FSIZE, number(f[3]));
-  limit(RLIMIT_NOFILE, number(f[4]));
-  limit(RLIMIT_CORE, 0);
+  has_uid = strcmp(f[0], "-") != 0;
+  if (has_uid) sandbox_uid = (uid_t)number(f[0]);
+  unsigned long long lim[4] = {number(f[1]), number(f[2]), number(f[3]), number(f[4])};
   if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) fail("prctl subreaper", strerror(errno));
 
   sigset_t mask, old;
@@ -289,6 +301,13 @@ static void serve_one(void) {
     if (syscall(SYS_close_range, armed ? 6 : 5, ~0U, 0) != 0)
       for (int fd = armed ? 6 : 5; fd < 65536; fd++) close(fd);
     if (strcmp(f[10], "-") != 0 && chdir(f[10]) != 0) _exit(126);
+    /* The program's side only: its uid and limits (this process stays Cairn's). */
+    if (become_sandbox_uid() != 0) fail("setuid", strerror(errno));
+    limit(RLIMIT_DATA, lim[0]);
+    limit(RLIMIT_NPROC, lim[1]);
+    limit(RLIMIT_FSIZE, lim[2]);
+    limit(RLIMIT_NOFILE, lim[3]);
+    limit(RLIMIT_CORE, 0);
     execve(argv[0], argv, envp);
     dprintf(2, "cairn-sandbox-exec: exec %s: %s\n", argv[0], strerror(errno));
     _exit(127);
