@@ -8,15 +8,11 @@ import { startServer } from '../src/runtime.js';
 import { silentLogger } from '../src/telemetry/log.js';
 import { PgDb } from '../src/db/pg.js';
 import { createCircle } from '../src/store/circles.js';
-import { getCircleBySlug } from '../src/store/circles.js';
-import { getElement } from '../src/store/elements.js';
-import { getType, operationsOf } from '../src/elements/registry.js';
-import { submitRun } from '../src/engine/submit.js';
 import * as ledger from '../src/store/ledger.js';
 import { newId } from '../src/core/ids.js';
 import { parseElementsYaml } from '../src/yaml.js';
 import { cloneTemplate } from '../test/helpers/pg-server.js';
-import { machine, median, runsPerSecond, writeSection } from './lib.js';
+import { machine, median, invokeRunsPerSecond, writeSection } from './lib.js';
 
 const ROWS = Number(process.env.BENCH_ROWS ?? 10_000);
 const RUNS = Number(process.env.BENCH_RUNS ?? 3_000);
@@ -69,33 +65,10 @@ it('batch rows/s vs invoke runs/s of the same go-fn; ledger transfers/s on one w
         rows: Array.from({ length: n }, (_, k) => ({ name: `n${i + k}` })),
       });
     }
-    const db = server.db;
-    const circle = (await getCircleBySlug(db, 'bench'))!;
-    const el = (await getElement(db, circle.id, 'my-greeter'))!;
-    const type = getType('go-fn');
-    const op = operationsOf(type).find((o) => o.name === 'invoke')!;
     // warm the build cache and the sandbox path
     await call('POST', '/api/bench/my-greeter/ops/invoke', { name: 'warm' });
 
-    const invokeRate = () =>
-      runsPerSecond(
-        db,
-        RUNS,
-        () =>
-          submitRun(
-            db,
-            {
-              circle,
-              element: el,
-              type,
-              op,
-              input: { name: 'Alice' },
-              trigger: { type: 'api', source: null, actor: 'bench' },
-            },
-            {},
-          ),
-        () => server.worker?.kick(),
-      );
+    const invokeRate = () => invokeRunsPerSecond(server, 'bench', 'my-greeter', { name: 'Alice' }, RUNS);
     const batchRate = async () => {
       const t0 = performance.now();
       const r = await call('POST', '/api/bench/names/ops/columns/greeting/run', {});

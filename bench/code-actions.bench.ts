@@ -10,13 +10,9 @@ import { silentLogger } from '../src/telemetry/log.js';
 import { buildGo } from '../src/sandbox/builders/go.js';
 import { nodeRuntime, pythonRuntime } from '../src/sandbox/runtimes.js';
 import { runSandbox } from '../src/sandbox/runner.js';
-import { getCircleBySlug } from '../src/store/circles.js';
-import { getElement } from '../src/store/elements.js';
-import { getType, operationsOf } from '../src/elements/registry.js';
-import { submitRun } from '../src/engine/submit.js';
 import { parseElementsYaml } from '../src/yaml.js';
 import { cloneTemplate } from '../test/helpers/pg-server.js';
-import { machine, median, percentile, runsPerSecond, writeSection, timed } from './lib.js';
+import { machine, median, percentile, invokeRunsPerSecond, writeSection, timed } from './lib.js';
 
 const N = Number(process.env.BENCH_INVOKES ?? 300);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
@@ -110,31 +106,8 @@ it('code actions: latency, throughput, builds', async () => {
     const [inv, flo] = await interleaved(N, invoke('my-greeter'), goBare);
 
     // 2. throughput on 2 cores: runs through the engine (4 at a time) vs bare bwrap execs 4 at a time
-    const db = server.db;
-    const circle = (await getCircleBySlug(db, 'bench'))!;
-    const el = (await getElement(db, circle.id, 'my-greeter'))!;
-    const type = getType('go-fn');
-    const op = operationsOf(type).find((o) => o.name === 'invoke')!;
     const M = Math.max(100, N);
-    const engineRate = () =>
-      runsPerSecond(
-        db,
-        M,
-        () =>
-          submitRun(
-            db,
-            {
-              circle,
-              element: el,
-              type,
-              op,
-              input: { name: 'Alice' },
-              trigger: { type: 'api', source: null, actor: 'bench' },
-            },
-            {},
-          ),
-        () => server.worker?.kick(),
-      );
+    const engineRate = () => invokeRunsPerSecond(server, 'bench', 'my-greeter', { name: 'Alice' }, M);
     // The sandbox alone, as the executor calls it (standby included), without the run record.
     const goSandbox = () =>
       runSandbox({

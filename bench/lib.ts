@@ -1,6 +1,10 @@
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { cpus } from 'node:os';
 import type { Db } from '../src/db/types.js';
+import { getCircleBySlug } from '../src/store/circles.js';
+import { getElement } from '../src/store/elements.js';
+import { getType, operationsOf } from '../src/elements/registry.js';
+import { submitRun } from '../src/engine/submit.js';
 
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -59,4 +63,28 @@ export async function runsPerSecond(
   await all;
   await un();
   return count / ((performance.now() - t0) / 1000);
+}
+
+/**
+ * Invoke runs of one element per second through the engine (no HTTP): each
+ * submitted as the API would, then claimed, executed and settled by `server`'s worker.
+ */
+export async function invokeRunsPerSecond(
+  server: { db: Db; worker?: { kick(): void } },
+  circleSlug: string,
+  elementSlug: string,
+  input: unknown,
+  count: number,
+): Promise<number> {
+  const circle = (await getCircleBySlug(server.db, circleSlug))!;
+  const element = (await getElement(server.db, circle.id, elementSlug))!;
+  const type = getType(element.element_type);
+  const op = operationsOf(type).find((o) => o.name === 'invoke')!;
+  const trigger = { type: 'api', source: null, actor: 'bench' };
+  return runsPerSecond(
+    server.db,
+    count,
+    () => submitRun(server.db, { circle, element, type, op, input, trigger }, {}),
+    () => server.worker?.kick(),
+  );
 }

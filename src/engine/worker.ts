@@ -215,15 +215,9 @@ export class Worker {
       claim: { workerId: this.id, host: this.host, leaseMs: this.leaseMs },
       run: (run) => {
         used = true;
-        const controller = new AbortController();
-        this.inflight.set(run.id, { run, controller });
         return new Promise((resolve) => {
           this.settledWaiters.set(run.id, resolve);
-          void this.execute(run, controller.signal).then((s) => {
-            this.executing--;
-            this.enqueueSettle(s);
-            this.wakeUp();
-          });
+          this.executeInSlot(run, new AbortController());
         });
       },
       release: () => {
@@ -261,8 +255,13 @@ export class Worker {
         });
       return;
     }
-    this.inflight.set(run.id, { run, controller });
     this.executing++;
+    this.executeInSlot(run, controller);
+  }
+
+  /** Executes an invoke run in a slot already counted in `executing`, then queues its settle. */
+  private executeInSlot(run: RunRow, controller: AbortController): void {
+    this.inflight.set(run.id, { run, controller });
     void this.execute(run, controller.signal).then((s) => {
       this.executing--;
       this.enqueueSettle(s);

@@ -131,7 +131,7 @@ function seccompFile(allowInet: boolean): string {
 
 /**
  * The bwrap command line: every namespace unshared, nothing of the host but the
- * binds. `armed`: bwrap waits on fd 5 (which the exec helper feeds) before it
+ * binds. `armed`: bwrap waits on its fd 5 (a pipe the exec helper writes to) before it
  * starts the program, with everything else already set up.
  */
 export function bwrapArgs(req: SandboxRequest, limits: Limits, armed = false): string[] {
@@ -171,7 +171,7 @@ function unsandboxedArgv(req: SandboxRequest): string[] {
   });
 }
 
-/** What the helper reports on fd 5 once the whole tree is reaped. */
+/** The helper's report frame, sent once the whole tree is reaped. */
 interface HelperReport {
   exit: number;
   signal: number;
@@ -181,7 +181,7 @@ interface HelperReport {
   elapsed_ms: number;
 }
 
-/** A started exec helper (and bwrap under it): released at once, or held until `go`. */
+/** A sandbox started through the spawn server: released at once, or held until `go`. */
 interface Launched {
   /** The helper has exited (a standby that died before its run is useless). */
   readonly exited: boolean;
@@ -192,7 +192,7 @@ interface Launched {
 }
 
 /**
- * Starts the exec helper for `req` with a pooled uid and, where writable, a
+ * Asks the spawn server for a sandbox for `req`, with a pooled uid and, where writable, a
  * memory cgroup. Armed, bwrap sets the sandbox up and then waits; otherwise
  * the program starts as soon as bwrap has set it up.
  */

@@ -1,5 +1,5 @@
 /**
- * Sandboxes made ahead of time. When a run of some request starts, another
+ * Sandboxes made ahead of time. When a run of some request is done, another
  * sandbox for the identical request (same program, binds, env and limits) is
  * set up in the background and held, armed: namespaces, mounts and seccomp
  * filter ready, the program not yet started. The next run with that request
@@ -30,7 +30,7 @@ export interface StandbyOptions {
 export class StandbyPool<T extends Standby> {
   private readonly held = new Map<string, Held<T>[]>();
   private readonly starting = new Map<string, number>();
-  private total = 0;
+  private generation = 0;
   private readonly maxTotal: number;
   private readonly idleMs: number;
 
@@ -39,9 +39,12 @@ export class StandbyPool<T extends Standby> {
     this.idleMs = opts.idleMs ?? 60_000;
   }
 
-  /** Counts held and starting, per request and in all. */
-  get size(): number {
-    return this.total;
+  /** Held and starting, in all (a handful of keys: counted, not tracked). */
+  private count(): number {
+    let n = 0;
+    for (const l of this.held.values()) n += l.length;
+    for (const k of this.starting.values()) n += k;
+    return n;
   }
 
   /** A live standby for `key`, no longer held; undefined when none is. */
@@ -49,7 +52,6 @@ export class StandbyPool<T extends Standby> {
     const list = this.held.get(key);
     while (list && list.length > 0) {
       const h = list.shift()!;
-      this.total--;
       clearTimeout(h.timer);
       if (list.length === 0) this.held.delete(key);
       if (!h.sandbox.exited) return h.sandbox;
@@ -60,9 +62,8 @@ export class StandbyPool<T extends Standby> {
   /** Starts one more standby for `key` unless enough are held or starting. */
   refill(key: string, start: () => Promise<T>): void {
     const n = (this.held.get(key)?.length ?? 0) + (this.starting.get(key) ?? 0);
-    if (this.opts.perKey <= 0 || n >= this.opts.perKey || this.total >= this.maxTotal) return;
+    if (this.opts.perKey <= 0 || n >= this.opts.perKey || this.count() >= this.maxTotal) return;
     if (this.opts.canStart && !this.opts.canStart()) return;
-    this.total++;
     this.starting.set(key, (this.starting.get(key) ?? 0) + 1);
     const generation = this.generation;
     // On a later turn of the event loop: what the finished run's caller does next
@@ -71,14 +72,10 @@ export class StandbyPool<T extends Standby> {
       start().then(
         (sandbox) => {
           this.started(key);
-          this.total--;
           if (generation !== this.generation) sandbox.discard();
           else this.hold(key, sandbox);
         },
-        () => {
-          this.started(key);
-          this.total--;
-        },
+        () => this.started(key),
       );
     }, 0);
   }
@@ -97,7 +94,6 @@ export class StandbyPool<T extends Standby> {
         const i = list.indexOf(h);
         if (i < 0) return;
         list.splice(i, 1);
-        this.total--;
         if (list.length === 0 && this.held.get(key) === list) this.held.delete(key);
         sandbox.discard();
       }, this.idleMs),
@@ -105,10 +101,7 @@ export class StandbyPool<T extends Standby> {
     h.timer.unref();
     list.push(h);
     this.held.set(key, list);
-    this.total++;
   }
-
-  private generation = 0;
 
   /** Kills every held standby; those still starting are discarded as they finish. */
   clear(): void {
@@ -118,7 +111,6 @@ export class StandbyPool<T extends Standby> {
         clearTimeout(h.timer);
         h.sandbox.discard();
       }
-    this.total -= [...this.held.values()].reduce((n, l) => n + l.length, 0);
     this.held.clear();
   }
 }
