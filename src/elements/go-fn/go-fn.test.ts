@@ -164,7 +164,9 @@ func Handler(input map[string]interface{}) (map[string]interface{}, error) {
       'memory_mb over 1024MB — consider whether your function truly needs this much memory',
       'timeout_ms over 5 minutes — long-running functions may be better suited to an agent element',
     ]);
-    const git = await create({ source: { type: 'git', git_url: 'file:///nonexistent', git_ref: 'main' } });
+    const git = await create({
+      source: { type: 'git', git_url: 'https://git.example.com/fn.git', git_ref: 'main' },
+    });
     expect(git.r.body.warnings).toEqual([
       "Pinning to 'main' branch means code changes automatically — consider pinning to a commit SHA for stable deployments",
     ]);
@@ -288,12 +290,17 @@ func Handler(input string) (map[string]interface{}, error) { return nil, nil }
     expect((await t.call('GET', `/api/runs/${id}`, undefined, c.tokens.read)).body.status).toBe('cancelled');
   });
 
-  it('builds from a git source pinned to a ref (a local repository)', async () => {
+  it('builds from a git source pinned to a ref (a local repository under CAIRN_GIT_LOCAL_ROOTS)', async () => {
     const { execFileSync } = await import('node:child_process');
-    const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+    const { chmodSync, mkdirSync, mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
     const { tmpdir } = await import('node:os');
     const { join } = await import('node:path');
-    const repo = mkdtempSync(join(tmpdir(), 'cairn-fn-repo-'));
+    // The admin's allow-list is the temp dir; the builder uid (not root) reads the repository.
+    const base = mkdtempSync(join(tmpdir(), 'cairn-fn-repos-'));
+    chmodSync(base, 0o755);
+    const repo = join(base, 'repo');
+    const saved = process.env.CAIRN_GIT_LOCAL_ROOTS;
+    process.env.CAIRN_GIT_LOCAL_ROOTS = base;
     const git = (...a: string[]) =>
       execFileSync('git', ['-C', repo, '-c', 'user.email=t@t', '-c', 'user.name=t', ...a]);
     execFileSync('git', ['init', '-q', '-b', 'main', repo]);
@@ -318,14 +325,31 @@ func Handler(input string) (map[string]interface{}, error) { return nil, nil }
       expect(ev.toolchain.commit).toBe(
         execFileSync('git', ['-C', repo, 'rev-parse', 'HEAD'], { encoding: 'utf8' }).trim(),
       );
+      // A missing repository inside the root is refused when defined…
       const missing = await create({
-        source: { type: 'git', git_url: join(repo, 'nope'), git_ref: 'v1.0.0' },
+        source: { type: 'git', git_url: join(base, 'nope'), git_ref: 'v1.0.0' },
       });
-      const failed = await invoke(missing.slug);
+      expect(missing.r.status).toBe(400);
+      expect(missing.r.body.error.code).toBe('INVALID_SPEC');
+      expect(missing.r.body.error.message).toMatch(/does not exist/);
+      // …a directory that is not a repository fails the clone…
+      mkdirSync(join(base, 'empty'), { mode: 0o755 });
+      const empty = await create({
+        source: { type: 'git', git_url: join(base, 'empty'), git_ref: 'v1.0.0' },
+      });
+      expect(empty.r.status).toBe(201);
+      const failed = await invoke(empty.slug);
       expect(failed.error.code).toBe('GO_FN_COMPILATION_FAILED');
       expect(failed.error.message).toMatch(/git clone .* failed/);
+      // …and the policy is checked again at build time: the admin closed local paths since.
+      process.env.CAIRN_GIT_LOCAL_ROOTS = '';
+      const closed = await t.call('POST', `/api/${c.slug}/${pinned.slug}/ops/build`, {}, c.tokens.write);
+      expect(closed.body.error.code).toBe('GO_FN_COMPILATION_FAILED');
+      expect(closed.body.error.message).toMatch(/allows no local git repositories/);
     } finally {
-      rmSync(repo, { recursive: true, force: true });
+      if (saved === undefined) delete process.env.CAIRN_GIT_LOCAL_ROOTS;
+      else process.env.CAIRN_GIT_LOCAL_ROOTS = saved;
+      rmSync(base, { recursive: true, force: true });
     }
   }, 120_000);
 

@@ -4,6 +4,8 @@ import { GO_FN_ERRORS } from './errors.js';
 import { buildOp, diagnosticsOp, invokeGo, validateOp } from './executor.js';
 import { REQUIREMENT_LINE } from '../../sandbox/builders/go.js';
 import { LOGS_OP } from '../logs-op.js';
+import { CairnError } from '../../core/errors.js';
+import { checkGitRef, checkGitSource, GitSourceRefused } from '../../sandbox/builders/git-source.js';
 
 const HANDLER_RE = /^[A-Z][a-zA-Z0-9_]*$/;
 
@@ -28,8 +30,21 @@ export const goFnSpec = z
             }
           })
           .describe('Lines appended to the require block of go.mod'),
-        git_url: z.string().max(2000).optional(),
-        git_ref: z.string().max(200).optional(),
+        git_url: z
+          .string()
+          .max(2000)
+          .optional()
+          .describe(
+            'Repository to clone when type is git: an https:// URL (no credentials; a host on a loopback, private or ' +
+              'link-local address is refused unless the admin sets CAIRN_GIT_ALLOW_PRIVATE_HOSTS=1), or a local absolute ' +
+              'path / file:// URL inside a directory the admin lists in CAIRN_GIT_LOCAL_ROOTS (none by default). ' +
+              'Cloned in the build sandbox as the unprivileged builder uid, without hooks or submodules',
+          ),
+        git_ref: z
+          .string()
+          .max(200)
+          .optional()
+          .describe('Branch or tag to check out (default: the remote HEAD)'),
         path: z
           .string()
           .max(500)
@@ -37,7 +52,15 @@ export const goFnSpec = z
           .optional(),
       })
       .strict()
-      .describe('Source code configuration'),
+      .describe(
+        'Source code configuration. With type git, git_url is cloned (at git_ref, a branch or tag) in the build ' +
+          'sandbox as the unprivileged builder uid, without hooks, submodules or redirects. git_url must be an ' +
+          'https:// URL without credentials whose host resolves to no loopback, private, link-local (cloud ' +
+          'metadata), CGNAT, multicast or reserved address (unless the admin sets CAIRN_GIT_ALLOW_PRIVATE_HOSTS=1), ' +
+          'or an absolute path or file:// URL whose real path is inside a directory the admin lists in ' +
+          'CAIRN_GIT_LOCAL_ROOTS (none by default). Anything else (http://, git://, ssh://, ext::, relative paths) ' +
+          'is refused with INVALID_SPEC',
+      ),
     handler: z.string().default('Handler').describe('Entry point function. Must be exported (capitalized).'),
     env: z
       .record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string().max(32_768))
@@ -153,6 +176,24 @@ export const goFnType: ElementTypeDecl = {
         !(s.source.type === 'git' && (s.source.git_ref === 'main' || s.source.git_ref === undefined)),
     },
   ],
+  // Where a git source may come from is the instance admin's policy (git-source.ts), checked
+  // here with the same 400 as the rules, and again when the source is cloned.
+  validateSpec: (s: { source: { type: string; git_url?: string; git_ref?: string } }) => {
+    if (s.source.type !== 'git') return;
+    try {
+      checkGitSource(s.source.git_url ?? '');
+      checkGitRef(s.source.git_ref);
+    } catch (e) {
+      if (!(e instanceof GitSourceRefused)) throw e;
+      throw new CairnError({
+        code: 'INVALID_SPEC',
+        class: 'validation',
+        message: e.message,
+        details: [{ rule: e.message }],
+        suggestion: e.suggestion,
+      });
+    }
+  },
   executors: { invoke: invokeGo },
   telemetry: { prefix: 'go_fn' },
   timeoutMs: (s) => s.timeout_ms,

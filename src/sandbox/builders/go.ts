@@ -7,6 +7,8 @@ import {
   lstatSync,
   mkdirSync,
   readdirSync,
+  readFileSync,
+  realpathSync,
   renameSync,
   rmSync,
   statSync,
@@ -17,10 +19,24 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { canonicalJson, sha256Hex } from '../../core/hash.js';
 import { cacheRoot } from '../exec-helper.js';
-import { runSandbox, type Bind, type SandboxResult } from '../runner.js';
+import { runSandbox, sandboxDisabled, type Bind, type SandboxResult } from '../runner.js';
 import { goBinary, goRootDir } from '../toolchains.js';
 import { uidPool } from '../uids.js';
 import { goWrapper, WRAPPER_VERSION } from './go-wrapper.js';
+import {
+  GIT_GLOBAL_CONFIG,
+  checkGitRef,
+  checkGitSource,
+  curlResolvePin,
+  gitCloneArgv,
+  gitEnv,
+  gitSourcePolicy,
+  GitSourceRefused,
+  guardRemoteHost,
+  SANDBOX_CHECKOUT,
+  SANDBOX_REPO,
+  type GitTarget,
+} from './git-source.js';
 import { goBuildDuration, goCacheHitRate } from '../../telemetry/metrics.js';
 
 export interface GoSource {
@@ -214,45 +230,165 @@ interface Resolved {
   stageFrom?: string; // a cloned checkout to stage instead of inline files
 }
 
-function resolveSource(req: GoRequest, scratch: string): Resolved {
+/** Shared libraries of ELF files, from ldd, bound at the paths the loader asks for. */
+function libraryBinds(files: string[]): Bind[] {
+  let out = '';
+  try {
+    out = execFileSync('ldd', files, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  } catch (e: any) {
+    out = String(e?.stdout ?? ''); // ldd exits non-zero when some file is not dynamic
+  }
+  const seen = new Map<string, string>();
+  for (const line of out.split('\n')) {
+    const m = /=>\s+(\/\S+)/.exec(line) ?? /^\s+(\/\S+)\s+\(/.exec(line);
+    if (m && !seen.has(m[1]!)) seen.set(m[1]!, realpathSync(m[1]!));
+  }
+  return [...seen.entries()].map(([dest, src]) => ({ src, dest }));
+}
+
+const GIT_CORE = '/usr/lib/git-core';
+let gitBindsCache: { base: Bind[]; shell: Bind[]; tls: Bind[] } | undefined;
+
+/**
+ * What git needs inside the sandbox: the binary, its helpers (git-remote-https,
+ * git-upload-pack) and exactly the libraries they load; a shell only for local
+ * clones (git starts upload-pack through sh); CA certificates only for https.
+ */
+function gitBinds(need: { shell?: boolean; tls?: boolean }): Bind[] {
+  if (!gitBindsCache) {
+    const sh = realpathSync('/bin/sh');
+    const elves = ['/usr/bin/git', join(GIT_CORE, 'git-remote-http'), sh].filter((f) => existsSync(f));
+    gitBindsCache = {
+      base: [
+        { src: '/usr/bin/git', dest: '/usr/bin/git' },
+        { src: GIT_CORE, dest: GIT_CORE },
+        ...libraryBinds(elves),
+      ],
+      shell: [{ src: sh, dest: '/bin/sh' }],
+      // Certificates, not resolv.conf or hosts: git reaches the pinned address, and never resolves a name.
+      tls: NET_BINDS.filter((b) => !['/etc/resolv.conf', '/etc/hosts'].includes(b.dest)),
+    };
+  }
+  const c = gitBindsCache;
+  return [...c.base, ...(need.shell ? c.shell : []), ...(need.tls ? c.tls : [])];
+}
+
+const GIT_LIMITS = {
+  timeoutMs: 60_000,
+  memoryMb: 2048,
+  maxProcs: 512, // RLIMIT_NPROC counts every process of the builder uid, builds included
+  fileSizeMb: 512,
+  openFiles: 1024,
+  tmpMb: 64,
+  stdoutBytes: 64 * 1024,
+  stderrBytes: 64 * 1024,
+};
+
+/** GIT_GLOBAL_CONFIG as a root-owned file (bound read-only into the sandbox). */
+function gitGlobalConfig(): string {
+  const path = join(dirs().root, 'gitconfig');
+  let current: string | undefined;
+  try {
+    current = lstatSync(path).isFile() ? readFileSync(path, 'utf8') : undefined;
+  } catch {
+    current = undefined;
+  }
+  if (current !== GIT_GLOBAL_CONFIG) {
+    const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}`;
+    writeFileSync(tmp, GIT_GLOBAL_CONFIG, { mode: 0o644 });
+    renameSync(tmp, path);
+  }
+  return path;
+}
+
+function refused(e: unknown): never {
+  if (e instanceof GitSourceRefused) throw new GoBuildError('source', e.message, e.suggestion);
+  throw e;
+}
+
+/**
+ * Clones a git source inside the build sandbox, as the builder uid: the URL is
+ * checked again (the admin's policy may have changed since the definition), a
+ * remote host is resolved and checked before any connection and git is pinned
+ * to that address; a local repository is bound read-only, without network.
+ * Returns the commit checked out.
+ */
+async function cloneGit(s: GoSource, checkout: string): Promise<string> {
+  const policy = gitSourcePolicy();
+  let target: GitTarget;
+  let pin: string | undefined;
+  try {
+    target = checkGitSource(s.git_url ?? '', policy);
+    checkGitRef(s.git_ref);
+    if (target.kind === 'remote') {
+      const addr = await guardRemoteHost(target, policy);
+      if (!target.literal) pin = curlResolvePin(target.host, target.port, addr.address);
+    }
+  } catch (e) {
+    refused(e);
+  }
+  const owner = builderUid();
+  ensureDir(checkout, owner);
+  const config = gitGlobalConfig();
+  // Not under /tmp (the sandbox's own tmpfs hides it); without bwrap, the host path itself.
+  const configBind: Bind = { src: config, dest: sandboxDisabled() ? config : '/cairn/gitconfig' };
+  const env = gitEnv(target, configBind.dest);
+  const repo: Bind[] = target.kind === 'local' ? [{ src: target.path, dest: SANDBOX_REPO }] : [];
+  const clone = await runSandbox({
+    argv: gitCloneArgv(target, s.git_ref, pin),
+    binds: [
+      ...gitBinds({ shell: target.kind === 'local', tls: target.kind === 'remote' }),
+      configBind,
+      ...repo,
+      { src: checkout, dest: SANDBOX_CHECKOUT, rw: true },
+    ],
+    env,
+    cwd: '/tmp',
+    network: target.kind === 'remote',
+    limits: GIT_LIMITS,
+    asUid: owner,
+  });
+  const what = `git clone of ${s.git_url} at ${s.git_ref ?? 'HEAD'}`;
+  if (clone.exitCode !== 0) {
+    const text = (clone.stderr.toString('utf8') + clone.stdout.toString('utf8')).trim();
+    const why = clone.verdict === 'timeout' ? ` (took longer than ${GIT_LIMITS.timeoutMs} ms)` : '';
+    throw new GoBuildError('source', `${what} failed${why}`, text);
+  }
+  const head = await runSandbox({
+    argv: ['/usr/bin/git', '-C', SANDBOX_CHECKOUT, 'rev-parse', '--verify', 'HEAD^{commit}'],
+    binds: [...gitBinds({}), configBind, { src: checkout, dest: SANDBOX_CHECKOUT }],
+    env,
+    cwd: '/tmp',
+    limits: GIT_LIMITS,
+    asUid: owner,
+  });
+  const commit = head.stdout.toString('utf8').trim();
+  if (head.exitCode !== 0 || !/^[0-9a-f]{40}(?:[0-9a-f]{24})?$/.test(commit))
+    throw new GoBuildError('source', `${what}: cannot read the commit`, head.stderr.toString('utf8'));
+  return commit;
+}
+
+async function resolveSource(req: GoRequest, scratch: string): Promise<Resolved> {
   const s = req.source;
   if (s.type === 'inline') {
     const files = { 'fn.go': s.code ?? '', 'go.mod': goMod(s.requirements) };
     return { files, keyParts: { files }, needsDownload: Boolean(s.requirements?.trim()) };
   }
-  // git: clone on the host (git runs no code from the repository), pin the commit.
+  // git: cloned in the sandbox (git runs no code from the repository), the commit pinned.
   const dir = join(scratch, 'checkout');
-  try {
-    execFileSync(
-      'git',
-      [
-        'clone',
-        '--quiet',
-        '--depth',
-        '1',
-        ...(s.git_ref ? ['--branch', s.git_ref] : []),
-        '--',
-        s.git_url!,
-        dir,
-      ],
-      {
-        stdio: ['ignore', 'ignore', 'pipe'],
-        timeout: 60_000,
-        env: { ...process.env, GIT_TERMINAL_PROMPT: '0' },
-      },
-    );
-  } catch (e: any) {
-    throw new GoBuildError(
-      'source',
-      `git clone of ${s.git_url} at ${s.git_ref ?? 'HEAD'} failed`,
-      String(e?.stderr ?? e?.message ?? e),
-    );
-  }
-  const commit = execFileSync('git', ['-C', dir, 'rev-parse', 'HEAD'], { encoding: 'utf8' }).trim();
+  const commit = await cloneGit(s, dir);
   rmSync(join(dir, '.git'), { recursive: true, force: true });
-  const sub = join(dir, s.path ?? '.');
-  if (!sub.startsWith(dir))
-    throw new GoBuildError('source', 'source.path must stay inside the repository', '');
+  // source.path is relative and has no "..", but a component may be a symlink in the repository:
+  // the staging copy (as root, on the host) must start from a real directory inside the checkout.
+  let sub: string;
+  try {
+    sub = realpathSync(join(dir, s.path ?? '.'));
+  } catch {
+    throw new GoBuildError('source', `source.path ${s.path} does not exist in the repository`, '');
+  }
+  const root = realpathSync(dir);
+  if ((sub !== root && !sub.startsWith(root + '/')) || !lstatSync(sub).isDirectory())
+    throw new GoBuildError('source', 'source.path must be a directory inside the repository', '');
   return {
     files: {},
     keyParts: { git: s.git_url, commit, path: s.path ?? '.' },
@@ -284,11 +420,16 @@ export async function buildGo(req: GoRequest): Promise<GoBuild> {
   const scratch = join(d.stage, `${Date.now()}-${randomBytes(6).toString('hex')}`);
   const t0 = performance.now();
   const owner = builderUid();
-  let resolved: Resolved | undefined;
-  if (req.source.type === 'inline') resolved = resolveSource(req, scratch);
+  let resolved: Resolved;
+  if (req.source.type === 'inline') resolved = await resolveSource(req, scratch);
   else {
     ensureDir(scratch, owner);
-    resolved = resolveSource(req, scratch);
+    try {
+      resolved = await resolveSource(req, scratch);
+    } catch (e) {
+      rmSync(scratch, { recursive: true, force: true });
+      throw e;
+    }
   }
   const key = sha256Hex(
     canonicalJson({
@@ -392,7 +533,7 @@ export async function vetGo(req: GoRequest): Promise<{ ok: boolean; diagnostics:
   const scratch = join(d.stage, `vet-${Date.now()}-${randomBytes(6).toString('hex')}`);
   ensureDir(scratch, owner);
   try {
-    const resolved = resolveSource(req, scratch);
+    const resolved = await resolveSource(req, scratch);
     const stage = join(scratch, 'src');
     stageFiles(stage, resolved, req.handler, owner);
     if (resolved.needsDownload) await download(stage);
