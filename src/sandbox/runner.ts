@@ -5,7 +5,7 @@ import { performance } from 'node:perf_hooks';
 import { buildSeccompFilter } from './seccomp.js';
 import { uidPool } from './uids.js';
 import { connectSandbox, frame, frameReader } from './spawn-server.js';
-import { prepareMemoryCgroup } from './cgroup.js';
+import { memoryEnforcement, prepareMemoryCgroup } from './cgroup.js';
 import { StandbyPool } from './standby.js';
 import { constants } from 'node:os';
 
@@ -14,6 +14,9 @@ function signalName(n: number): string | undefined {
 }
 
 export const BWRAP = '/usr/bin/bwrap';
+
+/** Size cap of the sandbox's /dev/shm (its use counts toward memory_mb as well). */
+const DEV_SHM_MB = 16;
 
 export interface Bind {
   src: string;
@@ -150,7 +153,7 @@ export function bwrapArgs(req: SandboxRequest, limits: Limits, armed = false): s
   for (const b of req.binds) a.push(b.rw ? '--bind' : '--ro-bind', b.src, b.dest);
   a.push('--dev', '/dev', '--proc', '/proc');
   a.push('--size', String(limits.tmpMb * 1024 * 1024), '--tmpfs', '/tmp');
-  a.push('--size', String(16 * 1024 * 1024), '--tmpfs', '/dev/shm');
+  a.push('--size', String(DEV_SHM_MB * 1024 * 1024), '--tmpfs', '/dev/shm');
   a.push('--remount-ro', '/dev');
   a.push('--remount-ro', '/');
   for (const [k, v] of Object.entries(req.env ?? {})) a.push('--setenv', k, v);
@@ -178,6 +181,10 @@ interface HelperReport {
   max_rss_kb: number;
   killed: boolean;
   timed_out: boolean;
+  /** The memory watch killed the sandbox at its limit. */
+  memory_exceeded: boolean;
+  /** The most the watch saw the sandbox hold (0 when it did not watch). */
+  watched_peak_kb: number;
   elapsed_ms: number;
 }
 
@@ -214,7 +221,14 @@ async function launch(req: SandboxRequest, limits: Limits, wantArmed: boolean): 
   const armed = wantArmed && sandboxed;
   // A memory cgroup where one is writable (exact, whole tree, counted OOM kills); RLIMIT_DATA otherwise.
   const cgroup =
-    uid !== undefined && pooled ? prepareMemoryCgroup(uid, limits.memoryMb * 1024 * 1024) : undefined;
+    uid !== undefined && pooled
+      ? prepareMemoryCgroup(uid, limits.memoryMb * 1024 * 1024, limits.maxProcs)
+      : undefined;
+  // Without a cgroup, the helper watches the sandbox's memory, shared memory included (helper.c).
+  const watchBytes = !cgroup && pooled ? limits.memoryMb * 1024 * 1024 : 0;
+  const argv = sandboxed ? [BWRAP, ...bwrapArgs(req, limits, armed)] : unsandboxedArgv(req);
+  // bwrap's options (host paths, limits) go on a fd, not on its command line (/proc/1/cmdline inside).
+  const fdArgs = sandboxed ? argv.indexOf('--') - 1 : 0;
   // bwrap's own pid 1 keeps its environment (readable in /proc/1/environ), so it gets none;
   // without bwrap the program gets exactly the requested environment.
   const env = sandboxed ? [] : Object.entries(req.env ?? {}).map(([k, v]) => `${k}=${v}`);
@@ -231,9 +245,11 @@ async function launch(req: SandboxRequest, limits: Limits, wantArmed: boolean): 
     armed ? '1' : '0',
     seccompFile(Boolean(req.network)),
     sandboxed ? '-' : tmpdir(),
+    String(watchBytes),
+    String(fdArgs),
     String(env.length),
     ...env,
-    ...(sandboxed ? [BWRAP, ...bwrapArgs(req, limits, armed)] : unsandboxedArgv(req)),
+    ...argv,
   ];
   sock.write(frame('h', header.join('\0') + '\0'));
   const out: Buffer[] = [];
@@ -247,6 +263,7 @@ async function launch(req: SandboxRequest, limits: Limits, wantArmed: boolean): 
   let resultOver = false;
   let timedOut = false;
   let cancelled = false;
+  let watchKilled = false;
   // The helper kills and reaps the whole sandbox on a kill frame; closing the connection is the fallback.
   let killTimer: NodeJS.Timeout | undefined;
   const send = (f: Buffer) => {
@@ -324,13 +341,15 @@ async function launch(req: SandboxRequest, limits: Limits, wantArmed: boolean): 
       sig = rep.signal ? (signalName(rep.signal) ?? String(rep.signal)) : null;
       peakMemoryKb = rep.max_rss_kb;
       if (rep.timed_out) timedOut = true;
+      if (rep.memory_exceeded) watchKilled = true;
+      if (rep.watched_peak_kb > (peakMemoryKb ?? 0)) peakMemoryKb = rep.watched_peak_kb;
       helperElapsedMs = rep.elapsed_ms;
     } catch {
       // no report: the helper itself died (or never started)
       if (spawnError || !reportText)
         split('stderr', Buffer.from(`cairn: no report from the sandbox helper ${spawnError}\n`));
     }
-    let oomKilled = false;
+    let oomKilled = watchKilled;
     if (cgroup) {
       try {
         const c = cgroup.finish();
@@ -413,6 +432,16 @@ const standbys = new StandbyPool<Launched>({
   // Never hold uids that runs are waiting for.
   canStart: () => uidPool.available > 8,
 });
+
+/** How this process contains sandboxes, for `GET /api/diagnostics` and the go-fn diagnostics op. */
+export function sandboxDiagnostics(): Record<string, unknown> {
+  return {
+    backend: sandboxDisabled() ? 'none (CAIRN_UNSAFE_NO_SANDBOX=1)' : 'bubblewrap',
+    memory: memoryEnforcement(),
+    tmpfs: { tmp_mb: DEFAULT_LIMITS.tmpMb, dev_shm_mb: DEV_SHM_MB, counted_in_memory: true },
+    seccomp: 'x86_64 deny-list (docs/architecture.md#sandbox)',
+  };
+}
 
 /** Kills every sandbox made ahead of time (at shutdown; they hold no run). */
 export function discardStandbys(): void {

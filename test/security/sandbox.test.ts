@@ -136,6 +136,21 @@ describe('sandbox containment', () => {
     expect(await said(['environ1'])).toBe('environ1 "" err=<nil>');
   });
 
+  it('shows no host path or limit in any command line inside (issue 9, finding 6)', async () => {
+    const out = await said(['cmdlines']);
+    expect(out).toMatch(/^cmdlines 1:/);
+    // pid 1 is bwrap, whose options (binds with host paths, sizes) came on a fd it has closed.
+    expect(out).toMatch(/1:\S*bwrap --args 6 -- \/probe cmdlines/);
+    for (const leak of [probe, dir, cacheRoot(), '--ro-bind', '--size', '--seccomp', '/tmp/cairn'])
+      expect(out).not.toContain(leak);
+    const fds = (await said(['fds'])).replace(/^fds /, '').split(',');
+    expect(fds.some((f) => f.startsWith('6='))).toBe(false);
+  });
+
+  it('refuses System V shared memory, which outlives its mappings', async () => {
+    expect(await said(['sysvshm'])).toBe('sysvshm err=operation not permitted');
+  });
+
   it('leaks neither environment nor inherited file descriptors', async () => {
     process.env.CAIRN_SECRET_FOR_TEST = 'host-secret';
     try {
@@ -178,6 +193,9 @@ describe('sandbox containment', () => {
 
   it('a build planting a symlink for the output the host reads back is refused', async () => {
     const repo = mkdtempSync(join(tmpdir(), 'cairn-evil-repo-'));
+    chmodSync(repo, 0o755); // the builder uid clones it
+    const savedRoots = process.env.CAIRN_GIT_LOCAL_ROOTS;
+    process.env.CAIRN_GIT_LOCAL_ROOTS = repo; // the admin allows this one local repository
     execFileSync('git', ['init', '-q', '-b', 'main', repo]);
     execFileSync('sh', [
       '-c',
@@ -194,7 +212,10 @@ describe('sandbox containment', () => {
       expect(readFileSync(b.binary).subarray(0, 4).toString('hex')).toBe('7f454c46'); // an ELF binary, not /etc/passwd
     } catch (e) {
       expect(e).toBeInstanceOf(GoBuildError);
+      expect((e as GoBuildError).kind).not.toBe('source'); // refused by the build, not by the git policy
     } finally {
+      if (savedRoots === undefined) delete process.env.CAIRN_GIT_LOCAL_ROOTS;
+      else process.env.CAIRN_GIT_LOCAL_ROOTS = savedRoots;
       rmSync(repo, { recursive: true, force: true });
     }
   }, 120_000);

@@ -13,8 +13,8 @@
  *
  * Each child serves one run:
  * - reads the run's header (uid, limits, cgroup, seccomp filter, armed, cwd,
- *   env, argv), opens the filter as fd 4, joins the memory cgroup and becomes a
- *   child subreaper; it keeps Cairn's uid, so it is never one of the processes
+ *   env, argv), opens the filter as fd 4 and becomes a child subreaper (its
+ *   forked program side joins the run's memory cgroup, the helper does not); it keeps Cairn's uid, so it is never one of the processes
  *   of the sandbox uid that it kills;
  * - starts argv[0] (bwrap) as the sandbox uid, with the rlimits, with
  *   stdin/stdout/stderr/result (fd 3) pipes and the filter on fd 4 (and, armed,
@@ -28,7 +28,21 @@
  *   is dedicated to this sandbox: kill(-1) from a short-lived child running as
  *   that uid), reaps every descendant, drains the pipes,
  *   and sends one report frame:
- *   {"exit": n, "signal": n, "max_rss_kb": n, "killed": b, "timed_out": b, "elapsed_ms": f}.
+ *   {"exit": n, "signal": n, "max_rss_kb": n, "killed": b, "timed_out": b,
+ *    "memory_exceeded": b, "watched_peak_kb": n, "elapsed_ms": f}.
+ *
+ * Memory watch (where no memory cgroup holds the sandbox): every 10 ms the
+ * child sums, over every process of the sandbox (the tree under bwrap, found
+ * through /proc/<pid>/task/<tid>/children), RssAnon + RssShmem (so shared
+ * anonymous memory and mapped memfds count, which RLIMIT_DATA misses), the
+ * size of memfds they hold open, and the space used on the sandbox's tmpfs
+ * mounts (/tmp, /dev/shm). At the limit it kills the sandbox and reports
+ * memory_exceeded. Shared pages are counted once per process that maps them:
+ * the sum can only overstate what the sandbox holds, never understate it.
+ *
+ * Host paths stay out of the sandbox's sight: bwrap's options (binds with host
+ * paths, limits) travel on fd 6 (`bwrap --args 6`, which bwrap reads and
+ * closes), so /proc/1/cmdline inside shows only `bwrap --args 6 -- <program>`.
  *
  * Armed: bwrap is given `--block-fd 5` (by the caller), so namespaces, mounts
  * and the seccomp filter are ready while no code of the run has started. The
@@ -41,6 +55,7 @@
  *   from the child: 'o' stdout, 'e' stderr, 'r' result, 'R' report (last)
  * Header fields: uid (or "-"), data, nproc, fsize, nofile, own-uid (0|1),
  * timeout-ms, cgroup.procs (or "-"), armed (0|1), seccomp file, cwd (or "-"),
+ * memory-watch bytes (0: off), fd-args count (argv[1..n] go on fd 6),
  * env count, env..., argv...
  */
 #define _GNU_SOURCE
@@ -56,8 +71,11 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <dirent.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -131,8 +149,18 @@ static int become_sandbox_uid(void) {
   return setgid(sandbox_uid) == 0 && setuid(sandbox_uid) == 0 ? 0 : -1;
 }
 
+/* cgroup v2: the run's cgroup.kill, which kills every process in it at once ("" when none). */
+static char cgroup_kill[4096];
+
 static void kill_all(void) {
   if (child > 0) kill(child, SIGKILL);
+  if (cgroup_kill[0]) {
+    int fd = open(cgroup_kill, O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      if (write(fd, "1", 1) != 1) { /* fall through to kill(-1) */ }
+      close(fd);
+    }
+  }
   if (!own_uid) return;
   /* Every process of this dedicated uid: kill(-1) as that uid, from a short-lived
      child (this process keeps Cairn's uid, so it is never one of them). */
@@ -142,6 +170,116 @@ static void kill_all(void) {
     _exit(0);
   }
   if (k > 0) waitpid(k, NULL, 0);
+}
+
+/* ---- The memory watch ---- */
+
+#define WATCH_MS 10
+#define MAX_TREE 1024
+#define TMPFS_MAGIC 0x01021994
+
+/* RssAnon + RssShmem of one process, in KiB (0 when it is gone). */
+static long long rss_kb(pid_t pid) {
+  char path[64], buf[4096];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  long long kb = 0;
+  for (char *l = buf; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+    if (strncmp(l, "RssAnon:", 8) == 0) kb += strtoll(l + 8, NULL, 10);
+    else if (strncmp(l, "RssShmem:", 9) == 0) kb += strtoll(l + 9, NULL, 10);
+  }
+  return kb;
+}
+
+/* Bytes held by the memfds a process has open (mapped or not). */
+static long long memfd_bytes(pid_t pid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+  DIR *d = opendir(path);
+  if (!d) return 0;
+  long long total = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.') continue;
+    char fdp[384], link[128];
+    snprintf(fdp, sizeof fdp, "%s/%s", path, e->d_name);
+    ssize_t n = readlink(fdp, link, sizeof link - 1);
+    if (n <= 0) continue;
+    link[n] = '\0';
+    if (strncmp(link, "/memfd:", 7) != 0) continue;
+    struct stat st;
+    if (stat(fdp, &st) == 0) total += (long long)st.st_blocks * 512;
+  }
+  closedir(d);
+  return total;
+}
+
+/* Appends the children of every thread of `pid` to `out`. */
+static int children_of(pid_t pid, pid_t *out, int n) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+  DIR *d = opendir(path);
+  if (!d) return n;
+  struct dirent *e;
+  while ((e = readdir(d)) && n < MAX_TREE) {
+    if (e->d_name[0] == '.') continue;
+    char cp[384], buf[4096];
+    snprintf(cp, sizeof cp, "%s/%s/children", path, e->d_name);
+    int fd = open(cp, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    ssize_t r = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (r <= 0) continue;
+    buf[r] = '\0';
+    for (char *p = buf; *p && n < MAX_TREE;) {
+      char *end;
+      long c = strtol(p, &end, 10);
+      if (end == p) break;
+      out[n++] = (pid_t)c;
+      p = end;
+      while (*p == ' ') p++;
+    }
+  }
+  closedir(d);
+  return n;
+}
+
+/* Space used on a tmpfs mounted at `dir` inside the sandbox that `pid` lives in. */
+static long long tmpfs_bytes(pid_t pid, const char *dir, const struct stat *host_root) {
+  char path[96];
+  snprintf(path, sizeof path, "/proc/%d/root", (int)pid);
+  struct stat st;
+  /* Not yet inside its own root (bwrap still setting up): nothing of the sandbox to count. */
+  if (stat(path, &st) != 0 || (st.st_dev == host_root->st_dev && st.st_ino == host_root->st_ino)) return 0;
+  snprintf(path, sizeof path, "/proc/%d/root%s", (int)pid, dir);
+  struct statfs fs;
+  if (statfs(path, &fs) != 0 || fs.f_type != TMPFS_MAGIC) return 0;
+  return (long long)(fs.f_blocks - fs.f_bfree) * (long long)fs.f_bsize;
+}
+
+/* What the sandbox under `root` holds now, in bytes. */
+static long long sandbox_bytes(pid_t root) {
+  static pid_t tree[MAX_TREE];
+  static struct stat host_root;
+  static int have_root;
+  if (!have_root) have_root = stat("/", &host_root) == 0;
+  int n = 1, i = 0;
+  tree[0] = root;
+  long long total = 0;
+  pid_t inner = 0; /* a process inside the sandbox's mount namespace */
+  while (i < n) {
+    pid_t p = tree[i++];
+    total += rss_kb(p) * 1024 + memfd_bytes(p);
+    if (i > 1 && !inner) inner = p;
+    n = children_of(p, tree, n);
+  }
+  if (inner && have_root) total += tmpfs_bytes(inner, "/tmp", &host_root) + tmpfs_bytes(inner, "/dev/shm", &host_root);
+  return total;
 }
 
 /* Incoming frames from Cairn, parsed as bytes arrive. */
@@ -243,13 +381,31 @@ static void serve_one(void) {
   char *f[MAX_FIELDS + 1];
   int nf = 0;
   for (char *p = hdr; p < hdr + n && nf < MAX_FIELDS; p += strlen(p) + 1) f[nf++] = p;
-  if (nf < 13) fail("header", "too few fields");
-  int nenv = (int)number(f[11]);
-  if (12 + nenv >= nf) fail("header", "no command");
+  if (nf < 15) fail("header", "too few fields");
+  unsigned long long watch_bytes = number(f[11]);
+  int nfdargs = (int)number(f[12]);
+  int nenv = (int)number(f[13]);
+  if (14 + nenv >= nf) fail("header", "no command");
   char **envp = calloc((size_t)nenv + 1, sizeof *envp);
-  for (int i = 0; i < nenv; i++) envp[i] = f[12 + i];
-  char **argv = calloc((size_t)(nf - 12 - nenv) + 1, sizeof *argv);
-  for (int i = 12 + nenv; i < nf; i++) argv[i - 12 - nenv] = f[i];
+  for (int i = 0; i < nenv; i++) envp[i] = f[14 + i];
+  int nargv = nf - 14 - nenv;
+  if (nfdargs < 0 || nfdargs >= nargv) fail("header", "bad fd-args count");
+  /* argv[1..nfdargs] go on fd 6 (NUL-separated), the rest stays on the command line. */
+  int argsfd = -1;
+  char **argv = calloc((size_t)nargv + 3, sizeof *argv);
+  argv[0] = f[14 + nenv];
+  int na = 1;
+  if (nfdargs > 0) {
+    argsfd = memfd_create("cairn-args", MFD_CLOEXEC);
+    if (argsfd < 0) fail("memfd_create", strerror(errno));
+    for (int i = 1; i <= nfdargs; i++)
+      if (write_all(argsfd, f[14 + nenv + i], strlen(f[14 + nenv + i]) + 1) != 0) fail("args", strerror(errno));
+    if (lseek(argsfd, 0, SEEK_SET) != 0) fail("args", strerror(errno));
+    argv[na++] = "--args";
+    argv[na++] = "6";
+  }
+  for (int i = 1 + nfdargs; i < nargv; i++) argv[na++] = f[14 + nenv + i];
+  argv[na] = NULL;
   f[nf] = NULL;
 
   unsigned long long timeout_ms = number(f[6]);
@@ -258,12 +414,18 @@ static void serve_one(void) {
 
   int seccomp = open(f[9], O_RDONLY | O_CLOEXEC);
   if (seccomp < 0) fail("seccomp filter", strerror(errno));
+  /* The program's side joins the run's cgroup (the helper stays outside it, so cgroup.kill spares it). */
+  int cgroup_procs = -1;
   if (strcmp(f[7], "-") != 0) {
-    int fd = open(f[7], O_WRONLY | O_CLOEXEC);
-    char pid[32];
-    int len = snprintf(pid, sizeof pid, "%d", (int)getpid());
-    if (fd < 0 || write(fd, pid, len) != len) fail("join cgroup", strerror(errno));
-    close(fd);
+    cgroup_procs = open(f[7], O_WRONLY | O_CLOEXEC);
+    if (cgroup_procs < 0) fail("join cgroup", strerror(errno));
+    /* cgroup v2 has cgroup.kill beside cgroup.procs. */
+    const char *slash = strrchr(f[7], '/');
+    if (slash && (size_t)(slash - f[7]) + 13 < sizeof cgroup_kill) {
+      memcpy(cgroup_kill, f[7], (size_t)(slash - f[7]));
+      strcpy(cgroup_kill + (slash - f[7]), "/cgroup.kill");
+      if (access(cgroup_kill, W_OK) != 0) cgroup_kill[0] = '\0';
+    }
   }
   has_uid = strcmp(f[0], "-") != 0;
   if (has_uid) sandbox_uid = (uid_t)number(f[0]);
@@ -289,17 +451,25 @@ static void serve_one(void) {
   child = fork();
   if (child < 0) fail("fork", strerror(errno));
   if (child == 0) {
+    if (cgroup_procs >= 0) {
+      char pid[32];
+      int len = snprintf(pid, sizeof pid, "%d", (int)getpid());
+      if (write(cgroup_procs, pid, len) != len) fail("join cgroup", strerror(errno));
+      close(cgroup_procs);
+    }
     sigprocmask(SIG_SETMASK, &old, NULL);
     signal(SIGPIPE, SIG_DFL);
     /* Out of the way first (a source may sit on another's target), then into place:
        dup2 clears close-on-exec on the targets; everything else is closed here. */
-    int src[6] = {pin[0], pout[1], perr[1], pres[1], seccomp, armed ? block[0] : -1};
-    for (int i = 0; i < 6; i++)
+    int src[7] = {pin[0], pout[1], perr[1], pres[1], seccomp, armed ? block[0] : -1, argsfd};
+    for (int i = 0; i < 7; i++)
       if (src[i] >= 0 && (src[i] = fcntl(src[i], F_DUPFD, 100)) < 0) _exit(126);
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 7; i++) {
       if (src[i] >= 0 && dup2(src[i], i) < 0) _exit(126);
-    if (syscall(SYS_close_range, armed ? 6 : 5, ~0U, 0) != 0)
-      for (int fd = armed ? 6 : 5; fd < 65536; fd++) close(fd);
+      if (src[i] < 0 && i > 4) close(i);
+    }
+    if (syscall(SYS_close_range, 7, ~0U, 0) != 0)
+      for (int fd = 7; fd < 65536; fd++) close(fd);
     if (strcmp(f[10], "-") != 0 && chdir(f[10]) != 0) _exit(126);
     /* The program's side only: its uid and limits (this process stays Cairn's). */
     if (become_sandbox_uid() != 0) fail("setuid", strerror(errno));
@@ -317,6 +487,8 @@ static void serve_one(void) {
   close(perr[1]);
   close(pres[1]);
   close(seccomp);
+  if (cgroup_procs >= 0) close(cgroup_procs);
+  if (argsfd >= 0) close(argsfd);
   if (armed) close(block[0]);
   stdin_fd = pin[1];
   fcntl(stdin_fd, F_SETFL, O_NONBLOCK);
@@ -326,6 +498,9 @@ static void serve_one(void) {
   fcntl(conn, F_SETFL, O_NONBLOCK);
 
   int released = !armed, killed = 0, timed_out = 0, exited = 0, conn_open = 1, pending_frames = 1;
+  int mem_exceeded = 0;
+  long long watched_peak = 0;
+  double next_watch = now_ms() + WATCH_MS;
   int outs[3] = {pout[0], perr[0], pres[0]};
   const char types[3] = {'o', 'e', 'r'};
   int status = 0;
@@ -365,11 +540,27 @@ static void serve_one(void) {
       double left = deadline - now_ms();
       wait_ms = left <= 0 ? 0 : (int)left + 1;
     }
+    if (watch_bytes && !killed && !timed_out) {
+      double left = next_watch - now_ms();
+      int w = left <= 0 ? 0 : (int)left + 1;
+      if (wait_ms < 0 || w < wait_ms) wait_ms = w;
+    }
     int r = poll(p, 6, wait_ms);
     if (r < 0 && errno != EINTR) fail("poll", strerror(errno));
     if (released && !timed_out && !killed && now_ms() >= deadline) {
       timed_out = 1;
       kill_all();
+    }
+    if (watch_bytes && !killed && !timed_out && now_ms() >= next_watch) {
+      long long held = sandbox_bytes(child);
+      if (held > watched_peak) watched_peak = held;
+      if (held > (long long)watch_bytes) {
+        mem_exceeded = 1;
+        killed = 1;
+        released = 1;
+        kill_all();
+      }
+      next_watch = now_ms() + WATCH_MS;
     }
     if (p[1].revents & (POLLIN | POLLHUP | POLLERR)) {
       char buf[65536];
@@ -436,10 +627,12 @@ static void serve_one(void) {
     }
   int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
-  char rep[256];
+  char rep[320];
   int len = snprintf(rep, sizeof rep,
-                     "{\"exit\":%d,\"signal\":%d,\"max_rss_kb\":%ld,\"killed\":%s,\"timed_out\":%s,\"elapsed_ms\":%.3f}",
-                     code, sig, max_rss, killed ? "true" : "false", timed_out ? "true" : "false", elapsed);
+                     "{\"exit\":%d,\"signal\":%d,\"max_rss_kb\":%ld,\"killed\":%s,\"timed_out\":%s,"
+                     "\"memory_exceeded\":%s,\"watched_peak_kb\":%lld,\"elapsed_ms\":%.3f}",
+                     code, sig, max_rss, killed ? "true" : "false", timed_out ? "true" : "false",
+                     mem_exceeded ? "true" : "false", watched_peak / 1024, elapsed);
   if (conn >= 0) fcntl(conn, F_SETFL, 0);
   send_frame('R', rep, (uint32_t)len);
   _exit(0);

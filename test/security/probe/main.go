@@ -148,6 +148,21 @@ func main() {
 	case "environ1":
 		b, err := os.ReadFile("/proc/1/environ")
 		say("environ1 %q err=%v", string(b), err)
+	case "cmdlines":
+		// Every process's command line inside the sandbox, NULs shown as spaces.
+		entries, _ := os.ReadDir("/proc")
+		lines := []string{}
+		for _, e := range entries {
+			if _, err := fmt.Sscan(e.Name(), new(int)); err != nil {
+				continue
+			}
+			b, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+			lines = append(lines, e.Name()+":"+strings.ReplaceAll(string(b), "\x00", " "))
+		}
+		say("cmdlines %s", strings.Join(lines, "|"))
+	case "sysvshm":
+		_, _, errno := syscall.Syscall(syscall.SYS_SHMGET, 0, 64<<20, 01000|0600)
+		say("sysvshm err=%v", errno)
 	case "fds":
 		entries, _ := os.ReadDir("/proc/self/fd")
 		names := []string{}
