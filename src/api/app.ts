@@ -2,6 +2,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import sjson from 'secure-json-parse';
 import { CairnError, errors, toCairnError } from '../core/errors.js';
 import { parseInput } from '../core/zod.js';
+import { findUnstorable, type Unstorable } from '../core/storable.js';
 import { getCircleBySlug } from '../store/circles.js';
 import type { Principal } from '../store/tokens.js';
 import { authorize } from './auth.js';
@@ -21,6 +22,17 @@ function badJson(message: string): CairnError {
     class: 'validation',
     message: `The body is not valid JSON: ${message}`,
     suggestion: 'Send a JSON document with Content-Type: application/json.',
+  });
+}
+
+function unstorableBody(bad: Unstorable): CairnError {
+  return new CairnError({
+    code: 'INVALID_INPUT',
+    class: 'validation',
+    message: `The body cannot be stored: at ${bad.path}, ${bad.reason}.`,
+    details: { path: bad.path },
+    suggestion:
+      'Remove NUL characters (\\u0000) and lone surrogates, keep nesting under 64 levels; encode binary data as base64.',
   });
 }
 
@@ -81,7 +93,14 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
       const text = String(body);
       if (text.trim() === '') return done(null, undefined);
       try {
-        done(null, sjson.parse(text, undefined, { protoAction: 'error', constructorAction: 'error' }));
+        const value: unknown = sjson.parse(text, undefined, {
+          protoAction: 'error',
+          constructorAction: 'error',
+        });
+        // The run record's boundary (core/storable.ts): what PostgreSQL cannot store is refused here, typed.
+        const bad = findUnstorable(value);
+        if (bad) return done(unstorableBody(bad), undefined);
+        done(null, value);
       } catch (e: any) {
         done(badJson(e?.message ?? 'parse error'), undefined);
       }

@@ -18,6 +18,8 @@ import { baseUrlOf } from './context.js';
 import type { RouteDef } from './route.js';
 import { CONTROL_ROUTES, visibleRun } from './control-routes.js';
 import { idempotent } from './idempotency.js';
+import { DEGRADED_AFTER } from '../engine/health.js';
+import { sandboxDiagnostics } from '../sandbox/runner.js';
 
 const slug = z.string().regex(SLUG_RE, 'lowercase letters, digits and dashes');
 const elementBody = z
@@ -64,15 +66,35 @@ export const ROUTES: RouteDef[] = [
     auth: 'none',
     tag: 'platform',
     summary: 'Ready check',
-    handler: async ({ deps }) => {
+    handler: async ({ deps, reply }) => {
       await deps.db.query('SELECT 1');
+      // A shared statement that keeps failing (a settle, a claim) makes this process degraded: 503.
+      const health = deps.worker?.healthReport();
+      const failing = Object.entries(health?.statements ?? {})
+        .filter(([, st]) => st.consecutive_failures >= DEGRADED_AFTER)
+        .map(([statement, st]) => ({ statement, ...st }));
+      if (health?.degraded) reply.code(503);
       return {
-        status: 'ok',
+        status: health?.degraded ? 'degraded' : 'ok',
         version: VERSION,
         database: deps.db.kind,
         worker: deps.worker ? deps.worker.id : null,
+        ...(health?.degraded ? { failing, settle_backlog: health.settle_backlog } : {}),
       };
     },
+  },
+  {
+    method: 'GET',
+    url: '/api/diagnostics',
+    auth: 'instance_admin',
+    tag: 'platform',
+    summary: "The process's health: its worker's shared statements and how the sandbox enforces limits",
+    handler: async ({ deps }) => ({
+      version: VERSION,
+      database: deps.db.kind,
+      worker: deps.worker?.healthReport() ?? null,
+      sandbox: sandboxDiagnostics(),
+    }),
   },
   {
     method: 'POST',

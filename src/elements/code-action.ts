@@ -1,6 +1,7 @@
 import { errors as coreErrors, type CairnError } from '../core/errors.js';
 import { sha256Hex } from '../core/hash.js';
 import type { SandboxResult } from '../sandbox/runner.js';
+import { findUnstorable, unstorableOutputMessage } from '../core/storable.js';
 
 /** What every code-action wrapper writes on fd 3. */
 export interface ResultEnvelope {
@@ -63,11 +64,16 @@ export function readEnvelope(
     case 'ok':
       break;
   }
+  let env: ResultEnvelope;
   try {
-    return JSON.parse(r.result.toString('utf8')) as ResultEnvelope;
+    env = JSON.parse(r.result.toString('utf8')) as ResultEnvelope;
   } catch {
     throw fail('INVALID_OUTPUT', 'The function wrote something that is not a Cairn result envelope on fd 3.');
   }
+  // What the run record cannot hold is refused here, with the type's own code (core/storable.ts says why).
+  const bad = env?.kind === 'ok' ? findUnstorable(env.output) : undefined;
+  if (bad) throw fail('INVALID_OUTPUT', unstorableOutputMessage(bad), { path: bad.path });
+  return env;
 }
 
 function stream(buf: Buffer, truncated: boolean) {

@@ -23,12 +23,17 @@ import {
 } from '../store/batch.js';
 import { getRunsStatus } from '../store/runs.js';
 import type { Outcome } from './worker.js';
+import type { WorkerHealth } from './health.js';
+import { applyIsolated, isRowError } from '../store/isolate.js';
 
 export interface BatchHost {
   db: Db;
   workerId: string;
   log: Logger;
   runOnce: (run: RunRow, input: unknown, signal: AbortSignal) => Promise<Outcome>;
+  health: WorkerHealth;
+  /** The settlement written instead of one the database refused alone. */
+  rejected: (item: ItemSettlement, e: unknown) => ItemSettlement;
 }
 
 /** What a batch run snapshot carries about where its outputs go. */
@@ -101,20 +106,51 @@ export async function runBatch(
   const onAbort = () => control.wakeAll();
   signal.addEventListener('abort', onAbort);
 
+  const health = host.health.statements.settle_items;
+  const settle = async (b: ItemSettlement[]) => [await settleItems(db, run.id, workerId, b, cells)];
+  /** Settled items leave the queue; what they cost is captured. */
+  const landed = (original: ItemSettlement[], r: { captured: number }[]) => {
+    for (const x of r) captured += Number(x.captured);
+    unsettled -= costOf(original);
+  };
+  // Like the worker's settles: a refused item fails alone, an unavailable database is retried with backoff.
   const flush = async (): Promise<void> => {
     while (queue.length > 0) {
       const batch = queue;
       queue = [];
-      try {
-        const r = await settleItems(db, run.id, workerId, batch, cells);
-        captured += Number(r.captured);
-        unsettled -= costOf(batch);
-      } catch (e) {
-        host.log.error({ err: e, run: run.id }, 'item settle failed; retrying');
-        queue = batch.concat(queue);
-        await new Promise((res) => setTimeout(res, 200));
-        if (signal.aborted) return;
+      const first = await applyIsolated(batch, settle);
+      const failed = new Set(first.rejected.map((r) => r.row));
+      landed(
+        batch.filter((i) => !failed.has(i)),
+        first.done,
+      );
+      const retry = first.rejected.filter((r) => !isRowError(r.error)).map((r) => r.row);
+      const refused = first.rejected.filter((r) => isRowError(r.error));
+      if (refused.length > 0) {
+        health.rowsRejected(refused.length);
+        for (const r of refused)
+          host.log.error(
+            { err: r.error, run: run.id, item: r.row.id },
+            'the database refused an item settlement',
+          );
+        const fallback = refused.map((r) => host.rejected(r.row, r.error));
+        const second = await applyIsolated(fallback, settle);
+        const back = new Set(second.rejected.map((r) => r.row.id));
+        landed(
+          refused.map((r) => r.row).filter((i) => !back.has(i.id)),
+          second.done,
+        );
+        for (const r of refused) if (back.has(r.row.id)) retry.push(r.row);
       }
+      if (retry.length === 0) {
+        health.succeeded();
+        continue;
+      }
+      const wait = health.failed(first.rejected[0]?.error ?? 'item settle failed');
+      host.log.error({ run: run.id, items: retry.length, retry_in_ms: wait }, 'item settle failed; retrying');
+      queue = retry.concat(queue);
+      await new Promise((res) => setTimeout(res, wait));
+      if (signal.aborted) return;
     }
   };
   const scheduleFlush = () => {

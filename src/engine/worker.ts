@@ -14,10 +14,13 @@ import {
 } from '../store/queue.js';
 import type { RunRow } from '../store/runs.js';
 import { getType, getTypeOrUndefined, operationsOf } from '../elements/registry.js';
-import { recordInvocation } from '../telemetry/metrics.js';
+import { recordInvocation, watchHealth } from '../telemetry/metrics.js';
 import { BatchControl, runBatch, type BatchHost } from './batch.js';
 import { expireGrants } from '../store/ledger.js';
 import { silentLogger, type Logger } from '../telemetry/log.js';
+import { findUnstorable, storable, unstorableOutputMessage } from '../core/storable.js';
+import { applyIsolated, isRowError, sqlState } from '../store/isolate.js';
+import { WorkerHealth, type WorkerHealthReport } from './health.js';
 
 export interface WorkerOptions {
   db: Db;
@@ -43,6 +46,43 @@ interface InFlight {
 
 /** What one execution produced (a run's settlement without its id). */
 export type Outcome = Omit<Settlement, 'id'>;
+
+/**
+ * The database refused a run's (or item's) settlement on its own: the run
+ * fails alone with this error, recorded without what was refused, so one
+ * tenant's value never holds up anyone else's work.
+ */
+export function recordRejected(e: unknown): ErrorBody {
+  const state = sqlState(e) ?? 'unknown';
+  const detail = String((e as { message?: unknown } | null)?.message ?? e).slice(0, 300);
+  return storable({
+    code: 'RUN_RECORD_REJECTED',
+    class: 'internal',
+    message: `The database refused to record this run's result (SQLSTATE ${state}: ${detail}); the run failed on its own and its output was not kept.`,
+    retryable: false,
+    _suggestion:
+      'Return plain JSON (no NUL characters, no lone surrogates, no numbers beyond ±1.8e308); the evidence kept on the item shows what ran. If the output was plain JSON, report this with the run id.',
+    details: { sqlstate: state },
+  });
+}
+
+/** The settlement written instead of one the database refused alone. */
+function rejectedSettlement<
+  T extends { output: unknown; error: ErrorBody | null; evidence: Record<string, unknown> },
+>(s: T, e: unknown, where: { host: string; worker: string }): T {
+  return {
+    ...s,
+    status: 'failed',
+    output: null,
+    error: recordRejected(e),
+    credits: 0,
+    evidence: {
+      ...where,
+      record_rejected: { sqlstate: sqlState(e) ?? null, original_error: s.error?.code ?? null },
+    },
+    events: [],
+  };
+}
 
 /** A run settled by this worker: what the settle wrote, and what the execution produced. */
 export interface Settled {
@@ -102,6 +142,11 @@ export class Worker {
   /** Callers waiting for a run of theirs to be settled (direct slots). */
   private readonly settledWaiters = new Map<string, (s: Settled | undefined) => void>();
   private readonly batchHost: BatchHost;
+  /** How the shared statements fare (diagnostics, /metrics, /healthz). */
+  readonly health = new WorkerHealth();
+  /** Set by stop(): a settle retry loop gives up at this time. */
+  private stopDeadline = Infinity;
+  private readonly stopWaiters = new Set<() => void>();
 
   constructor(opts: WorkerOptions) {
     this.db = opts.db;
@@ -117,6 +162,8 @@ export class Worker {
       workerId: this.id,
       log: this.log,
       runOnce: (run, input, signal) => this.runOnce(run, input, signal),
+      health: this.health,
+      rejected: (item, e) => rejectedSettlement(item, e, { host: this.host, worker: this.id }),
     };
   }
 
@@ -136,6 +183,7 @@ export class Worker {
     this.timers.push(setInterval(() => void this.beat(), Math.max(50, Math.floor(this.leaseMs / 3))));
     this.timers.push(setInterval(() => void this.reap(), this.reapMs));
     for (const t of this.timers) t.unref();
+    watchHealth(this.id, () => this.healthReport());
     this.loopDone = this.loop();
     this.log.info({ concurrency: this.concurrency, leaseMs: this.leaseMs }, 'worker started');
   }
@@ -166,16 +214,21 @@ export class Worker {
       const signals = this.queueSignals;
       if (free > 0 && signals !== this.queueSeenEmptyAt) {
         this.claiming = true;
+        let backoff = 0;
         try {
           const runs = await claimRuns(this.db, this.id, this.host, free, this.leaseMs);
+          this.health.statements.claim.succeeded();
           claimed = runs.length;
           if (claimed < free) this.queueSeenEmptyAt = signals;
           for (const run of runs) this.start1(run);
         } catch (e) {
-          this.log.error({ err: e }, 'claim failed');
+          backoff = this.health.statements.claim.failed(e);
+          this.log.error({ err: e, retry_in_ms: backoff }, 'claim failed');
         } finally {
           this.claiming = false;
         }
+        // A failing claim backs off instead of spinning on the database.
+        if (backoff > 0) await this.sleepUnlessStopped(backoff);
       }
       if (!this.running) break;
       if (free > 0 && claimed === free) continue; // the queue may hold more
@@ -325,14 +378,36 @@ export class Worker {
         signal,
         host: this.host,
       });
+      // The run record's boundary: an output it cannot hold fails the run with the type's own code.
+      const bad = findUnstorable(result.output ?? null);
+      if (bad) {
+        const code = type.errors.find((x) => x.code.endsWith('INVALID_OUTPUT'))?.code ?? 'INVALID_OUTPUT';
+        const err: ErrorBody = {
+          code,
+          class: 'validation',
+          message: unstorableOutputMessage(bad),
+          retryable: false,
+          _suggestion: 'Return only JSON values that hold no NUL characters or lone surrogates.',
+          details: { path: bad.path },
+        };
+        return storable({
+          status: 'failed',
+          output: null,
+          error: err,
+          credits: 0,
+          evidence: { ...result.evidence, worker: this.id },
+          events: result.events,
+          flags: result.flags,
+        });
+      }
       return {
         status: 'succeeded',
         output: result.output ?? null,
         error: null,
         credits: result.credits ?? op.price ?? 0,
-        evidence: { ...result.evidence, worker: this.id },
-        events: result.events,
-        flags: result.flags,
+        evidence: storable({ ...result.evidence, worker: this.id }),
+        events: storable(result.events),
+        flags: storable(result.flags),
       };
     } catch (e) {
       const err = toCairnError(e);
@@ -344,7 +419,8 @@ export class Worker {
         events?: Settlement['events'];
         flags?: string[];
       };
-      return {
+      // Error messages, stacks and evidence are escaped, never refused: a failure must be recorded.
+      return storable({
         status: 'failed',
         output: null,
         error: body,
@@ -352,7 +428,7 @@ export class Worker {
         evidence: { ...(seen.evidence ?? {}), host: this.host, worker: this.id },
         events: seen.events,
         flags: seen.flags,
-      };
+      });
     }
   }
 
@@ -361,31 +437,86 @@ export class Worker {
     this.flushing ??= this.flush();
   }
 
-  /** Settles everything finished so far in one statement; what finishes meanwhile goes in the next. */
+  /**
+   * Settles everything finished so far in one statement; what finishes
+   * meanwhile goes in the next. A batch the database refuses is applied row
+   * by row: a row refused alone for its content fails its run on its own
+   * (RUN_RECORD_REJECTED, without the refused values); rows that fail because
+   * the database is unavailable wait for a retry, with backoff, and make the
+   * worker degraded. A stopping worker gives up at its deadline.
+   */
   private async flush(): Promise<void> {
     await new Promise((r) => setImmediate(r));
+    const where = { host: this.host, worker: this.id };
+    const health = this.health.statements.settle;
     while (this.pending.length > 0) {
       const batch = this.pending;
       this.pending = [];
-      try {
-        const rows = new Map((await settleRuns(this.db, this.id, batch)).map((r) => [r.id, r]));
-        for (const s of batch) {
-          this.inflight.delete(s.id);
-          const w = this.settledWaiters.get(s.id);
-          if (!w) continue;
-          this.settledWaiters.delete(s.id);
-          const row = rows.get(s.id);
-          w(row ? { row, settlement: s } : undefined);
-        }
-      } catch (e) {
-        this.log.error({ err: e }, 'settle failed; retrying');
-        this.pending = batch.concat(this.pending);
-        await new Promise((r) => setTimeout(r, 200));
-        if (!this.running && this.pending.length > 0 && this.inflight.size === 0) break;
+      const settle = (b: Settlement[]) => settleRuns(this.db, this.id, b);
+      const first = await applyIsolated(batch, settle);
+      const done = new Map(first.done.map((r) => [r.id, r]));
+      const written = new Map(batch.map((s) => [s.id, s]));
+      const retry: Settlement[] = [];
+      const refused = first.rejected.filter((r) => isRowError(r.error));
+      for (const r of first.rejected) if (!isRowError(r.error)) retry.push(r.row);
+      if (refused.length > 0) {
+        health.rowsRejected(refused.length);
+        for (const r of refused)
+          this.log.error(
+            { err: r.error, run: r.row.id },
+            'the database refused a settlement; the run fails alone',
+          );
+        const fallback = refused.map((r) => rejectedSettlement(r.row, r.error, where));
+        const second = await applyIsolated(fallback, settle);
+        for (const row of second.done) done.set(row.id, row);
+        for (const f of fallback) written.set(f.id, f);
+        // Even the bare record failed: the database itself is the problem, so the original waits.
+        const back = new Set(second.rejected.map((r) => r.row.id));
+        for (const r of refused) if (back.has(r.row.id)) retry.push(r.row);
       }
+      const retried = new Set(retry.map((s) => s.id));
+      for (const s of batch) {
+        if (retried.has(s.id)) continue;
+        this.inflight.delete(s.id);
+        const w = this.settledWaiters.get(s.id);
+        if (!w) continue;
+        this.settledWaiters.delete(s.id);
+        const row = done.get(s.id);
+        w(row ? { row, settlement: written.get(s.id)! } : undefined);
+      }
+      if (retry.length === 0) {
+        health.succeeded();
+        continue;
+      }
+      const wait = health.failed(first.rejected.find((r) => retried.has(r.row.id))?.error ?? 'settle failed');
+      this.log.error(
+        { runs: retry.map((s) => s.id), retry_in_ms: wait, failures: health.state().consecutive_failures },
+        'settle failed; retrying',
+      );
+      this.pending = retry.concat(this.pending);
+      if (Date.now() + wait > this.stopDeadline) break; // stopping: these runs' leases expire and recovery takes them
+      await new Promise((r) => setTimeout(r, wait));
     }
     this.flushing = undefined;
     this.wakeUp();
+  }
+
+  /** Diagnostics: the shared statements' health and the settle backlog. */
+  healthReport(): WorkerHealthReport {
+    return this.health.report(this.id, this.pending.length);
+  }
+
+  /** Waits `ms`, or less when the worker stops (not on every kick: a failing claim must back off). */
+  private sleepUnlessStopped(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(t);
+        this.stopWaiters.delete(done);
+        resolve();
+      };
+      const t = setTimeout(done, ms);
+      this.stopWaiters.add(done);
+    });
   }
 
   private async beat(): Promise<void> {
@@ -393,6 +524,7 @@ export class Worker {
     if (ids.length === 0) return;
     try {
       const rows = await heartbeat(this.db, this.id, ids, this.leaseMs);
+      this.health.statements.heartbeat.succeeded();
       const held = new Set(rows.map((r) => r.id));
       for (const r of rows) if (r.status === 'paused') this.inflight.get(r.id)?.control?.poke();
       for (const id of ids) {
@@ -401,6 +533,7 @@ export class Worker {
           this.inflight.get(id)?.controller.abort();
       }
     } catch (e) {
+      this.health.statements.heartbeat.failed(e);
       this.log.warn({ err: e }, 'heartbeat failed');
     }
   }
@@ -413,8 +546,10 @@ export class Worker {
       // Grants past their expiry lose what is left of them (never what running work holds).
       const expired = await expireGrants(this.db, new Date(), `reaper:${this.id}`);
       if (expired > 0) this.log.info({ micro_credits: expired }, 'expired grants');
+      this.health.statements.reap.succeeded();
       return recovered.length;
     } catch (e) {
+      this.health.statements.reap.failed(e);
       this.log.warn({ err: e }, 'reap failed');
       return 0;
     }
@@ -434,12 +569,24 @@ export class Worker {
     if (!this.running) return;
     this.running = false;
     this.wake?.();
+    for (const w of [...this.stopWaiters]) w();
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
     await this.loopDone;
     const deadline = Date.now() + graceMs;
-    while (this.inflight.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    await this.flushing;
+    this.stopDeadline = deadline;
+    while (this.inflight.size > this.pending.length && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 20));
+    // A settle that keeps failing cannot hold the stop past its grace period.
+    await Promise.race([
+      this.flushing,
+      new Promise((r) => setTimeout(r, Math.max(0, deadline - Date.now())).unref()),
+    ]);
+    if (this.pending.length > 0)
+      this.log.error(
+        { runs: this.pending.map((p) => p.id) },
+        'stopping with settlements the database did not take; their leases expire and recovery takes them',
+      );
     const left = [...this.inflight.keys()].filter((id) => !this.pending.some((p) => p.id === id));
     if (left.length > 0) {
       const back = await handBack(this.db, this.id, left).catch(() => []);
@@ -451,6 +598,7 @@ export class Worker {
     for (const w of this.settledWaiters.values()) w(undefined);
     this.settledWaiters.clear();
     for (const w of this.idleWaiters.splice(0)) w();
+    watchHealth(this.id, undefined);
     this.log.info('worker stopped');
   }
 }

@@ -207,7 +207,8 @@ e AS (
     jsonb_strip_nulls(jsonb_build_object('attempt', u.attempt, 'duration_ms', u.duration_ms,
       'credits_used', u.credits_used, 'error_code', s.error ->> 'code'))
   FROM u JOIN s ON s.id = u.id),
-l AS (SELECT cairn.ledger_settle_run(u.id, s.credits, true, 'worker:' || $2) AS c FROM u JOIN s ON s.id = u.id)
+l AS (SELECT cairn.ledger_settle_run(u.id, s.credits, true, 'worker:' || $2,
+  cairn.release_reason(u.status, s.error ->> 'code')) AS c FROM u JOIN s ON s.id = u.id)
 SELECT u.id, u.status, u.duration_ms, u.credits_used, pg_notify('cairn_run_done', u.id::text) AS _n
 FROM u CROSS JOIN (SELECT count(*) AS n FROM l) lc`);
 
@@ -278,7 +279,8 @@ e AS (
   SELECT u.id, u.circle_id, 'status', 'running', u.status, $1,
     jsonb_build_object('reason', 'lease_expired', 'lost_worker', u.lost_worker, 'lost_host', u.lost_host,
       'attempt', u.attempt, 'requeued', u.status = 'queued') FROM u),
-l AS (SELECT cairn.ledger_settle_run(u.id, 0, true, $1) AS c FROM u WHERE u.status = 'failed')
+l AS (SELECT cairn.ledger_settle_run(u.id, 0, true, $1, cairn.release_reason('failed', 'WORKER_LOST')) AS c
+  FROM u WHERE u.status = 'failed')
 SELECT u.id, u.status, CASE WHEN u.status = 'queued' THEN pg_notify('cairn_run_queued', u.id::text)
   ELSE pg_notify('cairn_run_done', u.id::text) END AS _n FROM u CROSS JOIN (SELECT count(*) AS n FROM l) lc`;
 

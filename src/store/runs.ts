@@ -327,7 +327,7 @@ export async function cancelRun(
      e AS (INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
        SELECT u.id, u.circle_id, 'control', u.prev, 'cancelled', $2, jsonb_build_object('action', 'cancel', 'reason', $5::text)
        FROM u),
-     l AS (SELECT cairn.ledger_settle_run(u.id, 0, true, $2) AS c FROM u)
+     l AS (SELECT cairn.ledger_settle_run(u.id, 0, true, $2, cairn.release_reason('cancelled', NULL)) AS c FROM u)
      SELECT u.*, pg_notify('cairn_run_cancel', u.id::text) AS _c, pg_notify('cairn_run_done', u.id::text) AS _n
      FROM u CROSS JOIN (SELECT count(*) AS n FROM l) lc`,
     [runId, actor, allowedFrom('cancelled'), CANCELLED, reason],

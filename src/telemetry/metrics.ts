@@ -78,3 +78,76 @@ export const goCacheHitRate = new client.Gauge({
   help: 'Share of go-fn binary lookups served from the cache since start',
   registers: [registry],
 });
+
+/** What a worker reports about its shared statements (engine/health.ts has the full shape). */
+export interface HealthSource {
+  worker: string;
+  degraded: boolean;
+  settle_backlog: number;
+  statements: Record<
+    string,
+    { consecutive_failures: number; failures_total: number; rows_rejected_total: number }
+  >;
+}
+
+const healthSources = new Map<string, () => HealthSource>();
+
+/** A worker of this process reports its health at every scrape (until it stops). */
+export function watchHealth(id: string, source: (() => HealthSource) | undefined): void {
+  if (source) healthSources.set(id, source);
+  else healthSources.delete(id);
+}
+
+function eachHealth(fn: (h: HealthSource) => void): void {
+  for (const s of healthSources.values()) fn(s());
+}
+
+new client.Gauge({
+  name: 'cairn_worker_degraded',
+  help: 'Whether a shared statement of the worker keeps failing (1: degraded; /healthz answers 503)',
+  labelNames: ['worker'],
+  registers: [registry],
+  collect() {
+    this.reset();
+    eachHealth((h) => this.set({ worker: h.worker }, h.degraded ? 1 : 0));
+  },
+});
+
+new client.Gauge({
+  name: 'cairn_worker_settle_backlog',
+  help: 'Settlements finished but not yet written (waiting for a retry)',
+  labelNames: ['worker'],
+  registers: [registry],
+  collect() {
+    this.reset();
+    eachHealth((h) => this.set({ worker: h.worker }, h.settle_backlog));
+  },
+});
+
+for (const [name, field, help] of [
+  [
+    'cairn_worker_statement_consecutive_failures',
+    'consecutive_failures',
+    'Failures in a row of a shared statement',
+  ],
+  ['cairn_worker_statement_failures_total', 'failures_total', 'Failures of a shared statement since start'],
+  [
+    'cairn_worker_statement_rows_rejected_total',
+    'rows_rejected_total',
+    'Rows the database refused alone, settled as failed runs (RUN_RECORD_REJECTED)',
+  ],
+] as const) {
+  new client.Gauge({
+    name,
+    help,
+    labelNames: ['worker', 'statement'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      eachHealth((h) => {
+        for (const [statement, st] of Object.entries(h.statements))
+          this.set({ worker: h.worker, statement }, st[field]);
+      });
+    },
+  });
+}

@@ -1,0 +1,201 @@
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { z } from 'zod';
+import { describeEachDriver } from '../helpers/db.js';
+import { testApp, type TestApp } from '../helpers/app.js';
+import { registerType } from '../../src/elements/registry.js';
+import { findUnstorable } from '../../src/core/storable.js';
+
+/**
+ * Issue 9, findings 1 and 5: what one circle's handler returns can never stop
+ * another circle's runs from finishing, and every run whose handler executed
+ * is captured or refunded with its reason in the audit trail.
+ */
+
+// A type whose executor waits at a gate until `gate.size` runs arrived, so they settle in one batch;
+// `overcharge` asks for more credits than any wallet holds, which the ledger refuses (23514) at settle.
+const gate = { size: 1, waiting: [] as (() => void)[] };
+registerType({
+  type: 'test-gated',
+  category: 'actions',
+  title: 'Gated (tests only)',
+  description: 'Finishes when enough runs arrived; may ask for an impossible charge.',
+  spec: z.object({}).strict(),
+  operations: [
+    {
+      name: 'invoke',
+      method: 'POST',
+      path: 'invoke',
+      auth: 'execute',
+      summary: 'gated',
+      input: z.object({ overcharge: z.boolean().optional(), n: z.number().optional() }).strict(),
+      createsRun: true,
+      price: 1000,
+    },
+  ],
+  errors: [],
+  rules: [],
+  executors: {
+    invoke: async (ctx) => {
+      await new Promise<void>((resolve) => {
+        gate.waiting.push(resolve);
+        if (gate.waiting.length >= gate.size) for (const w of gate.waiting.splice(0)) w();
+      });
+      const input = ctx.input as { overcharge?: boolean; n?: number };
+      return {
+        output: { n: input.n ?? 0 },
+        evidence: { command: ['gated'] },
+        credits: input.overcharge ? Number.MAX_SAFE_INTEGER : 1000,
+      };
+    },
+  },
+});
+
+describeEachDriver('a poisoned output', ({ db }) => {
+  let t: TestApp;
+  let attacker: Awaited<ReturnType<TestApp['circle']>>;
+  let victim: Awaited<ReturnType<TestApp['circle']>>;
+
+  const create = async (c: typeof attacker, element_type: string, slug: string, spec: unknown) => {
+    const r = await t.call('POST', `/api/${c.slug}/ops/create`, { element_type, slug, spec }, c.tokens.write);
+    expect(r.status, JSON.stringify(r.body)).toBe(201);
+  };
+  const finished = async (id: string, token: string) => {
+    for (let i = 0; i < 200; i++) {
+      const run = (await t.call('GET', `/api/runs/${id}`, undefined, token)).body;
+      if (!['queued', 'running'].includes(run.status)) return run;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error(`run ${id} did not finish`);
+  };
+  const ledgerEvents = async (id: string, token: string) =>
+    (await t.call('GET', `/api/runs/${id}/audit`, undefined, token)).body.events.filter(
+      (e: any) => e.type === 'ledger',
+    );
+
+  beforeAll(async () => {
+    t = await testApp(db(), { concurrency: 4, syncWaitMs: 15_000 });
+    attacker = await t.circle('attacker');
+    victim = await t.circle('victim');
+    const py = (code: string) => ({ source: { type: 'inline', code }, handler: 'handler' });
+    await create(attacker, 'python', 'nul', py('def handler(input):\n    return {"s": "a\\x00b"}\n'));
+    await create(
+      attacker,
+      'python',
+      'proc-cmdline',
+      py('def handler(input):\n    return {"cmdline": open("/proc/1/cmdline").read()}\n'),
+    );
+    await create(attacker, 'test-gated', 'gated', {});
+    await create(victim, 'sql', 'add-one', { query: 'select $1::int + 1 as n' });
+  }, 120_000);
+  afterAll(() => t.close());
+
+  it('a NUL in one output fails that run alone; another circle’s sync invoke still finishes', async () => {
+    // The repro as written: invoked once with ?async=1.
+    const poison = await t.call(
+      'POST',
+      `/api/${attacker.slug}/nul/ops/invoke?async=1`,
+      {},
+      attacker.tokens.execute,
+    );
+    expect(poison.status).toBe(202);
+    const other = await t.call(
+      'POST',
+      `/api/${victim.slug}/add-one/ops/invoke`,
+      { params: [41] },
+      victim.tokens.execute,
+    );
+    expect(other.status, JSON.stringify(other.body)).toBe(200);
+    expect(other.body.status).toBe('succeeded');
+    expect(other.body.output.rows).toEqual([{ n: 42 }]);
+    const run = await finished(poison.body.run_id, attacker.tokens.read);
+    expect(run.status).toBe('failed');
+    expect(run.error.code).toBe('PYTHON_FN_INVALID_OUTPUT');
+    expect(run.error.message).toMatch(/at \$\.s, the string holds a NUL character/);
+    expect(run.error._suggestion).toBeTruthy();
+    expect(run.output).toBeNull();
+    // Finding 5: the handler ran, the run failed, its hold was refunded with the reason.
+    const ledger = await ledgerEvents(run.id, attacker.tokens.read);
+    expect(ledger.map((e: any) => e.data.movement)).toEqual(['reserve', 'release']);
+    expect(ledger[1].data).toMatchObject({ reason: 'run_failed', error_code: 'PYTHON_FN_INVALID_OUTPUT' });
+    // The worker never got stuck on it.
+    expect(t.worker!.healthReport().degraded).toBe(false);
+    expect((await t.call('GET', '/healthz', undefined, '')).body.status).toBe('ok');
+  });
+
+  it('the accident of the report (a handler returning /proc/1/cmdline) ends on its own', async () => {
+    const r = await t.call(
+      'POST',
+      `/api/${attacker.slug}/proc-cmdline/ops/invoke`,
+      {},
+      attacker.tokens.execute,
+    );
+    const run = await finished(r.body.run_id, attacker.tokens.read);
+    // /proc/1/cmdline is NUL-separated: refused as an output, typed, with where.
+    expect(run.status).toBe('failed');
+    expect(run.error.code).toBe('PYTHON_FN_INVALID_OUTPUT');
+    expect(run.error.details).toEqual({ path: '$.cmdline' });
+  });
+
+  it('a body holding NUL or a lone surrogate is a typed 400, and nothing is created', async () => {
+    for (const raw of ['{"params": ["a\\u0000b"]}', '{"params": ["\\ud800"]}', '{"\\u0000k": 1}']) {
+      const r = await t.call('POST', `/api/${victim.slug}/add-one/ops/invoke`, raw, victim.tokens.execute);
+      expect(r.status, raw).toBe(400);
+      expect(r.body.error.code).toBe('INVALID_INPUT');
+      expect(r.body.error.message).toMatch(/cannot be stored/);
+      expect(r.body.error._suggestion).toBeTruthy();
+    }
+  });
+
+  it('a settlement the database refuses fails its run alone; the rest of its batch settles and is billed', async () => {
+    gate.size = 4;
+    const answers = await Promise.all([
+      t.call('POST', `/api/${attacker.slug}/gated/ops/invoke`, { overcharge: true }, attacker.tokens.execute),
+      ...[1, 2, 3].map((n) =>
+        t.call('POST', `/api/${attacker.slug}/gated/ops/invoke`, { n }, attacker.tokens.execute),
+      ),
+    ]);
+    gate.size = 1;
+    const runs = await Promise.all(answers.map((a) => finished(a.body.run_id, attacker.tokens.read)));
+    expect(runs[0].status).toBe('failed');
+    expect(runs[0].error.code).toBe('RUN_RECORD_REJECTED');
+    expect(runs[0].error.details).toEqual({ sqlstate: '23514' });
+    for (const r of runs.slice(1)) {
+      expect(r.status).toBe('succeeded');
+      expect(r.credits_used).toBe(1000);
+    }
+    // Refused for its content, not a database outage: the worker is not degraded, and says what it refused.
+    const h = t.worker!.healthReport();
+    expect(h.degraded).toBe(false);
+    expect(h.statements.settle.rows_rejected_total).toBeGreaterThanOrEqual(1);
+    // Finding 5: the refused run's hold is released with its reason; the others are captured.
+    const refused = await ledgerEvents(runs[0].id, attacker.tokens.read);
+    expect(refused.find((e: any) => e.data.movement === 'release')?.data).toMatchObject({
+      reason: 'run_failed',
+      error_code: 'RUN_RECORD_REJECTED',
+    });
+    for (const r of runs.slice(1)) {
+      const ev = await ledgerEvents(r.id, attacker.tokens.read);
+      expect(ev.find((e: any) => e.data.movement === 'capture')?.data.amount).toBe(1000);
+    }
+  });
+
+  it('every run that executed its handler was captured or refunded with a reason', async () => {
+    let seen = 0;
+    for (const c of [attacker, victim]) {
+      const { runs } = (await t.call('GET', `/api/${c.slug}/runs?limit=500`, undefined, c.tokens.read)).body;
+      seen += runs.length;
+      for (const run of runs) {
+        expect(['succeeded', 'failed']).toContain(run.status);
+        const ev = await ledgerEvents(run.id, c.tokens.read);
+        const captured = ev.some((e: any) => e.data.movement === 'capture' && e.data.amount > 0);
+        const refunded = ev.some(
+          (e: any) => e.data.movement === 'release' && typeof e.data.reason === 'string',
+        );
+        expect(captured || refunded, `${run.id} ${run.status}: ${JSON.stringify(ev)}`).toBe(true);
+        if (run.status === 'failed') expect(refunded).toBe(true);
+        expect(findUnstorable(run.output), JSON.stringify(run.output)).toBeUndefined();
+      }
+    }
+    expect(seen).toBeGreaterThanOrEqual(7);
+  });
+});
