@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeEachDriver } from '../helpers/db.js';
 import { expectTypedError, testApp, type TestApp } from '../helpers/app.js';
+import { busyFor } from '../helpers/slow-sql.js';
 import { definitionHash } from '../../src/core/hash.js';
 
 describeEachDriver('element operations', ({ db }) => {
@@ -176,7 +177,7 @@ describeEachDriver('element operations', ({ db }) => {
     const slow = await t.call(
       'POST',
       `${base()}/ops/create`,
-      { element_type: 'sql', slug: 'slow', spec: { query: 'select pg_sleep(1)' } },
+      { element_type: 'sql', slug: 'slow', spec: { query: `select 1 as x from ${busyFor(db().kind, 1)}` } },
       c.tokens.write,
     );
     expect(slow.status).toBe(201);

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeEachDriver } from '../helpers/db.js';
 import { testApp, type TestApp } from '../helpers/app.js';
+import { busyFor } from '../helpers/slow-sql.js';
 
 /**
  * A sync invoke that finds a free slot in this process's worker is created
@@ -14,8 +15,8 @@ describeEachDriver('sync invokes and the worker slots', ({ db }) => {
     t = await testApp(db(), { concurrency: 1, syncWaitMs: 400 });
     c = await t.circle('direct');
     for (const [slug, query] of [
-      ['nap', 'select pg_sleep(0.03) is null as slept'],
-      ['long', "select 'done' as s from pg_sleep(1)"],
+      ['nap', `select true as slept from ${busyFor(db().kind, 0.03)}`],
+      ['long', `select 'done' as s from ${busyFor(db().kind, 1)}`],
     ])
       expect(
         (

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeEachDriver } from '../helpers/db.js';
 import { testApp, expectTypedError, type TestApp } from '../helpers/app.js';
+import { busyFor } from '../helpers/slow-sql.js';
 
 /**
  * Batch (column) runs over table rows, run control and the ledger, through
@@ -320,7 +321,7 @@ describeEachDriver('batch runs', ({ db, driver }) => {
       element_type: 'sql',
       slug: 'slow-first',
       spec: {
-        query: "select pg_sleep(case when nextval('s') <= 3 then 0.6 else 0 end) is null as x",
+        query: `select true as x from ${busyFor(driver, "case when nextval('s') <= 3 then 0.6 else 0 end")}`,
         timeout_ms: 200,
       },
     });
@@ -370,7 +371,7 @@ describeEachDriver('batch runs', ({ db, driver }) => {
     await t.call(
       'POST',
       '/api/inv-pause/ops/create',
-      { element_type: 'sql', slug: 'nap', spec: { query: 'select pg_sleep(0.8) is null as x' } },
+      { element_type: 'sql', slug: 'nap', spec: { query: `select true as x from ${busyFor(driver, 0.8)}` } },
       A,
     );
     const r = await t.call('POST', '/api/inv-pause/nap/ops/invoke?async=1', {}, A);

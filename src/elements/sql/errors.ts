@@ -25,6 +25,15 @@ export const SQL_ERRORS: readonly ErrorCodeDecl[] = [
       'Use queries, DML and DDL on tables, views, indexes and sequences of your circle; Cairn manages roles, sessions and transactions.',
   },
   {
+    code: 'SQL_UNINTERRUPTIBLE',
+    class: 'validation',
+    retryable: false,
+    description:
+      'On the embedded database (PGlite), which cannot interrupt a running statement: a call of pg_sleep, pg_sleep_for or pg_sleep_until, or a WITH RECURSIVE query.',
+    suggestion:
+      'Drop the wait; replace WITH RECURSIVE by generate_series with constant bounds; or run Cairn on PostgreSQL (DATABASE_URL), where spec.timeout_ms interrupts a statement and both are allowed.',
+  },
+  {
     code: 'SQL_PARAMS_MISMATCH',
     class: 'validation',
     retryable: false,

@@ -3,7 +3,7 @@ import { CairnError } from '../../core/errors.js';
 import { canonicalJson, sha256Hex } from '../../core/hash.js';
 import { circleIdentity } from '../../store/circles.js';
 import type { ExecContext, ExecResult } from '../types.js';
-import { guardSql } from './guard.js';
+import { guardSql, interruptibleDriver } from './guard.js';
 import { codeForSqlState, sqlError } from './errors.js';
 
 export interface SqlSpec {
@@ -20,7 +20,8 @@ export interface SqlSpec {
  */
 export async function invokeSql(ctx: ExecContext): Promise<ExecResult> {
   const spec = ctx.spec as SqlSpec;
-  const g = guardSql(spec.query);
+  // Again at execute time, against this driver: on PGlite what can only stall never starts.
+  const g = guardSql(spec.query, { interruptible: interruptibleDriver(ctx.db.kind) });
   const params: unknown[] = ctx.input?.params ?? spec.params ?? [];
   if (params.length !== g.params) {
     throw sqlError(

@@ -1,4 +1,5 @@
 import { loadModule, parseSync } from 'libpg-query';
+import type { Db } from '../../db/types.js';
 import { sqlError } from './errors.js';
 
 /**
@@ -30,7 +31,11 @@ const ALLOWED = new Set([
   'CompositeTypeStmt',
 ]);
 
-/** Built-ins that change identity, signal the platform, or touch other sessions. */
+/**
+ * Built-ins that change identity, signal the platform, or touch other sessions —
+ * and those that run SQL text of their own (`query_to_xml('select …')`,
+ * `ts_stat('select …')`), which this guard would never see.
+ */
 const DENIED_FUNCTIONS = [
   /^set_config$/,
   /^pg_notify$/,
@@ -41,7 +46,18 @@ const DENIED_FUNCTIONS = [
   /^pg_ls_/,
   /^lo_(import|export)$/,
   /^dblink/,
+  /^query_to_xml/,
+  /^ts_stat$/,
 ];
+/** Functions whose form with this many arguments runs SQL text (`ts_rewrite(tsquery, 'select …')`). */
+const DENIED_FUNCTION_ARITY = new Map([['ts_rewrite', 2]]);
+
+/**
+ * What only waits: harmless where a statement can be interrupted (PostgreSQL:
+ * statement_timeout, cancel), but on PGlite it holds the one session of every
+ * circle until it ends.
+ */
+const STALL_FUNCTIONS = /^pg_sleep(_for|_until)?$/;
 
 const WRITE_NODES = new Set([
   'InsertStmt',
@@ -58,6 +74,21 @@ let ready: Promise<void> | undefined;
 export function loadSqlParser(): Promise<void> {
   ready ??= loadModule();
   return ready;
+}
+
+export interface GuardOptions {
+  /**
+   * Can the database interrupt a running statement? PostgreSQL can
+   * (statement_timeout, pg_cancel_backend); PGlite cannot — it runs one
+   * session in WebAssembly in this process, so a statement there holds every
+   * circle until it returns. Where it cannot, what can only stall is refused.
+   */
+  interruptible: boolean;
+}
+
+/** Whether a driver interrupts a running statement (anything but PostgreSQL is assumed not to). */
+export function interruptibleDriver(kind: Db['kind']): boolean {
+  return kind === 'pg';
 }
 
 export interface GuardedStatement {
@@ -80,7 +111,7 @@ function visit(node: unknown, fn: (key: string, value: any) => void): void {
 }
 
 /** Parses and checks one statement; throws a typed SQL_* error when it is not allowed. */
-export function guardSql(query: string): GuardedStatement {
+export function guardSql(query: string, opts: GuardOptions): GuardedStatement {
   let tree: any;
   try {
     tree = parseSync(query);
@@ -123,10 +154,28 @@ export function guardSql(query: string): GuardedStatement {
     if (WRITE_NODES.has(key)) readOnly = false;
     if (key === 'FuncCall') {
       const name: string = (value?.funcname ?? []).map((n: any) => n?.String?.sval ?? '').pop() ?? '';
-      if (DENIED_FUNCTIONS.some((re) => re.test(name.toLowerCase()))) {
+      const lower = name.toLowerCase();
+      if (
+        DENIED_FUNCTIONS.some((re) => re.test(lower)) ||
+        DENIED_FUNCTION_ARITY.get(lower) === (value?.args ?? []).length
+      ) {
         throw sqlError('SQL_STATEMENT_NOT_ALLOWED', `The function ${name}() is not available to circle SQL.`);
       }
-      if (WRITE_FUNCTIONS.has(name.toLowerCase())) readOnly = false;
+      if (!opts.interruptible && STALL_FUNCTIONS.test(lower)) {
+        throw sqlError(
+          'SQL_UNINTERRUPTIBLE',
+          `${name}() only waits, and the embedded database (PGlite) cannot interrupt a statement: ` +
+            'it would hold every circle until it ends.',
+        );
+      }
+      if (WRITE_FUNCTIONS.has(lower)) readOnly = false;
+    }
+    if (!opts.interruptible && key === 'withClause' && value?.recursive === true) {
+      throw sqlError(
+        'SQL_UNINTERRUPTIBLE',
+        'WITH RECURSIVE is refused on the embedded database (PGlite): it cannot interrupt a statement, ' +
+          'and a recursive query has no bound Cairn can check, so it could hold every circle until it ends.',
+      );
     }
     if (key === 'SelectStmt' && value?.intoClause) readOnly = false;
   });
@@ -138,10 +187,14 @@ function hasOption(explain: any, name: string): boolean {
   return (explain?.options ?? []).some((o: any) => o?.DefElem?.defname === name);
 }
 
-/** For retry-on-loss decisions: is re-running this query free of side effects? */
+/**
+ * For retry-on-loss decisions: is re-running this query free of side effects?
+ * (Side effects do not depend on the driver; whether it may run at all is
+ * checked again when it executes.)
+ */
 export function isReadOnlyQuery(query: string): boolean {
   try {
-    return guardSql(query).readOnly;
+    return guardSql(query, { interruptible: true }).readOnly;
   } catch {
     return false;
   }

@@ -1,10 +1,23 @@
 import { z } from 'zod';
+import type { Db, Queryable } from '../../db/types.js';
 import type { ElementTypeDecl } from '../types.js';
 import { SQL_ERRORS } from './errors.js';
-import { guardSql, isReadOnlyQuery } from './guard.js';
+import { guardSql, interruptibleDriver, isReadOnlyQuery } from './guard.js';
 import { invokeSql } from './executor.js';
 
 const jsonValue = z.json();
+
+/**
+ * Whether the database behind `q` can interrupt a running statement. The pool
+ * says so by its kind; a transaction handle (an update) does not carry it, and
+ * there PGlite names itself in version().
+ */
+async function interruptible(q: Queryable): Promise<boolean> {
+  const kind = (q as Partial<Db>).kind;
+  if (kind) return interruptibleDriver(kind);
+  const r = await q.query<{ v: string }>('SELECT version() AS v');
+  return !/\bPGlite\b/.test(r.rows[0]?.v ?? '');
+}
 
 export const sqlSpec = z
   .object({
@@ -21,7 +34,11 @@ export const sqlType: ElementTypeDecl = {
   title: 'SQL query',
   description:
     "Runs one parameterized SQL statement in the circle's own Postgres schema, as the circle's own role. " +
-    'Queries, DML and DDL on the circle schema work; nothing outside it is reachable.',
+    'Queries, DML and DDL on the circle schema work; nothing outside it is reachable. ' +
+    'On the embedded database (PGlite, no DATABASE_URL) a running statement cannot be interrupted, so ' +
+    'pg_sleep and WITH RECURSIVE are refused there (SQL_UNINTERRUPTIBLE), and any other long statement ' +
+    '(a large cross join or generate_series, a slow regular expression) holds every circle until it ends; ' +
+    'spec.timeout_ms only rolls it back afterwards. Run untrusted or heavy SQL on PostgreSQL.',
   spec: sqlSpec,
   operations: [
     {
@@ -42,8 +59,14 @@ export const sqlType: ElementTypeDecl = {
   ],
   errors: SQL_ERRORS,
   rules: [],
+  // What the guard refuses on every driver, when the spec is parsed…
   validateSpec: (spec: { query: string }) => {
-    guardSql(spec.query);
+    guardSql(spec.query, { interruptible: true });
+  },
+  // …and what it refuses only where a statement cannot be interrupted (PGlite).
+  // The executor runs the guard again against the driver that executes it.
+  validateInCircle: async (db, _circle, spec: { query: string }) => {
+    if (!(await interruptible(db))) guardSql(spec.query, { interruptible: false });
   },
   executors: { invoke: invokeSql },
   telemetry: { prefix: 'sql' },

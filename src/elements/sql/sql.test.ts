@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeEachDriver } from '../../../test/helpers/db.js';
 import { testApp, type TestApp } from '../../../test/helpers/app.js';
+import { busyFor } from '../../../test/helpers/slow-sql.js';
 import { SQL_ERRORS } from './errors.js';
 
 describeEachDriver('sql element', ({ db, driver }) => {
@@ -104,7 +105,7 @@ describeEachDriver('sql element', ({ db, driver }) => {
   it('SQL_TIMEOUT: the statement is stopped (pg) or its overrun rolled back (PGlite)', async () => {
     const started = Date.now();
     const r = await run({
-      query: "insert into items (name) select 'slow' from pg_sleep(1.5)",
+      query: `insert into items (name) select 'slow' from ${busyFor(driver, 1.5)}`,
       timeout_ms: 300,
     });
     expect(r.status).toBe('failed');
