@@ -135,6 +135,9 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
     let circle;
     if (params.circle !== undefined) {
       circle = await getCircleBySlug(deps.db, params.circle);
+      // Membership first, on every circle route: to a circle token, another circle and a
+      // missing one get the same 404 from authorize, so circle names cannot be probed.
+      if (principal) authorize(principal, circle, 'read');
       if (!circle) {
         throw errors.notFound(
           'CIRCLE_NOT_FOUND',

@@ -1,4 +1,4 @@
-import { errors } from '../core/errors.js';
+import { errors, type CairnError } from '../core/errors.js';
 import { roleAtLeast, type Role } from '../core/status.js';
 import type { Db } from '../db/types.js';
 import { findPrincipal, type Principal } from '../store/tokens.js';
@@ -40,7 +40,23 @@ export function actorOf(p: Principal): string {
   return p.instanceAdmin ? `admin-token:${p.tokenId}` : `token:${p.tokenId}`;
 }
 
-/** A circle token acts only in its circle; an instance-admin token acts everywhere. */
+/**
+ * What a circle token learns about a circle that is not its own: exactly what it
+ * learns about one that does not exist (the slug is not echoed either), so
+ * circle names cannot be enumerated.
+ */
+export function circleNotFound(): CairnError {
+  return errors.notFound(
+    'CIRCLE_NOT_FOUND',
+    'No such circle is visible to this token.',
+    'Check the circle slug; GET /api/circles lists the circles your token sees.',
+  );
+}
+
+/**
+ * A circle token acts only in its circle (another circle is "not found");
+ * an instance-admin token acts everywhere.
+ */
 export function authorize(p: Principal, circle: CircleRow | undefined, need: Role | 'instance_admin'): void {
   if (need === 'instance_admin') {
     if (!p.instanceAdmin) {
@@ -52,9 +68,7 @@ export function authorize(p: Principal, circle: CircleRow | undefined, need: Rol
     return;
   }
   if (p.instanceAdmin) return;
-  if (!circle || p.circleId !== circle.id) {
-    throw errors.forbidden('This token belongs to another circle.', 'Use a token of the circle you address.');
-  }
+  if (!circle || p.circleId !== circle.id) throw circleNotFound();
   if (!roleAtLeast(p.role, need)) {
     throw errors.forbidden(
       `This needs the ${need} role; the token has ${p.role}.`,

@@ -55,10 +55,12 @@ describeEachDriver('circle isolation', ({ db, driver }) => {
       ['POST', `/api/beta/ops/create`, { element_type: 'sql', slug: 'evil', spec: { query: 'select 1' } }],
       ['PATCH', `/api/beta/read/ops/update`, { spec: { query: 'select 2' } }],
     ];
+    // Another circle answers like a missing one (test/security/circle-enumeration.test.ts).
     for (const [m, url, body] of probes) {
       const r = await t.call(m, url, body, tokA);
-      expect(r.status, `${m} ${url}`).toBe(403);
+      expect(r.status, `${m} ${url}`).toBe(404);
       expectTypedError(r.body);
+      expect(r.body.error.code, `${m} ${url}`).toBe('CIRCLE_NOT_FOUND');
     }
     // An existing and a missing element answer alike: existence does not leak.
     const e1 = await t.call('GET', `/api/beta/read/ops/get`, undefined, tokA);
