@@ -133,8 +133,11 @@ export async function runBatch(
             { err: r.error, run: run.id, item: r.row.id },
             'the database refused an item settlement',
           );
+        // Recorded without what was refused: no output, and no cell write (the cell may be what failed).
         const fallback = refused.map((r) => host.rejected(r.row, r.error));
-        const second = await applyIsolated(fallback, settle);
+        const second = await applyIsolated(fallback, async (b) => [
+          await settleItems(db, run.id, workerId, b, null),
+        ]);
         const back = new Set(second.rejected.map((r) => r.row.id));
         landed(
           refused.map((r) => r.row).filter((i) => !back.has(i.id)),

@@ -14,7 +14,8 @@ export interface Runtime {
 }
 
 /** Shared libraries a set of ELF files needs, from ldd, as binds at the paths the loader asks for. */
-function libraryBinds(files: string[]): Bind[] {
+/** Shared libraries of ELF files, from ldd, bound at the paths the loader asks for. */
+export function libraryBinds(files: string[]): Bind[] {
   const seen = new Map<string, string>();
   let out = '';
   try {

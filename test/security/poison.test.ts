@@ -179,13 +179,54 @@ describeEachDriver('a poisoned output', ({ db }) => {
     }
   });
 
+  it('an item settlement the database refuses fails that item alone; the batch goes on', async () => {
+    await create(attacker, 'table', 'rows', {
+      fields: { k: { type: 'integer', required: true }, over: { type: 'boolean' } },
+      columns: { out: { element: 'gated', input: { n: 'k', overcharge: 'over' }, concurrency: 4 } },
+    });
+    const rows = [0, 1, 2, 3].map((k) => ({ k, over: false }));
+    expect(
+      (await t.call('POST', `/api/${attacker.slug}/rows/ops/rows`, { rows }, attacker.tokens.write)).status,
+    ).toBe(201);
+    // The database refuses one row's cell (a constraint the platform's connection adds here, as an
+    // operator or a bug could): row 2's cell can never be written, 23514 at every item settle that holds it.
+    const sch = (
+      await t.deps.db.query<{ schema: string }>(
+        'SELECT schema_name AS schema FROM cairn.circles WHERE slug = $1',
+        [attacker.slug],
+      )
+    ).rows[0]!.schema;
+    await t.deps.db.exec(
+      `ALTER TABLE "${sch}".t_rows ADD CONSTRAINT no_cell_2 CHECK ((data ->> 'k')::int <> 2 OR cells = '{}'::jsonb)`,
+    );
+    gate.size = 4;
+    const started = await t.call(
+      'POST',
+      `/api/${attacker.slug}/rows/ops/columns/out/run`,
+      {},
+      attacker.tokens.execute,
+    );
+    expect(started.status, JSON.stringify(started.body)).toBe(202);
+    const run = await finished(started.body.run_id, attacker.tokens.read);
+    gate.size = 1;
+    expect(run.status).toBe('completed');
+    const items = (await t.call('GET', `/api/runs/${run.id}/items`, undefined, attacker.tokens.read)).body
+      .items;
+    const failed = items.filter((i: any) => i.status === 'failed');
+    expect(failed).toHaveLength(1);
+    expect(failed[0].error.code).toBe('RUN_RECORD_REJECTED');
+    expect(items.filter((i: any) => i.status === 'succeeded')).toHaveLength(3);
+    expect(run.credits_used).toBe(3000);
+    expect(t.worker!.healthReport().statements.settle_items.rows_rejected_total).toBeGreaterThanOrEqual(1);
+  });
+
   it('every run that executed its handler was captured or refunded with a reason', async () => {
     let seen = 0;
     for (const c of [attacker, victim]) {
       const { runs } = (await t.call('GET', `/api/${c.slug}/runs?limit=500`, undefined, c.tokens.read)).body;
       seen += runs.length;
       for (const run of runs) {
-        expect(['succeeded', 'failed']).toContain(run.status);
+        expect(['succeeded', 'completed', 'failed']).toContain(run.status);
         const ev = await ledgerEvents(run.id, c.tokens.read);
         const captured = ev.some((e: any) => e.data.movement === 'capture' && e.data.amount > 0);
         const refunded = ev.some(

@@ -21,6 +21,7 @@ import { canonicalJson, sha256Hex } from '../../core/hash.js';
 import { cacheRoot } from '../exec-helper.js';
 import { runSandbox, sandboxDisabled, type Bind, type SandboxResult } from '../runner.js';
 import { goBinary, goRootDir } from '../toolchains.js';
+import { libraryBinds } from '../runtimes.js';
 import { uidPool } from '../uids.js';
 import { goWrapper, WRAPPER_VERSION } from './go-wrapper.js';
 import {
@@ -228,22 +229,6 @@ interface Resolved {
   needsDownload: boolean;
   commit?: string;
   stageFrom?: string; // a cloned checkout to stage instead of inline files
-}
-
-/** Shared libraries of ELF files, from ldd, bound at the paths the loader asks for. */
-function libraryBinds(files: string[]): Bind[] {
-  let out = '';
-  try {
-    out = execFileSync('ldd', files, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
-  } catch (e: any) {
-    out = String(e?.stdout ?? ''); // ldd exits non-zero when some file is not dynamic
-  }
-  const seen = new Map<string, string>();
-  for (const line of out.split('\n')) {
-    const m = /=>\s+(\/\S+)/.exec(line) ?? /^\s+(\/\S+)\s+\(/.exec(line);
-    if (m && !seen.has(m[1]!)) seen.set(m[1]!, realpathSync(m[1]!));
-  }
-  return [...seen.entries()].map(([dest, src]) => ({ src, dest }));
 }
 
 const GIT_CORE = '/usr/lib/git-core';
