@@ -1,3 +1,5 @@
+import { CairnError } from './core/errors.js';
+import { createServer as createNetServer } from 'node:net';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
@@ -97,12 +99,35 @@ export interface Server {
   stop(): Promise<void>;
 }
 
+function portInUse(host: string, port: number): CairnError {
+  return new CairnError({
+    code: 'PORT_IN_USE',
+    class: 'conflict',
+    message: `Port ${port} on ${host} is already in use (another \`cairn serve\`, or another program).`,
+    suggestion:
+      'Stop the other server, or choose another port with --port or CAIRN_PORT (0 picks a free one).',
+  });
+}
+
+/** Fails fast, before the database is opened or a worker starts, when the port is taken. */
+async function assertPortFree(host: string, port: number): Promise<void> {
+  if (port === 0) return;
+  await new Promise<void>((resolve, reject) => {
+    const probe = createNetServer();
+    probe.once('error', (e: NodeJS.ErrnoException) =>
+      reject(e.code === 'EADDRINUSE' ? portInUse(host, port) : e),
+    );
+    probe.listen({ port, host, exclusive: true }, () => probe.close(() => resolve()));
+  });
+}
+
 /** `cairn serve`: the API and, unless disabled, an embedded worker, in one process. */
 export async function startServer(
   config: Config,
   log: Logger,
   print: (s: string) => void = () => undefined,
 ): Promise<Server> {
+  await assertPortFree(config.host, config.port);
   const db = await openDb(config);
   await ensureBootstrapToken(db, config, print);
   const waiter = new RunWaiter(db, config.pollMs);
@@ -133,7 +158,16 @@ export async function startServer(
     snapshotExtra: await snapshotFacts(db),
   };
   const app = await buildApp(deps);
-  const address = await app.listen({ port: config.port, host: config.host });
+  let address: string;
+  try {
+    address = await app.listen({ port: config.port, host: config.host });
+  } catch (e) {
+    // Taken between the check and now: let go of what started, then say so, typed.
+    await worker?.stop(0);
+    await waiter.stop();
+    await db.close();
+    throw (e as NodeJS.ErrnoException).code === 'EADDRINUSE' ? portInUse(config.host, config.port) : e;
+  }
   const port = (app.server.address() as { port: number }).port;
   config.port = port;
   log.info({ address, database: db.kind }, 'cairn serving');

@@ -90,6 +90,11 @@ export class Client {
         retryable: false,
         _suggestion: '',
       };
+      // The server speaks of HTTP headers; a CLI user passes a flag or an environment variable.
+      if (res.status === 401)
+        err._suggestion = this.opts.token
+          ? 'The token was refused: pass a valid one with --token or CAIRN_TOKEN (`cairn tokens create` makes one).'
+          : 'No token found: pass --token or set CAIRN_TOKEN (or run where --data-dir / CAIRN_DATA holds the bootstrap token).';
       throw new ApiError(res.status, err);
     }
     return { status: res.status, body: parsed as T, headers: res.headers };

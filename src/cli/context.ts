@@ -16,7 +16,10 @@ export interface GlobalOpts {
 export function addGlobalOptions(cmd: Command): Command {
   return cmd
     .option('--url <url>', 'Cairn API base URL (env CAIRN_URL)')
-    .option('--token <token>', 'bearer token (env CAIRN_TOKEN; defaults to the bootstrap token in --data)')
+    .option(
+      '--token <token>',
+      'bearer token (env CAIRN_TOKEN; defaults to the bootstrap token in --data-dir / CAIRN_DATA)',
+    )
     .option('--circle <slug>', 'circle slug (env CAIRN_CIRCLE)')
     .option('--data-dir <dir>', 'data directory holding the bootstrap token (env CAIRN_DATA)')
     .option('--json', 'machine-readable JSON output');

@@ -7,6 +7,13 @@ import { registerClientCommands } from './commands/client-commands.js';
 import { registerBatchCommands } from './commands/batch-commands.js';
 import { renderError } from './output.js';
 
+// A closed stdout (`cairn wallet | head -1`) ends the CLI quietly, as SIGPIPE would: status 128 + 13.
+for (const stream of [process.stdout, process.stderr])
+  stream.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(141);
+    throw e;
+  });
+
 const program = new Command('cairn')
   .description('Cairn: every execution becomes a durable, inspectable run.')
   .version(VERSION)

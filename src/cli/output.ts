@@ -39,8 +39,19 @@ export function statusMark(status: string): string {
   }
 }
 
+/** Micro-credits as credits for people (`--json` keeps micro-credits). */
+export function credits(micro: number | null | undefined): string {
+  if (micro === null || micro === undefined) return '-';
+  return (micro / 1_000_000).toLocaleString('en-US', { maximumFractionDigits: 6 });
+}
+
+/** A typed error for people, with the stack or stderr tail it carries (suggestions point there). */
 export function renderError(e: ErrorBody): string {
-  return `${color.red('error')} ${e.code}: ${e.message}\n  ${color.dim('→ ' + e._suggestion)}`;
+  const d = (e.details ?? {}) as { stack?: unknown; stderr_tail?: unknown };
+  const extra = [d.stack, d.stderr_tail]
+    .filter((x): x is string => typeof x === 'string' && x.trim() !== '')
+    .map((x) => '\n' + color.dim(x.trimEnd().replace(/^/gm, '    ')));
+  return `${color.red('error')} ${e.code}: ${e.message}\n  ${color.dim('→ ' + e._suggestion)}${extra.join('')}`;
 }
 
 /** A plain aligned table for human output. */

@@ -6,7 +6,7 @@ import client from 'prom-client';
  * engine records them without knowing which type it ran.
  */
 export const registry = new client.Registry();
-client.collectDefaultMetrics({ register: registry, prefix: 'cairn_process_' });
+client.collectDefaultMetrics({ register: registry, prefix: 'cairn_' }); // cairn_process_cpu_seconds_total, cairn_nodejs_…
 
 interface TypeMetrics {
   invocations: client.Counter<'circle' | 'element' | 'status'>;

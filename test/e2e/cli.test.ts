@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -76,7 +76,7 @@ describe('bin/cairn end to end (embedded database)', () => {
     expect(body).toMatchObject({ status: 'succeeded', output: { rows: [{ n: 42 }], row_count: 1 } });
 
     const human = await cli(['invoke', 'add-one', '--circle', 'e2e', '-d', '{"params": [1]}']);
-    expect(human.out).toMatch(/✓ succeeded in [\d.]+ ms\s+run [0-9a-f-]{36}\s+credits 1000/);
+    expect(human.out).toMatch(/✓ succeeded in [\d.]+ ms\s+run [0-9a-f-]{36}\s+credits 0\.001\b/); // credits, not micro-credits
 
     const asy = await cli([
       'invoke',
@@ -144,6 +144,9 @@ describe('bin/cairn end to end (embedded database)', () => {
       { cwd: ROOT },
     ).catch((e) => e);
     expect(noauth.code).toBe(3);
+    // A CLI user is told about --token / CAIRN_TOKEN, not about an HTTP header.
+    expect(noauth.stderr).toMatch(/--token or CAIRN_TOKEN/);
+    expect(noauth.stderr).not.toMatch(/Authorization: Bearer/);
     const down = await run(
       process.execPath,
       [BIN, 'runs', 'list', '--circle', 'e2e', '--url', 'http://127.0.0.1:1', '--token', TOKEN],
@@ -156,6 +159,76 @@ describe('bin/cairn end to end (embedded database)', () => {
     }).catch((e) => e);
     expect(w.code).toBe(2);
     expect(w.stderr).toMatch(/WORKER_NEEDS_SERVER/);
+  });
+
+  it('runs logs, the stack of a failed run, an async hint, and a closed stdout', async () => {
+    const py = join(dir, 'loud.yaml');
+    writeFileSync(
+      py,
+      [
+        'element_type: python',
+        'slug: loud',
+        'spec:',
+        '  handler: handler',
+        '  source:',
+        '    type: inline',
+        '    code: |',
+        '      import sys',
+        '      def handler(input):',
+        '          print("hello from stdout")',
+        '          print("hello from stderr", file=sys.stderr)',
+        '          if input.get("fail"):',
+        '              raise ValueError("card declined")',
+        '          return {"ok": True}',
+        '',
+      ].join('\n'),
+    );
+    expect((await cli(['apply', '-f', py, '--circle', 'e2e'])).code).toBe(0);
+    const ok = JSON.parse((await cli(['invoke', 'loud', '--circle', 'e2e', '--json'])).out);
+    const logs = await cli(['runs', 'logs', ok.run_id]);
+    expect(logs.code).toBe(0);
+    expect(logs.out).toMatch(/out hello from stdout/);
+    expect(logs.out).toMatch(/err hello from stderr/);
+    expect(
+      JSON.parse((await cli(['runs', 'logs', ok.run_id, '--tail', '1', '--json'])).out).lines,
+    ).toHaveLength(1);
+
+    const bad = JSON.parse(
+      (await cli(['invoke', 'loud', '--circle', 'e2e', '-d', '{"fail": true}', '--json'])).out,
+    );
+    expect(bad.error.code).toBe('PYTHON_FN_EXECUTION_FAILED');
+    const shown = await cli(['runs', 'get', bad.run_id]);
+    expect(shown.out).toMatch(/Traceback \(most recent call last\)/); // details.stack, as the suggestion says
+    expect(shown.out).toMatch(/ValueError: card declined/);
+
+    const asy = await cli(['invoke', 'add-one', '--circle', 'e2e', '-d', '{"params": [5]}', '--async']);
+    expect(asy.out).toMatch(/cairn runs watch [0-9a-f-]{36}/);
+
+    // The reader goes away before the CLI writes: no EPIPE stack, SIGPIPE's conventional status.
+    const piped = await run(
+      'bash',
+      [
+        '-c',
+        `"${process.execPath}" "${BIN}" wallet --circle e2e --url ${url} --token ${TOKEN} 2>"${dir}/err" | false; echo "\${PIPESTATUS[0]}"; cat "${dir}/err"`,
+      ],
+      { cwd: ROOT },
+    );
+    expect(piped.stdout.trim()).toBe('141');
+  });
+
+  it('a second serve on a port in use says PORT_IN_USE before it opens anything', async () => {
+    const port = new URL(url).port;
+    const other = mkdtempSync(join(tmpdir(), 'cairn-e2e-2-'));
+    try {
+      const second = cairn(['serve', '--port', port, '--data', other], { CAIRN_LOG_LEVEL: 'warn' });
+      expect(await second.exited).toBe(2);
+      expect(second.output()).toMatch(/PORT_IN_USE: Port \d+ on 127\.0\.0\.1 is already in use/);
+      expect(second.output()).toMatch(/--port or CAIRN_PORT/);
+      expect(second.output()).not.toMatch(/EADDRINUSE|\n\s+at /);
+      expect(existsSync(join(other, 'pgdata'))).toBe(false); // the database was never opened
+    } finally {
+      rmSync(other, { recursive: true, force: true });
+    }
   });
 
   it('tables, column runs, run control, cells and the wallet from the CLI', async () => {

@@ -86,6 +86,9 @@ describe('a settle that keeps failing [pg]', () => {
     expect(d.body.worker.statements.settle.consecutive_failures).toBeGreaterThanOrEqual(3);
     expect(d.body.worker.settle_backlog).toBeGreaterThanOrEqual(1);
     const m = await t.call('GET', '/metrics');
+    // Process metrics carry one prefix, not two (issue 10: cairn_process_process_…).
+    expect(m.body).toMatch(/^cairn_process_cpu_seconds_total /m);
+    expect(m.body).not.toMatch(/process_process/);
     expect(m.body).toMatch(new RegExp(`cairn_worker_degraded\\{worker="${t.worker!.id}"\\} 1`));
     expect(m.body).toMatch(
       /cairn_worker_statement_consecutive_failures\{worker="[^"]+",statement="settle"\} [3-9]/,

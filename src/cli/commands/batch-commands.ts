@@ -9,15 +9,11 @@ import type { Command } from 'commander';
 import { CairnError } from '../../core/errors.js';
 import { EXIT } from '../client.js';
 import { addGlobalOptions, type CliCtx } from '../context.js';
-import { color, renderError, statusMark, table } from '../output.js';
+import { color, credits, renderError, statusMark, table } from '../output.js';
 import { action, needCircle } from './client-commands.js';
 
 const TERMINAL = ['succeeded', 'completed', 'failed', 'cancelled'];
 const enc = encodeURIComponent;
-
-function credits(micro: number): string {
-  return `${(micro / 1_000_000).toLocaleString('en-US', { maximumFractionDigits: 6 })} (${micro} µ)`;
-}
 
 function exitFor(status: string): number {
   return status === 'succeeded' ? EXIT.ok : TERMINAL.includes(status) ? EXIT.failed : EXIT.pending;
@@ -31,7 +27,7 @@ function progressLine(r: any, rate: number): string {
   return (
     `${statusMark(r.status)} [${'#'.repeat(fill)}${'-'.repeat(width - fill)}] ${Math.floor((done / total) * 100)}% ` +
     `${done}/${r.items_total}  ok ${r.items_succeeded}  failed ${r.items_failed}  ` +
-    `${rate.toFixed(0)} items/s  credits ${r.credits_used}`
+    `${rate.toFixed(0)} items/s  credits ${credits(r.credits_used)}`
   );
 }
 
@@ -65,7 +61,7 @@ async function follow(ctx: CliCtx, id: string): Promise<any> {
 function runSummaryLine(r: any): string {
   return (
     `${statusMark(r.status)}  run ${r.id}  ${r.items_succeeded} ok, ${r.items_failed} failed, ` +
-    `${r.items_pending} pending of ${r.items_total}  credits ${r.credits_used}`
+    `${r.items_pending} pending of ${r.items_total}  credits ${credits(r.credits_used)}`
   );
 }
 
@@ -152,7 +148,7 @@ export function registerBatchCommands(program: Command): void {
       if (ctx.out.json) return void ctx.out.print(JSON.stringify(r.body, null, 2));
       for (const p of r.body.providers) {
         ctx.out.print(
-          `${color.bold(p.element)} (${p.element_type})  ${p.items} items  credits ${p.credits_used}`,
+          `${color.bold(p.element)} (${p.element_type})  ${p.items} items  credits ${credits(p.credits_used)}`,
         );
         ctx.out.print(`  by status  ${JSON.stringify(p.by_status)}`);
         ctx.out.print(
@@ -294,7 +290,7 @@ export function registerBatchCommands(program: Command): void {
       if (!ctx.out.json)
         ctx.out.print(
           `${statusMark(b.status)}  run ${b.run_id}  ${b.mode}  ${b.items_total} items ` +
-            `(${b.items_invalid} invalid)  estimate ${b.estimated_credits}  reserved ${b.credits_reserved}`,
+            `(${b.items_invalid} invalid)  estimate ${credits(b.estimated_credits)}  reserved ${credits(b.credits_reserved)} credits`,
         );
       if (o.follow && b.mode !== 'dry_run') {
         const end = await follow(ctx, b.run_id);

@@ -4,7 +4,7 @@ import { CairnError } from '../../core/errors.js';
 import { parseElementsYaml } from '../../yaml.js';
 import { ApiError, EXIT, localError, exitCodeFor } from '../client.js';
 import { addGlobalOptions, cliContext, type CliCtx, type GlobalOpts } from '../context.js';
-import { color, renderError, statusMark, table } from '../output.js';
+import { color, credits, renderError, statusMark, table } from '../output.js';
 
 /** Runs a client command: prints typed errors and exits with a code scripts can rely on. */
 export function action<A extends unknown[]>(fn: (ctx: CliCtx, ...args: A) => Promise<number | void>) {
@@ -126,10 +126,12 @@ export function registerClientCommands(program: Command): void {
         const b = r.body;
         if (ctx.out.json) ctx.out.print(JSON.stringify(b, null, 2));
         else if (r.status === 202)
-          ctx.out.print(`${statusMark('queued')}  run ${b.run_id}\n  follow: cairn runs get ${b.run_id}`);
+          ctx.out.print(
+            `${statusMark('queued')}  run ${b.run_id}\n  follow: cairn runs watch ${b.run_id}  (or: cairn runs get ${b.run_id})`,
+          );
         else if (b.run_id) {
           ctx.out.print(
-            `${statusMark(b.status)} in ${fmtMs(b.duration_ms)}  run ${b.run_id}  credits ${b.credits_used}`,
+            `${statusMark(b.status)} in ${fmtMs(b.duration_ms)}  run ${b.run_id}  credits ${credits(b.credits_used)}`,
           );
           if (b.error) ctx.out.error(renderError(b.error));
           else ctx.out.print(JSON.stringify(b.output, null, 2));
@@ -204,7 +206,7 @@ export function registerClientCommands(program: Command): void {
           'items',
           `${x.items_succeeded} ok, ${x.items_failed} failed, ${x.items_pending} pending of ${x.items_total}`,
         ],
-        ['credits', `${x.credits_used} used, ${x.credits_reserved} reserved`],
+        ['credits', `${credits(x.credits_used)} used, ${credits(x.credits_reserved)} reserved`],
         ['engine', x.engine_version],
         ['trace', x.trace_id],
         ['input', JSON.stringify(x.input)],
@@ -231,6 +233,26 @@ export function registerClientCommands(program: Command): void {
   );
   addGlobalOptions(
     runs
+      .command('logs <id>')
+      .description("Show a run's stdout and stderr lines, timestamped")
+      .option('--tail <n>', 'only the last n lines')
+      .option('--since <time>', 'only lines after this ISO time'),
+  ).action(
+    action(async (ctx, id: string, o: { tail?: string; since?: string }) => {
+      const q = new URLSearchParams();
+      if (o.tail) q.set('tail', o.tail);
+      if (o.since) q.set('since', o.since);
+      const qs = q.size > 0 ? `?${q}` : '';
+      const r = await ctx.client.request('GET', `/api/runs/${encodeURIComponent(id)}/logs${qs}`);
+      if (ctx.out.json) return void ctx.out.print(JSON.stringify(r.body, null, 2));
+      const lines = r.body.lines as { ts: string; stream: string; line: string }[];
+      if (lines.length === 0) ctx.out.print(color.dim('(no log lines)'));
+      for (const l of lines)
+        ctx.out.print(`${color.dim(l.ts)} ${l.stream === 'stderr' ? color.red('err') : 'out'} ${l.line}`);
+    }),
+  );
+  addGlobalOptions(
+    runs
       .command('items <id>')
       .description("Show a run's items and evidence")
       .option('--status <s>', 'only items in this status'),
@@ -243,7 +265,7 @@ export function registerClientCommands(program: Command): void {
         key: i.key,
         status: i.status,
         attempts: i.attempt_count,
-        credits: i.credits_used,
+        credits: credits(i.credits_used),
         duration: fmtMs(i.duration_ms),
         error: i.error?.code,
       }));
