@@ -202,9 +202,12 @@ export async function runBatch(
       if (s && s.status !== 'running' && s.status !== 'paused') return true; // cancelled or recovered elsewhere
     }
     if (paused) return true;
-    // Budget: what is captured, finished but unsettled, and running must stay within it.
+    // Budget: what is captured, finished but unsettled, and running must stay within it; with
+    // 'stop', an item starts only while the budget still has room for it (at any concurrency).
     const committed = captured + unsettled + active.size * price;
-    if (stop === null && run.budget !== null && price > 0 && committed + price > run.budget) {
+    const room =
+      run.budget !== null && price > 0 ? Math.floor((run.budget - committed) / price) : Number.POSITIVE_INFINITY;
+    if (stop === null && run.budget !== null && price > 0 && room < 1) {
       const first = await flagRun(db, run.id, 'budget_exceeded', `worker:${workerId}`, {
         budget: run.budget,
         credits_used: captured,
@@ -218,7 +221,8 @@ export async function runBatch(
       }
       run = { ...run, budget: null }; // flagged once; 'flag' goes on
     }
-    const free = concurrency - active.size;
+    const free =
+      run.budget_policy === 'stop' ? Math.min(concurrency - active.size, room) : concurrency - active.size;
     const claimed = free > 0 && stop === null ? await claimItems(db, run.id, workerId, free) : [];
     for (const item of claimed) start(item);
     if (claimed.length === 0 && active.size === 0) {
