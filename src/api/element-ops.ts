@@ -1,5 +1,6 @@
 import { CairnError } from '../core/errors.js';
 import { parseInput } from '../core/zod.js';
+import { isPlainObject } from '../core/json.js';
 import type { HttpMethod } from '../elements/types.js';
 import { getType, resolveOperation } from '../elements/registry.js';
 import { elementNotFound } from '../elements/service.js';
@@ -12,6 +13,24 @@ import { baseUrlOf } from './context.js';
 import { unwrapEnvelope } from './envelope.js';
 import type { RouteCtx } from './route.js';
 import { idempotencyKeyOf, idempotent } from './idempotency.js';
+
+type Mode = 'live' | 'dry_run' | 'smoke_test';
+
+/** `?mode=`: live (the default), dry_run, or (batch runs) smoke_test; anything else is a typed 400. */
+function modeOf<M extends Mode>(ctx: RouteCtx, allowed: readonly M[]): M | 'live' {
+  const m: unknown = ctx.query?.mode;
+  if (m === undefined || m === '') return 'live';
+  if (!(allowed as readonly unknown[]).includes(m))
+    throw new CairnError({
+      code: 'INVALID_MODE',
+      class: 'validation',
+      message: `Unknown mode ${JSON.stringify(m)} for this operation.`,
+      details: { allowed },
+      suggestion:
+        'Use ?mode=dry_run to validate and estimate without executing or charging, or leave mode out to run it.',
+    });
+  return m as M;
+}
 
 function wantsAsync(ctx: RouteCtx): boolean {
   const prefer = String(ctx.req.headers.prefer ?? '');
@@ -55,9 +74,10 @@ export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Prom
   if (op.createsRun) {
     const body = unwrapEnvelope(ctx.body === undefined ? {} : ctx.body);
     const key = idempotencyKeyOf(ctx);
+    const mode = modeOf(ctx, ['live', 'dry_run'] as const);
     const sync = !wantsAsync(ctx);
     // A sync invoke with a free slot here is created claimed and executed at once (no queue round trip).
-    const slot = sync ? deps.worker?.directSlot() : undefined;
+    const slot = sync && mode === 'live' ? deps.worker?.directSlot() : undefined;
     let submitted;
     try {
       submitted = await submitRun(
@@ -70,6 +90,7 @@ export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Prom
           input: body,
           trigger: { type: 'api', source: ctx.req.headers['user-agent'] ?? null, actor },
           idempotencyKey: key,
+          mode,
           ...(slot ? { claim: slot.claim } : {}),
         },
         deps.snapshotExtra,
@@ -80,6 +101,7 @@ export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Prom
     }
     const { run, created } = submitted;
     const base = baseUrlOf(deps);
+    if (run.mode === 'dry_run') return invokeAnswer(run, base); // recorded and ended: nothing to wait for
     const accepted = () => {
       ctx.reply.code(202).header('Location', `/api/runs/${run.id}`);
       return { run_id: run.id, status: 'queued', run_url: `/api/runs/${run.id}` };
@@ -117,8 +139,14 @@ export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Prom
     return invokeAnswer(final!, base);
   }
 
-  const raw =
+  let raw: unknown =
     method === 'GET' || method === 'DELETE' ? (ctx.query ?? {}) : ctx.body === undefined ? {} : ctx.body;
+  // ?mode= is never ignored: an unknown mode is a 400, and a known one is the op's own `mode` (a column
+  // run's dry_run); an op without a mode refuses it as an unknown field.
+  if (method === 'POST' && ctx.query?.mode !== undefined) {
+    const mode = modeOf(ctx, ['live', 'dry_run', 'smoke_test'] as const);
+    if (isPlainObject(raw) && raw.mode === undefined) raw = { ...raw, mode };
+  }
   const input = parseInput(
     op.input,
     raw,

@@ -132,6 +132,13 @@ export function openApiDocument(): Record<string, unknown> {
         ...(op.parameters as unknown[]),
         { name: 'async', in: 'query', required: false, schema: { type: 'string', enum: ['1', 'true'] } },
         {
+          name: 'mode',
+          in: 'query',
+          required: false,
+          description: 'dry_run: validate, resolve and estimate; record the run; execute and charge nothing',
+          schema: { type: 'string', enum: ['live', 'dry_run'], default: 'live' },
+        },
+        {
           name: 'Prefer',
           in: 'header',
           required: false,

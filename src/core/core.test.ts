@@ -20,7 +20,9 @@ describe('run statuses', () => {
     expect(canTransition('queued', 'running')).toBe(true);
     expect(canTransition('running', 'queued')).toBe(true); // lease lost / handed back
     expect(canTransition('paused', 'queued')).toBe(true);
-    expect(canTransition('queued', 'succeeded')).toBe(false);
+    expect(canTransition('queued', 'succeeded')).toBe(true); // a dry run ends as soon as it is recorded
+    expect(canTransition('succeeded', 'queued')).toBe(false);
+    expect(canTransition('cancelled', 'queued')).toBe(false);
     expect(canTransition('paused', 'running')).toBe(false);
   });
   it("accepts the seeds' synonyms in filters", () => {

@@ -6,6 +6,7 @@ import { CairnError } from './errors.js';
  * writes an audit event in the same transaction.
  *
  *   queued ──claim──► running ──settle──► succeeded | completed | failed
+ *   queued ──dry run (nothing executes)──► succeeded | completed | failed
  *     │  ▲              │  ▲ │
  *     │  └──lease lost──┘  │ └──pause──► paused ──resume──► queued
  *     ├──pause──────────────┼──────────► paused
@@ -30,8 +31,9 @@ export function isTerminal(s: RunStatus): boolean {
 }
 
 const transitions: Record<RunStatus, readonly RunStatus[]> = {
-  // queued → failed: the run could not start (e.g. its element was deleted)
-  queued: ['running', 'cancelled', 'failed', 'paused'],
+  // queued → failed: the run could not start (e.g. its element was deleted);
+  // queued → succeeded | completed | failed: a dry run ends as soon as it is recorded
+  queued: ['running', 'cancelled', 'failed', 'paused', 'succeeded', 'completed'],
   // running → queued: lease expired and the op is retryable, or a graceful shutdown handed it back
   running: ['succeeded', 'completed', 'failed', 'cancelled', 'paused', 'queued'],
   paused: ['queued', 'cancelled'],

@@ -5,7 +5,7 @@ import { parseInput } from '../core/zod.js';
 import type { Db } from '../db/types.js';
 import type { CircleRow } from '../store/circles.js';
 import type { ElementRow } from '../store/elements.js';
-import { insertRun } from '../store/queue.js';
+import { insertDryRun, insertRun } from '../store/queue.js';
 import { findByIdempotencyKey, type RunRow } from '../store/runs.js';
 import { getWallet } from '../store/ledger.js';
 import type { ElementTypeDecl, OperationDecl } from '../elements/types.js';
@@ -24,6 +24,8 @@ export interface SubmitRequest {
   rerunOf?: string | null;
   /** Insert the run already claimed by this worker, which executes it at once (a sync invoke). */
   claim?: { workerId: string; host: string; leaseMs: number };
+  /** dry_run: validate, resolve and estimate; record the run; execute and charge nothing. */
+  mode?: 'live' | 'dry_run';
 }
 
 export interface Submitted {
@@ -102,6 +104,33 @@ export async function submitRun(
   }
   const retry = retryOnLoss(op, el);
   const id = newId();
+  if (req.mode === 'dry_run') {
+    const wallet = await getWallet(db, req.circle.id);
+    const estimate = op.price ?? 0;
+    const run = await insertDryRun(db, {
+      id,
+      itemId: newId(),
+      circleId: req.circle.id,
+      element: elementRef(el),
+      operation: op.name,
+      trigger: req.trigger,
+      input,
+      output: {
+        dry_run: true,
+        input_valid: true,
+        definition: elementRef(el),
+        estimated_credits: estimate,
+        wallet_available: wallet.available,
+        covered: estimate <= wallet.available,
+      },
+      engineVersion: ENGINE_VERSION,
+      snapshot: runSnapshot(el, op, retry, snapshotExtra),
+      traceId: randomBytes(16).toString('hex'),
+      idempotencyKey: req.idempotencyKey ?? null,
+      timeoutMs: type.timeoutMs?.(el.spec) ?? 60_000,
+    });
+    return { run, created: true };
+  }
   try {
     const run = await insertRun(db, {
       id,

@@ -111,6 +111,73 @@ export async function insertRun(q: Queryable, n: NewRun): Promise<RunRow | undef
   return res.rows[0] && runRow(res.rows[0]);
 }
 
+/**
+ * A dry run (mode dry_run): recorded and ended in one statement. Nothing
+ * executes, nothing is reserved or charged; its item is skipped and its output
+ * is the estimate. The audit trail says queued → succeeded, as for a batch dry run.
+ */
+const INSERT_DRY_RUN = `
+WITH r AS (
+  INSERT INTO cairn.runs (id, circle_id, kind, element_id, element_slug, element_type, element_version,
+    definition_hash, operation, status, mode, trigger, input, output, root_run_id, max_attempts,
+    retryable_on_loss, engine_version, items_total, items_pending, credits_reserved, snapshot, trace_id,
+    idempotency_key, timeout_ms, queued_at, run_after, started_at, finished_at, duration_ms)
+  SELECT $1::uuid, $2::uuid, 'invoke', $3::uuid, $4, $5, $6::int, $7, $8, 'succeeded', 'dry_run', $9::jsonb,
+    $10::jsonb, $11::jsonb, $1::uuid, 1, false, $12, 1, 0, 0, $13::jsonb, $14, $15, $16::int,
+    clock_timestamp(), clock_timestamp(), clock_timestamp(), clock_timestamp(), 0
+  RETURNING *),
+i AS (
+  INSERT INTO cairn.items (id, run_id, circle_id, key, status, inputs, finished_at)
+  SELECT $17::uuid, r.id, r.circle_id, 'call', 'skipped', r.input, clock_timestamp() FROM r),
+e AS (
+  INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
+  SELECT r.id, r.circle_id, 'status', NULL, 'queued', $18::text,
+    jsonb_build_object('trigger', r.trigger, 'operation', r.operation, 'definition_hash', r.definition_hash,
+      'mode', r.mode) FROM r
+  UNION ALL
+  SELECT r.id, r.circle_id, 'status', 'queued', 'succeeded', $18::text, jsonb_build_object('mode', r.mode) FROM r)
+SELECT r.*, pg_notify('cairn_run_done', r.id::text) AS _n FROM r`;
+
+export interface NewDryRun {
+  id: string;
+  itemId: string;
+  circleId: string;
+  element: NewRun['element'];
+  operation: string;
+  trigger: NewRun['trigger'];
+  input: unknown;
+  output: unknown;
+  engineVersion: string;
+  snapshot: unknown;
+  traceId: string;
+  idempotencyKey: string | null;
+  timeoutMs: number;
+}
+
+export async function insertDryRun(q: Queryable, n: NewDryRun): Promise<RunRow> {
+  const r = await q.query<RunRow>(INSERT_DRY_RUN, [
+    n.id,
+    n.circleId,
+    n.element.id,
+    n.element.slug,
+    n.element.type,
+    n.element.version,
+    n.element.definition_hash,
+    n.operation,
+    n.trigger,
+    JSON.stringify(n.input ?? null),
+    JSON.stringify(n.output),
+    n.engineVersion,
+    n.snapshot,
+    n.traceId,
+    n.idempotencyKey,
+    n.timeoutMs,
+    n.itemId,
+    n.trigger.actor,
+  ]);
+  return runRow(r.rows[0]!);
+}
+
 const CLAIM = prepared(`
 WITH c AS (
   SELECT id FROM cairn.runs
