@@ -8,6 +8,7 @@ import type { Principal } from '../store/tokens.js';
 import { authorize } from './auth.js';
 import type { Deps } from './context.js';
 import { dispatchElementOp } from './element-ops.js';
+import { idempotent } from './idempotency.js';
 import { openApiDocument } from './openapi.js';
 import type { RouteCtx, RouteDef } from './route.js';
 import { ROUTES } from './routes.js';
@@ -15,6 +16,9 @@ import type { HttpMethod } from '../elements/types.js';
 import { registry } from '../telemetry/metrics.js';
 
 const BODY_LIMIT = 1024 * 1024;
+
+/** Idempotency keys of the instance admin's requests that address no circle. */
+const INSTANCE_SCOPE = '00000000-0000-0000-0000-000000000000';
 
 function badJson(message: string): CairnError {
   return new CairnError({
@@ -164,7 +168,10 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
         ctx.query = parseWith('query string', def.query ?? undefined, ctx.query);
         if (def.method !== 'GET') ctx.body = parseWith('body', def.body, ctx.body);
         if (def.status) reply.code(def.status); // the default; a handler may answer otherwise (a replay)
-        return def.handler(ctx);
+        if (def.method === 'GET') return def.handler(ctx);
+        // Every state-changing route honours Idempotency-Key the same way, scoped to the token's circle.
+        const scope = ctx.circle?.id ?? ctx.principal?.circleId ?? INSTANCE_SCOPE;
+        return idempotent(ctx, scope, `${def.method} ${def.url}`, () => def.handler(ctx));
       },
     });
   }

@@ -16,7 +16,7 @@ import { listFailures, providerSummary } from '../store/summary.js';
 import { pause, resume, retryFailedItems, rerun } from '../engine/control.js';
 import { actorOf, authorize } from './auth.js';
 import { baseUrlOf } from './context.js';
-import { idempotencyKeyOf, idempotent } from './idempotency.js';
+import { idempotencyKeyOf } from './idempotency.js';
 import type { RouteCtx, RouteDef } from './route.js';
 
 /** Loads a run the caller may see. Another circle's run answers 404, so its existence does not leak. */
@@ -55,24 +55,23 @@ function controlRoute(
       const actor = actorOf(ctx.principal!);
       const base = baseUrlOf(ctx.deps);
       const view = (r: RunRow) => toRunView(r, circle.slug, base);
-      return idempotent(ctx, circle.id, `${action}:${run.id}`, async () => {
-        const db = ctx.deps.db;
-        if (action === 'pause') return view(await pause(db, run.id, actor));
-        if (action === 'resume') {
-          const r = view(await resume(db, run.id, actor));
-          ctx.deps.worker?.kick();
-          return r;
-        }
-        if (action === 'retry-failed') {
-          const r = await retryFailedItems(db, run.id, actor, circle.slug);
-          ctx.deps.worker?.kick();
-          return { retried: r.retried, message: r.message, run: view(r.run) };
-        }
-        const next = await rerun(db, run.id, actor, circle, ctx.deps.snapshotExtra, idempotencyKeyOf(ctx));
+      // Idempotency-Key: app.ts wraps every state-changing route in the one mechanism (idempotency.ts).
+      const db = ctx.deps.db;
+      if (action === 'pause') return view(await pause(db, run.id, actor));
+      if (action === 'resume') {
+        const r = view(await resume(db, run.id, actor));
         ctx.deps.worker?.kick();
-        ctx.reply.header('Location', `/api/runs/${next.id}`);
-        return view(next);
-      });
+        return r;
+      }
+      if (action === 'retry-failed') {
+        const r = await retryFailedItems(db, run.id, actor, circle.slug);
+        ctx.deps.worker?.kick();
+        return { retried: r.retried, message: r.message, run: view(r.run) };
+      }
+      const next = await rerun(db, run.id, actor, circle, ctx.deps.snapshotExtra, idempotencyKeyOf(ctx));
+      ctx.deps.worker?.kick();
+      ctx.reply.header('Location', `/api/runs/${next.id}`);
+      return view(next);
     },
   };
 }

@@ -1,11 +1,11 @@
 import { CairnError } from '../core/errors.js';
 import { parseInput } from '../core/zod.js';
 import { isPlainObject } from '../core/json.js';
-import type { HttpMethod } from '../elements/types.js';
+import type { ElementTypeDecl, HttpMethod, OperationDecl } from '../elements/types.js';
 import { getType, resolveOperation } from '../elements/registry.js';
 import { elementNotFound } from '../elements/service.js';
-import { getElement } from '../store/elements.js';
-import { getRun, toRunView, type RunRow } from '../store/runs.js';
+import { getElement, type ElementRow } from '../store/elements.js';
+import { findByIdempotencyKey, getRun, toRunView, type RunRow } from '../store/runs.js';
 import { submitRun } from '../engine/submit.js';
 import { cancel } from '../engine/control.js';
 import { actorOf, authorize } from './auth.js';
@@ -72,72 +72,107 @@ export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Prom
   const actor = actorOf(ctx.principal!);
 
   if (op.createsRun) {
-    const body = unwrapEnvelope(ctx.body === undefined ? {} : ctx.body);
     const key = idempotencyKeyOf(ctx);
-    const mode = modeOf(ctx, ['live', 'dry_run'] as const);
-    const sync = !wantsAsync(ctx);
-    // A sync invoke with a free slot here is created claimed and executed at once (no queue round trip).
-    const slot = sync && mode === 'live' ? deps.worker?.directSlot() : undefined;
-    let submitted;
-    try {
-      submitted = await submitRun(
-        deps.db,
-        {
-          circle: circle!,
-          element,
-          type,
-          op,
-          input: body,
-          trigger: { type: 'api', source: ctx.req.headers['user-agent'] ?? null, actor },
-          idempotencyKey: key,
-          mode,
-          ...(slot ? { claim: slot.claim } : {}),
-        },
-        deps.snapshotExtra,
-      );
-    } catch (e) {
-      slot?.release();
-      throw e;
-    }
-    const { run, created } = submitted;
-    const base = baseUrlOf(deps);
-    if (run.mode === 'dry_run') return invokeAnswer(run, base); // recorded and ended: nothing to wait for
-    const accepted = () => {
+    const submit = () => createRun(ctx, element, type, op, actor);
+    // Replayed while the first is still waiting for its run: answer with that run (202).
+    const inFlight = async () => {
+      const run = key ? await findByIdempotencyKey(deps.db, circle!.id, key) : undefined;
+      if (!run) return undefined;
       ctx.reply.code(202).header('Location', `/api/runs/${run.id}`);
-      return { run_id: run.id, status: 'queued', run_url: `/api/runs/${run.id}` };
+      return { run_id: run.id, status: run.status, run_url: `/api/runs/${run.id}` };
     };
-    if (slot && created && run.status === 'running') {
-      let timer: NodeJS.Timeout | undefined;
-      const settled = await Promise.race([
-        slot.run(run),
-        new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), deps.config.syncWaitMs))),
-      ]);
-      clearTimeout(timer);
-      if (settled === 'late') return accepted(); // it keeps running; the answer points at the run
-      if (settled) {
-        const { row, settlement } = settled;
-        return invokeAnswer(
-          {
-            ...run,
-            status: row.status,
-            output: settlement.output ?? null,
-            error: settlement.error,
-            duration_ms: row.duration_ms,
-            credits_used: row.credits_used,
-          },
-          base,
-        );
-      }
-    } else {
-      slot?.release();
-      deps.worker?.kick();
-    }
-    if (!sync) return accepted();
-    const done = await deps.waiter.wait(run.id, deps.config.syncWaitMs);
-    if (!done) return accepted();
-    const final = await getRun(deps.db, run.id);
-    return invokeAnswer(final!, base);
+    return idempotent(ctx, circle!.id, `${element.slug}:${op.name}`, submit, inFlight);
   }
+  return answerOp(ctx, method, element, type, op, params, actor);
+}
+
+/** A run-creating op: submit (claimed at once when this process has a free slot), then wait or answer 202. */
+async function createRun(
+  ctx: RouteCtx,
+  element: ElementRow,
+  type: ElementTypeDecl,
+  op: OperationDecl,
+  actor: string,
+): Promise<unknown> {
+  const { deps, circle } = ctx;
+  const body = unwrapEnvelope(ctx.body === undefined ? {} : ctx.body);
+  const key = idempotencyKeyOf(ctx);
+  const mode = modeOf(ctx, ['live', 'dry_run'] as const);
+  const sync = !wantsAsync(ctx);
+  // A sync invoke with a free slot here is created claimed and executed at once (no queue round trip).
+  const slot = sync && mode === 'live' ? deps.worker?.directSlot() : undefined;
+  let submitted;
+  try {
+    submitted = await submitRun(
+      deps.db,
+      {
+        circle: circle!,
+        element,
+        type,
+        op,
+        input: body,
+        trigger: { type: 'api', source: ctx.req.headers['user-agent'] ?? null, actor },
+        idempotencyKey: key,
+        mode,
+        ...(slot ? { claim: slot.claim } : {}),
+      },
+      deps.snapshotExtra,
+    );
+  } catch (e) {
+    slot?.release();
+    throw e;
+  }
+  const { run, created } = submitted;
+  const base = baseUrlOf(deps);
+  if (run.mode === 'dry_run') return invokeAnswer(run, base); // recorded and ended: nothing to wait for
+  const accepted = () => {
+    ctx.reply.code(202).header('Location', `/api/runs/${run.id}`);
+    return { run_id: run.id, status: 'queued', run_url: `/api/runs/${run.id}` };
+  };
+  if (slot && created && run.status === 'running') {
+    let timer: NodeJS.Timeout | undefined;
+    const settled = await Promise.race([
+      slot.run(run),
+      new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), deps.config.syncWaitMs))),
+    ]);
+    clearTimeout(timer);
+    if (settled === 'late') return accepted(); // it keeps running; the answer points at the run
+    if (settled) {
+      const { row, settlement } = settled;
+      return invokeAnswer(
+        {
+          ...run,
+          status: row.status,
+          output: settlement.output ?? null,
+          error: settlement.error,
+          duration_ms: row.duration_ms,
+          credits_used: row.credits_used,
+        },
+        base,
+      );
+    }
+  } else {
+    slot?.release();
+    deps.worker?.kick();
+  }
+  if (!sync) return accepted();
+  const done = await deps.waiter.wait(run.id, deps.config.syncWaitMs);
+  if (!done) return accepted();
+  const final = await getRun(deps.db, run.id);
+  return invokeAnswer(final!, base);
+}
+
+/** An op that answers directly (get, update, rows, a column run …). */
+async function answerOp(
+  ctx: RouteCtx,
+  method: HttpMethod,
+  element: ElementRow,
+  type: ElementTypeDecl,
+  op: OperationDecl,
+  params: Record<string, string>,
+  actor: string,
+): Promise<unknown> {
+  const { deps, circle } = ctx;
 
   let raw: unknown =
     method === 'GET' || method === 'DELETE' ? (ctx.query ?? {}) : ctx.body === undefined ? {} : ctx.body;

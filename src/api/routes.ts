@@ -17,7 +17,6 @@ import { actorOf } from './auth.js';
 import { baseUrlOf } from './context.js';
 import type { RouteDef } from './route.js';
 import { CONTROL_ROUTES, visibleRun } from './control-routes.js';
-import { idempotent } from './idempotency.js';
 import { DEGRADED_AFTER } from '../engine/health.js';
 import { sandboxDiagnostics } from '../sandbox/runner.js';
 
@@ -274,10 +273,8 @@ export const ROUTES: RouteDef[] = [
     body: z.object({ reason: z.string().max(500).optional() }).strict(),
     handler: async (ctx) => {
       const { run, circle } = await visibleRun(ctx, 'execute');
-      return idempotent(ctx, circle.id, `cancel:${run.id}`, async () => {
-        const row = await cancel(ctx.deps.db, run.id, actorOf(ctx.principal!), ctx.body.reason ?? null);
-        return toRunView(row, circle.slug, baseUrlOf(ctx.deps));
-      });
+      const row = await cancel(ctx.deps.db, run.id, actorOf(ctx.principal!), ctx.body.reason ?? null);
+      return toRunView(row, circle.slug, baseUrlOf(ctx.deps));
     },
   },
   ...CONTROL_ROUTES,
