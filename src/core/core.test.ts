@@ -1,7 +1,14 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { canTransition, isTerminal, normalizeStatus, RUN_STATUSES, assertTransition } from './status.js';
+import {
+  allowedTransitions,
+  canTransition,
+  isTerminal,
+  normalizeStatus,
+  RUN_STATUSES,
+  assertTransition,
+} from './status.js';
 import { canonicalJson, definitionHash } from './hash.js';
 import { deepMerge } from './json.js';
 import { VERSION } from './version.js';
@@ -84,4 +91,20 @@ describe('timestamps', () => {
 it('engine version follows package.json', () => {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8'));
   expect(VERSION).toBe(pkg.version);
+});
+
+describe('the state diagram in docs/architecture.md', () => {
+  it('lists exactly the transitions core/status.ts allows', () => {
+    const doc = readFileSync(new URL('../../docs/architecture.md', import.meta.url), 'utf8');
+    const start = doc.indexOf('Every allowed transition');
+    const table = doc.slice(start, doc.indexOf('\n\n', doc.indexOf('| from', start)));
+    const rows = [...table.matchAll(/^\| (\w+)\s+\| (\w+)\s+\| [^|]+\|$/gm)]
+      .map((m) => `${m[1]}→${m[2]}`)
+      .filter((r) => !r.startsWith('from→'));
+    expect(rows.sort()).toEqual(
+      allowedTransitions()
+        .map(([a, b]) => `${a}→${b}`)
+        .sort(),
+    );
+  });
 });

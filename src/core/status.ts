@@ -1,9 +1,11 @@
 import { CairnError } from './errors.js';
 
 /**
- * Run statuses and the only transitions allowed between them (R-RUN). Every
- * state change in the store goes through `assertTransition`, and each one
- * writes an audit event in the same transaction.
+ * Run statuses and the only transitions allowed between them (R-RUN). The
+ * database enforces the same table (migration 000006: cairn.run_transitions
+ * and a trigger on every status UPDATE; a test holds the two equal), and each
+ * transition writes its audit event, `from` taken from the row it changed, in
+ * the same statement.
  *
  *   queued ──claim──► running ──settle──► succeeded | completed | failed
  *   queued ──dry run (nothing executes)──► succeeded | completed | failed
@@ -43,6 +45,11 @@ const transitions: Record<RunStatus, readonly RunStatus[]> = {
   failed: ['queued'],
   cancelled: [],
 };
+
+/** Every allowed [from, to] pair (migration 000006's cairn.run_transitions holds the same rows). */
+export function allowedTransitions(): [RunStatus, RunStatus][] {
+  return RUN_STATUSES.flatMap((from) => transitions[from].map((to): [RunStatus, RunStatus] => [from, to]));
+}
 
 export function canTransition(from: RunStatus, to: RunStatus): boolean {
   return transitions[from].includes(to);

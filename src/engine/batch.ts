@@ -206,7 +206,9 @@ export async function runBatch(
     // 'stop', an item starts only while the budget still has room for it (at any concurrency).
     const committed = captured + unsettled + active.size * price;
     const room =
-      run.budget !== null && price > 0 ? Math.floor((run.budget - committed) / price) : Number.POSITIVE_INFINITY;
+      run.budget !== null && price > 0
+        ? Math.floor((run.budget - committed) / price)
+        : Number.POSITIVE_INFINITY;
     if (stop === null && run.budget !== null && price > 0 && room < 1) {
       const first = await flagRun(db, run.id, 'budget_exceeded', `worker:${workerId}`, {
         budget: run.budget,

@@ -311,7 +311,7 @@ export interface SettledRun {
  */
 const RECOVER = `
 WITH x AS (
-  SELECT id, worker_id AS lost_worker, host AS lost_host,
+  SELECT id, status AS prev, worker_id AS lost_worker, host AS lost_host,
     (kind = 'batch' OR (retryable_on_loss AND attempt < max_attempts)) AS requeue,
     (kind = 'batch' AND NOT retryable_on_loss) AS fail_items
   FROM cairn.runs
@@ -333,7 +333,7 @@ u AS (
     items_failed = CASE WHEN x.requeue THEN r.items_failed + coalesce(lost.n, 0) ELSE r.items_total END,
     items_pending = CASE WHEN x.requeue THEN r.items_pending - coalesce(lost.n, 0) ELSE 0 END
   FROM x LEFT JOIN lost ON lost.run_id = x.id WHERE r.id = x.id
-  RETURNING r.id, r.circle_id, r.status, r.attempt, r.kind, x.lost_worker, x.lost_host, x.fail_items),
+  RETURNING r.id, r.circle_id, r.status, x.prev, r.attempt, r.kind, x.lost_worker, x.lost_host, x.fail_items),
 it AS (
   UPDATE cairn.items i SET
     status = CASE WHEN u.fail_items OR u.status = 'failed' THEN 'failed' ELSE 'retrying' END,
@@ -341,11 +341,13 @@ it AS (
     finished_at = CASE WHEN u.fail_items OR u.status = 'failed' THEN clock_timestamp() ELSE NULL END,
     retry_at = clock_timestamp(), worker_id = NULL
   FROM u WHERE i.run_id = u.id AND i.status = 'running'),
+-- The transition as it happened (a paused run stays paused: its lease ends, its status does not change).
 e AS (
   INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
-  SELECT u.id, u.circle_id, 'status', 'running', u.status, $1,
+  SELECT u.id, u.circle_id, CASE WHEN u.prev = u.status THEN 'lease' ELSE 'status' END,
+    CASE WHEN u.prev = u.status THEN NULL ELSE u.prev END, CASE WHEN u.prev = u.status THEN NULL ELSE u.status END, $1,
     jsonb_build_object('reason', 'lease_expired', 'lost_worker', u.lost_worker, 'lost_host', u.lost_host,
-      'attempt', u.attempt, 'requeued', u.status = 'queued') FROM u),
+      'attempt', u.attempt, 'requeued', u.status = 'queued', 'status', u.status) FROM u),
 l AS (SELECT cairn.ledger_settle_run(u.id, 0, true, $1, cairn.release_reason('failed', 'WORKER_LOST')) AS c
   FROM u WHERE u.status = 'failed')
 SELECT u.id, u.status, CASE WHEN u.status = 'queued' THEN pg_notify('cairn_run_queued', u.id::text)
@@ -370,18 +372,23 @@ export async function recoverExpired(q: Queryable, actor: string): Promise<{ id:
 export async function handBack(q: Queryable, workerId: string, ids: string[]): Promise<string[]> {
   if (ids.length === 0) return [];
   const r = await q.query<{ id: string }>(
-    `WITH u AS (
+    `WITH x AS (
+       SELECT id, status AS prev FROM cairn.runs
+       WHERE id = ANY($2::uuid[]) AND worker_id = $1 AND status IN ('running', 'paused') FOR UPDATE),
+     u AS (
        UPDATE cairn.runs r SET status = CASE WHEN r.status = 'paused' THEN 'paused' ELSE 'queued' END,
          worker_id = NULL, lease_expires_at = NULL,
          run_after = clock_timestamp(), attempt = GREATEST(r.attempt - 1, 0)
-       WHERE r.id = ANY($2::uuid[]) AND r.worker_id = $1 AND r.status IN ('running', 'paused')
-       RETURNING r.id, r.circle_id),
+       FROM x WHERE r.id = x.id
+       RETURNING r.id, r.circle_id, r.status, x.prev),
      it AS (UPDATE cairn.items i SET status = 'pending', worker_id = NULL, attempt_count = GREATEST(i.attempt_count - 1, 0)
        FROM u WHERE i.run_id = u.id AND i.status = 'running'),
+     -- A paused run handed back stays paused: the worker lets go of it, its status does not change.
      e AS (INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
-       SELECT u.id, u.circle_id, 'status', 'running', 'queued', 'worker:' || $1,
-         '{"reason": "worker_shutdown"}'::jsonb FROM u)
-     SELECT u.id, pg_notify('cairn_run_queued', u.id::text) AS _n FROM u`,
+       SELECT u.id, u.circle_id, CASE WHEN u.prev = u.status THEN 'lease' ELSE 'status' END,
+         CASE WHEN u.prev = u.status THEN NULL ELSE u.prev END, CASE WHEN u.prev = u.status THEN NULL ELSE u.status END,
+         'worker:' || $1, jsonb_build_object('reason', 'worker_shutdown', 'status', u.status) FROM u)
+     SELECT u.id, CASE WHEN u.status = 'queued' THEN pg_notify('cairn_run_queued', u.id::text) END AS _n FROM u`,
     [workerId, ids],
   );
   return r.rows.map((x) => x.id);

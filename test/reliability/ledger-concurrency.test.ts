@@ -41,8 +41,11 @@ describeEachDriver('wallet under concurrent invokes', ({ db }) => {
         'idempotency-key': 'grant-ten',
       },
     );
-    expect(again.status).toBe(200);
+    expect(again.status).toBe(201); // the stored answer, replayed (one idempotency mechanism)
+    expect(again.headers['idempotent-replayed']).toBe('true');
     expect(again.body.wallet.credits_posted).toBe(10 * PRICE);
+    const posted = (await t.call('GET', '/api/ten/wallet', undefined, A)).body;
+    expect(posted.credits_posted).toBe(10 * PRICE);
     await t.call(
       'POST',
       '/api/ten/ops/create',
