@@ -48,7 +48,19 @@ function controlRoute(
     auth: 'token',
     tag: 'runs',
     summary,
-    body: z.object({}).strict(),
+    body:
+      action === 'retry-failed'
+        ? z
+            .object({
+              definition: z
+                .enum(['pinned', 'latest'])
+                .default('pinned')
+                .describe(
+                  'pinned: the definition the run was created with (the default); latest: the element as it is now',
+                ),
+            })
+            .strict()
+        : z.object({}).strict(),
     status,
     handler: async (ctx) => {
       const { run, circle } = await visibleRun(ctx, 'execute');
@@ -64,7 +76,9 @@ function controlRoute(
         return r;
       }
       if (action === 'retry-failed') {
-        const r = await retryFailedItems(db, run.id, actor, circle.slug);
+        const r = await retryFailedItems(db, run.id, actor, circle.slug, {
+          definition: (ctx.body as { definition?: 'pinned' | 'latest' }).definition ?? 'pinned',
+        });
         ctx.deps.worker?.kick();
         return { retried: r.retried, message: r.message, run: view(r.run) };
       }

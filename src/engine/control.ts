@@ -7,12 +7,12 @@ import { submitBatch, type RunMode } from './batch-submit.js';
 import { mapRow } from '../elements/table/index.js';
 import { ident } from '../db/types.js';
 import { isTerminal } from '../core/status.js';
-import type { Db } from '../db/types.js';
+import type { Db, Queryable } from '../db/types.js';
 import { pauseRun, resumeRun, retryFailed } from '../store/batch.js';
 import { getWallet } from '../store/ledger.js';
 import { cancelRun, getRun, listItems, type RunRow } from '../store/runs.js';
 
-async function existing(db: Db, runId: string): Promise<RunRow> {
+async function existing(db: Queryable, runId: string): Promise<RunRow> {
   const run = await getRun(db, runId);
   if (!run) throw errors.notFound('RUN_NOT_FOUND', `No run ${runId}.`, 'Check the run id.');
   return run;
@@ -90,7 +90,75 @@ export async function retryFailedItems(
   runId: string,
   actor: string,
   circleSlug: string,
+  opts: { definition?: 'pinned' | 'latest' } = {},
 ): Promise<RetryAnswer> {
+  if (opts.definition !== 'latest') return retryPinned(db, runId, actor, circleSlug);
+  try {
+    return await db.transaction((tx) => retryOnLatest(tx, runId, actor, circleSlug));
+  } catch (e) {
+    if (e instanceof NothingRetried) return { ...e.answer, run: await existing(db, runId) };
+    throw e;
+  }
+}
+
+/**
+ * retry-failed --latest: the run is re-pinned to its element's current
+ * version (snapshot, version and definition hash, with the one it had kept in
+ * `snapshot.earlier_definitions` and an audit event), then its failed items
+ * run again on it. One transaction: if nothing can be retried, nothing changes.
+ */
+async function retryOnLatest(tx: Queryable, runId: string, actor: string, circleSlug: string): Promise<RetryAnswer> {
+  const run = await existing(tx, runId);
+  const el = run.element_id ? await getElementById(tx, run.element_id) : undefined;
+  if (!el)
+    throw errors.notFound(
+      'ELEMENT_NOT_FOUND',
+      `The element run ${runId} ran no longer exists, so there is no latest definition.`,
+      'Retry on the pinned definition (leave out definition), or rerun after re-creating the element.',
+    );
+  const pinned = run.snapshot.element as { version?: number; definition_hash?: string } | undefined;
+  if (el.definition_hash !== run.definition_hash) {
+    await tx.query(
+      `WITH u AS (
+         UPDATE cairn.runs SET element_version = $2::int, definition_hash = $3,
+           snapshot = jsonb_set(jsonb_set(snapshot, '{element}', $4::jsonb), '{earlier_definitions}',
+             coalesce(snapshot -> 'earlier_definitions', '[]'::jsonb) || jsonb_build_array(snapshot -> 'element'))
+         WHERE id = $1 AND status IN ('completed', 'failed') RETURNING id, circle_id)
+       INSERT INTO cairn.run_events (run_id, circle_id, type, actor, data)
+       SELECT u.id, u.circle_id, 'control', $5,
+         jsonb_build_object('action', 'repin', 'definition', 'latest', 'from_version', $6::int, 'to_version', $2::int,
+           'from_definition_hash', $7::text, 'to_definition_hash', $3::text) FROM u`,
+      [
+        runId,
+        el.version,
+        el.definition_hash,
+        JSON.stringify({
+          id: el.id,
+          slug: el.slug,
+          element_type: el.element_type,
+          version: el.version,
+          definition_hash: el.definition_hash,
+          spec: el.spec,
+        }),
+        actor,
+        pinned?.version ?? run.element_version,
+        pinned?.definition_hash ?? run.definition_hash,
+      ],
+    );
+  }
+  const r = await retryPinned(tx, runId, actor, circleSlug);
+  // Nothing to retry: leave the run pinned where it was (the transaction rolls back).
+  if (r.retried === 0) throw new NothingRetried(r);
+  return r;
+}
+
+class NothingRetried extends Error {
+  constructor(readonly answer: RetryAnswer) {
+    super(answer.message);
+  }
+}
+
+async function retryPinned(db: Queryable, runId: string, actor: string, circleSlug: string): Promise<RetryAnswer> {
   const run = await existing(db, runId);
   if (!isTerminal(run.status)) {
     throw errors.conflict(
@@ -129,7 +197,7 @@ export async function retryFailedItems(
   const r = await retryFailed(db, runId, actor, price, only);
   if (!r) {
     const now = await existing(db, runId);
-    if (now.status !== run.status) return retryFailedItems(db, runId, actor, circleSlug); // raced: answer for the new state
+    if (now.status !== run.status) return retryPinned(db, runId, actor, circleSlug); // raced: answer for the new state
     throw errors.insufficientCredits(circleSlug, n * price, (await getWallet(db, run.circle_id)).available);
   }
   if (stillInvalid > 0) {
@@ -146,7 +214,7 @@ export async function retryFailedItems(
  * input, then retry-failed"): each failed item's input is mapped again from its
  * row; the ones that still do not make a valid input stay failed.
  */
-async function remapFromRows(db: Db, run: RunRow): Promise<{ only: string[] | null; stillInvalid: number }> {
+async function remapFromRows(db: Queryable, run: RunRow): Promise<{ only: string[] | null; stillInvalid: number }> {
   const b = run.snapshot.batch as
     { mapping?: Parameters<typeof mapRow>[0]; cells?: { schema: string; table: string } } | undefined;
   if (!b?.cells || !b.mapping) return { only: null, stillInvalid: 0 };

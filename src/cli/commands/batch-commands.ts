@@ -111,10 +111,23 @@ export function registerBatchCommands(program: Command): void {
         .command(`${name} <id>`)
         .description(what)
         .option('--idempotency-key <key>', 'a replay with the same key has no second effect')
-        .option('--follow', 'then follow the run with a progress bar until it ends'),
+        .option('--follow', 'then follow the run with a progress bar until it ends')
+        .option(
+          '--latest',
+          'retry-failed: run the failed items on the element as it is now, not the pinned definition',
+        ),
     ).action(
-      action(async (ctx, id: string, o: { idempotencyKey?: string; follow?: boolean }) => {
-        const r = await ctx.client.request('POST', `/api/runs/${enc(id)}/${name}`, {}, withKey(o));
+      action(async (ctx, id: string, o: { idempotencyKey?: string; follow?: boolean; latest?: boolean }) => {
+        if (o.latest && name !== 'retry-failed')
+          throw new CairnError({
+            code: 'INVALID_OPTION',
+            class: 'validation',
+            message: `--latest applies to retry-failed, not ${name}.`,
+            suggestion:
+              'Use `cairn runs retry-failed <id> --latest`; rerun always uses the pinned definition.',
+          });
+        const body = name === 'retry-failed' && o.latest ? { definition: 'latest' } : {};
+        const r = await ctx.client.request('POST', `/api/runs/${enc(id)}/${name}`, body, withKey(o));
         const run = name === 'retry-failed' ? r.body.run : r.body;
         if (ctx.out.json && !o.follow) return void ctx.out.print(JSON.stringify(r.body, null, 2));
         if (!ctx.out.json) {
