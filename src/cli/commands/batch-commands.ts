@@ -238,7 +238,8 @@ export function registerBatchCommands(program: Command): void {
       .option('--column <c>')
       .option('--cells <which>', 'all, empty, failed, not_succeeded (with --column)')
       .option('--limit <n>')
-      .option('--cursor <c>'),
+      .option('--cursor <c>')
+      .option('-q, --quiet', 'print only the row ids, one a line'),
   ).action(
     action(async (ctx, tableSlug: string, o: Record<string, string | undefined>) => {
       const q = new URLSearchParams();
@@ -248,6 +249,7 @@ export function registerBatchCommands(program: Command): void {
         `/api/${needCircle(ctx)}/${enc(tableSlug)}/ops/rows${q.size ? '?' + q : ''}`,
       );
       if (ctx.out.json) return void ctx.out.print(JSON.stringify(r.body, null, 2));
+      if (o.quiet) return void ctx.out.print(r.body.rows.map((x: { id: string }) => x.id).join('\n'));
       const out = r.body.rows.map((x: any) => ({
         id: x.id,
         data: JSON.stringify(x.data),
@@ -273,7 +275,8 @@ export function registerBatchCommands(program: Command): void {
       .option('--budget <micro>', 'micro-credits the run may spend')
       .option('--on-budget-exceeded <p>', 'stop or flag')
       .option('--idempotency-key <key>')
-      .option('--follow', 'follow the run with a progress bar until it ends'),
+      .option('--follow', 'follow the run with a progress bar until it ends')
+      .option('-q, --quiet', 'print only the run id (for RUN=$(cairn columns run …))'),
   ).action(
     action(async (ctx, tableSlug: string, column: string, o: Record<string, any>) => {
       const body: Record<string, unknown> = {};
@@ -300,6 +303,11 @@ export function registerBatchCommands(program: Command): void {
         withKey(o),
       );
       const b = r.body;
+      if (o.quiet) {
+        ctx.out.print(b.run_id);
+        if (!o.follow || b.mode === 'dry_run') return b.mode === 'dry_run' ? EXIT.ok : EXIT.pending;
+        return exitFor((await follow(ctx, b.run_id)).status);
+      }
       if (!ctx.out.json)
         ctx.out.print(
           `${statusMark(b.status)}  run ${b.run_id}  ${b.mode}  ${b.items_total} items ` +

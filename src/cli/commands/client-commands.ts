@@ -103,14 +103,18 @@ export function registerClientCommands(program: Command): void {
       .description('Invoke an element operation (default: invoke) and show its run')
       .option('-d, --data <json>', 'JSON body', '{}')
       .option('--async', 'return at once with the run id (202)')
-      .option('--idempotency-key <key>', 'replaying the same key returns the same run'),
+      .option('--idempotency-key <key>', 'replaying the same key returns the same run')
+      .option(
+        '-q, --quiet',
+        'print only the run id (for RUN=$(cairn invoke …)); the exit code says how it ended',
+      ),
   ).action(
     action(
       async (
         ctx,
         slug: string,
         operation: string | undefined,
-        o: { data: string; async?: boolean; idempotencyKey?: string },
+        o: { data: string; async?: boolean; idempotencyKey?: string; quiet?: boolean },
       ) => {
         const circle = needCircle(ctx);
         const body = parseJsonArg(o.data, '--data');
@@ -124,7 +128,8 @@ export function registerClientCommands(program: Command): void {
           headers,
         );
         const b = r.body;
-        if (ctx.out.json) ctx.out.print(JSON.stringify(b, null, 2));
+        if (o.quiet) ctx.out.print(b.run_id ?? '');
+        else if (ctx.out.json) ctx.out.print(JSON.stringify(b, null, 2));
         else if (r.status === 202)
           ctx.out.print(
             `${statusMark('queued')}  run ${b.run_id}\n  follow: cairn runs watch ${b.run_id}  (or: cairn runs get ${b.run_id})`,
