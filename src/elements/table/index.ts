@@ -37,10 +37,18 @@ type Mapping = One | One[];
 
 const column = z
   .object({
-    element: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'the slug of an element in this circle'),
-    operation: z.string().min(1).default('invoke'),
-    input: z.record(z.string().min(1), mapping).default({}),
-    concurrency: z.number().int().min(1).max(64).default(4),
+    element: z
+      .string()
+      .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'the slug of an element in this circle')
+      .describe('The element each row runs: the slug of any runnable element of the circle'),
+    operation: z.string().min(1).default('invoke').describe("The element's run-creating operation"),
+    input: z
+      .record(z.string().min(1), mapping)
+      .default({})
+      .describe(
+        'The element input, key by key, from the row: `"field"` (that field\'s value), `{"value": …}` (a constant), or a list of those (e.g. SQL params)',
+      ),
+    concurrency: z.number().int().min(1).max(64).default(4).describe('Rows of one run executed at once'),
     max_attempts: z
       .number()
       .int()
@@ -51,10 +59,14 @@ const column = z
     budget: z
       .object({
         credits: z.number().int().min(0).describe('Micro-credits a run of this column may spend'),
-        on_exceed: z.enum(['flag', 'stop']).default('stop'),
+        on_exceed: z
+          .enum(['flag', 'stop'])
+          .default('stop')
+          .describe('stop: no item starts past the budget; flag: the run is flagged and goes on'),
       })
       .strict()
-      .optional(),
+      .optional()
+      .describe('Default budget of a run of this column (a run may set its own)'),
   })
   .strict();
 
