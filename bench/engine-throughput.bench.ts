@@ -6,7 +6,7 @@ import { PgDb } from '../src/db/pg.js';
 import { createCircle } from '../src/store/circles.js';
 import { createElement } from '../src/elements/service.js';
 import { getElement } from '../src/store/elements.js';
-import { registerType, getType, operationsOf } from '../src/elements/registry.js';
+import { registerType, getType, operationsOf, typeLookup } from '../src/elements/registry.js';
 import { submitRun } from '../src/engine/submit.js';
 import { Worker } from '../src/engine/worker.js';
 import { cloneTemplate } from '../test/helpers/pg-server.js';
@@ -57,7 +57,13 @@ async function produce(n: number, one: (i: number) => Promise<unknown>): Promise
 async function cairnRound(url: string, drain: boolean): Promise<number> {
   const db = new PgDb(url, { max: 20 });
   const circle = await createCircle(db, 'b' + randomBytes(3).toString('hex'));
-  await createElement(db, circle, { element_type: 'bench-noop', slug: 'noop', spec: {} }, 'bench');
+  await createElement(
+    db,
+    circle,
+    { element_type: 'bench-noop', slug: 'noop', spec: {} },
+    'bench',
+    typeLookup,
+  );
   const el = (await getElement(db, circle.id, 'noop'))!;
   const type = getType('bench-noop');
   const op = operationsOf(type).find((o) => o.name === 'invoke')!;

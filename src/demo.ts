@@ -1,3 +1,4 @@
+import { typeLookup } from './elements/registry.js';
 import { readFile } from 'node:fs/promises';
 import type { Config } from './config.js';
 import type { Db } from './db/types.js';
@@ -16,7 +17,7 @@ export async function installDemo(db: Db, url: string, config: Config): Promise<
   for (const f of ['add-one.yaml', 'notes.yaml', 'my-greeter.yaml', 'hello-python.yaml', 'people.yaml']) {
     const text = await readFile(new URL(f, EXAMPLES), 'utf8');
     for (const def of parseElementsYaml(text, f))
-      await applyElement(db, circle, def as unknown as ElementInput, 'demo');
+      await applyElement(db, circle, def as unknown as ElementInput, 'demo', typeLookup);
   }
   // A few rows for the people table, once.
   if (!(await hasRows(db, circle, 'people')))

@@ -2,12 +2,12 @@ import { CairnError } from '../core/errors.js';
 import { parseInput } from '../core/zod.js';
 import { isPlainObject } from '../core/json.js';
 import type { ElementTypeDecl, HttpMethod, OperationDecl } from '../elements/types.js';
-import { getType, resolveOperation } from '../elements/registry.js';
+import { getType, resolveOperation, typeLookup } from '../elements/registry.js';
+import { enginePort } from '../engine/port.js';
 import { elementNotFound } from '../elements/service.js';
 import { getElement, type ElementRow } from '../store/elements.js';
 import { findByIdempotencyKey, getRun, toRunView, type RunRow } from '../store/runs.js';
 import { submitRun } from '../engine/submit.js';
-import { cancel } from '../engine/control.js';
 import { actorOf, authorize } from './auth.js';
 import { baseUrlOf } from './context.js';
 import { unwrapEnvelope } from './envelope.js';
@@ -207,7 +207,8 @@ async function answerOp(
       actor,
       baseUrl: baseUrlOf(deps),
       workerId: deps.worker?.id ?? null,
-      cancelRun: (runId, who, reason) => cancel(deps.db, runId, who, reason),
+      engine: enginePort(deps.db),
+      types: typeLookup,
       snapshotExtra: deps.snapshotExtra,
       idempotencyKey: idempotencyKeyOf(ctx),
       setStatus: (code) => void ctx.reply.code(code),

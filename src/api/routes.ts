@@ -10,6 +10,7 @@ import { listElements } from '../store/elements.js';
 import { listRuns, runEvents, toRunView } from '../store/runs.js';
 import { readLogs } from '../store/logs.js';
 import { applyElement, createElement, SLUG_RE } from '../elements/service.js';
+import { typeLookup } from '../elements/registry.js';
 import { toElementView } from '../elements/view.js';
 import { cursorCodec, parseStatuses, runPage } from '../elements/base-ops.js';
 import { cancel } from '../engine/control.js';
@@ -181,7 +182,7 @@ export const ROUTES: RouteDef[] = [
     body: elementBody,
     status: 201,
     handler: ({ deps, circle, body, principal }) =>
-      createElement(deps.db, circle!, body, actorOf(principal!)),
+      createElement(deps.db, circle!, body, actorOf(principal!), typeLookup),
   },
   {
     method: 'POST',
@@ -190,7 +191,8 @@ export const ROUTES: RouteDef[] = [
     tag: 'elements',
     summary: 'Create or converge an element to this definition (idempotent; used by `cairn apply`)',
     body: elementBody,
-    handler: ({ deps, circle, body, principal }) => applyElement(deps.db, circle!, body, actorOf(principal!)),
+    handler: ({ deps, circle, body, principal }) =>
+      applyElement(deps.db, circle!, body, actorOf(principal!), typeLookup),
   },
   {
     method: 'GET',

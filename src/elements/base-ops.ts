@@ -96,7 +96,7 @@ export const BASE_OPS: OperationDecl[] = [
         note: z.string().max(500).optional(),
       })
       .strict(),
-    handler: (ctx) => updateElement(ctx.db, ctx.circle, ctx.element.slug, ctx.input, ctx.actor),
+    handler: (ctx) => updateElement(ctx.db, ctx.circle, ctx.element.slug, ctx.input, ctx.actor, ctx.types),
   },
   {
     name: 'update_meta',
@@ -357,7 +357,7 @@ export const BASE_OPS: OperationDecl[] = [
     handler: async (ctx) => {
       const run = await runOfElement(ctx, ctx.params.run_id ?? '');
       return toRunView(
-        await ctx.cancelRun(run.id, ctx.actor, ctx.input.reason ?? null),
+        await ctx.engine.cancel(run.id, ctx.actor, ctx.input.reason ?? null),
         ctx.circle.slug,
         ctx.baseUrl,
       );

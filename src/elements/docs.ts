@@ -11,7 +11,8 @@ function objectOf(v: Schema): { schema: Schema; suffix: string } | undefined {
   if (s.type === 'object' && s.properties) return { schema: s, suffix: '' };
   if (s.type === 'object' && typeof s.additionalProperties === 'object' && s.additionalProperties.properties)
     return { schema: s.additionalProperties, suffix: '.<name>' };
-  if (s.type === 'array' && s.items?.type === 'object' && s.items.properties) return { schema: s.items, suffix: '[]' };
+  if (s.type === 'array' && s.items?.type === 'object' && s.items.properties)
+    return { schema: s.items, suffix: '[]' };
   return undefined;
 }
 
@@ -47,7 +48,9 @@ function rows(schema: Schema, prefix = '', depth = 0): string[] {
 }
 
 function props(schema: Schema): string {
-  return ['| field | type | required | default | notes |', '|---|---|---|---|---|', ...rows(schema)].join('\n');
+  return ['| field | type | required | default | notes |', '|---|---|---|---|---|', ...rows(schema)].join(
+    '\n',
+  );
 }
 
 /** The reference page of a type, generated from its declaration (docs/elements/<type>.md). */

@@ -4,7 +4,7 @@ import { sqlType } from './sql/index.js';
 import { goFnType } from './go-fn/index.js';
 import { javascriptType, pythonType } from './script/index.js';
 import { tableType } from './table/index.js';
-import type { ElementTypeDecl, HttpMethod, OperationDecl } from './types.js';
+import type { ElementTypeDecl, HttpMethod, OperationDecl, TypeLookup } from './types.js';
 
 /** Every element type Cairn knows. Adding one is adding a folder and a line here. */
 const TYPES: ElementTypeDecl[] = [sqlType, goFnType, pythonType, javascriptType, tableType];
@@ -33,6 +33,12 @@ export function getType(name: string): ElementTypeDecl {
   }
   return t;
 }
+
+/** The registry as element code and the service see it (a port: they never import this module). */
+export const typeLookup: TypeLookup = {
+  get: (name) => getType(name),
+  operationsOf: (t) => operationsOf(t),
+};
 
 export function getTypeOrUndefined(name: string | null): ElementTypeDecl | undefined {
   return name ? byName.get(name) : undefined;

@@ -4,9 +4,9 @@ import { deepMerge } from '../core/json.js';
 import type { Db } from '../db/types.js';
 import type { CircleRow } from '../store/circles.js';
 import * as store from '../store/elements.js';
-import { getType } from './registry.js';
 import { checkSpec } from './validate.js';
 import { toElementView, type ElementView } from './view.js';
+import type { TypeLookup } from './types.js';
 
 export const SLUG_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;
 
@@ -32,8 +32,9 @@ export async function createElement(
   circle: CircleRow,
   input: ElementInput,
   actor: string,
+  types: TypeLookup,
 ): Promise<ElementView> {
-  const type = getType(input.element_type);
+  const type = types.get(input.element_type);
   if (!SLUG_RE.test(input.slug)) {
     throw errors.invalidInput(
       `"${input.slug}" is not a valid slug.`,
@@ -47,7 +48,7 @@ export async function createElement(
     );
   }
   const { spec, warnings } = checkSpec(type, input.spec);
-  await type.validateInCircle?.(db, circle, spec);
+  await type.validateInCircle?.(db, circle, spec, types);
   const el = await db.transaction((tx) =>
     store.insertElement(tx, {
       circleId: circle.id,
@@ -79,15 +80,16 @@ export async function updateElement(
   slug: string,
   patch: UpdateInput,
   actor: string,
+  types: TypeLookup,
 ): Promise<ElementView> {
   return db.transaction(async (tx) => {
     const el = await store.getElement(tx, circle.id, slug, true);
     if (!el) throw elementNotFound(slug);
-    const type = getType(el.element_type);
+    const type = types.get(el.element_type);
     const merged =
       patch.spec === undefined ? el.spec : patch.deep === false ? patch.spec : deepMerge(el.spec, patch.spec);
     const { spec, warnings } = checkSpec(type, merged);
-    await type.validateInCircle?.(tx, circle, spec);
+    await type.validateInCircle?.(tx, circle, spec, types);
     const next = await store.writeVersion(
       tx,
       el,
@@ -114,9 +116,10 @@ export async function applyElement(
   circle: CircleRow,
   input: ElementInput,
   actor: string,
+  types: TypeLookup,
 ): Promise<{ action: 'created' | 'updated' | 'unchanged'; element: ElementView }> {
   const existing = await store.getElement(db, circle.id, input.slug);
-  if (!existing) return { action: 'created', element: await createElement(db, circle, input, actor) };
+  if (!existing) return { action: 'created', element: await createElement(db, circle, input, actor, types) };
   if (existing.element_type !== input.element_type) {
     throw errors.conflict(
       'ELEMENT_TYPE_MISMATCH',
@@ -124,7 +127,7 @@ export async function applyElement(
       'An element keeps its type: delete it first, or use another slug.',
     );
   }
-  const type = getType(input.element_type);
+  const type = types.get(input.element_type);
   const { spec } = checkSpec(type, input.spec);
   const same =
     definitionHash(type.type, spec) === existing.definition_hash &&
@@ -137,6 +140,7 @@ export async function applyElement(
     input.slug,
     { spec, deep: false, name: input.name, intention: input.intention, note: 'apply' },
     actor,
+    types,
   );
   return { action: 'updated', element };
 }

@@ -27,6 +27,66 @@ export interface ValidationRule {
   check: (spec: any) => boolean;
 }
 
+export type RunMode = 'live' | 'dry_run' | 'smoke_test';
+
+/** One unit of a batch: a key (the row id) and the input its mapping produced, or why it has none. */
+export interface BatchUnit {
+  key: string;
+  input?: unknown;
+  /** The row could not be turned into an input (e.g. a mapped field is missing). */
+  problem?: string;
+}
+
+export interface BatchRequest {
+  circle: CircleRow;
+  /** The element each item invokes, its type and op. */
+  target: ElementRow;
+  type: ElementTypeDecl;
+  op: OperationDecl;
+  units: BatchUnit[];
+  mode: RunMode;
+  /** smoke_test: how many units run (the first ones). */
+  sample?: number;
+  concurrency: number;
+  itemMaxAttempts: number;
+  budget: number | null;
+  budgetPolicy: 'flag' | 'stop';
+  trigger: { type: string; source: string | null; actor: string };
+  /** Recorded as the run's input: what was asked (table, column, filter…). */
+  input: Record<string, unknown>;
+  /** Pinned into the snapshot next to the element (source table, mapping, where cells go). */
+  batch: Record<string, unknown>;
+  snapshotExtra: Record<string, unknown>;
+  idempotencyKey?: string;
+  rerunOf?: string | null;
+}
+
+export interface BatchSubmitted {
+  run: RunRow;
+  created: boolean;
+  valid: number;
+  invalid: number;
+  estimated_credits: number;
+}
+
+/**
+ * The engine as element types reach it: a port on their op context, so no
+ * element imports src/engine (the engine implements it; api wires it in).
+ */
+export interface EnginePort {
+  /** Creates one batch run (one item per unit) over `target`'s run-creating op. */
+  submitBatch(req: BatchRequest): Promise<BatchSubmitted>;
+  /** Cancels a run (wakes its worker). */
+  cancel(runId: string, actor: string, reason: string | null): Promise<RunRow>;
+}
+
+/** The element types as element code looks them up (the registry implements it). */
+export interface TypeLookup {
+  get(name: string): ElementTypeDecl;
+  /** All ops of a type: the base ops plus its own. */
+  operationsOf(t: ElementTypeDecl): OperationDecl[];
+}
+
 /** What an operation handler sees when it does not create a run (get, update, …). */
 export interface OpContext {
   db: Db;
@@ -39,8 +99,10 @@ export interface OpContext {
   baseUrl: string;
   /** The worker inside this process, when there is one. */
   workerId: string | null;
-  /** Cancels a run through the engine (wakes its worker). */
-  cancelRun: (runId: string, actor: string, reason: string | null) => Promise<RunRow>;
+  /** The engine, through its port (runs, cancels). */
+  engine: EnginePort;
+  /** Every element type (a column names an element of another type). */
+  types: TypeLookup;
   /** Facts pinned into every run snapshot (toolchains, database version). */
   snapshotExtra: Record<string, unknown>;
   /** The request's Idempotency-Key, for ops that create runs themselves. */
@@ -115,7 +177,7 @@ export interface ElementTypeDecl {
   /** Deeper definition-time checks that answer with the type's own codes (e.g. SQL_SYNTAX_ERROR). */
   validateSpec?: (spec: any) => void;
   /** Checks against the circle (e.g. that named elements exist), on create, update and apply. */
-  validateInCircle?: (db: Queryable, circle: CircleRow, spec: any) => Promise<void>;
+  validateInCircle?: (db: Queryable, circle: CircleRow, spec: any, types: TypeLookup) => Promise<void>;
   /** Executors of run-creating ops, by op name. */
   executors: Record<string, Executor>;
   /** Prefix of the type's metrics and events (go_fn → go_fn_invocation_count, go_fn.invoked). */

@@ -4,55 +4,13 @@ import { newId } from '../core/ids.js';
 import { ENGINE_VERSION } from '../core/version.js';
 import { describeIssues } from '../core/zod.js';
 import type { Db } from '../db/types.js';
-import type { ElementTypeDecl, OperationDecl } from '../elements/types.js';
-import type { CircleRow } from '../store/circles.js';
-import type { ElementRow } from '../store/elements.js';
+import type { BatchRequest, BatchSubmitted, OperationDecl } from '../elements/types.js';
 import { insertBatchRun, type NewBatchItem } from '../store/batch.js';
 import { getWallet } from '../store/ledger.js';
 import { findByIdempotencyKey, type RunRow } from '../store/runs.js';
 import { elementDisabled, elementRef, retryOnLoss, runSnapshot } from './submit.js';
 
-export type RunMode = 'live' | 'dry_run' | 'smoke_test';
-
-/** One unit of a batch: a key (the row id) and the input its mapping produced, or why it has none. */
-export interface BatchUnit {
-  key: string;
-  input?: unknown;
-  /** The row could not be turned into an input (e.g. a mapped field is missing). */
-  problem?: string;
-}
-
-export interface BatchRequest {
-  circle: CircleRow;
-  /** The element each item invokes, its type and op. */
-  target: ElementRow;
-  type: ElementTypeDecl;
-  op: OperationDecl;
-  units: BatchUnit[];
-  mode: RunMode;
-  /** smoke_test: how many units run (the first ones). */
-  sample?: number;
-  concurrency: number;
-  itemMaxAttempts: number;
-  budget: number | null;
-  budgetPolicy: 'flag' | 'stop';
-  trigger: { type: string; source: string | null; actor: string };
-  /** Recorded as the run's input: what was asked (table, column, filter…). */
-  input: Record<string, unknown>;
-  /** Pinned into the snapshot next to the element (source table, mapping, where cells go). */
-  batch: Record<string, unknown>;
-  snapshotExtra: Record<string, unknown>;
-  idempotencyKey?: string;
-  rerunOf?: string | null;
-}
-
-export interface BatchSubmitted {
-  run: RunRow;
-  created: boolean;
-  valid: number;
-  invalid: number;
-  estimated_credits: number;
-}
+export type { BatchRequest, BatchSubmitted, BatchUnit, RunMode } from '../elements/types.js';
 
 function invalidItem(message: string): ErrorBody {
   return {

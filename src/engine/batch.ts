@@ -22,7 +22,7 @@ import {
   type ItemSettlement,
 } from '../store/batch.js';
 import { getRunsStatus } from '../store/runs.js';
-import type { Outcome } from './worker.js';
+import type { Outcome } from '../store/queue.js';
 import type { WorkerHealth } from './health.js';
 import { applyIsolated, isRowError } from '../store/isolate.js';
 

@@ -107,7 +107,12 @@ export async function retryFailedItems(
  * `snapshot.earlier_definitions` and an audit event), then its failed items
  * run again on it. One transaction: if nothing can be retried, nothing changes.
  */
-async function retryOnLatest(tx: Queryable, runId: string, actor: string, circleSlug: string): Promise<RetryAnswer> {
+async function retryOnLatest(
+  tx: Queryable,
+  runId: string,
+  actor: string,
+  circleSlug: string,
+): Promise<RetryAnswer> {
   const run = await existing(tx, runId);
   const el = run.element_id ? await getElementById(tx, run.element_id) : undefined;
   if (!el)
@@ -158,7 +163,12 @@ class NothingRetried extends Error {
   }
 }
 
-async function retryPinned(db: Queryable, runId: string, actor: string, circleSlug: string): Promise<RetryAnswer> {
+async function retryPinned(
+  db: Queryable,
+  runId: string,
+  actor: string,
+  circleSlug: string,
+): Promise<RetryAnswer> {
   const run = await existing(db, runId);
   if (!isTerminal(run.status)) {
     throw errors.conflict(
@@ -214,7 +224,10 @@ async function retryPinned(db: Queryable, runId: string, actor: string, circleSl
  * input, then retry-failed"): each failed item's input is mapped again from its
  * row; the ones that still do not make a valid input stay failed.
  */
-async function remapFromRows(db: Queryable, run: RunRow): Promise<{ only: string[] | null; stillInvalid: number }> {
+async function remapFromRows(
+  db: Queryable,
+  run: RunRow,
+): Promise<{ only: string[] | null; stillInvalid: number }> {
   const b = run.snapshot.batch as
     { mapping?: Parameters<typeof mapRow>[0]; cells?: { schema: string; table: string } } | undefined;
   if (!b?.cells || !b.mapping) return { only: null, stillInvalid: 0 };

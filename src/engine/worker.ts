@@ -9,6 +9,7 @@ import {
   heartbeat,
   recoverExpired,
   settleRuns,
+  type Outcome,
   type SettledRun,
   type Settlement,
 } from '../store/queue.js';
@@ -44,8 +45,7 @@ interface InFlight {
   control?: BatchControl;
 }
 
-/** What one execution produced (a run's settlement without its id). */
-export type Outcome = Omit<Settlement, 'id'>;
+export type { Outcome };
 
 /**
  * The database refused a run's (or item's) settlement on its own: the run

@@ -244,6 +244,9 @@ export interface Settlement {
   events?: [string, number, Record<string, unknown>][];
 }
 
+/** What one execution produced (a run's settlement without its id). */
+export type Outcome = Omit<Settlement, 'id'>;
+
 const SETTLE = prepared(`
 WITH s AS (
   SELECT * FROM jsonb_to_recordset($1::jsonb)

@@ -3,6 +3,7 @@ import { freshDb } from '../helpers/db.js';
 import { cairn, ensureBuilt, until, type Proc } from '../helpers/bin.js';
 import type { Db } from '../../src/db/types.js';
 import { createCircle, type CircleRow } from '../../src/store/circles.js';
+import { typeLookup } from '../../src/elements/registry.js';
 import { createElement } from '../../src/elements/service.js';
 import { getElement } from '../../src/store/elements.js';
 import { getType, operationsOf } from '../../src/elements/registry.js';
@@ -38,6 +39,7 @@ describe('a worker killed with SIGKILL while holding a run', () => {
       circle,
       { element_type: 'sql', slug: 'slow-read', spec: { query: 'select 1 as done from pg_sleep(2)' } },
       'test',
+      typeLookup,
     );
     await createElement(
       db,
@@ -48,6 +50,7 @@ describe('a worker killed with SIGKILL while holding a run', () => {
         spec: { query: 'insert into marks select now() from pg_sleep(2) returning 1 as done' },
       },
       'test',
+      typeLookup,
     );
   }, 120_000);
 

@@ -7,10 +7,8 @@ import type { CircleRow } from '../../store/circles.js';
 import { getElement, type ElementRow } from '../../store/elements.js';
 import { isoFields } from '../../store/rows.js';
 import { getItem } from '../../store/runs.js';
-import { submitBatch, type BatchUnit } from '../../engine/batch-submit.js';
 import { cursorCodec } from '../base-ops.js';
-import { getType, operationsOf } from '../registry.js';
-import type { ElementTypeDecl, OpContext } from '../types.js';
+import type { BatchUnit, ElementTypeDecl, OpContext, TypeLookup } from '../types.js';
 
 const NAME_RE = /^[a-z_][a-z0-9_]{0,62}$/;
 const name = z
@@ -271,14 +269,15 @@ async function target(db: Queryable, circle: CircleRow, slug: string): Promise<E
   return el;
 }
 
-function runOp(el: ElementRow, opName: string) {
-  const type = getType(el.element_type);
-  const op = operationsOf(type).find((o) => o.name === opName);
+function runOp(types: TypeLookup, el: ElementRow, opName: string) {
+  const type = types.get(el.element_type);
+  const op = types.operationsOf(type).find((o) => o.name === opName);
   if (!op?.createsRun) {
     throw errors.invalidInput(
       `Element "${el.slug}" (${el.element_type}) has no run-creating operation "${opName}".`,
       undefined,
-      `Use one of: ${operationsOf(type)
+      `Use one of: ${types
+        .operationsOf(type)
         .filter((o) => o.createsRun)
         .map((o) => o.name)
         .join(', ')}.`,
@@ -433,7 +432,7 @@ export const tableType: ElementTypeDecl = {
         const col = ctx.params.column!;
         const c = columnOf(ctx, col);
         const el = await target(ctx.db, ctx.circle, c.element);
-        const { type, op } = runOp(el, c.operation);
+        const { type, op } = runOp(ctx.types, el, c.operation);
         const b = ctx.input as z.output<typeof runBody>;
         const rows = await selectRows(ctx.db, ctx, {
           where: b.where,
@@ -454,7 +453,7 @@ export const tableType: ElementTypeDecl = {
           return { key: r.id, input: m.input, problem: m.problem };
         });
         const budget = b.budget ?? c.budget?.credits ?? null;
-        const s = await submitBatch(ctx.db, {
+        const s = await ctx.engine.submitBatch({
           circle: ctx.circle,
           target: el,
           type,
@@ -522,7 +521,7 @@ export const tableType: ElementTypeDecl = {
       }
     }
   },
-  validateInCircle: async (db, circle, spec: TableSpec) => {
+  validateInCircle: async (db, circle, spec: TableSpec, types) => {
     for (const [col, c] of Object.entries(spec.columns)) {
       const el = await target(db, circle, c.element).catch((e) => {
         throw errors.invalidInput(
@@ -538,7 +537,7 @@ export const tableType: ElementTypeDecl = {
           'Name a go-fn, python, javascript or sql element.',
         );
       }
-      runOp(el, c.operation);
+      runOp(types, el, c.operation);
     }
   },
   executors: {},

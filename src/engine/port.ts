@@ -1,0 +1,12 @@
+import type { Db } from '../db/types.js';
+import type { EnginePort } from '../elements/types.js';
+import { submitBatch } from './batch-submit.js';
+import { cancel } from './control.js';
+
+/** The engine as element types reach it, on their op context (they never import src/engine). */
+export function enginePort(db: Db): EnginePort {
+  return {
+    submitBatch: (req) => submitBatch(db, req),
+    cancel: (runId, actor, reason) => cancel(db, runId, actor, reason),
+  };
+}
