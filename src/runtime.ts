@@ -10,7 +10,7 @@ import { PgDb } from './db/pg.js';
 import { migrate } from './db/migrate.js';
 import { createToken, hasInstanceAdmin } from './store/tokens.js';
 import { loadSqlParser } from './elements/sql/guard.js';
-import { RunWaiter } from './engine/waiter.js';
+import { Engine } from './engine/engine.js';
 import { Worker } from './engine/worker.js';
 import { Authenticator } from './api/auth.js';
 import { buildApp } from './api/app.js';
@@ -130,41 +130,32 @@ export async function startServer(
   await assertPortFree(config.host, config.port);
   const db = await openDb(config);
   await ensureBootstrapToken(db, config, print);
-  const waiter = new RunWaiter(db, config.pollMs);
-  await waiter.start();
   // PGlite is one process's database: its worker must live in the same process.
-  const worker =
-    config.embeddedWorker || db.kind === 'pglite'
-      ? new Worker({
-          db,
-          concurrency: config.workerConcurrency,
-          leaseMs: config.leaseMs,
-          pollMs: config.pollMs,
-          log,
-        })
-      : undefined;
-  if (worker) {
+  const withWorker = config.embeddedWorker || db.kind === 'pglite';
+  if (withWorker) {
     warnIfUnsandboxed(log);
     prewarm(log);
   }
-  await worker?.start();
-  const deps: Deps = {
+  const snapshotExtra = await snapshotFacts(db);
+  const engine = new Engine({
     db,
-    config,
     log,
-    waiter,
-    authn: new Authenticator(db),
-    worker,
-    snapshotExtra: await snapshotFacts(db),
-  };
+    snapshotExtra,
+    waitPollMs: config.pollMs,
+    worker: withWorker
+      ? { concurrency: config.workerConcurrency, leaseMs: config.leaseMs, pollMs: config.pollMs }
+      : false,
+  });
+  await engine.start();
+  const worker = engine.worker;
+  const deps: Deps = { db, config, log, authn: new Authenticator(db), engine, snapshotExtra };
   const app = await buildApp(deps);
   let address: string;
   try {
     address = await app.listen({ port: config.port, host: config.host });
   } catch (e) {
     // Taken between the check and now: let go of what started, then say so, typed.
-    await worker?.stop(0);
-    await waiter.stop();
+    await engine.stop(0);
     await db.close();
     throw (e as NodeJS.ErrnoException).code === 'EADDRINUSE' ? portInUse(config.host, config.port) : e;
   }
@@ -178,9 +169,8 @@ export async function startServer(
     url: `http://${config.host}:${port}`,
     async stop() {
       await app.close();
-      await worker?.stop(config.shutdownGraceMs);
+      await engine.stop(config.shutdownGraceMs);
       discardStandbys();
-      await waiter.stop();
       await db.close();
     },
   };

@@ -1,7 +1,6 @@
 import type { Config } from '../config.js';
 import type { Db } from '../db/types.js';
-import type { RunWaiter } from '../engine/waiter.js';
-import type { Worker } from '../engine/worker.js';
+import type { Engine } from '../engine/engine.js';
 import type { Logger } from '../telemetry/log.js';
 import type { Authenticator } from './auth.js';
 
@@ -10,10 +9,9 @@ export interface Deps {
   db: Db;
   config: Config;
   log: Logger;
-  waiter: RunWaiter;
   authn: Authenticator;
-  /** The embedded worker, when this process has one (woken directly on submit). */
-  worker?: Worker;
+  /** The engine: invokes, control, and this process's worker when it has one. */
+  engine: Engine;
   /** Snapshot facts every run pins (toolchain versions). */
   snapshotExtra: Record<string, unknown>;
 }

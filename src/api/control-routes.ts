@@ -72,18 +72,18 @@ function controlRoute(
       if (action === 'pause') return view(await pause(db, run.id, actor));
       if (action === 'resume') {
         const r = view(await resume(db, run.id, actor));
-        ctx.deps.worker?.kick();
+        ctx.deps.engine.kick();
         return r;
       }
       if (action === 'retry-failed') {
         const r = await retryFailedItems(db, run.id, actor, circle.slug, {
           definition: (ctx.body as { definition?: 'pinned' | 'latest' }).definition ?? 'pinned',
         });
-        ctx.deps.worker?.kick();
+        ctx.deps.engine.kick();
         return { retried: r.retried, message: r.message, run: view(r.run) };
       }
       const next = await rerun(db, run.id, actor, circle, ctx.deps.snapshotExtra, idempotencyKeyOf(ctx));
-      ctx.deps.worker?.kick();
+      ctx.deps.engine.kick();
       ctx.reply.header('Location', `/api/runs/${next.id}`);
       return view(next);
     },

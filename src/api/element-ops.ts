@@ -3,11 +3,9 @@ import { parseInput } from '../core/zod.js';
 import { isPlainObject } from '../core/json.js';
 import type { ElementTypeDecl, HttpMethod, OperationDecl } from '../elements/types.js';
 import { getType, resolveOperation, typeLookup } from '../elements/registry.js';
-import { enginePort } from '../engine/port.js';
 import { elementNotFound } from '../elements/service.js';
 import { getElement, type ElementRow } from '../store/elements.js';
-import { findByIdempotencyKey, getRun, toRunView, type RunRow } from '../store/runs.js';
-import { submitRun } from '../engine/submit.js';
+import { findByIdempotencyKey, toRunView, type RunRow } from '../store/runs.js';
 import { actorOf, authorize } from './auth.js';
 import { baseUrlOf } from './context.js';
 import { unwrapEnvelope } from './envelope.js';
@@ -95,71 +93,24 @@ async function createRun(
   actor: string,
 ): Promise<unknown> {
   const { deps, circle } = ctx;
-  const body = unwrapEnvelope(ctx.body === undefined ? {} : ctx.body);
-  const key = idempotencyKeyOf(ctx);
-  const mode = modeOf(ctx, ['live', 'dry_run'] as const);
-  const sync = !wantsAsync(ctx);
-  // A sync invoke with a free slot here is created claimed and executed at once (no queue round trip).
-  const slot = sync && mode === 'live' ? deps.worker?.directSlot() : undefined;
-  let submitted;
-  try {
-    submitted = await submitRun(
-      deps.db,
-      {
-        circle: circle!,
-        element,
-        type,
-        op,
-        input: body,
-        trigger: { type: 'api', source: ctx.req.headers['user-agent'] ?? null, actor },
-        idempotencyKey: key,
-        mode,
-        ...(slot ? { claim: slot.claim } : {}),
-      },
-      deps.snapshotExtra,
-    );
-  } catch (e) {
-    slot?.release();
-    throw e;
-  }
-  const { run, created } = submitted;
-  const base = baseUrlOf(deps);
-  if (run.mode === 'dry_run') return invokeAnswer(run, base); // recorded and ended: nothing to wait for
-  const accepted = () => {
-    ctx.reply.code(202).header('Location', `/api/runs/${run.id}`);
-    return { run_id: run.id, status: 'queued', run_url: `/api/runs/${run.id}` };
-  };
-  if (slot && created && run.status === 'running') {
-    let timer: NodeJS.Timeout | undefined;
-    const settled = await Promise.race([
-      slot.run(run),
-      new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), deps.config.syncWaitMs))),
-    ]);
-    clearTimeout(timer);
-    if (settled === 'late') return accepted(); // it keeps running; the answer points at the run
-    if (settled) {
-      const { row, settlement } = settled;
-      return invokeAnswer(
-        {
-          ...run,
-          status: row.status,
-          output: settlement.output ?? null,
-          error: settlement.error,
-          duration_ms: row.duration_ms,
-          credits_used: row.credits_used,
-        },
-        base,
-      );
-    }
-  } else {
-    slot?.release();
-    deps.worker?.kick();
-  }
-  if (!sync) return accepted();
-  const done = await deps.waiter.wait(run.id, deps.config.syncWaitMs);
-  if (!done) return accepted();
-  const final = await getRun(deps.db, run.id);
-  return invokeAnswer(final!, base);
+  const outcome = await deps.engine.invoke(
+    {
+      circle: circle!,
+      element,
+      type,
+      op,
+      input: unwrapEnvelope(ctx.body === undefined ? {} : ctx.body),
+      trigger: { type: 'api', source: ctx.req.headers['user-agent'] ?? null, actor },
+      idempotencyKey: idempotencyKeyOf(ctx),
+      mode: modeOf(ctx, ['live', 'dry_run'] as const),
+    },
+    { waitMs: deps.config.syncWaitMs, async: wantsAsync(ctx) },
+  );
+  const { run } = outcome;
+  if (outcome.state === 'finished') return invokeAnswer(run, baseUrlOf(deps));
+  // Accepted: it is queued or running; the answer points at the run.
+  ctx.reply.code(202).header('Location', `/api/runs/${run.id}`);
+  return { run_id: run.id, status: 'queued', run_url: `/api/runs/${run.id}` };
 }
 
 /** An op that answers directly (get, update, rows, a column run …). */
@@ -206,8 +157,8 @@ async function answerOp(
       params,
       actor,
       baseUrl: baseUrlOf(deps),
-      workerId: deps.worker?.id ?? null,
-      engine: enginePort(deps.db),
+      workerId: deps.engine.worker?.id ?? null,
+      engine: deps.engine.port,
       types: typeLookup,
       snapshotExtra: deps.snapshotExtra,
       idempotencyKey: idempotencyKeyOf(ctx),

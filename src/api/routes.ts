@@ -69,7 +69,7 @@ export const ROUTES: RouteDef[] = [
     handler: async ({ deps, reply }) => {
       await deps.db.query('SELECT 1');
       // A shared statement that keeps failing (a settle, a claim) makes this process degraded: 503.
-      const health = deps.worker?.healthReport();
+      const health = deps.engine.health();
       const failing = Object.entries(health?.statements ?? {})
         .filter(([, st]) => st.consecutive_failures >= DEGRADED_AFTER)
         .map(([statement, st]) => ({ statement, ...st }));
@@ -78,7 +78,7 @@ export const ROUTES: RouteDef[] = [
         status: health?.degraded ? 'degraded' : 'ok',
         version: VERSION,
         database: deps.db.kind,
-        worker: deps.worker ? deps.worker.id : null,
+        worker: deps.engine.worker?.id ?? null,
         ...(health?.degraded ? { failing, settle_backlog: health.settle_backlog } : {}),
       };
     },
@@ -92,7 +92,7 @@ export const ROUTES: RouteDef[] = [
     handler: async ({ deps }) => ({
       version: VERSION,
       database: deps.db.kind,
-      worker: deps.worker?.healthReport() ?? null,
+      worker: deps.engine.health() ?? null,
       sandbox: sandboxDiagnostics(),
     }),
   },

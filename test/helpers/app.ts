@@ -4,8 +4,8 @@ import { Authenticator } from '../../src/api/auth.js';
 import type { Deps } from '../../src/api/context.js';
 import { loadConfig } from '../../src/config.js';
 import type { Db } from '../../src/db/types.js';
-import { RunWaiter } from '../../src/engine/waiter.js';
-import { Worker } from '../../src/engine/worker.js';
+import { Engine } from '../../src/engine/engine.js';
+import type { Worker } from '../../src/engine/worker.js';
 import { snapshotFacts } from '../../src/runtime.js';
 import { createToken } from '../../src/store/tokens.js';
 import { silentLogger } from '../../src/telemetry/log.js';
@@ -43,21 +43,25 @@ export async function testApp(
     { port: 0, syncWaitMs: opts.syncWaitMs ?? 20_000, pollMs: 100, welcomeCredits: opts.welcomeCredits },
     {},
   );
-  const waiter = new RunWaiter(db, 100);
-  await waiter.start();
-  const worker =
-    opts.worker === false
-      ? undefined
-      : new Worker({ db, concurrency: opts.concurrency ?? 4, leaseMs: opts.leaseMs ?? 10_000, pollMs: 100 });
-  await worker?.start();
+  const snapshotExtra = await snapshotFacts(db);
+  const engine = new Engine({
+    db,
+    snapshotExtra,
+    waitPollMs: 100,
+    worker:
+      opts.worker === false
+        ? false
+        : { concurrency: opts.concurrency ?? 4, leaseMs: opts.leaseMs ?? 10_000, pollMs: 100 },
+  });
+  await engine.start();
+  const worker = engine.worker;
   const deps: Deps = {
     db,
     config,
     log: silentLogger,
-    waiter,
     authn: new Authenticator(db, 0),
-    worker,
-    snapshotExtra: await snapshotFacts(db),
+    engine,
+    snapshotExtra,
   };
   const app = await buildApp(deps);
   const { token: admin } = await createToken(db, { circleId: null, role: 'admin', name: 'test-admin' });
@@ -98,8 +102,7 @@ export async function testApp(
     },
     async close() {
       await app.close();
-      await worker?.stop(2_000);
-      await waiter.stop();
+      await engine.stop(2_000);
     },
   };
 }

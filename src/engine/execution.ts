@@ -1,0 +1,142 @@
+import { toCairnError, type ErrorBody } from '../core/errors.js';
+import { findUnstorable, storable, unstorableOutputMessage } from '../core/storable.js';
+import { getCircleById, type CircleRow } from '../store/circles.js';
+import type { Outcome, Settlement } from '../store/queue.js';
+import type { RunRow } from '../store/runs.js';
+import { getType, getTypeOrUndefined, operationsOf } from '../elements/registry.js';
+import { recordInvocation } from '../telemetry/metrics.js';
+import type { EngineResources } from './resources.js';
+
+/**
+ * Execution: runs one operation of a run through its type's executor (an
+ * invoke run's input, or one item of a batch run) and turns whatever happened
+ * into an outcome the run record can hold. Never throws. Per-type metrics and
+ * events are named by the type's declared prefix, so nothing here knows which
+ * type it ran.
+ */
+export class ExecutionSystem {
+  private readonly circles = new Map<string, CircleRow>();
+
+  constructor(private readonly r: Pick<EngineResources, 'db' | 'host' | 'workerId' | 'log'>) {}
+
+  /** An invoke run, executed: its settlement, with the type's invoked/completed/failed events. */
+  async execute(run: RunRow, signal: AbortSignal): Promise<Settlement> {
+    const o = await this.runOnce(run, run.input, signal);
+    const s: Settlement = { id: run.id, ...o };
+    // Metrics and events, named by the type's declared prefix (go_fn_invocation_count, go_fn.invoked …).
+    const prefix = getTypeOrUndefined(run.element_type)?.telemetry?.prefix;
+    if (prefix) {
+      const started = Date.parse(run.started_at ?? '') || Date.now();
+      const ms = Date.now() - started;
+      s.events = [
+        [`${prefix}.invoked`, started, { attempt: run.attempt, worker: this.r.workerId }],
+        ...(s.events ?? []),
+        s.status === 'succeeded'
+          ? [`${prefix}.completed`, Date.now(), { duration_ms: ms }]
+          : [`${prefix}.failed`, Date.now(), { duration_ms: ms, error_code: s.error?.code ?? null }],
+      ];
+    }
+    return s;
+  }
+
+  /**
+   * Executes the run's operation once on `input` through its type's executor.
+   * Never throws: a failure is an outcome with a typed error and the evidence seen so far.
+   */
+  async runOnce(run: RunRow, input: unknown, signal: AbortSignal): Promise<Outcome> {
+    const started = Date.now();
+    const o = await this.attempt(run, input, signal);
+    const prefix = getTypeOrUndefined(run.element_type)?.telemetry?.prefix;
+    if (prefix)
+      recordInvocation(
+        prefix,
+        run.circle_id,
+        run.element_slug ?? '',
+        o.status === 'succeeded',
+        Date.now() - started,
+      );
+    return o;
+  }
+
+  private async circle(id: string): Promise<CircleRow> {
+    let c = this.circles.get(id);
+    if (!c) {
+      c = await getCircleById(this.r.db, id);
+      if (!c) throw new Error(`circle ${id} not found`);
+      this.circles.set(id, c);
+    }
+    return c;
+  }
+
+  private async attempt(run: RunRow, input: unknown, signal: AbortSignal): Promise<Outcome> {
+    const worker = this.r.workerId;
+    try {
+      const type = getType(run.element_type ?? '');
+      const op = operationsOf(type).find((o) => o.name === run.operation);
+      const exec = type.executors[run.operation];
+      if (!op || !exec) throw new Error(`type ${type.type} has no executor for ${run.operation}`);
+      // The run executes the definition it was created with (its snapshot), not whatever is current.
+      const spec = (run.snapshot.element as { spec?: unknown } | undefined)?.spec ?? {};
+      const result = await exec({
+        db: this.r.db,
+        circle: await this.circle(run.circle_id),
+        run,
+        spec,
+        input,
+        signal,
+        host: this.r.host,
+      });
+      // The run record's boundary: an output it cannot hold fails the run with the type's own code.
+      const bad = findUnstorable(result.output ?? null);
+      if (bad) {
+        const code = type.errors.find((x) => x.code.endsWith('INVALID_OUTPUT'))?.code ?? 'INVALID_OUTPUT';
+        const err: ErrorBody = {
+          code,
+          class: 'validation',
+          message: unstorableOutputMessage(bad),
+          retryable: false,
+          _suggestion: 'Return only JSON values that hold no NUL characters or lone surrogates.',
+          details: { path: bad.path },
+        };
+        return storable({
+          status: 'failed',
+          output: null,
+          error: err,
+          credits: 0,
+          evidence: { ...result.evidence, worker },
+          events: result.events,
+          flags: result.flags,
+        });
+      }
+      return {
+        status: 'succeeded',
+        output: result.output ?? null,
+        error: null,
+        credits: result.credits ?? op.price ?? 0,
+        evidence: storable({ ...result.evidence, worker }),
+        events: storable(result.events),
+        flags: storable(result.flags),
+      };
+    } catch (e) {
+      const err = toCairnError(e);
+      if (err.code === 'INTERNAL') this.r.log.error({ err: e, run: run.id }, 'executor crashed');
+      const body: ErrorBody = err.toBody();
+      // Executors attach what they saw (exit code, logs, hashes, events) to the error: a failed item keeps its evidence.
+      const seen = (e ?? {}) as {
+        evidence?: Record<string, unknown>;
+        events?: Settlement['events'];
+        flags?: string[];
+      };
+      // Error messages, stacks and evidence are escaped, never refused: a failure must be recorded.
+      return storable({
+        status: 'failed',
+        output: null,
+        error: body,
+        credits: 0,
+        evidence: { ...(seen.evidence ?? {}), host: this.r.host, worker },
+        events: seen.events,
+        flags: seen.flags,
+      });
+    }
+  }
+}
