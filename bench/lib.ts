@@ -31,17 +31,32 @@ export async function timed(n: number, fn: () => Promise<unknown>): Promise<numb
 export const machine = () => `${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, Node ${process.version}`;
 
 const OUT = new URL('./out/', import.meta.url);
+const RESULTS = new URL('./results.md', import.meta.url);
 
 /** Each benchmark writes its section; `bench/results.md` is assembled from the sections. */
 export function writeSection(name: string, markdown: string): void {
   mkdirSync(OUT, { recursive: true });
   writeFileSync(new URL(`${name}.md`, OUT), markdown.trim() + '\n');
   const order = ['engine-throughput', 'invoke-latency', 'code-actions', 'batch-ledger'];
+  // A section not measured on this machine yet keeps what results.md has for it (by its heading).
+  const headings: Record<string, string> = {
+    'engine-throughput': '## Engine throughput',
+    'invoke-latency': '## Sync invoke latency',
+    'code-actions': '## Code actions',
+    'batch-ledger': '## Batch runs and the ledger',
+  };
+  const current = existsSync(RESULTS) ? readFileSync(RESULTS, 'utf8') : '';
+  const kept = (n: string): string | undefined => {
+    const at = current.indexOf(headings[n]!);
+    if (at < 0) return undefined;
+    const next = current.indexOf('\n## ', at + 1);
+    return current.slice(at, next < 0 ? undefined : next + 1).trim() + '\n';
+  };
   const parts = order
-    .filter((n) => existsSync(new URL(`${n}.md`, OUT)))
-    .map((n) => readFileSync(new URL(`${n}.md`, OUT), 'utf8'));
+    .map((n) => (existsSync(new URL(`${n}.md`, OUT)) ? readFileSync(new URL(`${n}.md`, OUT), 'utf8') : kept(n)))
+    .filter((x): x is string => x !== undefined);
   writeFileSync(
-    new URL('./results.md', import.meta.url),
+    RESULTS,
     `# Benchmark results\n\nMeasured side by side in one process run, on a shared and noisy machine: read the ratios, not the absolute numbers.\nReproduce with \`npm run bench\` (all) or \`npx vitest run --config bench/vitest.config.ts bench/<name>.bench.ts\`.\n\n${parts.join('\n')}`,
   );
 }
