@@ -161,6 +161,13 @@ describeEachDriver('the audit trail chains', ({ db }) => {
         .map(([a, b]) => `${a}→${b}`)
         .sort(),
     );
+    // The trigger's WHEN clause lists the same pairs.
+    const def = (
+      await t.deps.db.query<{ d: string }>(
+        "SELECT pg_get_triggerdef(oid) AS d FROM pg_trigger WHERE tgname = 'runs_transition'",
+      )
+    ).rows[0]!.d;
+    expect([...def.matchAll(/'(\w+)>(\w+)'/g)].map((m) => `${m[1]}→${m[2]}`).sort()).toEqual(sql);
     // And refuses the rest, whatever statement tries.
     const id = (await t.call('POST', `/api/${c.slug}/one/ops/invoke?async=1`, {}, c.tokens.execute)).body
       .run_id;
