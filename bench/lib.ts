@@ -53,7 +53,9 @@ export function writeSection(name: string, markdown: string): void {
     return current.slice(at, next < 0 ? undefined : next + 1).trim() + '\n';
   };
   const parts = order
-    .map((n) => (existsSync(new URL(`${n}.md`, OUT)) ? readFileSync(new URL(`${n}.md`, OUT), 'utf8') : kept(n)))
+    .map((n) =>
+      existsSync(new URL(`${n}.md`, OUT)) ? readFileSync(new URL(`${n}.md`, OUT), 'utf8') : kept(n),
+    )
     .filter((x): x is string => x !== undefined);
   writeFileSync(
     RESULTS,

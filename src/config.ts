@@ -59,6 +59,64 @@ const ENV: Record<string, keyof Config> = {
   CAIRN_WELCOME_CREDITS: 'welcomeCredits',
 };
 
+/**
+ * Settings read where they are used, at call time (never at import time), by
+ * the sandbox, the builders and the toolchains: each declared here with its
+ * type, range and default, validated with the rest when `serve` or `worker`
+ * starts (a bad value fails with INVALID_CONFIG), and documented in
+ * docs/configuration.md (a test checks every variable the code reads is both).
+ */
+const flag = z.enum(['0', '1', 'true', 'false']).transform((v) => v === '1' || v === 'true');
+export const SETTINGS = {
+  CAIRN_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+  CAIRN_CACHE_DIR: z.string().min(1).optional(),
+  CAIRN_SANDBOX_UID_BASE: int(2_300_000, 1_000, 2_000_000_000),
+  CAIRN_SANDBOX_STANDBY: int(2, 0, 64),
+  CAIRN_UNSAFE_NO_SANDBOX: flag.default(false),
+  CAIRN_CGROUPS: flag.default(true),
+  CAIRN_CGROUP_MEMORY_ROOT: z.string().min(1).default('/sys/fs/cgroup/memory'),
+  CAIRN_CGROUP_V2_ROOT: z.string().min(1).optional(),
+  CAIRN_GOROOT: z.string().min(1).optional(),
+  CAIRN_PYTHON: z.string().min(1).default('/usr/bin/python3'),
+  CAIRN_NODE: z.string().min(1).optional(),
+  CAIRN_NPM_DIR: z.string().min(1).default('/usr/lib/node_modules/npm'),
+  CC: z.string().min(1).default('cc'),
+  CAIRN_GO_BUILD_TIMEOUT_MS: int(120_000, 1_000, 3_600_000),
+  CAIRN_GO_CACHE_ENTRIES: int(256, 1, 1_000_000),
+  CAIRN_DEPS_TIMEOUT_MS: int(300_000, 1_000, 3_600_000),
+  CAIRN_PREWARM: flag.default(true),
+  CAIRN_GIT_LOCAL_ROOTS: z.string().default(''),
+  CAIRN_GIT_ALLOW_PRIVATE_HOSTS: flag.default(false),
+} as const;
+export type SettingName = keyof typeof SETTINGS;
+
+const settingCache = new Map<SettingName, { raw: string | undefined; value: unknown }>();
+
+/** The setting's value now (validated; parsed once per distinct raw value). */
+export function setting<K extends SettingName>(name: K, env = process.env): z.output<(typeof SETTINGS)[K]> {
+  const raw = env[name] === '' ? undefined : env[name];
+  const hit = settingCache.get(name);
+  if (hit && hit.raw === raw) return hit.value as z.output<(typeof SETTINGS)[K]>;
+  const parsed = SETTINGS[name].safeParse(raw);
+  if (!parsed.success) throw invalidSetting(name, raw, parsed.error);
+  settingCache.set(name, { raw, value: parsed.data });
+  return parsed.data as z.output<(typeof SETTINGS)[K]>;
+}
+
+function invalidSetting(name: string, raw: unknown, e: z.ZodError): CairnError {
+  return new CairnError({
+    code: 'INVALID_CONFIG',
+    class: 'validation',
+    message: `Invalid configuration: ${name}=${JSON.stringify(raw)}: ${describeIssues(e)}`,
+    suggestion: 'Fix the environment variable named; docs/configuration.md lists them all.',
+  });
+}
+
+/** Every declared setting, checked at once (serve and worker call this through loadConfig). */
+export function validateSettings(env = process.env): void {
+  for (const name of Object.keys(SETTINGS) as SettingName[]) setting(name, env);
+}
+
 export function loadConfig(
   overrides: Partial<Record<keyof Config, unknown>> = {},
   env = process.env,
@@ -80,5 +138,6 @@ export function loadConfig(
   }
   const c = parsed.data;
   c.dataDir = resolve(c.dataDir);
+  validateSettings(env);
   return c;
 }

@@ -3,7 +3,7 @@ import { createServer as createNetServer } from 'node:net';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import type { Config } from './config.js';
+import { setting, type Config } from './config.js';
 import type { Db } from './db/types.js';
 import { PgliteDb } from './db/pglite.js';
 import { PgDb } from './db/pg.js';
@@ -31,7 +31,7 @@ export function warnIfUnsandboxed(log: Logger): void {
 
 /** Warms the Go build cache in the background; a missing toolchain only matters when a go-fn runs. */
 function prewarm(log: Logger): void {
-  if (process.env.CAIRN_PREWARM === '0') return;
+  if (!setting('CAIRN_PREWARM')) return;
   prewarmGo().then(
     () => log.debug('go build cache warm'),
     (e) => log.warn({ err: String(e?.message ?? e) }, 'could not pre-warm the Go build cache'),

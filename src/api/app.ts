@@ -75,7 +75,19 @@ function frameworkError(e: any): CairnError {
 }
 
 function send(reply: FastifyReply, err: CairnError): FastifyReply {
+  const allow = (err.details as { allow?: unknown } | undefined)?.allow;
+  if (err.status === 405 && Array.isArray(allow)) reply.header('Allow', allow.join(', '));
   return reply.code(err.status).type('application/json').send(err.toJSON());
+}
+
+/** The methods platform routes serve at a concrete path (for 405 and its Allow header). */
+function methodsAt(path: string): string[] {
+  const out = new Set<string>();
+  for (const r of ROUTES) {
+    const re = new RegExp('^' + r.url.replace(/:[a-z_]+/g, '[^/]+') + '/?$');
+    if (re.test(path)) out.add(r.method);
+  }
+  return [...out];
 }
 
 export async function buildApp(deps: Deps): Promise<FastifyInstance> {
@@ -117,16 +129,30 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
       deps.log.error({ err: e, cause: err.cause, url: req.url, reqId: req.id }, 'request failed');
     return send(reply, err);
   });
-  app.setNotFoundHandler((req, reply) =>
-    send(
+  app.setNotFoundHandler((req, reply) => {
+    const path = req.url.split('?')[0]!;
+    const allow = methodsAt(path);
+    if (allow.length > 0)
+      return send(
+        reply,
+        new CairnError({
+          code: 'METHOD_NOT_ALLOWED',
+          class: 'validation',
+          status: 405,
+          message: `${path} does not take ${req.method}; it takes ${allow.join(', ')}.`,
+          details: { allow },
+          suggestion: 'Use one of the methods in the Allow header; GET /openapi.json lists every route.',
+        }),
+      );
+    return send(
       reply,
       errors.notFound(
         'ROUTE_NOT_FOUND',
         `No route ${req.method} ${req.url.split('?')[0]}.`,
         'GET /openapi.json lists every route; element operations live at /api/{circle}/{slug}/ops/{operation}.',
       ),
-    ),
-  );
+    );
+  });
 
   async function context(
     def: Pick<RouteDef, 'auth'>,

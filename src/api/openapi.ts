@@ -27,12 +27,65 @@ const errorResponse = (description: string) => ({
   content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } },
 });
 
-const errorResponses = {
-  '400': errorResponse('Invalid input'),
-  '401': errorResponse('Missing or invalid token'),
-  '403': errorResponse('Role too low or another circle'),
-  '404': errorResponse('Not found'),
-};
+/** What a route can answer besides its success, by what it does (every status declared, DESIGN). */
+function errorResponsesFor(r: { auth: string; method: string; createsRun?: boolean; body?: boolean }) {
+  const out: Record<string, unknown> = {
+    '400': errorResponse('Invalid input, query or JSON'),
+    '404': errorResponse('Not found (the circle, element, run or route)'),
+    '500': errorResponse('Internal error'),
+  };
+  if (r.auth !== 'none') {
+    out['401'] = errorResponse('Missing or invalid token');
+    out['403'] = errorResponse('Role too low');
+  }
+  if (r.method !== 'get') {
+    out['409'] = errorResponse('Conflict (state, or an Idempotency-Key still in flight)');
+    out['413'] = errorResponse('Body too large');
+    out['415'] = errorResponse('Content-Type not JSON');
+    out['422'] = errorResponse('Idempotency-Key reused for another request');
+  }
+  if (r.createsRun) out['402'] = errorResponse('The wallet cannot cover the reservation');
+  return out;
+}
+
+/**
+ * Schemas as the document holds them: each `$defs` entry a zod schema produced
+ * (recursive JSON values, shared objects) moves to components.schemas under a
+ * name of its content, and every `#/$defs/…` reference points there — no
+ * reference dangles wherever the schema is embedded.
+ */
+class Schemas {
+  readonly components: Record<string, unknown> = { Error: errorSchema };
+  private readonly names = new Map<string, string>();
+
+  add(schema: Record<string, unknown>): Record<string, unknown> {
+    const defs = (schema.$defs ?? {}) as Record<string, Record<string, unknown>>;
+    delete schema.$defs;
+    const renamed = new Map<string, string>();
+    for (const k of Object.keys(defs)) {
+      const key = JSON.stringify(defs[k]);
+      let name = this.names.get(key);
+      if (!name) {
+        name = `Def${this.names.size + 1}`;
+        this.names.set(key, name);
+      }
+      renamed.set(k, name);
+    }
+    const rewrite = (v: unknown): unknown => {
+      if (Array.isArray(v)) return v.map(rewrite);
+      if (v === null || typeof v !== 'object') return v;
+      const o: Record<string, unknown> = {};
+      for (const [k, x] of Object.entries(v)) {
+        if (k === '$ref' && typeof x === 'string' && x.startsWith('#/$defs/'))
+          o[k] = `#/components/schemas/${renamed.get(x.slice(8)) ?? x.slice(8)}`;
+        else o[k] = rewrite(x);
+      }
+      return o;
+    };
+    for (const [k, name] of renamed) this.components[name] = rewrite(defs[k]);
+    return rewrite(schema) as Record<string, unknown>;
+  }
+}
 
 function toOpenApiPath(url: string): { path: string; params: string[] } {
   const params: string[] = [];
@@ -50,11 +103,16 @@ function pathParams(names: string[]) {
 function queryParams(schema: Record<string, unknown>) {
   const props = (schema.properties ?? {}) as Record<string, unknown>;
   const req = new Set((schema.required as string[] | undefined) ?? []);
+  // A query value is text on the wire; a whole-number field (number | digits) is documented as the integer it is.
+  const plain = (s: any) =>
+    Array.isArray(s?.anyOf)
+      ? (s.anyOf.find((b: any) => b.type === 'integer' || b.type === 'number') ?? s)
+      : s;
   return Object.entries(props).map(([name, s]) => ({
     name,
     in: 'query',
     required: req.has(name),
-    schema: s,
+    schema: plain(s),
   }));
 }
 
@@ -65,6 +123,10 @@ function queryParams(schema: Record<string, unknown>) {
  */
 export function openApiDocument(): Record<string, unknown> {
   const paths: Record<string, Record<string, any>> = {};
+  const schemas = new Schemas();
+  const js = (z: Parameters<typeof jsonSchema>[0], io: 'input' | 'output' = 'input') =>
+    schemas.add(jsonSchema(z, io));
+  const bearer = [{ bearer: [] }];
   const put = (path: string, method: string, op: Record<string, unknown>) => {
     paths[path] ??= {};
     paths[path][method] = op;
@@ -76,19 +138,34 @@ export function openApiDocument(): Record<string, unknown> {
       operationId: `${r.method.toLowerCase()}_${path.replace(/[^a-z]+/gi, '_').replace(/^_|_$/g, '')}`,
       summary: r.summary,
       tags: [r.tag],
-      parameters: [...pathParams(params), ...(r.query ? queryParams(jsonSchema(r.query)) : [])],
+      parameters: [...pathParams(params), ...(r.query ? queryParams(js(r.query)) : [])],
       responses: {
         [String(r.status ?? 200)]: {
           description: 'OK',
-          content: { 'application/json': { schema: r.response ? jsonSchema(r.response, 'output') : {} } },
+          content: { 'application/json': { schema: r.response ? js(r.response, 'output') : {} } },
         },
-        ...errorResponses,
+        // A replay of a state-changing request answers what the first answered (its status too).
+        ...(r.method !== 'GET' && (r.status ?? 200) !== 200 ? { '200': { description: 'OK' } } : {}),
+        ...errorResponsesFor({ auth: r.auth, method: r.method.toLowerCase(), body: Boolean(r.body) }),
+        ...(r.url === '/healthz'
+          ? { '503': errorResponse('Degraded: a shared statement keeps failing') }
+          : {}),
       },
+      security: r.auth === 'none' ? [] : bearer,
       'x-cairn-auth': r.auth,
     };
-    if (r.auth === 'none') op.security = [];
-    if (r.body)
-      op.requestBody = { required: true, content: { 'application/json': { schema: jsonSchema(r.body) } } };
+    if (r.method !== 'GET' && r.method !== 'DELETE') {
+      op.parameters = [
+        ...(op.parameters as unknown[]),
+        {
+          name: 'Idempotency-Key',
+          in: 'header',
+          required: false,
+          schema: { type: 'string', minLength: 1, maxLength: 200 },
+        },
+      ];
+    }
+    if (r.body) op.requestBody = { required: false, content: { 'application/json': { schema: js(r.body) } } };
     put(path, r.method.toLowerCase(), op);
   }
 
@@ -106,8 +183,8 @@ export function openApiDocument(): Record<string, unknown> {
     const first = g.entries[0]!.op;
     const path = `/api/{circle}/{slug}/ops/${g.path}`;
     const names = ['circle', 'slug', ...[...g.path.matchAll(/\{([a-z_]+)\}/g)].map((m) => m[1]!)];
-    const schemas = g.entries.map((e) => ({ title: e.type, ...jsonSchema(e.op.input) }));
-    const input = schemas.length === 1 ? schemas[0]! : { oneOf: schemas };
+    const inputs = g.entries.map((e) => ({ title: e.type, ...js(e.op.input) }));
+    const input = inputs.length === 1 ? inputs[0]! : { oneOf: inputs };
     const op: Record<string, unknown> = {
       operationId: `element_${first.name}`,
       summary: first.summary,
@@ -122,7 +199,13 @@ export function openApiDocument(): Record<string, unknown> {
         ...pathParams(names),
         ...(g.method === 'get' || g.method === 'delete' ? queryParams(input as any) : []),
       ],
-      responses: { '200': { description: 'OK' }, ...errorResponses },
+      responses: {
+        '200': { description: 'OK' },
+        ...(g.entries.some((e) => e.op.status === 201) ? { '201': { description: 'Created' } } : {}),
+        '405': errorResponse('The path exists, with another method (see the Allow header)'),
+        ...errorResponsesFor({ auth: first.auth, method: g.method, createsRun: first.createsRun }),
+      },
+      security: bearer,
       'x-cairn-auth': first.auth,
       'x-cairn-element-types': g.entries.map((e) => e.type),
       'x-cairn-creates-run': Boolean(first.createsRun),
@@ -144,16 +227,20 @@ export function openApiDocument(): Record<string, unknown> {
           required: false,
           schema: { type: 'string', example: 'respond-async' },
         },
+      ];
+      (op.responses as Record<string, unknown>)['202'] = { description: 'Accepted: the run is queued' };
+      (op.responses as Record<string, unknown>)['409'] = errorResponse('Element disabled, or key in flight');
+    }
+    if (g.method !== 'get')
+      op.parameters = [
+        ...(op.parameters as unknown[]),
         {
           name: 'Idempotency-Key',
           in: 'header',
           required: false,
-          schema: { type: 'string', maxLength: 200 },
+          schema: { type: 'string', minLength: 1, maxLength: 200 },
         },
       ];
-      (op.responses as Record<string, unknown>)['202'] = { description: 'Accepted: the run is queued' };
-      (op.responses as Record<string, unknown>)['409'] = errorResponse('Element disabled');
-    }
     if (g.method !== 'get' && g.method !== 'delete') {
       op.requestBody = { required: false, content: { 'application/json': { schema: input } } };
     }
@@ -164,10 +251,10 @@ export function openApiDocument(): Record<string, unknown> {
     openapi: '3.1.0',
     info: { title: 'Cairn', version: VERSION, description: 'Every execution becomes a run.' },
     servers: [{ url: '/' }],
-    security: [{ bearer: [] }],
+    security: bearer,
     components: {
       securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
-      schemas: { Error: errorSchema },
+      schemas: schemas.components,
     },
     paths,
   };

@@ -14,8 +14,9 @@ export function makeOut(json: boolean): Out {
   };
 }
 
-const tty = process.stdout.isTTY && !process.env.NO_COLOR;
-const paint = (code: string) => (s: string) => (tty ? `\x1b[${code}m${s}\x1b[0m` : s);
+/** Colour only on a terminal, and never with NO_COLOR (https://no-color.org), decided when printing. */
+const tty = () => Boolean(process.stdout.isTTY) && !process.env.NO_COLOR;
+const paint = (code: string) => (s: string) => (tty() ? `\x1b[${code}m${s}\x1b[0m` : s);
 export const color = {
   green: paint('32'),
   red: paint('31'),

@@ -8,9 +8,14 @@ export const qbool = z
 
 /** A positive integer from a query string or JSON. */
 export const qint = (min: number, max: number) =>
-  z
-    .union([z.number(), z.string().regex(/^\d+$/, 'must be a whole number').transform(Number)])
-    .pipe(z.number().int().min(min).max(max));
+  z.union([
+    z.number().int().min(min).max(max),
+    z
+      .string()
+      .regex(/^\d+$/, 'must be a whole number')
+      .transform(Number)
+      .pipe(z.number().int().min(min).max(max)),
+  ]);
 
 /** Summarise zod issues as `path: message` lines for a typed INVALID_INPUT. */
 export function issuesOf(err: z.ZodError): { path: string; message: string }[] {

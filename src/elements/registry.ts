@@ -85,7 +85,7 @@ export function resolveOperation(t: ElementTypeDecl, method: HttpMethod, path: s
     throw errors
       .invalidInput(
         `Operation ${pathMatched[0]!.name} takes ${pathMatched.map((o) => o.method).join('/')}, not ${method}.`,
-        undefined,
+        { allow: pathMatched.map((o) => o.method) },
         `Call ${pathMatched[0]!.method} …/ops/${path}.`,
       )
       .withStatus(405, 'METHOD_NOT_ALLOWED');

@@ -1,5 +1,6 @@
 import { existsSync, mkdirSync, readFileSync, rmdirSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { setting } from '../config.js';
 
 /**
  * Memory limits for sandboxes, strongest first (docs/architecture.md#sandbox):
@@ -23,7 +24,7 @@ import { join } from 'node:path';
  */
 export type MemoryEnforcement = 'cgroup-v2' | 'cgroup-v1' | 'watch';
 
-const V1_ROOT = () => process.env.CAIRN_CGROUP_MEMORY_ROOT ?? '/sys/fs/cgroup/memory';
+const V1_ROOT = () => setting('CAIRN_CGROUP_MEMORY_ROOT');
 const CGROUP2_MAGIC = 0x63677270;
 
 interface Backend {
@@ -36,12 +37,12 @@ interface Backend {
 let backend: Backend | undefined;
 
 function cgroupsDisabled(): boolean {
-  return process.env.CAIRN_CGROUPS === '0';
+  return !setting('CAIRN_CGROUPS');
 }
 
 /** The unified hierarchy's base for Cairn, when it has the memory controller and is writable. */
 function detectV2(): Backend | undefined {
-  const mount = process.env.CAIRN_CGROUP_V2_ROOT ?? '/sys/fs/cgroup';
+  const mount = setting('CAIRN_CGROUP_V2_ROOT') ?? '/sys/fs/cgroup';
   try {
     if (statfsSync(mount).type !== CGROUP2_MAGIC) return undefined;
     const controllers = readFileSync(join(mount, 'cgroup.controllers'), 'utf8').split(/\s+/);
@@ -76,7 +77,7 @@ function detectV1(): Backend | undefined {
 function detect(): Backend {
   if (backend) return backend;
   if (cgroupsDisabled()) backend = { mode: 'watch', base: '', reason: 'CAIRN_CGROUPS=0' };
-  else if (process.getuid?.() !== 0 && !process.env.CAIRN_CGROUP_V2_ROOT)
+  else if (process.getuid?.() !== 0 && !setting('CAIRN_CGROUP_V2_ROOT'))
     backend = { mode: 'watch', base: '', reason: 'not root and no delegated cgroup (CAIRN_CGROUP_V2_ROOT)' };
   else
     backend = detectV2() ??

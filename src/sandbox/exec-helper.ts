@@ -4,6 +4,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync } fr
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { setting } from '../config.js';
 
 const SOURCE = fileURLToPath(new URL('../../src/sandbox/exec-helper/helper.c', import.meta.url));
 
@@ -11,7 +12,7 @@ const SOURCE = fileURLToPath(new URL('../../src/sandbox/exec-helper/helper.c', i
 export function cacheRoot(): string {
   // Sandboxes run as other uids and must reach the binaries they run, so the cache
   // lives where every uid can traverse (not under a private data dir such as /root).
-  return process.env.CAIRN_CACHE_DIR ?? join(tmpdir(), 'cairn-cache');
+  return setting('CAIRN_CACHE_DIR') ?? join(tmpdir(), 'cairn-cache');
 }
 
 let built: string | undefined;
@@ -30,7 +31,7 @@ export function execHelper(): string {
     mkdirSync(dir, { recursive: true, mode: 0o755 });
     chmodSync(dir, 0o755);
     const tmp = `${out}.${process.pid}.tmp`;
-    const cc = process.env.CC ?? 'cc';
+    const cc = setting('CC');
     const compile = (extra: string[]) =>
       execFileSync(cc, ['-O2', '-Wall', ...extra, '-o', tmp, SOURCE], {
         stdio: ['ignore', 'ignore', 'pipe'],

@@ -8,6 +8,7 @@ import { connectSandbox, frame, frameReader } from './spawn-server.js';
 import { memoryEnforcement, prepareMemoryCgroup } from './cgroup.js';
 import { StandbyPool } from './standby.js';
 import { constants } from 'node:os';
+import { setting } from '../config.js';
 
 function signalName(n: number): string | undefined {
   return Object.entries(constants.signals).find(([, v]) => v === n)?.[0];
@@ -61,7 +62,7 @@ export const DEFAULT_LIMITS: Limits = {
  * start, and every such run carries the flag `unsandboxed`.
  */
 export function sandboxDisabled(): boolean {
-  return process.env.CAIRN_UNSAFE_NO_SANDBOX === '1';
+  return setting('CAIRN_UNSAFE_NO_SANDBOX');
 }
 
 export type Verdict =
@@ -420,18 +421,15 @@ async function launch(req: SandboxRequest, limits: Limits, wantArmed: boolean): 
   };
 }
 
-/** CAIRN_SANDBOX_STANDBY: a whole number ≥ 0; anything else keeps the default (2). */
-function standbyCount(v: string | undefined): number {
-  const n = Number(v ?? 2);
-  return Number.isInteger(n) && n >= 0 && n <= 64 ? n : 2;
+/** Sandboxes made ahead of time, by request (everything but the input); made on first use, not at import. */
+let standbyPool: StandbyPool<Launched> | undefined;
+function standbys(): StandbyPool<Launched> {
+  return (standbyPool ??= new StandbyPool<Launched>({
+    perKey: setting('CAIRN_SANDBOX_STANDBY'),
+    // Never hold uids that runs are waiting for.
+    canStart: () => uidPool.available > 8,
+  }));
 }
-
-/** Sandboxes made ahead of time, by request (everything but the input). */
-const standbys = new StandbyPool<Launched>({
-  perKey: standbyCount(process.env.CAIRN_SANDBOX_STANDBY),
-  // Never hold uids that runs are waiting for.
-  canStart: () => uidPool.available > 8,
-});
 
 /** How this process contains sandboxes, for `GET /api/diagnostics` and the go-fn diagnostics op. */
 export function sandboxDiagnostics(): Record<string, unknown> {
@@ -445,7 +443,7 @@ export function sandboxDiagnostics(): Record<string, unknown> {
 
 /** Kills every sandbox made ahead of time (at shutdown; they hold no run). */
 export function discardStandbys(): void {
-  standbys.clear();
+  standbyPool?.clear();
 }
 
 function standbyKey(req: SandboxRequest, limits: Limits): string {
@@ -461,7 +459,7 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
   const limits: Limits = { ...DEFAULT_LIMITS, ...req.limits };
   const useStandby = Boolean(req.standby) && req.asUid === undefined && !sandboxDisabled();
   const key = useStandby ? standbyKey(req, limits) : '';
-  const ready = useStandby ? standbys.take(key) : undefined;
+  const ready = useStandby ? standbys().take(key) : undefined;
   const sandbox = ready ?? (await launch(req, limits, false));
   let result = await sandbox.go(req.stdin, req.signal);
   // A held sandbox whose helper died before the run (e.g. killed from outside) did not run it: run it fresh.
@@ -469,6 +467,6 @@ export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
     result = await (await launch(req, limits, false)).go(req.stdin, req.signal);
   // The next one is made once this run is done: spawning forks this whole process, and the
   // set-up competes for the same cores, so doing it during the run would slow the run.
-  if (useStandby) standbys.refill(key, () => launch(req, limits, true));
+  if (useStandby) standbys().refill(key, () => launch(req, limits, true));
   return result;
 }

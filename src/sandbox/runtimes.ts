@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Bind } from './runner.js';
+import { setting } from '../config.js';
 
 export interface Runtime {
   name: 'python' | 'node';
@@ -40,7 +41,7 @@ let node: Runtime | undefined;
 
 export function pythonRuntime(): Runtime {
   if (python) return python;
-  const bin = realpathSync(process.env.CAIRN_PYTHON ?? '/usr/bin/python3');
+  const bin = realpathSync(setting('CAIRN_PYTHON'));
   const version = execFileSync(bin, ['-c', 'import sys; print("%d.%d.%d" % sys.version_info[:3])'], {
     encoding: 'utf8',
   }).trim();
@@ -69,7 +70,7 @@ export function pythonRuntime(): Runtime {
 
 export function nodeRuntime(): Runtime {
   if (node) return node;
-  const bin = realpathSync(process.env.CAIRN_NODE ?? process.execPath);
+  const bin = realpathSync(setting('CAIRN_NODE') ?? process.execPath);
   node = {
     name: 'node',
     path: '/usr/bin/node',

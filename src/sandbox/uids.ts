@@ -1,6 +1,7 @@
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setting } from '../config.js';
 
 const SLOTS_DIR = join(tmpdir(), 'cairn-uid-slots');
 const MAX_SLOTS = 1024;
@@ -60,9 +61,14 @@ export class UidPool {
   private readonly waiters: ((uid: number) => void)[] = [];
 
   constructor(
-    readonly base = Number(process.env.CAIRN_SANDBOX_UID_BASE ?? 2_300_000),
+    private readonly baseOverride?: number,
     readonly size = 64,
   ) {}
+
+  /** The first sandbox uid (CAIRN_SANDBOX_UID_BASE, read when first needed, not at import). */
+  get base(): number {
+    return this.baseOverride ?? setting('CAIRN_SANDBOX_UID_BASE');
+  }
 
   get enabled(): boolean {
     return process.getuid?.() === 0;

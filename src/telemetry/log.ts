@@ -1,9 +1,10 @@
 import pino from 'pino';
+import { setting } from '../config.js';
 
 export type Logger = pino.Logger;
 
 /** One structured logger for the process; CAIRN_LOG_LEVEL picks the level (tests use `silent`). */
-export function createLogger(level = process.env.CAIRN_LOG_LEVEL ?? 'info'): Logger {
+export function createLogger(level: string = setting('CAIRN_LOG_LEVEL')): Logger {
   return pino({ level, base: { pid: process.pid } });
 }
 

@@ -7,6 +7,7 @@ import { cacheRoot } from '../exec-helper.js';
 import { runSandbox, type Bind } from '../runner.js';
 import { nodeRuntime, pythonRuntime } from '../runtimes.js';
 import { builderUid, ensureDir, NET_BINDS } from './go.js';
+import { setting } from '../../config.js';
 
 /** A pip requirement: a name, optional extras and version clauses — no options, URLs, paths or VCS. */
 export const PIP_LINE =
@@ -31,7 +32,9 @@ export interface Deps {
 }
 
 const LIMITS = {
-  timeoutMs: Number(process.env.CAIRN_DEPS_TIMEOUT_MS ?? 300_000),
+  get timeoutMs() {
+    return setting('CAIRN_DEPS_TIMEOUT_MS');
+  },
   memoryMb: 2048,
   maxProcs: 256,
   fileSizeMb: 512,
@@ -163,7 +166,7 @@ export function pythonDeps(requirements: string): Promise<Deps> {
 
 export function npmDeps(dependencies: Record<string, string>): Promise<Deps> {
   const rt = nodeRuntime();
-  const npmDir = process.env.CAIRN_NPM_DIR ?? '/usr/lib/node_modules/npm';
+  const npmDir = setting('CAIRN_NPM_DIR');
   return install(
     'npm',
     { runtime: rt.version, dependencies },

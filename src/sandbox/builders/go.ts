@@ -39,6 +39,7 @@ import {
   type GitTarget,
 } from './git-source.js';
 import { goBuildDuration, goCacheHitRate } from '../../telemetry/metrics.js';
+import { setting } from '../../config.js';
 
 export interface GoSource {
   type: 'inline' | 'git';
@@ -73,7 +74,9 @@ export class GoBuildError extends Error {
 
 const BUILD_FLAGS = ['-trimpath', '-ldflags=-s -w'];
 const BUILD_LIMITS = {
-  timeoutMs: Number(process.env.CAIRN_GO_BUILD_TIMEOUT_MS ?? 120_000),
+  get timeoutMs() {
+    return setting('CAIRN_GO_BUILD_TIMEOUT_MS');
+  },
   memoryMb: 3072,
   maxProcs: 512,
   fileSizeMb: 512,
@@ -82,7 +85,7 @@ const BUILD_LIMITS = {
   stdoutBytes: 256 * 1024,
   stderrBytes: 256 * 1024,
 };
-const MAX_CACHED = Number(process.env.CAIRN_GO_CACHE_ENTRIES ?? 256);
+const maxCached = () => setting('CAIRN_GO_CACHE_ENTRIES');
 
 /** One host uid owns the Go caches and runs every build; functions never run as it. */
 export function builderUid(): number | undefined {
@@ -544,9 +547,9 @@ function evict(): void {
   const entries = readdirSync(d.bin)
     .filter((n) => /^[0-9a-f]{64}$/.test(n))
     .map((n) => ({ n, t: statSync(join(d.bin, n)).mtimeMs }));
-  if (entries.length <= MAX_CACHED) return;
+  if (entries.length <= maxCached()) return;
   entries.sort((a, b) => a.t - b.t);
-  for (const e of entries.slice(0, entries.length - MAX_CACHED))
+  for (const e of entries.slice(0, entries.length - maxCached()))
     rmSync(join(d.bin, e.n), { recursive: true, force: true });
 }
 
