@@ -26,10 +26,12 @@ BEGIN
   RETURN amt;
 END $$;
 
+-- The older forms stay PL/pgSQL (a SQL-language wrapper would be planned again on every call).
 CREATE OR REPLACE FUNCTION cairn.ledger_release(p_id text, p_run uuid, p_amount bigint, p_actor text)
-RETURNS bigint LANGUAGE sql AS $$
-  SELECT cairn.ledger_release(p_id, p_run, p_amount, p_actor, '{"reason": "requested"}'::jsonb)
-$$;
+RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN
+  RETURN cairn.ledger_release(p_id, p_run, p_amount, p_actor, '{"reason": "requested"}'::jsonb);
+END $$;
 
 -- What a release at the end of a run is for, from the run's status and error.
 CREATE FUNCTION cairn.release_reason(p_status text, p_error_code text) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
@@ -64,7 +66,9 @@ END $$;
 -- The four-argument form (finish_batch) reads the run it ends: by then its status is final.
 CREATE OR REPLACE FUNCTION cairn.ledger_settle_run(p_run uuid, p_capture bigint, p_release_rest boolean,
   p_actor text)
-RETURNS bigint LANGUAGE sql AS $$
-  SELECT cairn.ledger_settle_run(p_run, p_capture, p_release_rest, p_actor,
-    (SELECT cairn.release_reason(r.status, r.error ->> 'code') FROM cairn.runs r WHERE r.id = p_run))
-$$;
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE why jsonb;
+BEGIN
+  SELECT cairn.release_reason(r.status, r.error ->> 'code') INTO why FROM cairn.runs r WHERE r.id = p_run;
+  RETURN cairn.ledger_settle_run(p_run, p_capture, p_release_rest, p_actor, why);
+END $$;
