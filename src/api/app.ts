@@ -1,6 +1,6 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import sjson from 'secure-json-parse';
-import { CairnError, errors, toCairnError } from '../core/errors.js';
+import { CairnError, errors, toCairnError, thrown } from '../core/errors.js';
 import { parseInput } from '../core/zod.js';
 import { findUnstorable, type Unstorable } from '../core/storable.js';
 import { getCircleBySlug } from '../store/circles.js';
@@ -41,8 +41,9 @@ function unstorableBody(bad: Unstorable): CairnError {
 }
 
 /** Fastify's own errors (bad media type, body too large, bad URL …) as typed Cairn errors. */
-function frameworkError(e: any): CairnError {
-  const code: string = e?.code ?? '';
+function frameworkError(caught: unknown): CairnError {
+  const e = thrown(caught);
+  const code: string = e.code ?? '';
   if (code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
     return new CairnError({
       code: 'UNSUPPORTED_MEDIA_TYPE',
@@ -117,7 +118,8 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
         const bad = findUnstorable(value);
         if (bad) return done(unstorableBody(bad), undefined);
         done(null, value);
-      } catch (e: any) {
+      } catch (caught) {
+        const e = thrown(caught);
         done(badJson(e?.message ?? 'parse error'), undefined);
       }
     },

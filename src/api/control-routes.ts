@@ -17,7 +17,7 @@ import { pause, resume, retryFailedItems, rerun } from '../engine/control.js';
 import { actorOf, authorize } from './auth.js';
 import { baseUrlOf } from './context.js';
 import { idempotencyKeyOf } from './idempotency.js';
-import type { RouteCtx, RouteDef } from './route.js';
+import { defineRoute, type RouteCtx, type RouteDef } from './route.js';
 
 /** Loads a run the caller may see. Another circle's run answers 404, so its existence does not leak. */
 export async function visibleRun(ctx: RouteCtx, need: Role): Promise<{ run: RunRow; circle: CircleRow }> {
@@ -42,7 +42,7 @@ function controlRoute(
   summary: string,
   status = 200,
 ): RouteDef {
-  return {
+  return defineRoute({
     method: 'POST',
     url: `/api/runs/:id/${action}`,
     auth: 'token',
@@ -87,7 +87,7 @@ function controlRoute(
       ctx.reply.header('Location', `/api/runs/${next.id}`);
       return view(next);
     },
-  };
+  });
 }
 
 const grantBody = z
@@ -104,7 +104,7 @@ export const CONTROL_ROUTES: RouteDef[] = [
   controlRoute('resume', 'Resume a paused run'),
   controlRoute('retry-failed', 'Run only the failed items again, in the same run'),
   controlRoute('rerun', 'Start a new run with the same inputs', 201),
-  {
+  defineRoute({
     method: 'GET',
     url: '/api/runs/:id/items',
     auth: 'token',
@@ -131,8 +131,8 @@ export const CONTROL_ROUTES: RouteDef[] = [
         next_after: items.length === limit ? items[items.length - 1]!.ord : null,
       };
     },
-  },
-  {
+  }),
+  defineRoute({
     method: 'GET',
     url: '/api/runs/:id/summary',
     auth: 'token',
@@ -142,8 +142,8 @@ export const CONTROL_ROUTES: RouteDef[] = [
       const { run } = await visibleRun(ctx, 'read');
       return { run_id: run.id, providers: await providerSummary(ctx.deps.db, { runId: run.id }) };
     },
-  },
-  {
+  }),
+  defineRoute({
     method: 'GET',
     url: '/api/runs/:id/ledger',
     auth: 'token',
@@ -157,8 +157,8 @@ export const CONTROL_ROUTES: RouteDef[] = [
         transfers: (await listTransfers(ctx.deps.db, { circleId: run.circle_id, runId: run.id })).reverse(),
       };
     },
-  },
-  {
+  }),
+  defineRoute({
     method: 'GET',
     url: '/api/:circle/summary',
     auth: 'read',
@@ -168,8 +168,8 @@ export const CONTROL_ROUTES: RouteDef[] = [
     handler: async ({ deps, circle, query }) => ({
       providers: await providerSummary(deps.db, { circleId: circle!.id, since: query.since }),
     }),
-  },
-  {
+  }),
+  defineRoute({
     method: 'GET',
     url: '/api/:circle/failures',
     auth: 'read',
@@ -192,8 +192,8 @@ export const CONTROL_ROUTES: RouteDef[] = [
         limit: query.limit ?? 100,
       }),
     }),
-  },
-  {
+  }),
+  defineRoute({
     method: 'GET',
     url: '/api/:circle/wallet',
     auth: 'read',
@@ -203,16 +203,16 @@ export const CONTROL_ROUTES: RouteDef[] = [
       circle: circle!.slug,
       ...(await getWallet(deps.db, circle!.id)),
     }),
-  },
-  {
+  }),
+  defineRoute({
     method: 'GET',
     url: '/api/:circle/wallet/grants',
     auth: 'read',
     tag: 'wallet',
     summary: "The circle's grants and top-ups, with what is left of each",
     handler: async ({ deps, circle }) => ({ grants: await listGrants(deps.db, circle!.id) }),
-  },
-  {
+  }),
+  defineRoute({
     method: 'POST',
     url: '/api/:circle/wallet/grants',
     auth: 'instance_admin',
@@ -236,8 +236,8 @@ export const CONTROL_ROUTES: RouteDef[] = [
       if (!r.created) ctx.reply.code(200).header('idempotent-replayed', 'true');
       return { grant: r.grant, wallet: await getWallet(ctx.deps.db, c.id) };
     },
-  },
-  {
+  }),
+  defineRoute({
     method: 'GET',
     url: '/api/:circle/wallet/ledger',
     auth: 'read',
@@ -258,5 +258,5 @@ export const CONTROL_ROUTES: RouteDef[] = [
         limit: query.limit ?? 100,
       }),
     }),
-  },
+  }),
 ];

@@ -15,8 +15,13 @@ import { idempotencyKeyOf, idempotent } from './idempotency.js';
 type Mode = 'live' | 'dry_run' | 'smoke_test';
 
 /** `?mode=`: live (the default), dry_run, or (batch runs) smoke_test; anything else is a typed 400. */
+/** The element-op route's query string: field by field, untyped (each op's own schema parses it). */
+function queryOf(ctx: RouteCtx): Record<string, unknown> {
+  return (ctx.query ?? {}) as Record<string, unknown>;
+}
+
 function modeOf<M extends Mode>(ctx: RouteCtx, allowed: readonly M[]): M | 'live' {
-  const m: unknown = ctx.query?.mode;
+  const m: unknown = queryOf(ctx).mode;
   if (m === undefined || m === '') return 'live';
   if (!(allowed as readonly unknown[]).includes(m))
     throw new CairnError({
@@ -32,7 +37,7 @@ function modeOf<M extends Mode>(ctx: RouteCtx, allowed: readonly M[]): M | 'live
 
 function wantsAsync(ctx: RouteCtx): boolean {
   const prefer = String(ctx.req.headers.prefer ?? '');
-  const q = ctx.query?.async;
+  const q = queryOf(ctx).async;
   return /\brespond-async\b/i.test(prefer) || q === '1' || q === 'true';
 }
 
@@ -129,7 +134,7 @@ async function answerOp(
     method === 'GET' || method === 'DELETE' ? (ctx.query ?? {}) : ctx.body === undefined ? {} : ctx.body;
   // ?mode= is never ignored: an unknown mode is a 400, and a known one is the op's own `mode` (a column
   // run's dry_run); an op without a mode refuses it as an unknown field.
-  if (method === 'POST' && ctx.query?.mode !== undefined) {
+  if (method === 'POST' && queryOf(ctx).mode !== undefined) {
     const mode = modeOf(ctx, ['live', 'dry_run', 'smoke_test'] as const);
     if (isPlainObject(raw) && raw.mode === undefined) raw = { ...raw, mode };
   }

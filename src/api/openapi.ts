@@ -1,5 +1,6 @@
 import { VERSION } from '../core/version.js';
 import { listTypes, operationsOf } from '../elements/registry.js';
+import type { OperationDecl } from '../elements/types.js';
 import { jsonSchema } from '../elements/schema.js';
 import { ROUTES } from './routes.js';
 
@@ -104,10 +105,10 @@ function queryParams(schema: Record<string, unknown>) {
   const props = (schema.properties ?? {}) as Record<string, unknown>;
   const req = new Set((schema.required as string[] | undefined) ?? []);
   // A query value is text on the wire; a whole-number field (number | digits) is documented as the integer it is.
-  const plain = (s: any) =>
-    Array.isArray(s?.anyOf)
-      ? (s.anyOf.find((b: any) => b.type === 'integer' || b.type === 'number') ?? s)
-      : s;
+  const plain = (s: unknown) => {
+    const alts = (s as { anyOf?: { type?: string }[] } | null)?.anyOf;
+    return Array.isArray(alts) ? (alts.find((b) => b.type === 'integer' || b.type === 'number') ?? s) : s;
+  };
   return Object.entries(props).map(([name, s]) => ({
     name,
     in: 'query',
@@ -122,7 +123,7 @@ function queryParams(schema: Record<string, unknown>) {
  * several types that share a path are one operation whose body is `oneOf`.
  */
 export function openApiDocument(): Record<string, unknown> {
-  const paths: Record<string, Record<string, any>> = {};
+  const paths: Record<string, Record<string, unknown>> = {};
   const schemas = new Schemas();
   const js = (z: Parameters<typeof jsonSchema>[0], io: 'input' | 'output' = 'input') =>
     schemas.add(jsonSchema(z, io));
@@ -170,7 +171,10 @@ export function openApiDocument(): Record<string, unknown> {
   }
 
   // Element operations, grouped by (path, method) across types.
-  const groups = new Map<string, { method: string; path: string; entries: { type: string; op: any }[] }>();
+  const groups = new Map<
+    string,
+    { method: string; path: string; entries: { type: string; op: OperationDecl }[] }
+  >();
   for (const t of listTypes()) {
     for (const op of operationsOf(t)) {
       const key = `${op.method} ${op.path}`;
@@ -197,7 +201,7 @@ export function openApiDocument(): Record<string, unknown> {
       tags: ['element operations'],
       parameters: [
         ...pathParams(names),
-        ...(g.method === 'get' || g.method === 'delete' ? queryParams(input as any) : []),
+        ...(g.method === 'get' || g.method === 'delete' ? queryParams(input) : []),
       ],
       responses: {
         '200': { description: 'OK' },

@@ -5,13 +5,14 @@ import type { Principal } from '../store/tokens.js';
 import type { CircleRow } from '../store/circles.js';
 import type { Deps } from './context.js';
 
-export interface RouteCtx {
+/** What a route handler sees: its query and body as its declared schemas output them. */
+export interface RouteCtx<B = unknown, Q = unknown> {
   deps: Deps;
   principal: Principal | undefined;
   circle: CircleRow | undefined;
-  params: any;
-  query: any;
-  body: any;
+  params: Record<string, string>;
+  query: Q;
+  body: B;
   req: FastifyRequest;
   reply: FastifyReply;
 }
@@ -20,7 +21,7 @@ export interface RouteCtx {
  * A platform route, declared as data: the Fastify registration, the input
  * validation and the OpenAPI document all come from this one object.
  */
-export interface RouteDef {
+export interface RouteDef<B extends z.ZodType = z.ZodType, Q extends z.ZodType = z.ZodType> {
   method: 'GET' | 'POST' | 'PATCH' | 'DELETE';
   /** Fastify form, e.g. `/api/:circle/runs`. */
   url: string;
@@ -29,9 +30,16 @@ export interface RouteDef {
   summary: string;
   tag: string;
   params?: z.ZodType;
-  query?: z.ZodType;
-  body?: z.ZodType;
+  query?: Q;
+  body?: B;
   response?: z.ZodType;
   status?: number;
-  handler: (ctx: RouteCtx) => Promise<unknown>;
+  handler(ctx: RouteCtx<z.output<B>, z.output<Q>>): Promise<unknown>;
+}
+
+/** A route typed by its schemas (its handler's body and query are their output); held erased in ROUTES. */
+export function defineRoute<B extends z.ZodType = z.ZodUndefined, Q extends z.ZodType = z.ZodUndefined>(
+  def: RouteDef<B, Q>,
+): RouteDef {
+  return def as unknown as RouteDef;
 }

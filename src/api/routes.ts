@@ -16,7 +16,7 @@ import { cursorCodec, parseStatuses, runPage } from '../elements/base-ops.js';
 import { cancel } from '../engine/control.js';
 import { actorOf } from './auth.js';
 import { baseUrlOf } from './context.js';
-import type { RouteDef } from './route.js';
+import { defineRoute, type RouteDef } from './route.js';
 import { CONTROL_ROUTES, visibleRun } from './control-routes.js';
 import { DEGRADED_AFTER } from '../engine/health.js';
 import { sandboxDiagnostics } from '../sandbox/runner.js';
@@ -60,7 +60,7 @@ function listOf<T extends string>(
 }
 
 export const ROUTES: RouteDef[] = [
-  {
+  defineRoute({
     method: 'GET',
     url: '/healthz',
     auth: 'none',
@@ -82,8 +82,8 @@ export const ROUTES: RouteDef[] = [
         ...(health?.degraded ? { failing, settle_backlog: health.settle_backlog } : {}),
       };
     },
-  },
-  {
+  }),
+  defineRoute({
     method: 'GET',
     url: '/api/diagnostics',
     auth: 'instance_admin',
@@ -95,8 +95,8 @@ export const ROUTES: RouteDef[] = [
       worker: deps.engine.health() ?? null,
       sandbox: sandboxDiagnostics(),
     }),
-  },
-  {
+  }),
+  defineRoute({
     method: 'POST',
     url: '/api/circles',
     auth: 'instance_admin',
@@ -110,8 +110,8 @@ export const ROUTES: RouteDef[] = [
       }
       return publicCircle(await createCircle(deps.db, body.slug, deps.config.welcomeCredits));
     },
-  },
-  {
+  }),
+  defineRoute({
     method: 'GET',
     url: '/api/circles',
     auth: 'token',
@@ -122,8 +122,8 @@ export const ROUTES: RouteDef[] = [
         publicCircle,
       ),
     }),
-  },
-  {
+  }),
+  defineRoute({
     method: 'POST',
     url: '/api/:circle/tokens',
     auth: 'admin',
@@ -146,23 +146,24 @@ export const ROUTES: RouteDef[] = [
         created_at: row.created_at,
       };
     },
-  },
-  {
+  }),
+  defineRoute({
     method: 'GET',
     url: '/api/:circle/tokens',
     auth: 'admin',
     tag: 'circles',
     summary: "List the circle's tokens (never their secrets)",
     handler: async ({ deps, circle }) => ({ tokens: await listTokens(deps.db, circle!.id) }),
-  },
-  {
+  }),
+  defineRoute({
     method: 'DELETE',
     url: '/api/:circle/tokens/:id',
     auth: 'admin',
     tag: 'circles',
     summary: 'Revoke a token',
     handler: async ({ deps, circle, params }) => {
-      if (!isUuid(params.id) || !(await revokeToken(deps.db, circle!.id, params.id))) {
+      const id = params.id ?? '';
+      if (!isUuid(id) || !(await revokeToken(deps.db, circle!.id, id))) {
         throw errors.notFound(
           'TOKEN_NOT_FOUND',
           `No active token ${params.id} in this circle.`,
@@ -172,8 +173,8 @@ export const ROUTES: RouteDef[] = [
       deps.authn.forget();
       return { revoked: params.id };
     },
-  },
-  {
+  }),
+  defineRoute({
     method: 'POST',
     url: '/api/:circle/ops/create',
     auth: 'write',
@@ -183,8 +184,8 @@ export const ROUTES: RouteDef[] = [
     status: 201,
     handler: ({ deps, circle, body, principal }) =>
       createElement(deps.db, circle!, body, actorOf(principal!), typeLookup),
-  },
-  {
+  }),
+  defineRoute({
     method: 'POST',
     url: '/api/:circle/ops/apply',
     auth: 'write',
@@ -193,8 +194,8 @@ export const ROUTES: RouteDef[] = [
     body: elementBody,
     handler: ({ deps, circle, body, principal }) =>
       applyElement(deps.db, circle!, body, actorOf(principal!), typeLookup),
-  },
-  {
+  }),
+  defineRoute({
     method: 'GET',
     url: '/api/:circle/elements',
     auth: 'read',
@@ -203,8 +204,8 @@ export const ROUTES: RouteDef[] = [
     handler: async ({ deps, circle }) => ({
       elements: (await listElements(deps.db, circle!.id)).map((e) => toElementView(e, circle!)),
     }),
-  },
-  {
+  }),
+  defineRoute({
     method: 'GET',
     url: '/api/:circle/runs',
     auth: 'read',
@@ -226,8 +227,8 @@ export const ROUTES: RouteDef[] = [
       });
       return runPage(rows, limit, circle!.slug, baseUrlOf(deps));
     },
-  },
-  {
+  }),
+  defineRoute({
     method: 'GET',
     url: '/api/runs/:id',
     auth: 'token',
@@ -237,8 +238,8 @@ export const ROUTES: RouteDef[] = [
       const { run, circle } = await visibleRun(ctx, 'read');
       return toRunView(run, circle.slug, baseUrlOf(ctx.deps));
     },
-  },
-  {
+  }),
+  defineRoute({
     method: 'GET',
     url: '/api/runs/:id/audit',
     auth: 'token',
@@ -248,8 +249,8 @@ export const ROUTES: RouteDef[] = [
       const { run } = await visibleRun(ctx, 'read');
       return { run_id: run.id, events: await runEvents(ctx.deps.db, run.id) };
     },
-  },
-  {
+  }),
+  defineRoute({
     method: 'GET',
     url: '/api/runs/:id/logs',
     auth: 'token',
@@ -265,8 +266,8 @@ export const ROUTES: RouteDef[] = [
         lines: await readLogs(ctx.deps.db, { runId: run.id, tail: ctx.query.tail, since: ctx.query.since }),
       };
     },
-  },
-  {
+  }),
+  defineRoute({
     method: 'POST',
     url: '/api/runs/:id/cancel',
     auth: 'token',
@@ -278,6 +279,6 @@ export const ROUTES: RouteDef[] = [
       const row = await cancel(ctx.deps.db, run.id, actorOf(ctx.principal!), ctx.body.reason ?? null);
       return toRunView(row, circle.slug, baseUrlOf(ctx.deps));
     },
-  },
+  }),
   ...CONTROL_ROUTES,
 ];

@@ -1,4 +1,4 @@
-import { CairnError, type ErrorBody } from '../core/errors.js';
+import { CairnError, type ErrorBody, thrown } from '../core/errors.js';
 
 /** Exit codes scripts can rely on (docs/cli.md). */
 export const EXIT = {
@@ -58,11 +58,12 @@ export class Client {
         },
         body: body !== undefined ? JSON.stringify(body) : undefined,
       });
-    } catch (e: any) {
+    } catch (caught) {
+      const e = thrown(caught);
       throw new ApiError(0, {
         code: 'UNREACHABLE',
         class: 'unavailable',
-        message: `Cannot reach Cairn at ${this.opts.url}: ${e?.cause?.code ?? e?.message}`,
+        message: `Cannot reach Cairn at ${this.opts.url}: ${thrown(e.cause).code ?? e.message}`,
         retryable: true,
         _suggestion: 'Start it with `cairn serve`, or point --url / CAIRN_URL at a running server.',
       });

@@ -167,3 +167,19 @@ export const errors = {
     });
   },
 };
+
+/** What a thrown value may carry (Node, pg, PGlite, child_process and libpg_query errors), read without `any`. */
+export interface Thrown {
+  message?: string;
+  code?: string;
+  stderr?: unknown;
+  stdout?: unknown;
+  statusCode?: number;
+  sqlDetails?: { message?: string; cursorPosition?: number };
+  [k: string]: unknown;
+}
+
+/** The thrown value as an object to read fields from (the same object when it is one). */
+export function thrown(e: unknown): Thrown {
+  return e !== null && typeof e === 'object' ? (e as Thrown) : { message: String(e) };
+}

@@ -9,7 +9,7 @@ import { elementEvents, elementStats } from '../store/stats.js';
 import { updateElement } from './service.js';
 import { toElementView } from './view.js';
 import { checkSpec } from './validate.js';
-import type { OperationDecl, OpContext } from './types.js';
+import { defineOp, type OperationDecl, type OpContext } from './types.js';
 import { definitionHash } from '../core/hash.js';
 import { toolsOf } from './schema.js';
 
@@ -72,7 +72,7 @@ export function parseStatuses(s: string | undefined): RunStatus[] | undefined {
  * families that arrive with their own issues). Types add their own on top.
  */
 export const BASE_OPS: OperationDecl[] = [
-  {
+  defineOp({
     name: 'get',
     method: 'GET',
     path: 'get',
@@ -80,8 +80,8 @@ export const BASE_OPS: OperationDecl[] = [
     summary: 'Get element details',
     input: empty,
     handler: async (ctx) => toElementView(ctx.element, ctx.circle),
-  },
-  {
+  }),
+  defineOp({
     name: 'update',
     method: 'PATCH',
     path: 'update',
@@ -97,8 +97,8 @@ export const BASE_OPS: OperationDecl[] = [
       })
       .strict(),
     handler: (ctx) => updateElement(ctx.db, ctx.circle, ctx.element.slug, ctx.input, ctx.actor, ctx.types),
-  },
-  {
+  }),
+  defineOp({
     name: 'update_meta',
     method: 'PATCH',
     path: 'update_meta',
@@ -106,11 +106,13 @@ export const BASE_OPS: OperationDecl[] = [
     summary: 'Shallow-merge into element.meta (no new version)',
     input: z.union([z.object({ meta: anyObject }).strict(), anyObject]),
     handler: async (ctx) => {
-      const patch = 'meta' in ctx.input && Object.keys(ctx.input).length === 1 ? ctx.input.meta : ctx.input;
+      const input: Record<string, unknown> = ctx.input;
+      const patch =
+        'meta' in input && Object.keys(input).length === 1 ? (input.meta as Record<string, unknown>) : input;
       return toElementView(await store.mergeMeta(ctx.db, ctx.element.id, patch), ctx.circle);
     },
-  },
-  {
+  }),
+  defineOp({
     name: 'version',
     method: 'GET',
     path: 'version',
@@ -125,8 +127,8 @@ export const BASE_OPS: OperationDecl[] = [
       const versions = await store.listVersions(ctx.db, ctx.element.id, ctx.input.limit ?? 50);
       return { version: ctx.element.version, versions };
     },
-  },
-  {
+  }),
+  defineOp({
     name: 'restore',
     method: 'POST',
     path: 'restore',
@@ -166,8 +168,8 @@ export const BASE_OPS: OperationDecl[] = [
         );
         return toElementView(restored, ctx.circle);
       }),
-  },
-  {
+  }),
+  defineOp({
     name: 'enable',
     method: 'POST',
     path: 'enable',
@@ -176,8 +178,8 @@ export const BASE_OPS: OperationDecl[] = [
     input: empty,
     handler: async (ctx) =>
       toElementView(await store.setState(ctx.db, ctx.element.id, 'ready', null), ctx.circle),
-  },
-  {
+  }),
+  defineOp({
     name: 'disable',
     method: 'POST',
     path: 'disable',
@@ -194,8 +196,8 @@ export const BASE_OPS: OperationDecl[] = [
         ),
         ctx.circle,
       ),
-  },
-  {
+  }),
+  defineOp({
     name: 'delete',
     method: 'DELETE',
     path: 'delete',
@@ -223,8 +225,8 @@ export const BASE_OPS: OperationDecl[] = [
         return toElementView(await store.setState(tx, ctx.element.id, 'deleted', null), ctx.circle);
       });
     },
-  },
-  {
+  }),
+  defineOp({
     name: 'readme',
     method: 'GET',
     path: 'readme',
@@ -232,8 +234,8 @@ export const BASE_OPS: OperationDecl[] = [
     summary: 'Get the README (empty when none)',
     input: empty,
     handler: async (ctx) => ({ content: await store.getReadme(ctx.db, ctx.element.id), format: 'markdown' }),
-  },
-  {
+  }),
+  defineOp({
     name: 'readme_update',
     method: 'POST',
     path: 'readme_update',
@@ -244,8 +246,8 @@ export const BASE_OPS: OperationDecl[] = [
       await store.setReadme(ctx.db, ctx.element.id, ctx.input.content);
       return { content: ctx.input.content, format: 'markdown' };
     },
-  },
-  {
+  }),
+  defineOp({
     name: 'schema',
     method: 'GET',
     path: 'schema',
@@ -262,8 +264,8 @@ export const BASE_OPS: OperationDecl[] = [
         tools,
       };
     },
-  },
-  {
+  }),
+  defineOp({
     name: 'runs',
     method: 'GET',
     path: 'runs',
@@ -287,8 +289,8 @@ export const BASE_OPS: OperationDecl[] = [
       });
       return runPage(rows, limit, ctx.circle.slug, ctx.baseUrl);
     },
-  },
-  {
+  }),
+  defineOp({
     name: 'stats',
     method: 'GET',
     path: 'stats',
@@ -322,8 +324,8 @@ export const BASE_OPS: OperationDecl[] = [
         health,
       };
     },
-  },
-  {
+  }),
+  defineOp({
     name: 'activity',
     method: 'GET',
     path: 'activity',
@@ -336,8 +338,8 @@ export const BASE_OPS: OperationDecl[] = [
     handler: async (ctx) => ({
       events: await elementEvents(ctx.db, ctx.element.id, ctx.input.limit ?? 100, ctx.input.before),
     }),
-  },
-  {
+  }),
+  defineOp({
     name: 'run_get',
     method: 'GET',
     path: 'runs/{run_id}',
@@ -346,8 +348,8 @@ export const BASE_OPS: OperationDecl[] = [
     input: empty,
     handler: async (ctx) =>
       toRunView(await runOfElement(ctx, ctx.params.run_id ?? ''), ctx.circle.slug, ctx.baseUrl),
-  },
-  {
+  }),
+  defineOp({
     name: 'run_cancel',
     method: 'POST',
     path: 'runs/{run_id}/cancel',
@@ -362,5 +364,5 @@ export const BASE_OPS: OperationDecl[] = [
         ctx.baseUrl,
       );
     },
-  },
+  }),
 ];

@@ -2,6 +2,8 @@ import { jsonSchema } from './schema.js';
 import { operationsOf } from './registry.js';
 import type { ElementTypeDecl } from './types.js';
 
+// A JSON Schema as zod renders it, read field by field.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- JSON Schema is open-ended; every read is guarded
 type Schema = Record<string, any>;
 
 /** The object schema a field holds, if any: itself, a record's values, or a list's items (anyOf unwrapped). */

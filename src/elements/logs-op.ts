@@ -1,11 +1,11 @@
 import { z } from 'zod';
 import { qint } from '../core/zod.js';
 import { readLogs } from '../store/logs.js';
-import type { OperationDecl } from './types.js';
+import { defineOp, type OperationDecl } from './types.js';
 import { runOfElement } from './base-ops.js';
 
 /** The `logs` op every code action declares: stdout/stderr lines of its runs, with timestamps. */
-export const LOGS_OP: OperationDecl = {
+export const LOGS_OP: OperationDecl = defineOp({
   name: 'logs',
   method: 'GET',
   path: 'logs',
@@ -23,4 +23,4 @@ export const LOGS_OP: OperationDecl = {
     if (run_id !== undefined) await runOfElement(ctx, run_id);
     return { lines: await readLogs(ctx.db, { runId: run_id, elementId: ctx.element.id, tail, since }) };
   },
-};
+});

@@ -18,13 +18,13 @@ export interface ErrorCodeDecl {
 }
 
 /** Definition-time rules (seed 004 "Errors / when it fails" and "Validation rules"). */
-export interface ValidationRule {
+export interface ValidationRule<S = unknown> {
   level: 'error' | 'warning';
   message: string;
   /** The error code a failing `error` rule answers with (default INVALID_SPEC). */
   code?: string;
   /** Returns true when the spec is fine. */
-  check: (spec: any) => boolean;
+  check(spec: S): boolean;
 }
 
 export type RunMode = 'live' | 'dry_run' | 'smoke_test';
@@ -88,12 +88,13 @@ export interface TypeLookup {
 }
 
 /** What an operation handler sees when it does not create a run (get, update, …). */
-export interface OpContext {
+export interface OpContext<I = unknown> {
   db: Db;
   circle: CircleRow;
   element: ElementRow;
   type: ElementTypeDecl;
-  input: any;
+  /** The op's input, parsed by its declared schema. */
+  input: I;
   params: Record<string, string>;
   actor: string;
   baseUrl: string;
@@ -111,7 +112,14 @@ export interface OpContext {
   setStatus: (code: number) => void;
 }
 
-export interface OperationDecl {
+/**
+ * A check of the element's spec by an op (which is declared apart from the
+ * type's spec schema): method-typed, so an op may name the spec type it
+ * knows its type's schema outputs.
+ */
+type SpecCheck = { check(spec: unknown): boolean }['check'];
+
+export interface OperationDecl<I extends z.ZodType = z.ZodType> {
   name: string;
   method: HttpMethod;
   /** Relative to `/api/{circle}/{slug}/ops/`, e.g. `invoke` or `runs/{run_id}/cancel`. */
@@ -120,28 +128,29 @@ export interface OperationDecl {
   summary: string;
   description?: string;
   /** Body (POST/PATCH/DELETE) or query string (GET). */
-  input: z.ZodType;
+  input: I;
   output?: z.ZodType;
   /** Run-creating ops are executed by a worker through the type's executor. */
   createsRun?: boolean;
   /** Price per run in micro-credits (metered ops); free when absent. */
   price?: number;
   /** May a run of this op be executed again after its worker was lost? */
-  retryOnLoss?: boolean | ((spec: any) => boolean);
+  retryOnLoss?: boolean | SpecCheck;
   /** How many attempts a run may take in total (lost workers included). */
   maxAttempts?: number;
   /** Ops that do not create a run answer directly. */
-  handler?: (ctx: OpContext) => Promise<unknown>;
+  handler?(ctx: OpContext<z.output<I>>): Promise<unknown>;
   /** HTTP status on success (default 200). */
   status?: number;
 }
 
-export interface ExecContext {
+export interface ExecContext<S = unknown, I = unknown> {
   db: Db;
   circle: CircleRow;
   run: RunRow;
-  spec: any;
-  input: any;
+  /** The spec of the definition the run pinned, as the type's schema outputs it. */
+  spec: S;
+  input: I;
   signal: AbortSignal;
   host: string;
 }
@@ -161,29 +170,55 @@ export interface ExecResult {
   credits?: number;
 }
 
-export type Executor = (ctx: ExecContext) => Promise<ExecResult>;
+export type Executor<S = unknown, I = unknown> = (ctx: ExecContext<S, I>) => Promise<ExecResult>;
 
-export interface ElementTypeDecl {
+export interface ElementTypeDecl<S extends z.ZodType = z.ZodType> {
   type: string;
   category: 'actions' | 'data' | 'intelligence' | 'flows' | 'triggers';
   title: string;
   description: string;
-  /** The spec schema, with defaults; parsed on create/update. */
-  spec: z.ZodType;
+  /** The spec schema, with defaults; parsed on create/update. Every spec the type's code sees is its output. */
+  spec: S;
   /** The type's own ops; the base ops (get, update, …) are added by the registry. */
   operations: OperationDecl[];
   errors: readonly ErrorCodeDecl[];
-  rules: ValidationRule[];
+  rules: ValidationRule<z.output<S>>[];
   /** Deeper definition-time checks that answer with the type's own codes (e.g. SQL_SYNTAX_ERROR). */
-  validateSpec?: (spec: any) => void;
+  validateSpec?(spec: z.output<S>): void;
   /** Checks against the circle (e.g. that named elements exist), on create, update and apply. */
-  validateInCircle?: (db: Queryable, circle: CircleRow, spec: any, types: TypeLookup) => Promise<void>;
-  /** Executors of run-creating ops, by op name. */
-  executors: Record<string, Executor>;
+  validateInCircle?(db: Queryable, circle: CircleRow, spec: z.output<S>, types: TypeLookup): Promise<void>;
+  /** Executors of run-creating ops, by op name (`executorFor` types each one's input by its op). */
+  executors: Record<string, Executor<z.output<S>>>;
   /** Prefix of the type's metrics and events (go_fn → go_fn_invocation_count, go_fn.invoked). */
   telemetry?: { prefix: string };
   /** Default timeout of a run of this type (ms), read from the spec. */
-  timeoutMs?: (spec: any) => number;
+  timeoutMs?(spec: z.output<S>): number;
   /** What the type pins into the run snapshot beyond the element itself (toolchains…). */
-  snapshot?: (spec: any, db: Db) => Promise<Record<string, unknown>>;
+  snapshot?(spec: z.output<S>, db: Db): Promise<Record<string, unknown>>;
+}
+
+/**
+ * A type's declaration, typed by its spec schema: every spec its rules,
+ * checks, executors and timeouts see is `z.output` of that schema. The
+ * registry holds types erased to `ElementTypeDecl` (the engine passes specs
+ * through, it never reads them); this is the one place the erasure happens.
+ */
+export function defineType<S extends z.ZodType>(t: ElementTypeDecl<S>): ElementTypeDecl {
+  return t as unknown as ElementTypeDecl;
+}
+
+/** An operation typed by its input schema: its handler's `ctx.input` is `z.output` of it. */
+export function defineOp<I extends z.ZodType>(op: OperationDecl<I>): OperationDecl {
+  return op as unknown as OperationDecl;
+}
+
+/**
+ * An executor typed by the op it executes: a run's input was parsed by that
+ * op's schema when the run was created, so `ctx.input` is its output.
+ */
+export function executorFor<S, I extends z.ZodType>(
+  _op: OperationDecl<I>,
+  fn: (ctx: ExecContext<S, z.output<I>>) => Promise<ExecResult>,
+): Executor<S> {
+  return fn as Executor<S>;
 }

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { errors, type ErrorBody } from '../core/errors.js';
+import { errors, type ErrorBody, thrown } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { ENGINE_VERSION } from '../core/version.js';
 import { describeIssues } from '../core/zod.js';
@@ -107,7 +107,8 @@ export async function submitBatch(db: Db, req: BatchRequest): Promise<BatchSubmi
       throw errors.insufficientCredits(req.circle.slug, reserve, w.available);
     }
     return { run, created: true, valid, invalid, estimated_credits: estimate };
-  } catch (e: any) {
+  } catch (caught) {
+    const e = thrown(caught);
     if (e?.code === '23505' && req.idempotencyKey) {
       const prior = await findByIdempotencyKey(db, req.circle.id, req.idempotencyKey);
       if (prior) return { run: prior, created: false, ...counts(prior, op) };

@@ -1,4 +1,4 @@
-import { errors, CairnError } from '../core/errors.js';
+import { errors, CairnError, thrown } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { ENGINE_VERSION } from '../core/version.js';
 import { parseInput } from '../core/zod.js';
@@ -161,7 +161,8 @@ export async function submitRun(
       throw errors.insufficientCredits(req.circle.slug, op.price ?? 0, w.available);
     }
     return { run, created: true };
-  } catch (e: any) {
+  } catch (caught) {
+    const e = thrown(caught);
     // Two requests with the same key raced: the loser answers with the winner's run.
     if (e?.code === '23505' && req.idempotencyKey) {
       const prior = await findByIdempotencyKey(db, req.circle.id, req.idempotencyKey);

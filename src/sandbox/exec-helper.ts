@@ -1,3 +1,4 @@
+import { thrown } from '../core/errors.js';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
@@ -42,7 +43,8 @@ export function execHelper(): string {
       } catch {
         compile([]);
       }
-    } catch (e: any) {
+    } catch (caught) {
+      const e = thrown(caught);
       rmSync(tmp, { force: true });
       throw new Error(
         `cannot build the sandbox exec helper with ${cc} (install Debian's gcc and libc6-dev): ${String(e?.stderr ?? e?.message ?? e).slice(0, 500)}`,

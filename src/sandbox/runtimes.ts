@@ -1,3 +1,4 @@
+import { thrown } from '../core/errors.js';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
@@ -26,7 +27,8 @@ export function libraryBinds(files: string[]): Bind[] {
       stdio: ['ignore', 'pipe', 'ignore'],
       maxBuffer: 16 * 1024 * 1024,
     });
-  } catch (e: any) {
+  } catch (caught) {
+    const e = thrown(caught);
     out = String(e?.stdout ?? ''); // ldd exits non-zero when some file is not dynamic
   }
   for (const line of out.split('\n')) {

@@ -1,3 +1,4 @@
+import { thrown } from '../core/errors.js';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,7 +11,8 @@ function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
-  } catch (e: any) {
+  } catch (caught) {
+    const e = thrown(caught);
     return e?.code === 'EPERM';
   }
 }

@@ -1,6 +1,6 @@
 import { ident, literal, type Db, type Queryable, type CircleIdentity } from '../db/types.js';
 import { newId, randomSecret } from '../core/ids.js';
-import { errors } from '../core/errors.js';
+import { errors, thrown } from '../core/errors.js';
 import { isoFields } from './rows.js';
 import { grant } from './ledger.js';
 
@@ -73,7 +73,8 @@ export async function createCircle(db: Db, slug: string, welcomeCredits = 0): Pr
       }
       return isoFields(r.rows[0]!, ['created_at']);
     });
-  } catch (e: any) {
+  } catch (caught) {
+    const e = thrown(caught);
     if (e?.code === '23505') {
       throw errors.conflict(
         'CIRCLE_EXISTS',

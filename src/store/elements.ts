@@ -1,6 +1,6 @@
 import type { Queryable } from '../db/types.js';
 import { newId } from '../core/ids.js';
-import { errors } from '../core/errors.js';
+import { errors, thrown } from '../core/errors.js';
 import { isoFields } from './rows.js';
 
 export type ElementState = 'ready' | 'disabled' | 'deleted';
@@ -72,7 +72,8 @@ export async function insertElement(tx: Queryable, e: NewElement): Promise<Eleme
       [id, e.spec, e.name, e.intention, e.definitionHash, e.actor],
     );
     return row(r.rows[0])!;
-  } catch (err: any) {
+  } catch (caught) {
+    const err = thrown(caught);
     if (err?.code === '23505') {
       throw errors.conflict(
         'ELEMENT_EXISTS',

@@ -61,7 +61,7 @@ const RUN_TS = ['queued_at', 'run_after', 'started_at', 'finished_at', 'lease_ex
 export function runRow(r: RunRow): RunRow {
   const out = isoFields(r, RUN_TS);
   if (out.duration_ms !== null) out.duration_ms = Number(out.duration_ms);
-  delete (out as any)._n;
+  delete (out as unknown as Record<string, unknown>)._n;
   return out;
 }
 
@@ -334,7 +334,7 @@ export async function cancelRun(
   );
   const row = r.rows[0];
   if (!row) return undefined;
-  delete (row as any)._c;
-  delete (row as any).prev;
+  delete (row as unknown as Record<string, unknown>)._c;
+  delete (row as unknown as Record<string, unknown>).prev;
   return runRow(row);
 }

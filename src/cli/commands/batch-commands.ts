@@ -6,7 +6,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { CairnError } from '../../core/errors.js';
+import { CairnError, thrown } from '../../core/errors.js';
 import { EXIT } from '../client.js';
 import { addGlobalOptions, type CliCtx } from '../context.js';
 import { color, credits, renderError, statusMark, table } from '../output.js';
@@ -73,7 +73,8 @@ async function readRows(file: string): Promise<unknown[]> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
-  } catch (e: any) {
+  } catch (caught) {
+    const e = thrown(caught);
     throw new CairnError({
       code: 'FILE_NOT_READABLE',
       class: 'validation',
@@ -88,7 +89,8 @@ async function readRows(file: string): Promise<unknown[]> {
       .split('\n')
       .filter((l) => l.trim())
       .map((l) => JSON.parse(l));
-  } catch (e: any) {
+  } catch (caught) {
+    const e = thrown(caught);
     throw new CairnError({
       code: 'INVALID_JSON',
       class: 'validation',

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { CairnError } from '../../core/errors.js';
+import { CairnError, thrown } from '../../core/errors.js';
 import { parseElementsYaml } from '../../yaml.js';
 import { ApiError, EXIT, localError, exitCodeFor } from '../client.js';
 import { addGlobalOptions, cliContext, type CliCtx, type GlobalOpts } from '../context.js';
@@ -43,7 +43,8 @@ export function needCircle(ctx: CliCtx): string {
 function parseJsonArg(s: string, what: string): unknown {
   try {
     return JSON.parse(s);
-  } catch (e: any) {
+  } catch (caught) {
+    const e = thrown(caught);
     throw new CairnError({
       code: 'INVALID_JSON',
       class: 'validation',
@@ -73,7 +74,8 @@ export function registerClientCommands(program: Command): void {
       let text: string;
       try {
         text = await readFile(o.file, 'utf8');
-      } catch (e: any) {
+      } catch (caught) {
+        const e = thrown(caught);
         throw new CairnError({
           code: 'FILE_NOT_READABLE',
           class: 'validation',

@@ -1,3 +1,4 @@
+import { thrown } from '../../core/errors.js';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
@@ -27,13 +28,9 @@ const GO_OOM = [
   /fatal error: out of memory/,
 ];
 
-interface GoSpec {
-  source: GoRequest['source'];
-  handler: string;
-  env: Record<string, string>;
-  timeout_ms: number;
-  memory_mb: number;
-}
+import type { GoSpec } from './spec.js';
+
+export type { GoSpec };
 
 function request(spec: GoSpec): GoRequest {
   return { source: spec.source, handler: spec.handler };
@@ -102,8 +99,8 @@ function interpret(r: SandboxResult, spec: GoSpec): unknown {
   }
 }
 
-export async function invokeGo(ctx: ExecContext): Promise<ExecResult> {
-  const spec = ctx.spec as GoSpec;
+export async function invokeGo(ctx: ExecContext<GoSpec, Record<string, unknown>>): Promise<ExecResult> {
+  const spec = ctx.spec;
   const b = await build(spec);
   const events: ElementEvent[] = b.cached
     ? []
@@ -140,7 +137,8 @@ export async function invokeGo(ctx: ExecContext): Promise<ExecResult> {
   let output: unknown;
   try {
     output = interpret(r, spec);
-  } catch (e: any) {
+  } catch (caught) {
+    const e = thrown(caught);
     // Failed runs keep their evidence (and events) too.
     e.evidence = evidence;
     e.events = events;
@@ -208,7 +206,8 @@ export async function diagnosticsOp(ctx: OpContext) {
     });
     reachable = r.exitCode === 0;
     if (!reachable) lastError = r.stderr.toString('utf8').slice(0, 500) || `exit ${r.exitCode}`;
-  } catch (e: any) {
+  } catch (caught) {
+    const e = thrown(caught);
     lastError = String(e?.message ?? e);
   }
   // A worker is available when this process runs one, or some worker claimed a run lately.

@@ -1,3 +1,4 @@
+import { thrown } from '../../core/errors.js';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -9,7 +10,16 @@ import { nodeRuntime, pythonRuntime, type Runtime } from '../../sandbox/runtimes
 import { declaredError } from '../errors.js';
 import { readEnvelope, sandboxEvidence } from '../code-action.js';
 import { LOGS_OP } from '../logs-op.js';
-import type { ElementTypeDecl, ErrorCodeDecl, ExecContext, ExecResult } from '../types.js';
+import {
+  defineOp,
+  defineType,
+  executorFor,
+  type ElementTypeDecl,
+  type ErrorCodeDecl,
+  type ExecContext,
+  type ExecResult,
+  type OperationDecl,
+} from '../types.js';
 import { nodeWrapper, pythonWrapper, SCRIPT_WRAPPER_VERSION } from './wrappers.js';
 import {
   DependencyError,
@@ -218,13 +228,8 @@ function specSchema(l: Lang) {
     .strict();
 }
 
-interface ScriptSpec {
-  source: { code?: string; [k: string]: unknown };
-  handler: string;
-  env: Record<string, string>;
-  timeout_ms: number;
-  memory_mb: number;
-}
+/** A python or javascript spec, as its schema outputs it. */
+type ScriptSpec = z.output<ReturnType<typeof specSchema>>;
 
 /** The handler and wrapper, written once per content key, read-only, bound at /fn. */
 function stage(l: Lang, spec: ScriptSpec, deps: Deps | undefined): { dir: string; key: string } {
@@ -244,7 +249,9 @@ function stage(l: Lang, spec: ScriptSpec, deps: Deps | undefined): { dir: string
   chmodSync(root, 0o755);
   const tmp = `${dir}.${randomBytes(4).toString('hex')}.tmp`;
   mkdirSync(tmp, { mode: 0o755 });
-  writeFileSync(join(tmp, l.file), spec.source.code ?? '', { mode: 0o444 });
+  writeFileSync(join(tmp, l.file), typeof spec.source.code === 'string' ? spec.source.code : '', {
+    mode: 0o444,
+  });
   writeFileSync(join(tmp, l.wrapperFile), l.wrapper(spec.handler), { mode: 0o444 });
   // Unsandboxed, Node finds packages next to the handler; in the sandbox this link dangles and /node_modules serves.
   if (deps && l.type === 'javascript') symlinkSync(join(deps.dir, 'node_modules'), join(tmp, 'node_modules'));
@@ -276,16 +283,11 @@ function interpret(l: Lang, r: SandboxResult, spec: ScriptSpec): unknown {
   }
 }
 
+const scriptInvokeInput = z.record(z.string(), z.unknown());
+
 function executor(l: Lang) {
-  return async (ctx: ExecContext): Promise<ExecResult> => {
-    const { r, evidence, spec } = await runScript(
-      l,
-      ctx.spec as ScriptSpec,
-      ctx.input,
-      ctx.signal,
-      ctx.host,
-      {},
-    );
+  return async (ctx: ExecContext<ScriptSpec, z.output<typeof scriptInvokeInput>>): Promise<ExecResult> => {
+    const { r, evidence, spec } = await runScript(l, ctx.spec, ctx.input, ctx.signal, ctx.host, {});
     const flags = r.sandboxed ? [] : ['unsandboxed'];
     try {
       const output = interpret(l, r, spec);
@@ -294,7 +296,8 @@ function executor(l: Lang) {
         flags,
         evidence: { ...evidence, output_hashes: { output: 'sha256:' + sha256Hex(canonicalJson(output)) } },
       };
-    } catch (e: any) {
+    } catch (caught) {
+      const e = thrown(caught);
       e.evidence = evidence;
       e.flags = flags;
       throw e;
@@ -351,26 +354,27 @@ async function runScript(
 }
 
 function scriptType(l: Lang): ElementTypeDecl {
-  return {
+  const invoke = {
+    name: 'invoke',
+    method: 'POST',
+    path: 'invoke',
+    auth: 'execute',
+    summary: `Invoke the ${l.title} function with input data`,
+    description:
+      'The JSON body (envelopes payload/data/input unwrapped) is the handler argument; its return value is the run output.',
+    input: scriptInvokeInput,
+    createsRun: true,
+    price: 10_000,
+    retryOnLoss: false,
+  } satisfies OperationDecl<typeof scriptInvokeInput>;
+  return defineType({
     type: l.type,
     category: 'actions',
     title: l.title,
     description: `Runs a ${l.title} function in a fresh bubblewrap sandbox with no network. The handler gets the clean input object and returns a JSON value. Example:\n\n\`\`\`\n${l.example}\n\`\`\``,
     spec: specSchema(l),
     operations: [
-      {
-        name: 'invoke',
-        method: 'POST',
-        path: 'invoke',
-        auth: 'execute',
-        summary: `Invoke the ${l.title} function with input data`,
-        description:
-          'The JSON body (envelopes payload/data/input unwrapped) is the handler argument; its return value is the run output.',
-        input: z.record(z.string(), z.unknown()),
-        createsRun: true,
-        price: 10_000,
-        retryOnLoss: false,
-      },
+      defineOp(invoke),
       {
         name: 'validate',
         method: 'POST',
@@ -395,7 +399,8 @@ function scriptType(l: Lang): ElementTypeDecl {
             }
             interpret(l, r, spec);
             return { valid: false, errors: ['the source did not load'], warnings: [] };
-          } catch (e: any) {
+          } catch (caught) {
+            const e = thrown(caught);
             return { valid: false, errors: [String(e?.message ?? e)], warnings: [] };
           }
         },
@@ -421,10 +426,10 @@ function scriptType(l: Lang): ElementTypeDecl {
         check: (s) => s.timeout_ms <= 300_000,
       },
     ],
-    executors: { invoke: executor(l) },
+    executors: { invoke: executorFor(invoke, executor(l)) },
     telemetry: { prefix: l.prefix.toLowerCase() },
     timeoutMs: (s) => s.timeout_ms,
-  };
+  });
 }
 
 export const pythonType = scriptType(LANGS[0]!);

@@ -1,28 +1,24 @@
 import { performance } from 'node:perf_hooks';
-import { CairnError } from '../../core/errors.js';
+import { CairnError, thrown } from '../../core/errors.js';
 import { canonicalJson, sha256Hex } from '../../core/hash.js';
 import { circleIdentity } from '../../store/circles.js';
 import type { ExecContext, ExecResult } from '../types.js';
+import type { SqlInvokeInput, SqlSpec } from './spec.js';
 import { guardSql, interruptibleDriver } from './guard.js';
 import { codeForSqlState, sqlError } from './errors.js';
 
-export interface SqlSpec {
-  query: string;
-  params?: unknown[];
-  timeout_ms: number;
-  max_rows: number;
-}
+export type { SqlSpec } from './spec.js';
 
 /**
  * Runs the element's one statement as the circle's role, in the circle's
  * schema, inside a transaction that is rolled back on any error (a row cap or
  * timeout breach included, so a refused run leaves no writes behind).
  */
-export async function invokeSql(ctx: ExecContext): Promise<ExecResult> {
-  const spec = ctx.spec as SqlSpec;
+export async function invokeSql(ctx: ExecContext<SqlSpec, SqlInvokeInput>): Promise<ExecResult> {
+  const spec = ctx.spec;
   // Again at execute time, against this driver: on PGlite what can only stall never starts.
   const g = guardSql(spec.query, { interruptible: interruptibleDriver(ctx.db.kind) });
-  const params: unknown[] = ctx.input?.params ?? spec.params ?? [];
+  const params: unknown[] = ctx.input.params ?? spec.params ?? [];
   if (params.length !== g.params) {
     throw sqlError(
       'SQL_PARAMS_MISMATCH',
@@ -69,7 +65,8 @@ export async function invokeSql(ctx: ExecContext): Promise<ExecResult> {
       },
       { statementTimeoutMs: spec.timeout_ms, signal: ctx.signal },
     );
-  } catch (e: any) {
+  } catch (caught) {
+    const e = thrown(caught);
     if (e instanceof CairnError) throw e;
     const code = codeForSqlState(e?.code);
     const message =

@@ -1,3 +1,4 @@
+import { thrown } from '../../core/errors.js';
 import { loadModule, parseSync } from 'libpg-query';
 import type { Db } from '../../db/types.js';
 import { sqlError } from './errors.js';
@@ -99,12 +100,27 @@ export interface GuardedStatement {
   cursorable: boolean;
 }
 
-function visit(node: unknown, fn: (key: string, value: any) => void): void {
+/**
+ * A node of libpg_query's parse tree, as far as the guard reads it: every
+ * field optional, everything else unknown (the tree is Postgres' own JSON).
+ */
+interface PgNode {
+  number?: number;
+  funcname?: { String?: { sval?: string } }[];
+  args?: unknown[];
+  recursive?: boolean;
+  intoClause?: unknown;
+  query?: unknown;
+  options?: { DefElem?: { defname?: string } }[];
+  [k: string]: unknown;
+}
+
+function visit(node: unknown, fn: (key: string, value: PgNode | undefined) => void): void {
   if (Array.isArray(node)) {
     for (const n of node) visit(n, fn);
   } else if (node !== null && typeof node === 'object') {
     for (const [k, v] of Object.entries(node)) {
-      fn(k, v);
+      fn(k, v !== null && typeof v === 'object' ? (v as PgNode) : undefined);
       visit(v, fn);
     }
   }
@@ -112,10 +128,11 @@ function visit(node: unknown, fn: (key: string, value: any) => void): void {
 
 /** Parses and checks one statement; throws a typed SQL_* error when it is not allowed. */
 export function guardSql(query: string, opts: GuardOptions): GuardedStatement {
-  let tree: any;
+  let tree: { stmts?: { stmt?: unknown }[] };
   try {
     tree = parseSync(query);
-  } catch (e: any) {
+  } catch (caught) {
+    const e = thrown(caught);
     const pos = e?.sqlDetails?.cursorPosition;
     throw sqlError(
       'SQL_SYNTAX_ERROR',
@@ -123,7 +140,7 @@ export function guardSql(query: string, opts: GuardOptions): GuardedStatement {
         (typeof pos === 'number' ? ` (at character ${pos + 1})` : ''),
     );
   }
-  const stmts: any[] = tree.stmts ?? [];
+  const stmts = tree.stmts ?? [];
   if (stmts.length === 0) {
     throw sqlError('SQL_SYNTAX_ERROR', 'The query is empty.');
   }
@@ -133,7 +150,8 @@ export function guardSql(query: string, opts: GuardOptions): GuardedStatement {
       `The query holds ${stmts.length} statements; a sql element runs exactly one.`,
     );
   }
-  const stmt = stmts[0].stmt as Record<string, any>;
+  // One statement node: { <Kind>Stmt: {...} }.
+  const stmt = (stmts[0]!.stmt ?? {}) as Record<string, PgNode | undefined>;
   const kind = Object.keys(stmt)[0]!;
   const check = (k: string) => {
     if (!ALLOWED.has(k)) {
@@ -153,7 +171,7 @@ export function guardSql(query: string, opts: GuardOptions): GuardedStatement {
     if (key === 'ParamRef') params = Math.max(params, Number(value?.number ?? 0));
     if (WRITE_NODES.has(key)) readOnly = false;
     if (key === 'FuncCall') {
-      const name: string = (value?.funcname ?? []).map((n: any) => n?.String?.sval ?? '').pop() ?? '';
+      const name: string = (value?.funcname ?? []).map((n) => n?.String?.sval ?? '').pop() ?? '';
       const lower = name.toLowerCase();
       if (
         DENIED_FUNCTIONS.some((re) => re.test(lower)) ||
@@ -179,12 +197,12 @@ export function guardSql(query: string, opts: GuardOptions): GuardedStatement {
     }
     if (key === 'SelectStmt' && value?.intoClause) readOnly = false;
   });
-  const cursorable = kind === 'SelectStmt' && !stmt[kind].intoClause && readOnly;
+  const cursorable = kind === 'SelectStmt' && !stmt[kind]?.intoClause && readOnly;
   return { kind, params, readOnly, cursorable };
 }
 
-function hasOption(explain: any, name: string): boolean {
-  return (explain?.options ?? []).some((o: any) => o?.DefElem?.defname === name);
+function hasOption(explain: PgNode | undefined, name: string): boolean {
+  return (explain?.options ?? []).some((o) => o?.DefElem?.defname === name);
 }
 
 /**

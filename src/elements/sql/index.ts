@@ -1,11 +1,10 @@
 import { z } from 'zod';
 import type { Db, Queryable } from '../../db/types.js';
-import type { ElementTypeDecl } from '../types.js';
+import { defineOp, defineType, executorFor, type OperationDecl } from '../types.js';
+import { sqlInvokeInput, sqlSpec } from './spec.js';
 import { SQL_ERRORS } from './errors.js';
 import { guardSql, interruptibleDriver, isReadOnlyQuery } from './guard.js';
 import { invokeSql } from './executor.js';
-
-const jsonValue = z.json();
 
 /**
  * Whether the database behind `q` can interrupt a running statement. The pool
@@ -19,16 +18,23 @@ async function interruptible(q: Queryable): Promise<boolean> {
   return !/\bPGlite\b/.test(r.rows[0]?.v ?? '');
 }
 
-export const sqlSpec = z
-  .object({
-    query: z.string().trim().min(1, 'spec.query is required'),
-    params: z.array(jsonValue).max(100).optional().describe('Default params when an invoke sends none'),
-    timeout_ms: z.number().int().min(100).max(300_000).default(5_000).describe('Statement timeout'),
-    max_rows: z.number().int().min(1).max(100_000).default(1_000).describe('Most rows a run may return'),
-  })
-  .strict();
+const invoke = {
+  name: 'invoke',
+  method: 'POST',
+  path: 'invoke',
+  auth: 'execute',
+  summary: 'Run the query with params',
+  description:
+    'Body `{"params": [...]}` binds $1, $2, …. Answers `{"rows": [...], "row_count": n}` as the run output.',
+  input: sqlInvokeInput,
+  output: z.object({ rows: z.array(z.record(z.string(), z.unknown())), row_count: z.number().int() }),
+  createsRun: true,
+  price: 1_000,
+  retryOnLoss: (spec: { query: string }) => isReadOnlyQuery(spec.query),
+  maxAttempts: 3,
+} satisfies OperationDecl<typeof sqlInvokeInput>;
 
-export const sqlType: ElementTypeDecl = {
+export const sqlType = defineType({
   type: 'sql',
   category: 'data',
   title: 'SQL query',
@@ -40,35 +46,20 @@ export const sqlType: ElementTypeDecl = {
     '(a large cross join or generate_series, a slow regular expression) holds every circle until it ends; ' +
     'spec.timeout_ms only rolls it back afterwards. Run untrusted or heavy SQL on PostgreSQL.',
   spec: sqlSpec,
-  operations: [
-    {
-      name: 'invoke',
-      method: 'POST',
-      path: 'invoke',
-      auth: 'execute',
-      summary: 'Run the query with params',
-      description:
-        'Body `{"params": [...]}` binds $1, $2, …. Answers `{"rows": [...], "row_count": n}` as the run output.',
-      input: z.object({ params: z.array(jsonValue).max(100).optional() }).strict(),
-      output: z.object({ rows: z.array(z.record(z.string(), z.unknown())), row_count: z.number().int() }),
-      createsRun: true,
-      price: 1_000,
-      retryOnLoss: (spec: { query: string }) => isReadOnlyQuery(spec.query),
-      maxAttempts: 3,
-    },
-  ],
+  operations: [defineOp(invoke)],
   errors: SQL_ERRORS,
   rules: [],
   // What the guard refuses on every driver, when the spec is parsed…
-  validateSpec: (spec: { query: string }) => {
+  validateSpec(spec) {
     guardSql(spec.query, { interruptible: true });
   },
   // …and what it refuses only where a statement cannot be interrupted (PGlite).
   // The executor runs the guard again against the driver that executes it.
-  validateInCircle: async (db, _circle, spec: { query: string }) => {
+  async validateInCircle(db, _circle, spec) {
     if (!(await interruptible(db))) guardSql(spec.query, { interruptible: false });
   },
-  executors: { invoke: invokeSql },
+  executors: { invoke: executorFor(invoke, invokeSql) },
   telemetry: { prefix: 'sql' },
-  timeoutMs: (spec: { timeout_ms: number }) => spec.timeout_ms,
-};
+  timeoutMs: (spec) => spec.timeout_ms,
+});
+export { sqlSpec };

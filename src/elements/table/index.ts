@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { errors } from '../../core/errors.js';
+import { errors, thrown } from '../../core/errors.js';
 import { isUuid, newId } from '../../core/ids.js';
 import { qint } from '../../core/zod.js';
 import { ident, type Db, type Queryable } from '../../db/types.js';
@@ -8,7 +8,7 @@ import { getElement, type ElementRow } from '../../store/elements.js';
 import { isoFields } from '../../store/rows.js';
 import { getItem } from '../../store/runs.js';
 import { cursorCodec } from '../base-ops.js';
-import type { BatchUnit, ElementTypeDecl, OpContext, TypeLookup } from '../types.js';
+import { defineOp, defineType, type BatchUnit, type OpContext, type TypeLookup } from '../types.js';
 
 const NAME_RE = /^[a-z_][a-z0-9_]{0,62}$/;
 const name = z
@@ -105,7 +105,8 @@ async function ensureTable(db: Db, circle: CircleRow, slug: string): Promise<voi
       // The circle's SQL reads its rows; only the platform writes them (cells carry run results).
       await tx.query(`GRANT SELECT ON ${t} TO ${ident(circle.role_name)}`);
     });
-  } catch (e: any) {
+  } catch (caught) {
+    const e = thrown(caught);
     // Two first inserts raced to create it: the other one won.
     if (e?.code !== '42P07' && e?.code !== '23505') throw e;
   }
@@ -300,7 +301,7 @@ const runBody = z
   })
   .strict();
 
-export const tableType: ElementTypeDecl = {
+export const tableType = defineType({
   type: 'table',
   category: 'data',
   title: 'Table',
@@ -310,7 +311,7 @@ export const tableType: ElementTypeDecl = {
     "batch run with one item per row, and writes each output to its row's cell.",
   spec: tableSpec,
   operations: [
-    {
+    defineOp({
       name: 'insert',
       method: 'POST',
       path: 'rows',
@@ -338,8 +339,8 @@ export const tableType: ElementTypeDecl = {
         const ids = await insertRows(ctx.db, ctx.circle, ctx.element.slug, ctx.input.rows as unknown[]);
         return { inserted: ids.length, ids };
       },
-    },
-    {
+    }),
+    defineOp({
       name: 'rows',
       method: 'GET',
       path: 'rows',
@@ -381,8 +382,8 @@ export const tableType: ElementTypeDecl = {
           next_cursor: rows.length === limit ? cursorCodec.encode(rows[rows.length - 1]!.id) : null,
         };
       },
-    },
-    {
+    }),
+    defineOp({
       name: 'row_get',
       method: 'GET',
       path: 'rows/{row_id}',
@@ -395,8 +396,8 @@ export const tableType: ElementTypeDecl = {
         if (!row) throw rowNotFound(ctx, id);
         return row;
       },
-    },
-    {
+    }),
+    defineOp({
       name: 'cell_inspect',
       method: 'GET',
       path: 'rows/{row_id}/cells/{column}',
@@ -414,8 +415,8 @@ export const tableType: ElementTypeDecl = {
           cell?.item_id && isUuid(cell.item_id) ? ((await getItem(ctx.db, cell.item_id)) ?? null) : null;
         return { table: ctx.element.slug, row_id: row.id, column: col, row: row.data, cell, item };
       },
-    },
-    {
+    }),
+    defineOp({
       name: 'column_run',
       method: 'POST',
       path: 'columns/{column}/run',
@@ -495,7 +496,7 @@ export const tableType: ElementTypeDecl = {
           run_url: `/api/runs/${s.run.id}`,
         };
       },
-    },
+    }),
   ],
   errors: [],
   rules: [],
@@ -541,4 +542,4 @@ export const tableType: ElementTypeDecl = {
     }
   },
   executors: {},
-};
+});

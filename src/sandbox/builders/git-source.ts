@@ -1,3 +1,4 @@
+import { thrown } from '../../core/errors.js';
 import { lookup as dnsLookup } from 'node:dns/promises';
 import { isIP, isIPv4, isIPv6 } from 'node:net';
 import { realpathSync, statSync } from 'node:fs';
@@ -331,7 +332,8 @@ export async function guardRemoteHost(
   let answers: { address: string; family: number }[];
   try {
     answers = await lookup(target.host, { all: true });
-  } catch (e: any) {
+  } catch (caught) {
+    const e = thrown(caught);
     throw new GitSourceRefused(
       `git host ${target.host} does not resolve (${e?.code ?? e?.message ?? e})`,
       REMOTE_HINT,
