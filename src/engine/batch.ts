@@ -21,7 +21,7 @@ import {
   type ClaimedItem,
   type ItemSettlement,
 } from '../store/batch.js';
-import { getRunsStatus } from '../store/runs.js';
+import { getRunsStatus, snapshotOf } from '../store/runs.js';
 import type { Outcome } from '../store/queue.js';
 import type { WorkerHealth } from './health.js';
 import { applyIsolated, isRowError } from '../store/isolate.js';
@@ -34,11 +34,6 @@ export interface BatchHost {
   health: WorkerHealth;
   /** The settlement written instead of one the database refused alone. */
   rejected: (item: ItemSettlement, e: unknown) => ItemSettlement;
-}
-
-/** What a batch run snapshot carries about where its outputs go. */
-export interface BatchSnapshot {
-  cells?: { schema: string; table: string; column: string } | null;
 }
 
 /** Control signals reach a running batch through this (NOTIFY, heartbeat). */
@@ -91,7 +86,7 @@ export async function runBatch(
   control: BatchControl,
 ): Promise<void> {
   const { db, workerId } = host;
-  const snap = run.snapshot as { operation?: { price?: number }; batch?: BatchSnapshot };
+  const snap = snapshotOf(run);
   const price = snap.operation?.price ?? 0;
   const cells = snap.batch?.cells ?? null;
   const concurrency = Math.max(1, run.concurrency);

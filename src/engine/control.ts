@@ -10,7 +10,7 @@ import { isTerminal } from '../core/status.js';
 import type { Db, Queryable } from '../db/types.js';
 import { pauseRun, resumeRun, retryFailed } from '../store/batch.js';
 import { getWallet } from '../store/ledger.js';
-import { cancelRun, getRun, listItems, type RunRow } from '../store/runs.js';
+import { cancelRun, getRun, listItems, snapshotOf, type RunRow } from '../store/runs.js';
 
 async function existing(db: Queryable, runId: string): Promise<RunRow> {
   const run = await getRun(db, runId);
@@ -121,7 +121,7 @@ async function retryOnLatest(
       `The element run ${runId} ran no longer exists, so there is no latest definition.`,
       'Retry on the pinned definition (leave out definition), or rerun after re-creating the element.',
     );
-  const pinned = run.snapshot.element as { version?: number; definition_hash?: string } | undefined;
+  const pinned = snapshotOf(run).element;
   if (el.definition_hash !== run.definition_hash) {
     await tx.query(
       `WITH u AS (
@@ -203,7 +203,7 @@ async function retryPinned(
           : `Run ${runId} has no failed items; nothing to retry.`,
     };
   }
-  const price = Number((run.snapshot.operation as { price?: number } | undefined)?.price ?? 0);
+  const price = Number(snapshotOf(run).operation?.price ?? 0);
   const r = await retryFailed(db, runId, actor, price, only);
   if (!r) {
     const now = await existing(db, runId);
@@ -228,8 +228,8 @@ async function remapFromRows(
   db: Queryable,
   run: RunRow,
 ): Promise<{ only: string[] | null; stillInvalid: number }> {
-  const b = run.snapshot.batch as
-    { mapping?: Parameters<typeof mapRow>[0]; cells?: { schema: string; table: string } } | undefined;
+  const b = snapshotOf(run).batch as
+    { mapping?: Parameters<typeof mapRow>[0]; cells?: { schema: string; table: string } | null } | undefined;
   if (!b?.cells || !b.mapping) return { only: null, stillInvalid: 0 };
   const type = getType(run.element_type ?? '');
   const op = operationsOf(type).find((o) => o.name === run.operation);
@@ -330,7 +330,7 @@ export async function rerun(
     budgetPolicy: run.budget_policy,
     trigger,
     input: run.input as Record<string, unknown>,
-    batch: (run.snapshot.batch ?? {}) as Record<string, unknown>,
+    batch: snapshotOf(run).batch ?? {},
     snapshotExtra,
     idempotencyKey,
     rerunOf: run.id,

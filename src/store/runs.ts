@@ -4,6 +4,37 @@ import type { ErrorBody } from '../core/errors.js';
 import { isoFields } from './rows.js';
 
 /** A runs row as stored. `toRunView` turns it into the R-RUN shape the API returns. */
+/**
+ * A run's bill of materials as the engine reads it (written by runSnapshot at
+ * submit): the definition it pinned, the op and its price, and, for a batch
+ * over table rows, where the rows are, how they map to the input and where
+ * outputs go. `snapshotOf()` is the one reader.
+ */
+export interface RunSnapshot {
+  element?: {
+    id?: string;
+    slug?: string;
+    element_type?: string;
+    version?: number;
+    definition_hash?: string;
+    spec?: unknown;
+  };
+  operation?: { name?: string; price?: number; retry_on_loss?: boolean };
+  batch?: {
+    /** The column's input mapping (row field names or constants, per input key). */
+    mapping?: Record<string, unknown>;
+    cells?: { schema: string; table: string; column: string } | null;
+    [k: string]: unknown;
+  };
+  earlier_definitions?: unknown[];
+  [k: string]: unknown;
+}
+
+/** The run's snapshot, typed (every field optional: old runs may lack newer ones). */
+export function snapshotOf(run: Pick<RunRow, 'snapshot'>): RunSnapshot {
+  return run.snapshot as RunSnapshot;
+}
+
 export interface RunRow {
   id: string;
   circle_id: string;
