@@ -155,6 +155,32 @@ it('code actions: latency, throughput, builds', async () => {
     const [pyInv, pyFloor] = await interleaved(Math.min(N, 200), invoke('py'), pyBare);
     const [jsInv, jsFloor] = await interleaved(Math.min(N, 200), invoke('js'), jsBare);
 
+    // 5. go-fn on the embedded database (PGlite in its own data dir), measured, not tuned. Last: PGlite's
+    // WebAssembly heap makes this process large, and every later spawn from Node (the floors) would pay for it.
+    const liteDir = mkdtempSync(join(tmpdir(), 'cairn-bench-lite-'));
+    const lite = await startServer(
+      loadConfig({ port: 0, dataDir: liteDir, bootstrapToken: TOKEN, workerConcurrency: 4 }, {}),
+      silentLogger,
+    );
+    let liteInv: number[] = [];
+    try {
+      const litePost = async (path: string, body: unknown) =>
+        (
+          await fetch(lite.url + path, { method: 'POST', headers: h, body: JSON.stringify(body) })
+        ).json() as Promise<any>;
+      await litePost('/api/circles', { slug: 'bench' });
+      await litePost('/api/bench/ops/apply', greeter);
+      const liteInvoke = async () => {
+        const b = await litePost('/api/bench/my-greeter/ops/invoke', { name: 'Alice' });
+        if (b.status !== 'succeeded') throw new Error(JSON.stringify(b));
+      };
+      await timed(30, liteInvoke);
+      liteInv = await timed(N, liteInvoke);
+    } finally {
+      await lite.stop();
+      rmSync(liteDir, { recursive: true, force: true });
+    }
+
     const row = (name: string, a: number[], b: number[]) =>
       `| ${name} | ${f(percentile(a, 50))} | ${f(percentile(a, 99))} | ${f(percentile(b, 50))} | ${f(percentile(b, 99))} | ${(percentile(a, 50) / percentile(b, 50)).toFixed(2)}× |`;
     const md = `## Code actions (go-fn, python, javascript)
@@ -174,6 +200,7 @@ clock starts when it is handed its input), spawned by the helper's spawn server,
 | | invoke p50 | invoke p99 | floor p50 | floor p99 | p50 ratio |
 |---|---|---|---|---|---|
 ${row('go-fn (cached binary)', inv, flo)}
+${row('go-fn, embedded PGlite (measured, not tuned; ratio to the floor above)', liteInv, flo)}
 ${row('python', pyInv, pyFloor)}
 ${row('javascript', jsInv, jsFloor)}
 
