@@ -88,6 +88,15 @@ class Schemas {
   }
 }
 
+const IDEMPOTENCY_KEY = {
+  name: 'Idempotency-Key',
+  in: 'header',
+  required: false,
+  description:
+    'A replay of the same request answers the first answer (422 when the key was used for another)',
+  schema: { type: 'string', minLength: 1, maxLength: 200 },
+};
+
 function toOpenApiPath(url: string): { path: string; params: string[] } {
   const params: string[] = [];
   const path = url.replace(/:([a-z_]+)/g, (_m, p: string) => {
@@ -156,15 +165,7 @@ export function openApiDocument(): Record<string, unknown> {
       'x-cairn-auth': r.auth,
     };
     if (r.method !== 'GET' && r.method !== 'DELETE') {
-      op.parameters = [
-        ...(op.parameters as unknown[]),
-        {
-          name: 'Idempotency-Key',
-          in: 'header',
-          required: false,
-          schema: { type: 'string', minLength: 1, maxLength: 200 },
-        },
-      ];
+      op.parameters = [...(op.parameters as unknown[]), IDEMPOTENCY_KEY];
     }
     if (r.body) op.requestBody = { required: false, content: { 'application/json': { schema: js(r.body) } } };
     put(path, r.method.toLowerCase(), op);
@@ -235,16 +236,7 @@ export function openApiDocument(): Record<string, unknown> {
       (op.responses as Record<string, unknown>)['202'] = { description: 'Accepted: the run is queued' };
       (op.responses as Record<string, unknown>)['409'] = errorResponse('Element disabled, or key in flight');
     }
-    if (g.method !== 'get')
-      op.parameters = [
-        ...(op.parameters as unknown[]),
-        {
-          name: 'Idempotency-Key',
-          in: 'header',
-          required: false,
-          schema: { type: 'string', minLength: 1, maxLength: 200 },
-        },
-      ];
+    if (g.method !== 'get') op.parameters = [...(op.parameters as unknown[]), IDEMPOTENCY_KEY];
     if (g.method !== 'get' && g.method !== 'delete') {
       op.requestBody = { required: false, content: { 'application/json': { schema: input } } };
     }

@@ -2,7 +2,7 @@ import { errors, type CairnError, type ErrorBody } from '../core/errors.js';
 import type { CircleRow } from '../store/circles.js';
 import { getElementById } from '../store/elements.js';
 import { getType, operationsOf } from '../elements/registry.js';
-import { submitRun } from './submit.js';
+import { snapshotElement, submitRun } from './submit.js';
 import { submitBatch, type RunMode } from './batch-submit.js';
 import { mapRow } from '../elements/table/index.js';
 import { ident } from '../db/types.js';
@@ -137,14 +137,7 @@ async function retryOnLatest(
         runId,
         el.version,
         el.definition_hash,
-        JSON.stringify({
-          id: el.id,
-          slug: el.slug,
-          element_type: el.element_type,
-          version: el.version,
-          definition_hash: el.definition_hash,
-          spec: el.spec,
-        }),
+        JSON.stringify(snapshotElement(el)),
         actor,
         pinned?.version ?? run.element_version,
         pinned?.definition_hash ?? run.definition_hash,

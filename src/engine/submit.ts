@@ -53,6 +53,18 @@ export function elementRef(el: ElementRow) {
   };
 }
 
+/** The element as a run's snapshot pins it: the exact definition it runs. */
+export function snapshotElement(el: ElementRow) {
+  return {
+    id: el.id,
+    slug: el.slug,
+    element_type: el.element_type,
+    version: el.version,
+    definition_hash: el.definition_hash,
+    spec: el.spec,
+  };
+}
+
 /** The run's bill of materials: the exact element definition, op, engine and policies in effect. */
 export function runSnapshot(
   el: ElementRow,
@@ -61,14 +73,7 @@ export function runSnapshot(
   extra: Record<string, unknown>,
 ): Record<string, unknown> {
   return {
-    element: {
-      id: el.id,
-      slug: el.slug,
-      element_type: el.element_type,
-      version: el.version,
-      definition_hash: el.definition_hash,
-      spec: el.spec,
-    },
+    element: snapshotElement(el),
     operation: { name: op.name, price: op.price ?? 0, retry_on_loss: retry },
     engine_version: ENGINE_VERSION,
     policies: [],
