@@ -11,10 +11,10 @@ import {
 } from './types.js';
 import { TYPE_PARSERS } from './timestamps.js';
 
-const types = {
-  getTypeParser(oid: number, format?: any): any {
-    return TYPE_PARSERS[oid] ?? pg.types.getTypeParser(oid, format);
-  },
+/** Our parsers for the types we read differently (timestamps with microseconds), pg's for the rest. */
+const types: pg.CustomTypesConfig = {
+  getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
+    TYPE_PARSERS[oid] ?? pg.types.getTypeParser(oid, format)) as pg.CustomTypesConfig['getTypeParser'],
 };
 
 interface ClientLike {
@@ -25,9 +25,7 @@ function wrap(c: ClientLike): Queryable {
   return {
     async query<T>(sql: string, params?: unknown[]): Promise<QueryResult<T>> {
       const name = preparedName(sql);
-      const r = await (name
-        ? c.query({ name, text: sql, values: params as any[] })
-        : c.query(sql, params as any[]));
+      const r = await (name ? c.query({ name, text: sql, values: params }) : c.query(sql, params));
       return { rows: r.rows as T[], rowCount: r.rowCount ?? r.rows.length };
     },
     async exec(sql: string) {
@@ -79,7 +77,7 @@ export class PgDb implements Db {
     this.q = wrap(this.pool);
   }
 
-  query<T = Record<string, any>>(sql: string, params?: unknown[]): Promise<QueryResult<T>> {
+  query<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<QueryResult<T>> {
     return this.q.query<T>(sql, params);
   }
 

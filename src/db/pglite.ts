@@ -47,7 +47,7 @@ export class PgliteDb implements Db {
     return new PgliteDb(pg);
   }
 
-  query<T = Record<string, any>>(sql: string, params?: unknown[]): Promise<QueryResult<T>> {
+  query<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<QueryResult<T>> {
     return this.q.query<T>(sql, params);
   }
 

@@ -23,7 +23,7 @@ export function preparedName(sql: string): string | undefined {
 
 /** Anything that runs SQL: the pool itself or a transaction. Parameters are always `$n`. */
 export interface Queryable {
-  query<T = Record<string, any>>(sql: string, params?: unknown[]): Promise<QueryResult<T>>;
+  query<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<QueryResult<T>>;
   /** Run a multi-statement script without parameters (migrations only). */
   exec(sql: string): Promise<void>;
 }
