@@ -23,8 +23,8 @@ import {
 } from '../store/batch.js';
 import { getRunsStatus, snapshotOf } from '../store/runs.js';
 import type { Outcome } from '../store/queue.js';
+import { settleRound } from './settlement.js';
 import type { WorkerHealth } from './health.js';
-import { applyIsolated, isRowError } from '../store/isolate.js';
 
 export interface BatchHost {
   db: Db;
@@ -101,53 +101,27 @@ export async function runBatch(
   const onAbort = () => control.wakeAll();
   signal.addEventListener('abort', onAbort);
 
-  const health = host.health.statements.settle_items;
-  const settle = async (b: ItemSettlement[]) => [await settleItems(db, run.id, workerId, b, cells)];
-  /** Settled items leave the queue; what they cost is captured. */
-  const landed = (original: ItemSettlement[], r: { captured: number }[]) => {
-    for (const x of r) captured += Number(x.captured);
-    unsettled -= costOf(original);
-  };
-  // Like the worker's settles: a refused item fails alone, an unavailable database is retried with backoff.
+  // Like the worker's settles (settleRound): a refused item fails alone, and is recorded without
+  // its output or its cell write (the cell may be what failed); an unavailable database is retried.
   const flush = async (): Promise<void> => {
     while (queue.length > 0) {
       const batch = queue;
       queue = [];
-      const first = await applyIsolated(batch, settle);
-      const failed = new Set(first.rejected.map((r) => r.row));
-      landed(
-        batch.filter((i) => !failed.has(i)),
-        first.done,
-      );
-      const retry = first.rejected.filter((r) => !isRowError(r.error)).map((r) => r.row);
-      const refused = first.rejected.filter((r) => isRowError(r.error));
-      if (refused.length > 0) {
-        health.rowsRejected(refused.length);
-        for (const r of refused)
-          host.log.error(
-            { err: r.error, run: run.id, item: r.row.id },
-            'the database refused an item settlement',
-          );
-        // Recorded without what was refused: no output, and no cell write (the cell may be what failed).
-        const fallback = refused.map((r) => host.rejected(r.row, r.error));
-        const second = await applyIsolated(fallback, async (b) => [
-          await settleItems(db, run.id, workerId, b, null),
-        ]);
-        const back = new Set(second.rejected.map((r) => r.row.id));
-        landed(
-          refused.map((r) => r.row).filter((i) => !back.has(i.id)),
-          second.done,
-        );
-        for (const r of refused) if (back.has(r.row.id)) retry.push(r.row);
-      }
-      if (retry.length === 0) {
-        health.succeeded();
-        continue;
-      }
-      const wait = health.failed(first.rejected[0]?.error ?? 'item settle failed');
-      host.log.error({ run: run.id, items: retry.length, retry_in_ms: wait }, 'item settle failed; retrying');
-      queue = retry.concat(queue);
-      await new Promise((res) => setTimeout(res, wait));
+      const round = await settleRound({
+        batch,
+        apply: async (b) => [await settleItems(db, run.id, workerId, b, cells)],
+        applyStandIns: async (b) => [await settleItems(db, run.id, workerId, b, null)],
+        standIn: host.rejected,
+        health: host.health.statements.settle_items,
+        log: host.log,
+        what: 'item settlement',
+        context: { run: run.id },
+      });
+      for (const x of round.done) captured += Number(x.captured);
+      unsettled -= costOf([...round.written.keys()]);
+      if (round.retry.length === 0) continue;
+      queue = round.retry.concat(queue);
+      await new Promise((res) => setTimeout(res, round.wait));
       if (signal.aborted) return;
     }
   };

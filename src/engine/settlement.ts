@@ -1,6 +1,8 @@
 import type { ErrorBody } from '../core/errors.js';
 import { storable } from '../core/storable.js';
 import { applyIsolated, isRowError, sqlState } from '../store/isolate.js';
+import type { Logger } from '../telemetry/log.js';
+import type { StatementHealth } from './health.js';
 import { settleRuns, type SettledRun, type Settlement } from '../store/queue.js';
 import type { EngineResources } from './resources.js';
 
@@ -39,6 +41,79 @@ export function rejectedSettlement<
     },
     events: [],
   };
+}
+
+/** What one round of a batched settle wrote, and what waits for the next. */
+export interface SettleRound<T, R> {
+  /** What the statement answered, for every row it wrote (originals and stand-ins alike). */
+  done: R[];
+  /** Rows written, by original: the row itself, or the stand-in written for a refused one. */
+  written: Map<T, T>;
+  /** Rows not written (the database unavailable, or even a stand-in refused), in order. */
+  retry: T[];
+  /** How long to wait before the next try (0: nothing to retry). */
+  wait: number;
+}
+
+/**
+ * One round of a batched statement over many tenants' rows (a settle of runs,
+ * or of a batch run's items), with the fallback every such statement needs:
+ * the batch, then each row alone (`applyIsolated`); a row refused for its
+ * content is written once more as its `standIn` (failed, without what was
+ * refused) through `applyStandIns`; rows that fail because the database is
+ * unavailable come back in `retry`. The statement's health records it all,
+ * and the wait before a retry backs off.
+ */
+export async function settleRound<T extends { id: string }, R>(o: {
+  batch: T[];
+  apply: (rows: T[]) => Promise<R[]>;
+  applyStandIns?: (rows: T[]) => Promise<R[]>;
+  standIn: (row: T, error: unknown) => T;
+  health: StatementHealth;
+  log: Logger;
+  /** What is settled, for the log ("settlement", "item settlement"), and fields to log with it. */
+  what: string;
+  context?: Record<string, unknown>;
+}): Promise<SettleRound<T, R>> {
+  const first = await applyIsolated(o.batch, o.apply);
+  const done = [...first.done];
+  const written = new Map(o.batch.map((row) => [row, row]));
+  const retry: T[] = [];
+  const refused = first.rejected.filter((x) => isRowError(x.error));
+  for (const x of first.rejected) if (!isRowError(x.error)) retry.push(x.row);
+  if (refused.length > 0) {
+    o.health.rowsRejected(refused.length);
+    for (const x of refused)
+      o.log.error(
+        { ...o.context, err: x.error, id: x.row.id },
+        `the database refused a ${o.what}; it fails alone`,
+      );
+    const standIns = refused.map((x) => o.standIn(x.row, x.error));
+    const second = await applyIsolated(standIns, o.applyStandIns ?? o.apply);
+    done.push(...second.done);
+    // Even the bare record failed: the database itself is the problem, so the original waits.
+    const back = new Set(second.rejected.map((x) => x.row.id));
+    refused.forEach((x, n) => (back.has(x.row.id) ? retry.push(x.row) : written.set(x.row, standIns[n]!)));
+  }
+  for (const row of retry) written.delete(row);
+  if (retry.length === 0) {
+    o.health.succeeded();
+    return { done, written, retry, wait: 0 };
+  }
+  const failedIds = new Set(retry.map((row) => row.id));
+  const wait = o.health.failed(
+    first.rejected.find((x) => failedIds.has(x.row.id))?.error ?? `${o.what} failed`,
+  );
+  o.log.error(
+    {
+      ...o.context,
+      ids: retry.map((row) => row.id),
+      retry_in_ms: wait,
+      failures: o.health.state().consecutive_failures,
+    },
+    `${o.what} failed; retrying`,
+  );
+  return { done, written, retry, wait };
 }
 
 /**
@@ -90,46 +165,24 @@ export class SettlementSystem {
   private async flush(): Promise<void> {
     await new Promise((r) => setImmediate(r));
     const where = { host: this.r.host, worker: this.r.workerId };
-    const health = this.r.health.statements.settle;
-    const settle = (b: Settlement[]) => settleRuns(this.r.db, this.r.workerId, b);
     while (this.pending.length > 0) {
       const batch = this.pending;
       this.pending = [];
-      const first = await applyIsolated(batch, settle);
-      const done = new Map(first.done.map((row) => [row.id, row]));
-      const written = new Map(batch.map((s) => [s.id, s]));
-      const retry: Settlement[] = [];
-      const refused = first.rejected.filter((x) => isRowError(x.error));
-      for (const x of first.rejected) if (!isRowError(x.error)) retry.push(x.row);
-      if (refused.length > 0) {
-        health.rowsRejected(refused.length);
-        for (const x of refused)
-          this.r.log.error(
-            { err: x.error, run: x.row.id },
-            'the database refused a settlement; the run fails alone',
-          );
-        const fallback = refused.map((x) => rejectedSettlement(x.row, x.error, where));
-        const second = await applyIsolated(fallback, settle);
-        for (const row of second.done) done.set(row.id, row);
-        for (const f of fallback) written.set(f.id, f);
-        // Even the bare record failed: the database itself is the problem, so the original waits.
-        const back = new Set(second.rejected.map((x) => x.row.id));
-        for (const x of refused) if (back.has(x.row.id)) retry.push(x.row);
-      }
-      const retried = new Set(retry.map((s) => s.id));
-      for (const s of batch) if (!retried.has(s.id)) this.settled(written.get(s.id)!, done.get(s.id));
-      if (retry.length === 0) {
-        health.succeeded();
-        continue;
-      }
-      const wait = health.failed(first.rejected.find((x) => retried.has(x.row.id))?.error ?? 'settle failed');
-      this.r.log.error(
-        { runs: retry.map((s) => s.id), retry_in_ms: wait, failures: health.state().consecutive_failures },
-        'settle failed; retrying',
-      );
-      this.pending = retry.concat(this.pending);
-      if (Date.now() + wait > this.deadline) break; // stopping: these runs' leases expire and recovery takes them
-      await new Promise((r) => setTimeout(r, wait));
+      const round = await settleRound({
+        batch,
+        apply: (b) => settleRuns(this.r.db, this.r.workerId, b),
+        standIn: (s, e) => rejectedSettlement(s, e, where),
+        health: this.r.health.statements.settle,
+        log: this.r.log,
+        what: 'settlement',
+      });
+      const rows = new Map(round.done.map((row) => [row.id, row]));
+      for (const [s, w] of round.written) this.settled(w, rows.get(s.id));
+      if (round.retry.length === 0) continue;
+      this.pending = round.retry.concat(this.pending);
+      // Stopping: these runs' leases expire and recovery takes them.
+      if (Date.now() + round.wait > this.deadline) break;
+      await new Promise((r) => setTimeout(r, round.wait));
     }
     this.flushing = undefined;
   }
