@@ -1,4 +1,5 @@
 import { thrown } from '../../core/errors.js';
+import { setting } from '../../config.js';
 import { lookup as dnsLookup } from 'node:dns/promises';
 import { isIP, isIPv4, isIPv6 } from 'node:net';
 import { realpathSync, statSync } from 'node:fs';
@@ -25,7 +26,7 @@ export interface GitSourcePolicy {
  */
 export function gitSourcePolicy(env: NodeJS.ProcessEnv = process.env): GitSourcePolicy {
   const localRoots: string[] = [];
-  for (const entry of (env.CAIRN_GIT_LOCAL_ROOTS ?? '').split(':')) {
+  for (const entry of setting('CAIRN_GIT_LOCAL_ROOTS', env).split(':')) {
     if (!entry || !isAbsolute(entry)) continue;
     try {
       const real = realpathSync(entry);
@@ -34,7 +35,7 @@ export function gitSourcePolicy(env: NodeJS.ProcessEnv = process.env): GitSource
       // a root that does not exist allows nothing
     }
   }
-  return { localRoots, allowPrivateHosts: env.CAIRN_GIT_ALLOW_PRIVATE_HOSTS === '1' };
+  return { localRoots, allowPrivateHosts: setting('CAIRN_GIT_ALLOW_PRIVATE_HOSTS', env) };
 }
 
 /** A git source the policy refuses; `suggestion` says what would be accepted. */
@@ -82,7 +83,8 @@ function hasControl(s: string, space = false): boolean {
 const HOST_NAME =
   /^(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*$/;
 
-function within(root: string, path: string): boolean {
+/** Is `path` the directory `root` itself or inside it (both real, absolute paths)? */
+export function within(root: string, path: string): boolean {
   const rel = relative(root, path);
   return rel === '' || (!isAbsolute(rel) && rel.split(sep)[0] !== '..');
 }

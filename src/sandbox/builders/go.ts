@@ -36,6 +36,7 @@ import {
   guardRemoteHost,
   SANDBOX_CHECKOUT,
   SANDBOX_REPO,
+  within,
   type GitTarget,
 } from './git-source.js';
 import { goBuildDuration, goCacheHitRate } from '../../telemetry/metrics.js';
@@ -375,7 +376,7 @@ async function resolveSource(req: GoRequest, scratch: string): Promise<Resolved>
     throw new GoBuildError('source', `source.path ${s.path} does not exist in the repository`, '');
   }
   const root = realpathSync(dir);
-  if ((sub !== root && !sub.startsWith(root + '/')) || !lstatSync(sub).isDirectory())
+  if (!within(root, sub) || !lstatSync(sub).isDirectory())
     throw new GoBuildError('source', 'source.path must be a directory inside the repository', '');
   return {
     files: {},
