@@ -81,14 +81,15 @@ function send(reply: FastifyReply, err: CairnError): FastifyReply {
   return reply.code(err.status).type('application/json').send(err.toJSON());
 }
 
-/** The methods platform routes serve at a concrete path (for 405 and its Allow header). */
+/** Each platform route's path as a pattern of concrete paths, with its method (for 405 and Allow). */
+const ROUTE_PATTERNS = ROUTES.map((r) => ({
+  method: r.method,
+  re: new RegExp('^' + r.url.replace(/:[a-z_]+/g, '[^/]+') + '/?$'),
+}));
+
+/** The methods platform routes serve at a concrete path. */
 function methodsAt(path: string): string[] {
-  const out = new Set<string>();
-  for (const r of ROUTES) {
-    const re = new RegExp('^' + r.url.replace(/:[a-z_]+/g, '[^/]+') + '/?$');
-    if (re.test(path)) out.add(r.method);
-  }
-  return [...out];
+  return [...new Set(ROUTE_PATTERNS.filter((r) => r.re.test(path)).map((r) => r.method))];
 }
 
 export async function buildApp(deps: Deps): Promise<FastifyInstance> {

@@ -65,8 +65,7 @@ export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Prom
   const { deps, circle } = ctx;
   const slug = String(ctx.params.slug);
   const path = String(ctx.params['*'] ?? '').replace(/\/+$/, '');
-  // Circle membership first, so another circle's token learns nothing about which elements exist.
-  authorize(ctx.principal!, circle, 'read');
+  // Circle membership was checked first (app.ts context): another circle's token learns nothing about elements.
   const element = await getElement(deps.db, circle!.id, slug);
   if (!element) throw elementNotFound(slug);
   const type = getType(element.element_type);
@@ -80,9 +79,7 @@ export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Prom
     // Replayed while the first is still waiting for its run: answer with that run (202).
     const inFlight = async () => {
       const run = key ? await findByIdempotencyKey(deps.db, circle!.id, key) : undefined;
-      if (!run) return undefined;
-      ctx.reply.code(202).header('Location', `/api/runs/${run.id}`);
-      return { run_id: run.id, status: run.status, run_url: `/api/runs/${run.id}` };
+      return run ? accepted(ctx, run.id, run.status) : undefined;
     };
     return idempotent(ctx, circle!.id, `${element.slug}:${op.name}`, submit, inFlight);
   }
@@ -113,9 +110,13 @@ async function createRun(
   );
   const { run } = outcome;
   if (outcome.state === 'finished') return invokeAnswer(run, baseUrlOf(deps));
-  // Accepted: it is queued or running; the answer points at the run.
-  ctx.reply.code(202).header('Location', `/api/runs/${run.id}`);
-  return { run_id: run.id, status: 'queued', run_url: `/api/runs/${run.id}` };
+  return accepted(ctx, run.id, 'queued');
+}
+
+/** 202: the run is queued or running; the answer (and Location) points at it. */
+function accepted(ctx: RouteCtx, runId: string, status: string) {
+  ctx.reply.code(202).header('Location', `/api/runs/${runId}`);
+  return { run_id: runId, status, run_url: `/api/runs/${runId}` };
 }
 
 /** An op that answers directly (get, update, rows, a column run …). */
