@@ -6,7 +6,8 @@ import { PgDb } from '../src/db/pg.js';
 import { createCircle } from '../src/store/circles.js';
 import { createElement } from '../src/elements/service.js';
 import { getElement } from '../src/store/elements.js';
-import { registerType, getType, operationsOf, typeLookup } from '../src/elements/registry.js';
+import { getType, operationsOf, typeLookup } from '../src/elements/registry.js';
+import { registerInvokeType } from '../test/helpers/types.js';
 import { submitRun } from '../src/engine/submit.js';
 import { Worker } from '../src/engine/worker.js';
 import { cloneTemplate } from '../test/helpers/pg-server.js';
@@ -18,26 +19,11 @@ const PRODUCERS = 8;
 const CONCURRENCY = 32;
 
 // A type that does no work, registered only here: the engine is all that is measured.
-registerType({
+registerInvokeType({
   type: 'bench-noop',
-  category: 'actions',
   title: 'No-op',
-  description: 'Benchmark only.',
-  spec: z.object({}).strict(),
-  operations: [
-    {
-      name: 'invoke',
-      method: 'POST',
-      path: 'invoke',
-      auth: 'execute',
-      summary: 'noop',
-      input: z.object({}).passthrough(),
-      createsRun: true,
-    },
-  ],
-  errors: [],
-  rules: [],
-  executors: { invoke: async () => ({ output: { ok: true }, evidence: { command: ['noop'] } }) },
+  input: z.object({}).passthrough(),
+  invoke: async () => ({ output: { ok: true }, evidence: { command: ['noop'] } }),
 });
 
 async function newDatabase(): Promise<string> {

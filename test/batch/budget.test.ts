@@ -3,7 +3,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { z } from 'zod';
 import { describeEachDriver } from '../helpers/db.js';
 import { testApp, type TestApp } from '../helpers/app.js';
-import { registerType } from '../../src/elements/registry.js';
+import { registerInvokeType } from '../helpers/types.js';
 
 /**
  * Issue 10: `columns run … --budget B --on-budget-exceeded stop` must never
@@ -13,31 +13,14 @@ import { registerType } from '../../src/elements/registry.js';
  */
 const PRICES = [1_000, 2_500, 7_000];
 for (const price of PRICES)
-  registerType({
+  registerInvokeType({
     type: `test-priced-${price}`,
-    category: 'actions',
-    title: `Priced ${price} (tests only)`,
-    description: 'Takes a few milliseconds and costs its price.',
-    spec: z.object({}).strict(),
-    operations: [
-      {
-        name: 'invoke',
-        method: 'POST',
-        path: 'invoke',
-        auth: 'execute',
-        summary: 'priced',
-        input: z.object({ k: z.number() }).strict(),
-        createsRun: true,
-        price,
-      },
-    ],
-    errors: [],
-    rules: [],
-    executors: {
-      invoke: async (ctx) => {
-        await new Promise((r) => setTimeout(r, 2 + Math.random() * 8));
-        return { output: { k: (ctx.input as { k: number }).k }, evidence: { command: ['priced'] } };
-      },
+    title: `Priced ${price}`,
+    input: z.object({ k: z.number() }).strict(),
+    price,
+    invoke: async (ctx) => {
+      await new Promise((r) => setTimeout(r, 2 + Math.random() * 8));
+      return { output: { k: ctx.input.k }, evidence: { command: ['priced'] } };
     },
   });
 

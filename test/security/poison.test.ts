@@ -2,7 +2,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { z } from 'zod';
 import { describeEachDriver } from '../helpers/db.js';
 import { testApp, type TestApp } from '../helpers/app.js';
-import { registerType } from '../../src/elements/registry.js';
+import { registerInvokeType } from '../helpers/types.js';
 import { findUnstorable } from '../../src/core/storable.js';
 
 /**
@@ -14,39 +14,21 @@ import { findUnstorable } from '../../src/core/storable.js';
 // A type whose executor waits at a gate until `gate.size` runs arrived, so they settle in one batch;
 // `overcharge` asks for more credits than any wallet holds, which the ledger refuses (23514) at settle.
 const gate = { size: 1, waiting: [] as (() => void)[] };
-registerType({
+registerInvokeType({
   type: 'test-gated',
-  category: 'actions',
-  title: 'Gated (tests only)',
-  description: 'Finishes when enough runs arrived; may ask for an impossible charge.',
-  spec: z.object({}).strict(),
-  operations: [
-    {
-      name: 'invoke',
-      method: 'POST',
-      path: 'invoke',
-      auth: 'execute',
-      summary: 'gated',
-      input: z.object({ overcharge: z.boolean().optional(), n: z.number().optional() }).strict(),
-      createsRun: true,
-      price: 1000,
-    },
-  ],
-  errors: [],
-  rules: [],
-  executors: {
-    invoke: async (ctx) => {
-      await new Promise<void>((resolve) => {
-        gate.waiting.push(resolve);
-        if (gate.waiting.length >= gate.size) for (const w of gate.waiting.splice(0)) w();
-      });
-      const input = ctx.input as { overcharge?: boolean; n?: number };
-      return {
-        output: { n: input.n ?? 0 },
-        evidence: { command: ['gated'] },
-        credits: input.overcharge ? Number.MAX_SAFE_INTEGER : 1000,
-      };
-    },
+  title: 'Gated',
+  input: z.object({ overcharge: z.boolean().optional(), n: z.number().optional() }).strict(),
+  price: 1000,
+  invoke: async (ctx) => {
+    await new Promise<void>((resolve) => {
+      gate.waiting.push(resolve);
+      if (gate.waiting.length >= gate.size) for (const w of gate.waiting.splice(0)) w();
+    });
+    return {
+      output: { n: ctx.input.n ?? 0 },
+      evidence: { command: ['gated'] },
+      credits: ctx.input.overcharge ? Number.MAX_SAFE_INTEGER : 1000,
+    };
   },
 });
 
