@@ -9,7 +9,10 @@ import { startServer } from '../src/runtime.js';
 import { silentLogger } from '../src/telemetry/log.js';
 import { buildGo } from '../src/sandbox/builders/go.js';
 import { nodeRuntime, pythonRuntime } from '../src/sandbox/runtimes.js';
-import { runSandbox } from '../src/sandbox/runner.js';
+import { Sandbox } from '../src/sandbox/runner.js';
+
+/** The sandbox alone, as an executor runs it (its own instance: spawn server, uid slot, standbys). */
+const sandbox = new Sandbox();
 import { parseElementsYaml } from '../src/yaml.js';
 import { cloneTemplate } from '../test/helpers/pg-server.js';
 import { machine, median, percentile, invokeRunsPerSecond, writeSection, timed } from './lib.js';
@@ -94,7 +97,7 @@ it('code actions: latency, throughput, builds', async () => {
       },
     });
     const spec = (greeter as any).spec;
-    const build = await buildGo({ source: spec.source, handler: 'Handler' });
+    const build = await buildGo(sandbox, { source: spec.source, handler: 'Handler' });
     const invoke = (slug: string) => async () => {
       const b = await post(`/api/bench/${slug}/ops/invoke`, { name: 'Alice' });
       if (b.status !== 'succeeded') throw new Error(JSON.stringify(b));
@@ -110,7 +113,7 @@ it('code actions: latency, throughput, builds', async () => {
     const engineRate = () => invokeRunsPerSecond(server, 'bench', 'my-greeter', { name: 'Alice' }, M);
     // The sandbox alone, as the executor calls it (standby included), without the run record.
     const goSandbox = () =>
-      runSandbox({
+      sandbox.run({
         argv: ['/fn/handler'],
         binds: [{ src: build.binary, dest: '/fn/handler' }],
         env: { CAIRN_TIMEOUT_MS: '30000' },
@@ -138,11 +141,11 @@ it('code actions: latency, throughput, builds', async () => {
     const cold: number[] = [];
     for (let i = 0; i < 5; i++) {
       const code = spec.source.code.replace('Hello', `Hello ${randomBytes(4).toString('hex')}`);
-      cold.push((await buildGo({ source: { type: 'inline', code }, handler: 'Handler' })).durationMs);
+      cold.push((await buildGo(sandbox, { source: { type: 'inline', code }, handler: 'Handler' })).durationMs);
     }
     const hits: number[] = [];
     for (let i = 0; i < 200; i++)
-      hits.push((await buildGo({ source: spec.source, handler: 'Handler' })).durationMs);
+      hits.push((await buildGo(sandbox, { source: spec.source, handler: 'Handler' })).durationMs);
 
     // 4. python / javascript: sync invoke vs their bare interpreter start in bare bwrap
     const py = pythonRuntime();

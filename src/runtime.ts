@@ -16,13 +16,13 @@ import { Authenticator } from './api/auth.js';
 import { buildApp } from './api/app.js';
 import type { Deps } from './api/context.js';
 import type { Logger } from './telemetry/log.js';
-import { discardStandbys, sandboxDisabled } from './sandbox/runner.js';
+import { Sandbox } from './sandbox/runner.js';
 import { prewarmGo } from './sandbox/builders/go.js';
 
 /** Opens the configured database (PostgreSQL when DATABASE_URL is set, else PGlite in the data dir) and migrates it. */
 /** The sandbox opt-out is loud: logged at start by every process that executes runs. */
-export function warnIfUnsandboxed(log: Logger): void {
-  if (sandboxDisabled()) {
+export function warnIfUnsandboxed(log: Logger, sandbox: Sandbox): void {
+  if (sandbox.disabled) {
     log.warn(
       'CAIRN_UNSAFE_NO_SANDBOX=1: code actions run WITHOUT the bubblewrap sandbox (no namespaces, no seccomp, network reachable); every such run is flagged "unsandboxed"',
     );
@@ -30,9 +30,9 @@ export function warnIfUnsandboxed(log: Logger): void {
 }
 
 /** Warms the Go build cache in the background; a missing toolchain only matters when a go-fn runs. */
-function prewarm(log: Logger): void {
+function prewarm(log: Logger, sandbox: Sandbox): void {
   if (!setting('CAIRN_PREWARM')) return;
-  prewarmGo().then(
+  prewarmGo(sandbox).then(
     () => log.debug('go build cache warm'),
     (e) => log.warn({ err: String(e?.message ?? e) }, 'could not pre-warm the Go build cache'),
   );
@@ -132,14 +132,16 @@ export async function startServer(
   await ensureBootstrapToken(db, config, print);
   // PGlite is one process's database: its worker must live in the same process.
   const withWorker = config.embeddedWorker || db.kind === 'pglite';
+  const sandbox = new Sandbox();
   if (withWorker) {
-    warnIfUnsandboxed(log);
-    prewarm(log);
+    warnIfUnsandboxed(log, sandbox);
+    prewarm(log, sandbox);
   }
   const snapshotExtra = await snapshotFacts(db);
   const engine = new Engine({
     db,
     log,
+    sandbox,
     snapshotExtra,
     waitPollMs: config.pollMs,
     worker: withWorker
@@ -156,6 +158,7 @@ export async function startServer(
   } catch (e) {
     // Taken between the check and now: let go of what started, then say so, typed.
     await engine.stop(0);
+    sandbox.close();
     await db.close();
     throw (e as NodeJS.ErrnoException).code === 'EADDRINUSE' ? portInUse(config.host, config.port) : e;
   }
@@ -170,7 +173,7 @@ export async function startServer(
     async stop() {
       await app.close();
       await engine.stop(config.shutdownGraceMs);
-      discardStandbys();
+      sandbox.close();
       await db.close();
     },
   };
@@ -182,22 +185,24 @@ export async function startWorker(
   log: Logger,
 ): Promise<{ worker: Worker; db: Db; stop(): Promise<void> }> {
   const db = await openDb(config);
+  const sandbox = new Sandbox();
   const worker = new Worker({
     db,
+    sandbox,
     concurrency: config.workerConcurrency,
     leaseMs: config.leaseMs,
     pollMs: config.pollMs,
     log,
   });
-  warnIfUnsandboxed(log);
-  prewarm(log);
+  warnIfUnsandboxed(log, sandbox);
+  prewarm(log, sandbox);
   await worker.start();
   return {
     worker,
     db,
     async stop() {
       await worker.stop(config.shutdownGraceMs);
-      discardStandbys();
+      sandbox.close();
       await db.close();
     },
   };

@@ -165,6 +165,7 @@ async function answerOp(
       baseUrl: baseUrlOf(deps),
       workerId: deps.engine.worker?.id ?? null,
       engine: deps.engine.port,
+      sandbox: deps.engine.sandbox,
       types: typeLookup,
       snapshotExtra: deps.snapshotExtra,
       idempotencyKey: idempotencyKeyOf(ctx),

@@ -19,7 +19,6 @@ import { baseUrlOf } from './context.js';
 import { defineRoute, type RouteDef } from './route.js';
 import { CONTROL_ROUTES, visibleRun } from './control-routes.js';
 import { DEGRADED_AFTER } from '../engine/health.js';
-import { sandboxDiagnostics } from '../sandbox/runner.js';
 
 const slug = z.string().regex(SLUG_RE, 'lowercase letters, digits and dashes');
 const elementBody = z
@@ -93,7 +92,7 @@ export const ROUTES: RouteDef[] = [
       version: VERSION,
       database: deps.db.kind,
       worker: deps.engine.health() ?? null,
-      sandbox: sandboxDiagnostics(),
+      sandbox: deps.engine.sandbox.diagnostics(),
     }),
   }),
   defineRoute({

@@ -5,6 +5,7 @@ import type { Db, Queryable } from '../db/types.js';
 import type { CircleRow } from '../store/circles.js';
 import type { ElementRow } from '../store/elements.js';
 import type { RunRow } from '../store/runs.js';
+import type { Sandbox } from '../sandbox/runner.js';
 
 export type HttpMethod = 'GET' | 'POST' | 'PATCH' | 'DELETE';
 
@@ -102,6 +103,8 @@ export interface OpContext<I = unknown> {
   workerId: string | null;
   /** The engine, through its port (runs, cancels). */
   engine: EnginePort;
+  /** This process's sandbox (ops that build or check code run it). */
+  sandbox: Sandbox;
   /** Every element type (a column names an element of another type). */
   types: TypeLookup;
   /** Facts pinned into every run snapshot (toolchains, database version). */
@@ -153,6 +156,8 @@ export interface ExecContext<S = unknown, I = unknown> {
   input: I;
   signal: AbortSignal;
   host: string;
+  /** The sandbox the executor runs code in (the engine's). */
+  sandbox: Sandbox;
 }
 
 /** An element event to record with the run's settlement: [name, epoch ms, data]. */

@@ -3,6 +3,7 @@ import type { EnginePort } from '../elements/types.js';
 import { getRun, type RunRow } from '../store/runs.js';
 import { silentLogger, type Logger } from '../telemetry/log.js';
 import type { WorkerHealthReport } from './health.js';
+import { Sandbox } from '../sandbox/runner.js';
 import { enginePort } from './port.js';
 import { submitRun, type SubmitRequest } from './submit.js';
 import { RunWaiter } from './waiter.js';
@@ -17,6 +18,8 @@ export interface EngineOptions {
   worker?: Omit<WorkerOptions, 'db' | 'log'> | false;
   /** Fallback poll of the runs a sync caller waits for. */
   waitPollMs?: number;
+  /** The sandbox (built from the settings when not given; the engine then closes it on stop). */
+  sandbox?: Sandbox;
 }
 
 /** How an invoke ended for its caller: finished (its final row), or accepted and still queued or running. */
@@ -41,15 +44,19 @@ export class Engine {
   readonly worker: Worker | undefined;
   readonly waiter: RunWaiter;
   readonly port: EnginePort;
+  readonly sandbox: Sandbox;
+  private readonly ownsSandbox: boolean;
   private readonly snapshotExtra: Record<string, unknown>;
 
   constructor(opts: EngineOptions) {
     this.db = opts.db;
     this.snapshotExtra = opts.snapshotExtra;
+    this.ownsSandbox = !opts.sandbox;
+    this.sandbox = opts.sandbox ?? new Sandbox();
     this.worker =
       opts.worker === false || opts.worker === undefined
         ? undefined
-        : new Worker({ ...opts.worker, db: opts.db, log: opts.log ?? silentLogger });
+        : new Worker({ ...opts.worker, db: opts.db, log: opts.log ?? silentLogger, sandbox: this.sandbox });
     this.waiter = new RunWaiter(opts.db, opts.waitPollMs ?? 1_000);
     this.port = enginePort(opts.db);
   }
@@ -63,6 +70,7 @@ export class Engine {
   async stop(graceMs: number): Promise<void> {
     await this.worker?.stop(graceMs);
     await this.waiter.stop();
+    if (this.ownsSandbox) this.sandbox.close();
   }
 
   /** Something was queued or changed: this process's worker claims now (others hear NOTIFY). */

@@ -17,7 +17,7 @@ import type { EngineResources } from './resources.js';
 export class ExecutionSystem {
   private readonly circles = new Map<string, CircleRow>();
 
-  constructor(private readonly r: Pick<EngineResources, 'db' | 'host' | 'workerId' | 'log'>) {}
+  constructor(private readonly r: Pick<EngineResources, 'db' | 'host' | 'workerId' | 'log' | 'sandbox'>) {}
 
   /** An invoke run, executed: its settlement, with the type's invoked/completed/failed events. */
   async execute(run: RunRow, signal: AbortSignal): Promise<Settlement> {
@@ -85,6 +85,7 @@ export class ExecutionSystem {
         input,
         signal,
         host: this.r.host,
+        sandbox: this.r.sandbox,
       });
       // The run record's boundary: an output it cannot hold fails the run with the type's own code.
       const bad = findUnstorable(result.output ?? null);

@@ -9,6 +9,7 @@ import { BatchControl, runBatch, type BatchHost } from './batch.js';
 import { ExecutionSystem } from './execution.js';
 import { WorkerHealth, type WorkerHealthReport } from './health.js';
 import { expireDueGrants, LeaseSystem } from './leases.js';
+import { Sandbox } from '../sandbox/runner.js';
 import type { EngineResources } from './resources.js';
 import { rejectedSettlement, SettlementSystem } from './settlement.js';
 
@@ -28,6 +29,8 @@ export interface WorkerOptions {
   /** How often this worker looks for runs whose lease expired. */
   reapMs?: number;
   log?: Logger;
+  /** The sandbox executors run code in; without one, the worker builds its own from the settings and closes it on stop. */
+  sandbox?: Sandbox;
 }
 
 interface InFlight {
@@ -100,6 +103,8 @@ export class Worker {
   private readonly execution: ExecutionSystem;
   private readonly settlement: SettlementSystem;
   private readonly leases: LeaseSystem;
+  readonly sandbox: Sandbox;
+  private readonly ownsSandbox: boolean;
 
   constructor(opts: WorkerOptions) {
     this.db = opts.db;
@@ -110,7 +115,16 @@ export class Worker {
     this.pollMs = opts.pollMs ?? 1_000;
     this.reapMs = opts.reapMs ?? Math.min(this.leaseMs, 5_000);
     this.log = (opts.log ?? silentLogger).child({ worker: this.id });
-    this.resources = { db: this.db, host: this.host, workerId: this.id, log: this.log, health: this.health };
+    this.ownsSandbox = !opts.sandbox;
+    this.sandbox = opts.sandbox ?? new Sandbox();
+    this.resources = {
+      db: this.db,
+      host: this.host,
+      workerId: this.id,
+      log: this.log,
+      health: this.health,
+      sandbox: this.sandbox,
+    };
     this.execution = new ExecutionSystem(this.resources);
     this.settlement = new SettlementSystem(this.resources, (s, row) => this.settled(s, row));
     this.leases = new LeaseSystem(this.resources, this.leaseMs);
@@ -362,6 +376,7 @@ export class Worker {
     this.settledWaiters.clear();
     for (const w of this.idleWaiters.splice(0)) w();
     watchHealth(this.id, undefined);
+    if (this.ownsSandbox) this.sandbox.close();
     this.log.info('worker stopped');
   }
 }

@@ -1,6 +1,5 @@
 import { existsSync, mkdirSync, readFileSync, rmdirSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { setting } from '../config.js';
 
 /**
  * Memory limits for sandboxes, strongest first (docs/architecture.md#sandbox):
@@ -24,7 +23,6 @@ import { setting } from '../config.js';
  */
 export type MemoryEnforcement = 'cgroup-v2' | 'cgroup-v1' | 'watch';
 
-const V1_ROOT = () => setting('CAIRN_CGROUP_MEMORY_ROOT');
 const CGROUP2_MAGIC = 0x63677270;
 
 interface Backend {
@@ -34,15 +32,16 @@ interface Backend {
   reason: string;
 }
 
-let backend: Backend | undefined;
-
-function cgroupsDisabled(): boolean {
-  return !setting('CAIRN_CGROUPS');
+/** Where cgroups may be made (CAIRN_CGROUPS, CAIRN_CGROUP_MEMORY_ROOT, CAIRN_CGROUP_V2_ROOT). */
+export interface CgroupOptions {
+  enabled: boolean;
+  v1Root: string;
+  v2Root?: string;
 }
 
 /** The unified hierarchy's base for Cairn, when it has the memory controller and is writable. */
-function detectV2(): Backend | undefined {
-  const mount = setting('CAIRN_CGROUP_V2_ROOT') ?? '/sys/fs/cgroup';
+function detectV2(v2Root: string | undefined): Backend | undefined {
+  const mount = v2Root ?? '/sys/fs/cgroup';
   try {
     if (statfsSync(mount).type !== CGROUP2_MAGIC) return undefined;
     const controllers = readFileSync(join(mount, 'cgroup.controllers'), 'utf8').split(/\s+/);
@@ -61,8 +60,7 @@ function detectV2(): Backend | undefined {
   }
 }
 
-function detectV1(): Backend | undefined {
-  const root = V1_ROOT();
+function detectV1(root: string): Backend | undefined {
   try {
     if (!existsSync(join(root, 'memory.limit_in_bytes'))) return undefined;
     const base = join(root, 'cairn');
@@ -72,27 +70,6 @@ function detectV1(): Backend | undefined {
   } catch {
     return undefined;
   }
-}
-
-function detect(): Backend {
-  if (backend) return backend;
-  if (cgroupsDisabled()) backend = { mode: 'watch', base: '', reason: 'CAIRN_CGROUPS=0' };
-  else if (process.getuid?.() !== 0 && !setting('CAIRN_CGROUP_V2_ROOT'))
-    backend = { mode: 'watch', base: '', reason: 'not root and no delegated cgroup (CAIRN_CGROUP_V2_ROOT)' };
-  else
-    backend = detectV2() ??
-      detectV1() ?? { mode: 'watch', base: '', reason: 'no writable memory cgroup (v2 or v1) found' };
-  return backend;
-}
-
-/** How memory_mb is enforced in this process, for diagnostics. */
-export function memoryEnforcement(): { mode: MemoryEnforcement; reason: string; counts_shared_memory: true } {
-  const b = detect();
-  return { mode: b.mode, reason: b.reason, counts_shared_memory: true };
-}
-
-export function memoryCgroupsAvailable(): boolean {
-  return detect().mode !== 'watch';
 }
 
 export interface CgroupRun {
@@ -145,19 +122,43 @@ function prepareV2(dir: string, limitBytes: number, maxProcs: number): CgroupRun
   };
 }
 
-/** Readies the uid's cgroup for one run with `limitBytes`; undefined when no cgroup is usable. */
-export function prepareMemoryCgroup(uid: number, limitBytes: number, maxProcs = 64): CgroupRun | undefined {
-  const b = detect();
-  if (b.mode === 'watch') return undefined;
-  try {
-    const dir = join(b.base, `u${uid}`);
-    return b.mode === 'cgroup-v2' ? prepareV2(dir, limitBytes, maxProcs) : prepareV1(dir, limitBytes);
-  } catch {
-    return undefined;
-  }
-}
+/** The memory cgroups of one sandbox instance: the backend is detected on first use. */
+export class MemoryCgroups {
+  private backend: Backend | undefined;
 
-/** Detects the backend again on next use (after the environment changed: tests, a config reload). */
-export function resetMemoryEnforcement(): void {
-  backend = undefined;
+  constructor(private readonly opts: CgroupOptions) {}
+
+  private detect(): Backend {
+    if (this.backend) return this.backend;
+    const o = this.opts;
+    if (!o.enabled) this.backend = { mode: 'watch', base: '', reason: 'CAIRN_CGROUPS=0' };
+    else if (process.getuid?.() !== 0 && !o.v2Root)
+      this.backend = { mode: 'watch', base: '', reason: 'not root and no delegated cgroup (CAIRN_CGROUP_V2_ROOT)' };
+    else
+      this.backend = detectV2(o.v2Root) ??
+        detectV1(o.v1Root) ?? { mode: 'watch', base: '', reason: 'no writable memory cgroup (v2 or v1) found' };
+    return this.backend;
+  }
+
+  /** How memory_mb is enforced, for diagnostics. */
+  enforcement(): { mode: MemoryEnforcement; reason: string; counts_shared_memory: true } {
+    const b = this.detect();
+    return { mode: b.mode, reason: b.reason, counts_shared_memory: true };
+  }
+
+  get available(): boolean {
+    return this.detect().mode !== 'watch';
+  }
+
+  /** Readies the uid's cgroup for one run with `limitBytes`; undefined when no cgroup is usable. */
+  prepare(uid: number, limitBytes: number, maxProcs = 64): CgroupRun | undefined {
+    const b = this.detect();
+    if (b.mode === 'watch') return undefined;
+    try {
+      const dir = join(b.base, `u${uid}`);
+      return b.mode === 'cgroup-v2' ? prepareV2(dir, limitBytes, maxProcs) : prepareV1(dir, limitBytes);
+    } catch {
+      return undefined;
+    }
+  }
 }

@@ -3,9 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { buildSeccompFilter } from './seccomp.js';
-import { uidPool } from './uids.js';
-import { connectSandbox, frame, frameReader } from './spawn-server.js';
-import { memoryEnforcement, prepareMemoryCgroup } from './cgroup.js';
+import { UidPool } from './uids.js';
+import { SpawnServer, frame, frameReader } from './spawn-server.js';
+import { MemoryCgroups, type CgroupOptions } from './cgroup.js';
 import { StandbyPool } from './standby.js';
 import { constants } from 'node:os';
 import { setting } from '../config.js';
@@ -56,13 +56,35 @@ export const DEFAULT_LIMITS: Limits = {
   resultBytes: 6 * 1024 * 1024,
 };
 
-/**
- * The explicit, loud opt-out: CAIRN_UNSAFE_NO_SANDBOX=1 runs code without bubblewrap
- * (rlimits, a dedicated uid and reaping still apply). `serve` and `worker` log it at
- * start, and every such run carries the flag `unsandboxed`.
- */
-export function sandboxDisabled(): boolean {
-  return setting('CAIRN_UNSAFE_NO_SANDBOX');
+/** How a sandbox instance is built: from the declared settings (docs/configuration.md), or given by a test. */
+export interface SandboxOptions {
+  /**
+   * The explicit, loud opt-out: CAIRN_UNSAFE_NO_SANDBOX=1 runs code without bubblewrap
+   * (rlimits, a dedicated uid and reaping still apply). `serve` and `worker` log it at
+   * start, and every such run carries the flag `unsandboxed`.
+   */
+  disabled: boolean;
+  /** Sandboxes kept ready per distinct request (CAIRN_SANDBOX_STANDBY). */
+  standbyPerKey: number;
+  /** The first sandbox uid (CAIRN_SANDBOX_UID_BASE); the Go builder runs as the uid below it. */
+  uidBase: number;
+  /** Uids per process slot. */
+  uidPoolSize?: number;
+  cgroups: CgroupOptions;
+}
+
+/** The sandbox options the settings declare. */
+export function sandboxOptions(): SandboxOptions {
+  return {
+    disabled: setting('CAIRN_UNSAFE_NO_SANDBOX'),
+    standbyPerKey: setting('CAIRN_SANDBOX_STANDBY'),
+    uidBase: setting('CAIRN_SANDBOX_UID_BASE'),
+    cgroups: {
+      enabled: setting('CAIRN_CGROUPS'),
+      v1Root: setting('CAIRN_CGROUP_MEMORY_ROOT'),
+      v2Root: setting('CAIRN_CGROUP_V2_ROOT'),
+    },
+  };
 }
 
 export type Verdict =
@@ -121,8 +143,7 @@ export interface SandboxResult {
   limits: Limits;
 }
 
-const filterPaths = new Map<boolean, string>();
-function seccompFile(allowInet: boolean): string {
+function seccompFile(filterPaths: Map<boolean, string>, allowInet: boolean): string {
   const known = filterPaths.get(allowInet);
   if (known && existsSync(known)) return known;
   const dir = join(tmpdir(), `cairn-seccomp-${process.pid}`);
@@ -204,9 +225,24 @@ interface Launched {
  * memory cgroup. Armed, bwrap sets the sandbox up and then waits; otherwise
  * the program starts as soon as bwrap has set it up.
  */
-async function launch(req: SandboxRequest, limits: Limits, wantArmed: boolean): Promise<Launched> {
+/** What launching needs of its sandbox instance. */
+interface LaunchParts {
+  spawner: SpawnServer;
+  uids: UidPool;
+  cgroups: MemoryCgroups;
+  disabled: boolean;
+  seccomp(allowInet: boolean): string;
+}
+
+async function launch(
+  parts: LaunchParts,
+  req: SandboxRequest,
+  limits: Limits,
+  wantArmed: boolean,
+): Promise<Launched> {
+  const { uids: uidPool } = parts;
   const pooled = req.asUid === undefined;
-  const sock = await connectSandbox(); // before taking a uid: a server that cannot start must not leak one
+  const sock = await parts.spawner.connect(); // before taking a uid: a server that cannot start must not leak one
   let spawnError = '';
   let exited = false;
   // Done once the helper has reported (it reaps every process of the sandbox first) and hung up.
@@ -218,12 +254,12 @@ async function launch(req: SandboxRequest, limits: Limits, wantArmed: boolean): 
     });
   });
   const uid = pooled ? await uidPool.acquire() : req.asUid;
-  const sandboxed = !sandboxDisabled();
+  const sandboxed = !parts.disabled;
   const armed = wantArmed && sandboxed;
   // A memory cgroup where one is writable (exact, whole tree, counted OOM kills); RLIMIT_DATA otherwise.
   const cgroup =
     uid !== undefined && pooled
-      ? prepareMemoryCgroup(uid, limits.memoryMb * 1024 * 1024, limits.maxProcs)
+      ? parts.cgroups.prepare(uid, limits.memoryMb * 1024 * 1024, limits.maxProcs)
       : undefined;
   // Without a cgroup, the helper watches the sandbox's memory, shared memory included (helper.c).
   const watchBytes = !cgroup && pooled ? limits.memoryMb * 1024 * 1024 : 0;
@@ -244,7 +280,7 @@ async function launch(req: SandboxRequest, limits: Limits, wantArmed: boolean): 
     String(limits.timeoutMs),
     cgroup?.procs ?? '-',
     armed ? '1' : '0',
-    seccompFile(Boolean(req.network)),
+    parts.seccomp(Boolean(req.network)),
     sandboxed ? '-' : tmpdir(),
     String(watchBytes),
     String(fdArgs),
@@ -421,52 +457,97 @@ async function launch(req: SandboxRequest, limits: Limits, wantArmed: boolean): 
   };
 }
 
-/** Sandboxes made ahead of time, by request (everything but the input); made on first use, not at import. */
-let standbyPool: StandbyPool<Launched> | undefined;
-function standbys(): StandbyPool<Launched> {
-  return (standbyPool ??= new StandbyPool<Launched>({
-    perKey: setting('CAIRN_SANDBOX_STANDBY'),
-    // Never hold uids that runs are waiting for.
-    canStart: () => uidPool.available > 8,
-  }));
-}
-
-/** How this process contains sandboxes, for `GET /api/diagnostics` and the go-fn diagnostics op. */
-export function sandboxDiagnostics(): Record<string, unknown> {
-  return {
-    backend: sandboxDisabled() ? 'none (CAIRN_UNSAFE_NO_SANDBOX=1)' : 'bubblewrap',
-    memory: memoryEnforcement(),
-    tmpfs: { tmp_mb: DEFAULT_LIMITS.tmpMb, dev_shm_mb: DEV_SHM_MB, counted_in_memory: true },
-    seccomp: 'x86_64 deny-list (docs/architecture.md#sandbox)',
-  };
-}
-
-/** Kills every sandbox made ahead of time (at shutdown; they hold no run). */
-export function discardStandbys(): void {
-  standbyPool?.clear();
-}
-
 function standbyKey(req: SandboxRequest, limits: Limits): string {
   return JSON.stringify([req.argv, req.binds, req.env ?? {}, limits, req.cwd ?? null, Boolean(req.network)]);
 }
 
 /**
- * Runs `argv` in a fresh bubblewrap sandbox and decides the verdict from what
- * it saw: its own timer, the output caps, the OOM markers, the exit status and
- * whether a result arrived on fd 3.
+ * The sandbox of one Cairn process (or one test): its spawn server, its slot
+ * of host uids, its memory cgroups, its seccomp filter files and the sandboxes
+ * it made ahead of time. Built from its options and held in the engine's
+ * resources; executors and builders reach it through their context.
  */
-export async function runSandbox(req: SandboxRequest): Promise<SandboxResult> {
-  const limits: Limits = { ...DEFAULT_LIMITS, ...req.limits };
-  const useStandby = Boolean(req.standby) && req.asUid === undefined && !sandboxDisabled();
-  const key = useStandby ? standbyKey(req, limits) : '';
-  const ready = useStandby ? standbys().take(key) : undefined;
-  const sandbox = ready ?? (await launch(req, limits, false));
-  let result = await sandbox.go(req.stdin, req.signal);
-  // A held sandbox whose helper died before the run (e.g. killed from outside) did not run it: run it fresh.
-  if (ready && result.signal === 'SPAWN_ERROR' && !req.signal?.aborted)
-    result = await (await launch(req, limits, false)).go(req.stdin, req.signal);
-  // The next one is made once this run is done: spawning forks this whole process, and the
-  // set-up competes for the same cores, so doing it during the run would slow the run.
-  if (useStandby) standbys().refill(key, () => launch(req, limits, true));
-  return result;
+export class Sandbox {
+  readonly disabled: boolean;
+  private readonly uids: UidPool;
+  private readonly cgroups: MemoryCgroups;
+  private readonly spawner = new SpawnServer();
+  private readonly filterPaths = new Map<boolean, string>();
+  private readonly standbys: StandbyPool<Launched>;
+  private readonly parts: LaunchParts;
+
+  constructor(readonly options: SandboxOptions = sandboxOptions()) {
+    this.disabled = options.disabled;
+    this.uids = new UidPool(options.uidBase, options.uidPoolSize);
+    this.cgroups = new MemoryCgroups(options.cgroups);
+    this.standbys = new StandbyPool<Launched>({
+      perKey: options.standbyPerKey,
+      // Never hold uids that runs are waiting for.
+      canStart: () => this.uids.available > 8,
+    });
+    this.parts = {
+      spawner: this.spawner,
+      uids: this.uids,
+      cgroups: this.cgroups,
+      disabled: this.disabled,
+      seccomp: (inet) => seccompFile(this.filterPaths, inet),
+    };
+  }
+
+  /** Runs as a pooled uid per sandbox (only when Cairn runs as root). */
+  get pooledUids(): boolean {
+    return this.uids.enabled;
+  }
+
+  /** The host uid that owns the build caches and runs every build; functions never run as it. */
+  get builderUid(): number | undefined {
+    return this.uids.enabled ? this.uids.base - 1 : undefined;
+  }
+
+  /** Whether a memory cgroup (v2 or v1) enforces memory_mb here, rather than the helper's watch. */
+  get memoryCgroups(): boolean {
+    return this.cgroups.available;
+  }
+
+  /** How this sandbox contains runs, for `GET /api/diagnostics` and the go-fn diagnostics op. */
+  diagnostics() {
+    return {
+      backend: this.disabled ? 'none (CAIRN_UNSAFE_NO_SANDBOX=1)' : 'bubblewrap',
+      memory: this.cgroups.enforcement(),
+      tmpfs: { tmp_mb: DEFAULT_LIMITS.tmpMb, dev_shm_mb: DEV_SHM_MB, counted_in_memory: true },
+      seccomp: 'x86_64 deny-list (docs/architecture.md#sandbox)',
+    };
+  }
+
+  /** Kills every sandbox made ahead of time (they hold no run). */
+  discardStandbys(): void {
+    this.standbys.clear();
+  }
+
+  /** At shutdown: the standbys are killed and the spawn server stops. */
+  close(): void {
+    this.discardStandbys();
+    this.spawner.close();
+  }
+
+  /**
+   * Runs `argv` in a fresh bubblewrap sandbox and decides the verdict from what
+   * it saw: its own timer, the output caps, the OOM markers, the exit status and
+   * whether a result arrived on fd 3.
+   */
+  async run(req: SandboxRequest): Promise<SandboxResult> {
+    const limits: Limits = { ...DEFAULT_LIMITS, ...req.limits };
+    const useStandby = Boolean(req.standby) && req.asUid === undefined && !this.disabled;
+    const key = useStandby ? standbyKey(req, limits) : '';
+    const ready = useStandby ? this.standbys.take(key) : undefined;
+    const sandbox = ready ?? (await launch(this.parts, req, limits, false));
+    let result = await sandbox.go(req.stdin, req.signal);
+    // A held sandbox whose helper died before the run (e.g. killed from outside) did not run it: run it fresh.
+    if (ready && result.signal === 'SPAWN_ERROR' && !req.signal?.aborted)
+      result = await (await launch(this.parts, req, limits, false)).go(req.stdin, req.signal);
+    // The next one is made once this run is done: spawning forks this whole process, and the
+    // set-up competes for the same cores, so doing it during the run would slow the run.
+    if (useStandby) this.standbys.refill(key, () => launch(this.parts, req, limits, true));
+    return result;
+  }
 }

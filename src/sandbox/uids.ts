@@ -2,7 +2,6 @@ import { thrown } from '../core/errors.js';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setting } from '../config.js';
 
 const SLOTS_DIR = join(tmpdir(), 'cairn-uid-slots');
 const MAX_SLOTS = 1024;
@@ -62,15 +61,11 @@ export class UidPool {
   private free: number[] | undefined;
   private readonly waiters: ((uid: number) => void)[] = [];
 
+  /** `base`: the first sandbox uid (CAIRN_SANDBOX_UID_BASE); the slots start there. */
   constructor(
-    private readonly baseOverride?: number,
+    readonly base: number,
     readonly size = 64,
   ) {}
-
-  /** The first sandbox uid (CAIRN_SANDBOX_UID_BASE, read when first needed, not at import). */
-  get base(): number {
-    return this.baseOverride ?? setting('CAIRN_SANDBOX_UID_BASE');
-  }
 
   get enabled(): boolean {
     return process.getuid?.() === 0;
@@ -105,5 +100,3 @@ export class UidPool {
     else this.uids().unshift(uid);
   }
 }
-
-export const uidPool = new UidPool();

@@ -9,6 +9,7 @@ import type { Worker } from '../../src/engine/worker.js';
 import { snapshotFacts } from '../../src/runtime.js';
 import { createToken } from '../../src/store/tokens.js';
 import { silentLogger } from '../../src/telemetry/log.js';
+import { Sandbox, sandboxOptions, type SandboxOptions } from '../../src/sandbox/runner.js';
 
 export interface TestApp {
   app: FastifyInstance;
@@ -37,6 +38,8 @@ export async function testApp(
     leaseMs?: number;
     welcomeCredits?: number;
     concurrency?: number;
+    /** Sandbox options over the settings' (e.g. `{ disabled: true }`, cgroups off). */
+    sandbox?: Partial<SandboxOptions>;
   } = {},
 ): Promise<TestApp> {
   const config = loadConfig(
@@ -44,8 +47,10 @@ export async function testApp(
     {},
   );
   const snapshotExtra = await snapshotFacts(db);
+  const sandbox = new Sandbox({ ...sandboxOptions(), ...opts.sandbox });
   const engine = new Engine({
     db,
+    sandbox,
     snapshotExtra,
     waitPollMs: 100,
     worker:
@@ -103,6 +108,7 @@ export async function testApp(
     async close() {
       await app.close();
       await engine.stop(2_000);
+      sandbox.close();
     },
   };
 }

@@ -25,7 +25,9 @@ import {
   isBlockedAddress,
   type Lookup,
 } from '../../src/sandbox/builders/git-source.js';
-import { uidPool } from '../../src/sandbox/uids.js';
+import { Sandbox } from '../../src/sandbox/runner.js';
+
+const sandbox = new Sandbox();
 import { freshDb } from '../helpers/db.js';
 import { testApp, type TestApp } from '../helpers/app.js';
 
@@ -369,7 +371,7 @@ describe('builds from git sources (real git in real bubblewrap)', () => {
       ];
       for (const url of urls) {
         const t0 = performance.now();
-        const e = await buildGo({ source: { type: 'git', git_url: url }, handler: 'Handler' }).catch(
+        const e = await buildGo(sandbox, { source: { type: 'git', git_url: url }, handler: 'Handler' }).catch(
           (x) => x,
         );
         expect(e, url).toBeInstanceOf(GoBuildError);
@@ -387,13 +389,13 @@ describe('builds from git sources (real git in real bubblewrap)', () => {
 
   it('(build time) refuses a local path when no roots are configured, even one accepted earlier', async () => {
     setEnv({});
-    const e = await buildGo({
+    const e = await buildGo(sandbox, {
       source: { type: 'git', git_url: join(root, 'good') },
       handler: 'Handler',
     }).catch((x) => x);
     expect(e).toBeInstanceOf(GoBuildError);
     expect(e.message).toMatch(/allows no local git repositories/);
-    const b = await buildGo({
+    const b = await buildGo(sandbox, {
       source: { type: 'git', git_url: '/etc', path: '.' },
       handler: 'Handler',
     }).catch((x) => x);
@@ -402,7 +404,7 @@ describe('builds from git sources (real git in real bubblewrap)', () => {
 
   it('(b) a repository under an allowed root builds, pinned to its commit', async () => {
     setEnv({ CAIRN_GIT_LOCAL_ROOTS: root });
-    const b = await buildGo({
+    const b = await buildGo(sandbox, {
       source: { type: 'git', git_url: join(root, 'good'), git_ref: 'main' },
       handler: 'Handler',
     });
@@ -412,7 +414,7 @@ describe('builds from git sources (real git in real bubblewrap)', () => {
     expect(readFileSync(b.binary).subarray(0, 4).toString('hex')).toBe('7f454c46');
   }, 120_000);
 
-  it.runIf(uidPool.enabled)(
+  it.runIf(sandbox.pooledUids)(
     '(e) git runs as the unprivileged builder uid: a repository only root can read cannot be cloned',
     async () => {
       setEnv({ CAIRN_GIT_LOCAL_ROOTS: root });
@@ -421,7 +423,7 @@ describe('builds from git sources (real git in real bubblewrap)', () => {
       const config = join(repo, '.git', 'config');
       chmodSync(config, 0o600);
       try {
-        const e = await buildGo({
+        const e = await buildGo(sandbox, {
           source: { type: 'git', git_url: repo, git_ref: 'main' },
           handler: 'Handler',
         }).catch((x) => x);
@@ -429,7 +431,7 @@ describe('builds from git sources (real git in real bubblewrap)', () => {
         expect(e.message).toMatch(/git clone of .* failed/);
         expect(e.diagnostics).toMatch(/unable to access '(\.\/)?config': Permission denied/);
         chmodSync(config, 0o644);
-        const ok = await buildGo({
+        const ok = await buildGo(sandbox, {
           source: { type: 'git', git_url: repo, git_ref: 'main' },
           handler: 'Handler',
         });
@@ -452,7 +454,7 @@ describe('builds from git sources (real git in real bubblewrap)', () => {
       execFileSync('git', ['clone', '-q', '--no-local', borrower, join(host, 'c')]);
       expect(readFileSync(join(host, 'c', 'fn.go'), 'utf8')).toContain('outside');
       rmSync(host, { recursive: true, force: true });
-      const e = await buildGo({
+      const e = await buildGo(sandbox, {
         source: { type: 'git', git_url: borrower, git_ref: 'main' },
         handler: 'Handler',
       }).catch((x) => x);
@@ -471,7 +473,7 @@ describe('builds from git sources (real git in real bubblewrap)', () => {
     execFileSync('git', ['-C', repo, 'add', '-A']);
     execFileSync('git', ['-C', repo, '-c', 'user.email=t@t', '-c', 'user.name=t', 'commit', '-qm', 'link']);
     try {
-      const e = await buildGo({
+      const e = await buildGo(sandbox, {
         source: { type: 'git', git_url: repo, git_ref: 'main', path: 'sub' },
         handler: 'Handler',
       }).catch((x) => x);
@@ -505,7 +507,7 @@ describe('builds from git sources (real git in real bubblewrap)', () => {
       const l = await listener(addr);
       try {
         setEnv({});
-        const e = await buildGo({
+        const e = await buildGo(sandbox, {
           source: { type: 'git', git_url: `https://${name}:${l.port}/x.git` },
           handler: 'Handler',
         }).catch((x) => x);
@@ -514,7 +516,7 @@ describe('builds from git sources (real git in real bubblewrap)', () => {
         expect(l.seen).toEqual([]);
 
         setEnv({ CAIRN_GIT_ALLOW_PRIVATE_HOSTS: '1' });
-        const f = await buildGo({
+        const f = await buildGo(sandbox, {
           source: { type: 'git', git_url: `https://${name}:${l.port}/x.git` },
           handler: 'Handler',
         }).catch((x) => x);

@@ -1,12 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freshDb } from '../helpers/db.js';
 import { testApp, type TestApp } from '../helpers/app.js';
-import {
-  memoryCgroupsAvailable,
-  memoryEnforcement,
-  resetMemoryEnforcement,
-} from '../../src/sandbox/cgroup.js';
-import { discardStandbys } from '../../src/sandbox/runner.js';
+import { Sandbox, sandboxOptions } from '../../src/sandbox/runner.js';
 
 /**
  * Issue 9, finding 2: `memory_mb` holds against shared memory. Each attack is
@@ -72,9 +67,10 @@ def handler(input):
 `,
 };
 
+const probe = new Sandbox();
 const MODES = [
-  ...(memoryCgroupsAvailable() ? [{ name: 'memory cgroup', cgroups: undefined }] : []),
-  { name: 'memory watch (no cgroup)', cgroups: '0' },
+  ...(probe.memoryCgroups ? [{ name: 'memory cgroup', cgroups: true }] : []),
+  { name: 'memory watch (no cgroup)', cgroups: false },
 ];
 
 for (const mode of MODES) {
@@ -82,15 +78,14 @@ for (const mode of MODES) {
     let handle: Awaited<ReturnType<typeof freshDb>>;
     let t: TestApp;
     let c: Awaited<ReturnType<TestApp['circle']>>;
-    const saved = process.env.CAIRN_CGROUPS;
 
     beforeAll(async () => {
-      if (mode.cgroups === undefined) delete process.env.CAIRN_CGROUPS;
-      else process.env.CAIRN_CGROUPS = mode.cgroups;
-      resetMemoryEnforcement();
-      discardStandbys();
       handle = await freshDb('pg');
-      t = await testApp(handle.db, { concurrency: 2 });
+      const base = sandboxOptions();
+      t = await testApp(handle.db, {
+        concurrency: 2,
+        sandbox: { cgroups: { ...base.cgroups, enabled: mode.cgroups } },
+      });
       c = await t.circle('memhog');
       for (const [slug, code] of Object.entries(ATTACKS)) {
         const r = await t.call(
@@ -114,16 +109,12 @@ for (const mode of MODES) {
     afterAll(async () => {
       await t?.close();
       await handle?.drop();
-      if (saved === undefined) delete process.env.CAIRN_CGROUPS;
-      else process.env.CAIRN_CGROUPS = saved;
-      resetMemoryEnforcement();
-      discardStandbys();
     });
 
     it('diagnostics says how memory is enforced', async () => {
       const d = await t.call('GET', '/api/diagnostics');
       expect(d.status).toBe(200);
-      expect(d.body.sandbox.memory.mode).toBe(mode.cgroups === '0' ? 'watch' : memoryEnforcement().mode);
+      expect(d.body.sandbox.memory.mode).toBe(mode.cgroups ? probe.diagnostics().memory.mode : 'watch');
       expect(d.body.sandbox.memory.counts_shared_memory).toBe(true);
     });
 

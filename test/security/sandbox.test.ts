@@ -4,9 +4,10 @@ import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { discardStandbys, runSandbox, type SandboxRequest } from '../../src/sandbox/runner.js';
+import { Sandbox, sandboxOptions, type SandboxRequest } from '../../src/sandbox/runner.js';
+
+const sandbox = new Sandbox();
 import { cacheRoot } from '../../src/sandbox/exec-helper.js';
-import { memoryCgroupsAvailable } from '../../src/sandbox/cgroup.js';
 import { UidPool } from '../../src/sandbox/uids.js';
 import { buildGo, GoBuildError } from '../../src/sandbox/builders/go.js';
 
@@ -20,7 +21,7 @@ describe('sandbox containment', () => {
   let server: Server;
   let port: number;
   const run = (args: string[], extra: Partial<SandboxRequest> = {}) =>
-    runSandbox({ argv: ['/probe', ...args], binds: [{ src: probe, dest: '/probe' }], ...extra });
+    sandbox.run({ argv: ['/probe', ...args], binds: [{ src: probe, dest: '/probe' }], ...extra });
   const said = async (args: string[], extra: Partial<SandboxRequest> = {}) =>
     (await run(args, extra)).stdout.toString().trim();
 
@@ -95,7 +96,7 @@ describe('sandbox containment', () => {
   });
 
   it('where a memory cgroup is writable, it limits the whole tree and counts the OOM kill itself', async () => {
-    if (!memoryCgroupsAvailable()) return; // RLIMIT_DATA covers other hosts (test above)
+    if (!sandbox.memoryCgroups) return; // RLIMIT_DATA covers other hosts (test above)
     // No OOM markers: the verdict can only come from the kernel's own count.
     const r = await run(['mem', '2000'], { limits: { memoryMb: 96 } });
     expect(r.verdict).toBe('memory_exceeded');
@@ -171,7 +172,7 @@ describe('sandbox containment', () => {
     copyFileSync(probe, suid);
     chmodSync(suid, 0o4755);
     expect(statSync(suid).mode & 0o4000).toBe(0o4000);
-    const r = await runSandbox({ argv: ['/probe', 'id'], binds: [{ src: suid, dest: '/probe' }] });
+    const r = await sandbox.run({ argv: ['/probe', 'id'], binds: [{ src: suid, dest: '/probe' }] });
     const m = /id uid=(\d+) euid=(\d+)/.exec(r.stdout.toString());
     expect(m![2]).toBe(m![1]);
     expect(m![2]).not.toBe('0');
@@ -202,7 +203,7 @@ describe('sandbox containment', () => {
       `cd ${repo} && printf 'module evil\\n\\ngo 1.22\\n' > go.mod && printf 'package main\\n\\nfunc Handler(in map[string]interface{}) (map[string]interface{}, error) { return in, nil }\\n' > fn.go && ln -s /etc/passwd .cairn-fn && git add -A && git -c user.email=t@t -c user.name=t commit -qm x`,
     ]);
     try {
-      const b = await buildGo({
+      const b = await buildGo(sandbox, {
         source: { type: 'git', git_url: repo, git_ref: 'main' },
         handler: 'Handler',
       });
@@ -229,7 +230,7 @@ import "C"
 func Handler(in map[string]interface{}) (map[string]interface{}, error) { return in, nil }
 `;
     await expect(
-      buildGo({ source: { type: 'inline', code: cgo }, handler: 'Handler' }),
+      buildGo(sandbox, { source: { type: 'inline', code: cgo }, handler: 'Handler' }),
     ).rejects.toBeInstanceOf(GoBuildError);
     const gen = `package main
 
@@ -237,7 +238,7 @@ func Handler(in map[string]interface{}) (map[string]interface{}, error) { return
 
 func Handler(in map[string]interface{}) (map[string]interface{}, error) { return map[string]interface{}{"ok": true}, nil }
 `;
-    const b = await buildGo({ source: { type: 'inline', code: gen }, handler: 'Handler' });
+    const b = await buildGo(sandbox, { source: { type: 'inline', code: gen }, handler: 'Handler' });
     expect(readFileSync(b.binary).includes(Buffer.from('pwned'))).toBe(false);
   }, 120_000);
 });
@@ -247,11 +248,11 @@ describe('sandboxes made ahead of time (standby)', () => {
   let probe: string;
   beforeAll(() => ({ dir, probe } = buildProbe()), 120_000);
   afterAll(() => {
-    discardStandbys();
+    sandbox.discardStandbys();
     rmSync(dir, { recursive: true, force: true });
   });
   const standby = (args: string[], extra: Partial<SandboxRequest> = {}) =>
-    runSandbox({
+    sandbox.run({
       argv: ['/probe', ...args],
       binds: [{ src: probe, dest: '/probe' }],
       standby: true,
@@ -298,9 +299,35 @@ describe('sandboxes made ahead of time (standby)', () => {
     await standby(['sleep', token]);
     await settle();
     expect(cmdlines().some((c) => c.includes(token))).toBe(true);
-    discardStandbys();
+    sandbox.discardStandbys();
     await new Promise((r) => setTimeout(r, 200));
     expect(cmdlines().filter((c) => c.includes(token))).toEqual([]);
+  });
+});
+
+describe('sandbox instances', () => {
+  it('each instance is built from its own options, with its own uid slot: no module state is shared', async () => {
+    const a = new Sandbox({ ...sandboxOptions(), uidBase: 3_200_000, uidPoolSize: 4 });
+    const off = new Sandbox({ ...sandboxOptions(), disabled: true, uidBase: 3_300_000, uidPoolSize: 4 });
+    try {
+      const req = { argv: ['/bin/sh', '-c', 'id -u; hostname'], binds: [{ src: '/', dest: '/' }] };
+      const [inside, outside] = await Promise.all([a.run(req), off.run(req)]);
+      expect(inside.sandboxed).toBe(true);
+      expect(outside.sandboxed).toBe(false);
+      expect(inside.stdout.toString()).toMatch(/sandbox\n$/); // bwrap's hostname
+      expect(outside.stdout.toString()).not.toMatch(/^sandbox$/m);
+      if (process.getuid?.() === 0) {
+        expect(Math.floor((inside.uid! - 3_200_000) / 4)).toBeGreaterThanOrEqual(0);
+        expect(inside.uid! < 3_300_000).toBe(true);
+        expect(outside.uid! >= 3_300_000).toBe(true);
+        expect(a.builderUid).toBe(3_199_999);
+      }
+      expect(a.diagnostics().backend).toBe('bubblewrap');
+      expect(off.diagnostics().backend).toMatch(/^none/);
+    } finally {
+      a.close();
+      off.close();
+    }
   });
 });
 

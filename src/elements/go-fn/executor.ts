@@ -12,7 +12,7 @@ import {
   type GoRequest,
 } from '../../sandbox/builders/go.js';
 import { WRAPPER_VERSION } from '../../sandbox/builders/go-wrapper.js';
-import { runSandbox, sandboxDisabled, type SandboxResult } from '../../sandbox/runner.js';
+import type { Sandbox, SandboxResult } from '../../sandbox/runner.js';
 import { declaredError } from '../errors.js';
 import { readEnvelope, sandboxEvidence } from '../code-action.js';
 import type { ElementEvent, ExecContext, ExecResult, OpContext } from '../types.js';
@@ -46,9 +46,9 @@ function friendly(e: GoBuildError): string {
   return `Go build failed: ${e.message}`;
 }
 
-export async function build(spec: GoSpec): Promise<GoBuild> {
+export async function build(sb: Sandbox, spec: GoSpec): Promise<GoBuild> {
   try {
-    return await buildGo(request(spec));
+    return await buildGo(sb, request(spec));
   } catch (e) {
     if (e instanceof GoBuildError) {
       if (e.kind === 'source' || e.kind === 'download')
@@ -101,7 +101,7 @@ function interpret(r: SandboxResult, spec: GoSpec): unknown {
 
 export async function invokeGo(ctx: ExecContext<GoSpec, Record<string, unknown>>): Promise<ExecResult> {
   const spec = ctx.spec;
-  const b = await build(spec);
+  const b = await build(ctx.sandbox, spec);
   const events: ElementEvent[] = b.cached
     ? []
     : [
@@ -113,7 +113,7 @@ export async function invokeGo(ctx: ExecContext<GoSpec, Record<string, unknown>>
       ];
   const stdin = JSON.stringify(ctx.input ?? {});
   const argv = ['/fn/handler'];
-  const r = await runSandbox({
+  const r = await ctx.sandbox.run({
     argv,
     binds: [{ src: b.binary, dest: '/fn/handler' }],
     env: { ...spec.env, CAIRN_TIMEOUT_MS: String(spec.timeout_ms) },
@@ -167,7 +167,7 @@ function peakOf(r: SandboxResult): number | null {
 
 export async function buildOp(ctx: OpContext) {
   const spec = ctx.element.spec as unknown as GoSpec;
-  const b = await build(spec);
+  const b = await build(ctx.sandbox, spec);
   return {
     status: 'built',
     cached: b.cached,
@@ -181,7 +181,7 @@ export async function buildOp(ctx: OpContext) {
 export async function validateOp(ctx: OpContext) {
   const spec = ctx.element.spec as unknown as GoSpec;
   try {
-    const v = await vetGo(request(spec));
+    const v = await vetGo(ctx.sandbox, request(spec));
     const lines = v.diagnostics.split('\n').filter((l) => /\.go:\d+:\d+/.test(l));
     return { valid: v.ok, errors: v.ok ? [] : lines.length ? lines : [v.diagnostics], warnings: [] };
   } catch (e) {
@@ -198,7 +198,7 @@ export async function diagnosticsOp(ctx: OpContext) {
   let reachable = false;
   try {
     const { goRootDir } = await import('../../sandbox/toolchains.js');
-    const r = await runSandbox({
+    const r = await ctx.sandbox.run({
       argv: ['/goroot/bin/go', 'version'],
       binds: [{ src: goRootDir(), dest: '/goroot' }],
       env: { HOME: '/tmp', GOTOOLCHAIN: 'local' },
@@ -216,7 +216,7 @@ export async function diagnosticsOp(ctx: OpContext) {
   );
   const lastClaim = recent.rows[0]?.at ?? null;
   return {
-    isolation_backend: sandboxDisabled() ? 'none (CAIRN_UNSAFE_NO_SANDBOX=1)' : 'bubblewrap',
+    isolation_backend: ctx.sandbox.disabled ? 'none (CAIRN_UNSAFE_NO_SANDBOX=1)' : 'bubblewrap',
     isolation_reachable: reachable,
     worker_available: ctx.workerId !== null || lastClaim !== null,
     embedded_worker: ctx.workerId,

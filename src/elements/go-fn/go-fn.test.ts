@@ -355,16 +355,17 @@ func Handler(input string) (map[string]interface{}, error) { return nil, nil }
 
   it('concurrent invokes of a changed handler build it once (single flight)', async () => {
     const { buildGo } = await import('../../sandbox/builders/go.js');
+    const sandbox = t.deps.engine.sandbox;
     const code = fn(`return map[string]interface{}{"nonce": "${Date.now()}-${Math.random()}"}, nil`);
     const builds = await Promise.all(
-      Array.from({ length: 6 }, () => buildGo({ source: { type: 'inline', code }, handler: 'Handler' })),
+      Array.from({ length: 6 }, () => buildGo(sandbox, { source: { type: 'inline', code }, handler: 'Handler' })),
     );
     expect(new Set(builds.map((b) => b.key)).size).toBe(1);
     expect(builds.filter((b) => !b.cached).length).toBeLessThanOrEqual(6);
     // all six waited on one compile: their durations overlap instead of adding up
     const compiled = builds.filter((b) => !b.cached);
     expect(compiled.length).toBeGreaterThanOrEqual(1);
-    const cached = await buildGo({ source: { type: 'inline', code }, handler: 'Handler' });
+    const cached = await buildGo(sandbox, { source: { type: 'inline', code }, handler: 'Handler' });
     expect(cached.cached).toBe(true);
     expect(cached.durationMs).toBeLessThan(5);
   });

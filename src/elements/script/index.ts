@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { canonicalJson, sha256Hex } from '../../core/hash.js';
 import { cacheRoot } from '../../sandbox/exec-helper.js';
-import { runSandbox, sandboxDisabled, type SandboxResult } from '../../sandbox/runner.js';
+import type { Sandbox, SandboxResult } from '../../sandbox/runner.js';
 import { nodeRuntime, pythonRuntime, type Runtime } from '../../sandbox/runtimes.js';
 import { declaredError } from '../errors.js';
 import { readEnvelope, sandboxEvidence } from '../code-action.js';
@@ -38,7 +38,7 @@ interface DepsSupport {
   field: 'requirements' | 'dependencies';
   schema: z.ZodType;
   declared: (source: Record<string, unknown>) => boolean;
-  install: (source: Record<string, unknown>) => Promise<Deps>;
+  install: (sb: Sandbox, source: Record<string, unknown>) => Promise<Deps>;
   /** Binds and env that make the installed packages importable. */
   mount: (d: Deps, sandboxed: boolean) => { binds: Bind[]; env: Record<string, string> };
 }
@@ -88,7 +88,7 @@ const LANGS: Lang[] = [
         })
         .describe('pip requirement lines, installed as wheels'),
       declared: (src) => typeof src.requirements === 'string' && src.requirements.trim() !== '',
-      install: (src) => pythonDeps(src.requirements as string),
+      install: (sb, src) => pythonDeps(sb, src.requirements as string),
       mount: (d, sandboxed) =>
         sandboxed
           ? { binds: [{ src: d.dir, dest: '/deps' }], env: { CAIRN_DEPS_DIR: '/deps' } }
@@ -126,7 +126,7 @@ const LANGS: Lang[] = [
         typeof src.dependencies === 'object' &&
         src.dependencies !== null &&
         Object.keys(src.dependencies).length > 0,
-      install: (src) => npmDeps(src.dependencies as Record<string, string>),
+      install: (sb, src) => npmDeps(sb, src.dependencies as Record<string, string>),
       // Node resolves bare imports from /fn up to /node_modules.
       mount: (d, sandboxed) =>
         sandboxed
@@ -287,7 +287,7 @@ const scriptInvokeInput = z.record(z.string(), z.unknown());
 
 function executor(l: Lang) {
   return async (ctx: ExecContext<ScriptSpec, z.output<typeof scriptInvokeInput>>): Promise<ExecResult> => {
-    const { r, evidence, spec } = await runScript(l, ctx.spec, ctx.input, ctx.signal, ctx.host, {});
+    const { r, evidence, spec } = await runScript(l, ctx.sandbox, ctx.spec, ctx.input, ctx.signal, ctx.host, {});
     const flags = r.sandboxed ? [] : ['unsandboxed'];
     try {
       const output = interpret(l, r, spec);
@@ -307,6 +307,7 @@ function executor(l: Lang) {
 
 async function runScript(
   l: Lang,
+  sb: Sandbox,
   spec: ScriptSpec,
   input: unknown,
   signal: AbortSignal,
@@ -317,7 +318,7 @@ async function runScript(
   let deps: Deps | undefined;
   if (l.deps.declared(spec.source)) {
     try {
-      deps = await l.deps.install(spec.source);
+      deps = await l.deps.install(sb, spec.source);
     } catch (e) {
       if (e instanceof DependencyError) {
         throw declaredError(errorTable(l), `${l.prefix}_DEPENDENCY_FAILED`, e.message, { output: e.output });
@@ -326,10 +327,10 @@ async function runScript(
     }
   }
   const { dir, key } = stage(l, spec, deps);
-  const mount = deps ? l.deps.mount(deps, !sandboxDisabled()) : { binds: [], env: {} };
+  const mount = deps ? l.deps.mount(deps, !sb.disabled) : { binds: [], env: {} };
   const stdin = JSON.stringify(input ?? {});
   const argv = l.argv(rt, spec.memory_mb);
-  const r = await runSandbox({
+  const r = await sb.run({
     argv,
     binds: [...rt.binds, { src: dir, dest: '/fn' }, ...mount.binds],
     env: { ...rt.env, ...spec.env, ...mount.env, ...extraEnv },
@@ -385,7 +386,9 @@ function scriptType(l: Lang): ElementTypeDecl {
         handler: async (ctx) => {
           // The wrapper's check mode loads the module and reports whether the handler exists; nothing is called.
           const spec = ctx.element.spec as unknown as ScriptSpec;
-          const { r } = await runScript(l, spec, {}, new AbortController().signal, '', { CAIRN_CHECK: '1' });
+          const { r } = await runScript(l, ctx.sandbox, spec, {}, new AbortController().signal, '', {
+            CAIRN_CHECK: '1',
+          });
           try {
             const env = r.verdict === 'ok' ? JSON.parse(r.result.toString('utf8')) : undefined;
             if (env?.kind === 'checked') {

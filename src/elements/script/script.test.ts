@@ -201,6 +201,7 @@ describe('python and javascript functions', () => {
 
   it('the sandbox opt-out is explicit, logged at start, and flagged on every run', async () => {
     const { warnIfUnsandboxed } = await import('../../runtime.js');
+    const { sandboxOptions } = await import('../../sandbox/runner.js');
     const pino = (await import('pino')).default;
     const lines: string[] = [];
     const log = pino({ level: 'info' }, { write: (l: string) => lines.push(l) });
@@ -209,18 +210,22 @@ describe('python and javascript functions', () => {
     expect(
       (await t.call('GET', `/api/runs/${sandboxed.run_id}`, undefined, c.tokens.read)).body.flags,
     ).toEqual([]);
-    warnIfUnsandboxed(log);
+    warnIfUnsandboxed(log, t.deps.engine.sandbox);
     expect(lines).toEqual([]);
-    process.env.CAIRN_UNSAFE_NO_SANDBOX = '1';
+    // The opt-out is a setting of the sandbox instance (CAIRN_UNSAFE_NO_SANDBOX=1 in a real process).
+    expect(sandboxOptions().disabled).toBe(false);
+    const optOut = await testApp(t.deps.db, { syncWaitMs: 60_000, sandbox: { disabled: true } });
     try {
-      warnIfUnsandboxed(log);
+      warnIfUnsandboxed(log, optOut.deps.engine.sandbox);
       expect(lines.join('')).toMatch(/WITHOUT the bubblewrap sandbox/);
+      const invokeBare = async (slug: string, body: unknown = {}) =>
+        (await optOut.call('POST', `/api/${c.slug}/${slug}/ops/invoke`, body, c.tokens.execute)).body;
       for (const [type, code] of [
         ['python', LANGS.python.greet],
         ['javascript', LANGS.javascript.greet],
       ] as const) {
         const slug = await create(type, code);
-        const r = await invoke(slug, { name: 'Bare' });
+        const r = await invokeBare(slug, { name: 'Bare' });
         expect(r.output).toEqual({ message: 'Hello, Bare!' });
         const run = (await t.call('GET', `/api/runs/${r.run_id}`, undefined, c.tokens.read)).body;
         expect(run.flags).toEqual(['unsandboxed']);
@@ -229,13 +234,13 @@ describe('python and javascript functions', () => {
         expect(ev.sandbox.backend).toBe('none');
       }
       const failing = await create('python', 'def handler(input):\n    raise RuntimeError("x")\n');
-      const f = await invoke(failing);
+      const f = await invokeBare(failing);
       expect(f.status).toBe('failed');
       expect((await t.call('GET', `/api/runs/${f.run_id}`, undefined, c.tokens.read)).body.flags).toEqual([
         'unsandboxed',
       ]);
     } finally {
-      delete process.env.CAIRN_UNSAFE_NO_SANDBOX;
+      await optOut.close();
     }
   });
 

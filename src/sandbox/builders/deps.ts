@@ -4,9 +4,9 @@ import { existsSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { canonicalJson, sha256Hex } from '../../core/hash.js';
 import { cacheRoot } from '../exec-helper.js';
-import { runSandbox, type Bind } from '../runner.js';
+import type { Bind, Sandbox, SandboxResult } from '../runner.js';
 import { nodeRuntime, pythonRuntime } from '../runtimes.js';
-import { builderUid, ensureDir, NET_BINDS } from './go.js';
+import { ensureDir, NET_BINDS } from './go.js';
 import { setting } from '../../config.js';
 
 /** A pip requirement: a name, optional extras and version clauses — no options, URLs, paths or VCS. */
@@ -52,6 +52,7 @@ const inflight = new Map<string, Promise<Deps>>();
  * only for pip; --ignore-scripts for npm), then bound read-only into runs.
  */
 async function install(
+  sb: Sandbox,
   kind: 'python' | 'npm',
   keyParts: unknown,
   prepare: (out: string) => void,
@@ -66,10 +67,10 @@ async function install(
     p = (async () => {
       ensureDir(root);
       const stage = join(root, `${key}.${randomBytes(4).toString('hex')}.tmp`);
-      ensureDir(stage, builderUid());
+      const owner = sb.builderUid;
+      ensureDir(stage, owner);
       try {
         prepare(stage);
-        const owner = builderUid();
         if (owner !== undefined) execFileSync('chown', ['-R', `${owner}:${owner}`, stage]);
         await run(stage);
         execFileSync('chmod', ['-R', 'a+rX,go-w', stage]);
@@ -91,7 +92,7 @@ async function install(
   return p;
 }
 
-function check(r: Awaited<ReturnType<typeof runSandbox>>, what: string): void {
+function check(r: SandboxResult, what: string): void {
   if (r.exitCode === 0) return;
   const text = (r.stderr.toString('utf8') + '\n' + r.stdout.toString('utf8')).trim();
   const line =
@@ -118,13 +119,14 @@ function systemCaBundle(): string | undefined {
 const hostEnv = (names: string[]) =>
   Object.fromEntries(names.filter((n) => process.env[n]).map((n) => [n, process.env[n]!]));
 
-export function pythonDeps(requirements: string): Promise<Deps> {
+export function pythonDeps(sb: Sandbox, requirements: string): Promise<Deps> {
   const rt = pythonRuntime();
   const lines = requirements
     .split('\n')
     .map((l) => l.trim())
     .filter((l) => l && !l.startsWith('#'));
   return install(
+    sb,
     'python',
     { runtime: rt.version, lines },
     (out) => writeFileSync(join(out, '.cairn-requirements.txt'), lines.join('\n') + '\n'),
@@ -132,7 +134,7 @@ export function pythonDeps(requirements: string): Promise<Deps> {
       const distPackages = '/usr/lib/python3/dist-packages';
       const binds: Bind[] = [...rt.binds, ...NET_BINDS, { src: out, dest: '/out', rw: true }];
       if (existsSync(distPackages)) binds.push({ src: distPackages, dest: distPackages });
-      const r = await runSandbox({
+      const r = await sb.run({
         argv: [
           rt.path,
           '-m',
@@ -157,17 +159,18 @@ export function pythonDeps(requirements: string): Promise<Deps> {
         cwd: '/tmp',
         network: true,
         limits: LIMITS,
-        asUid: builderUid(),
+        asUid: sb.builderUid,
       });
       check(r, 'pip install');
     },
   );
 }
 
-export function npmDeps(dependencies: Record<string, string>): Promise<Deps> {
+export function npmDeps(sb: Sandbox, dependencies: Record<string, string>): Promise<Deps> {
   const rt = nodeRuntime();
   const npmDir = setting('CAIRN_NPM_DIR');
   return install(
+    sb,
     'npm',
     { runtime: rt.version, dependencies },
     (out) =>
@@ -176,7 +179,7 @@ export function npmDeps(dependencies: Record<string, string>): Promise<Deps> {
         JSON.stringify({ name: 'cairn-deps', private: true, dependencies }, null, 2),
       ),
     async (out) => {
-      const r = await runSandbox({
+      const r = await sb.run({
         argv: [
           rt.path,
           '/npm/bin/npm-cli.js',
@@ -206,7 +209,7 @@ export function npmDeps(dependencies: Record<string, string>): Promise<Deps> {
         cwd: '/out',
         network: true,
         limits: LIMITS,
-        asUid: builderUid(),
+        asUid: sb.builderUid,
       });
       check(r, 'npm install');
     },

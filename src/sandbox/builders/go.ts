@@ -19,10 +19,9 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { canonicalJson, sha256Hex } from '../../core/hash.js';
 import { cacheRoot } from '../exec-helper.js';
-import { runSandbox, sandboxDisabled, type Bind, type SandboxResult } from '../runner.js';
+import type { Bind, Sandbox, SandboxResult } from '../runner.js';
 import { goBinary, goRootDir } from '../toolchains.js';
 import { libraryBinds } from '../runtimes.js';
-import { uidPool } from '../uids.js';
 import { goWrapper, WRAPPER_VERSION } from './go-wrapper.js';
 import {
   GIT_GLOBAL_CONFIG,
@@ -88,18 +87,13 @@ const BUILD_LIMITS = {
 };
 const maxCached = () => setting('CAIRN_GO_CACHE_ENTRIES');
 
-/** One host uid owns the Go caches and runs every build; functions never run as it. */
-export function builderUid(): number | undefined {
-  return uidPool.enabled ? uidPool.base - 1 : undefined;
-}
-
 const prepared = new Set<string>();
 
 /**
  * The Go cache directories, created (with the builder uid owning the ones it
  * writes) once per process and cache root — not on every invoke's lookup.
  */
-function dirs() {
+function dirs(owner: number | undefined) {
   const root = join(cacheRoot(), 'go');
   const d = {
     root,
@@ -108,14 +102,13 @@ function dirs() {
     gocache: join(root, 'gocache'),
     gomod: join(root, 'gomod'),
   };
-  if (!prepared.has(root)) {
-    const owner = builderUid();
+  if (!prepared.has(`${root}:${owner}`)) {
     ensureDir(d.root);
     ensureDir(d.bin);
     ensureDir(d.stage, owner);
     ensureDir(d.gocache, owner);
     ensureDir(d.gomod, owner);
-    prepared.add(root);
+    prepared.add(`${root}:${owner}`);
   }
   return d;
 }
@@ -174,8 +167,8 @@ function sandboxEnv(extra: Record<string, string>): Record<string, string> {
   };
 }
 
-function toolBinds(stage: string, gomodRw: boolean): Bind[] {
-  const d = dirs();
+function toolBinds(sb: Sandbox, stage: string, gomodRw: boolean): Bind[] {
+  const d = dirs(sb.builderUid);
   return [
     { src: goRootDir(), dest: '/goroot' },
     { src: d.gocache, dest: '/gocache', rw: true },
@@ -209,15 +202,15 @@ function failure(r: SandboxResult, kind: GoBuildFailure, what: string): GoBuildE
 }
 
 /** Module downloads: network on, GOMODCACHE writable, and no user code runs (tidy only parses). */
-async function download(stage: string): Promise<void> {
-  const r = await runSandbox({
+async function download(sb: Sandbox, stage: string): Promise<void> {
+  const r = await sb.run({
     argv: ['/goroot/bin/go', 'mod', 'tidy'],
-    binds: [...toolBinds(stage, true), ...NET_BINDS],
+    binds: [...toolBinds(sb, stage, true), ...NET_BINDS],
     env: sandboxEnv(hostGoEnv()),
     cwd: '/src',
     network: true,
     limits: BUILD_LIMITS,
-    asUid: builderUid(),
+    asUid: sb.builderUid,
   });
   if (r.exitCode !== 0) throw failure(r, 'download', 'module download');
 }
@@ -274,8 +267,8 @@ const GIT_LIMITS = {
 };
 
 /** GIT_GLOBAL_CONFIG as a root-owned file (bound read-only into the sandbox). */
-function gitGlobalConfig(): string {
-  const path = join(dirs().root, 'gitconfig');
+function gitGlobalConfig(owner: number | undefined): string {
+  const path = join(dirs(owner).root, 'gitconfig');
   let current: string | undefined;
   try {
     current = lstatSync(path).isFile() ? readFileSync(path, 'utf8') : undefined;
@@ -302,7 +295,7 @@ function refused(e: unknown): never {
  * to that address; a local repository is bound read-only, without network.
  * Returns the commit checked out.
  */
-async function cloneGit(s: GoSource, checkout: string): Promise<string> {
+async function cloneGit(sb: Sandbox, s: GoSource, checkout: string): Promise<string> {
   const policy = gitSourcePolicy();
   let target: GitTarget;
   let pin: string | undefined;
@@ -316,14 +309,14 @@ async function cloneGit(s: GoSource, checkout: string): Promise<string> {
   } catch (e) {
     refused(e);
   }
-  const owner = builderUid();
+  const owner = sb.builderUid;
   ensureDir(checkout, owner);
-  const config = gitGlobalConfig();
+  const config = gitGlobalConfig(owner);
   // Not under /tmp (the sandbox's own tmpfs hides it); without bwrap, the host path itself.
-  const configBind: Bind = { src: config, dest: sandboxDisabled() ? config : '/cairn/gitconfig' };
+  const configBind: Bind = { src: config, dest: sb.disabled ? config : '/cairn/gitconfig' };
   const env = gitEnv(target, configBind.dest);
   const repo: Bind[] = target.kind === 'local' ? [{ src: target.path, dest: SANDBOX_REPO }] : [];
-  const clone = await runSandbox({
+  const clone = await sb.run({
     argv: gitCloneArgv(target, s.git_ref, pin),
     binds: [
       ...gitBinds({ shell: target.kind === 'local', tls: target.kind === 'remote' }),
@@ -343,7 +336,7 @@ async function cloneGit(s: GoSource, checkout: string): Promise<string> {
     const why = clone.verdict === 'timeout' ? ` (took longer than ${GIT_LIMITS.timeoutMs} ms)` : '';
     throw new GoBuildError('source', `${what} failed${why}`, text);
   }
-  const head = await runSandbox({
+  const head = await sb.run({
     argv: ['/usr/bin/git', '-C', SANDBOX_CHECKOUT, 'rev-parse', '--verify', 'HEAD^{commit}'],
     binds: [...gitBinds({}), configBind, { src: checkout, dest: SANDBOX_CHECKOUT }],
     env,
@@ -357,7 +350,7 @@ async function cloneGit(s: GoSource, checkout: string): Promise<string> {
   return commit;
 }
 
-async function resolveSource(req: GoRequest, scratch: string): Promise<Resolved> {
+async function resolveSource(sb: Sandbox, req: GoRequest, scratch: string): Promise<Resolved> {
   const s = req.source;
   if (s.type === 'inline') {
     const files = { 'fn.go': s.code ?? '', 'go.mod': goMod(s.requirements) };
@@ -365,7 +358,7 @@ async function resolveSource(req: GoRequest, scratch: string): Promise<Resolved>
   }
   // git: cloned in the sandbox (git runs no code from the repository), the commit pinned.
   const dir = join(scratch, 'checkout');
-  const commit = await cloneGit(s, dir);
+  const commit = await cloneGit(sb, s, dir);
   rmSync(join(dir, '.git'), { recursive: true, force: true });
   // source.path is relative and has no "..", but a component may be a symlink in the repository:
   // the staging copy (as root, on the host) must start from a real directory inside the checkout.
@@ -404,17 +397,17 @@ function countLookup(hit: boolean): void {
  * a key is built once even under concurrent invokes, written atomically, and
  * the oldest keys are evicted past CAIRN_GO_CACHE_ENTRIES.
  */
-export async function buildGo(req: GoRequest): Promise<GoBuild> {
-  const d = dirs();
+export async function buildGo(sb: Sandbox, req: GoRequest): Promise<GoBuild> {
+  const owner = sb.builderUid;
+  const d = dirs(owner);
   const scratch = join(d.stage, `${Date.now()}-${randomBytes(6).toString('hex')}`);
   const t0 = performance.now();
-  const owner = builderUid();
   let resolved: Resolved;
-  if (req.source.type === 'inline') resolved = await resolveSource(req, scratch);
+  if (req.source.type === 'inline') resolved = await resolveSource(sb, req, scratch);
   else {
     ensureDir(scratch, owner);
     try {
-      resolved = await resolveSource(req, scratch);
+      resolved = await resolveSource(sb, req, scratch);
     } catch (e) {
       rmSync(scratch, { recursive: true, force: true });
       throw e;
@@ -448,7 +441,7 @@ export async function buildGo(req: GoRequest): Promise<GoBuild> {
   let p = inflight.get(key);
   if (!p) {
     goBuildStats.compiles++;
-    p = compile(key, resolved, req.handler, scratch).finally(() => inflight.delete(key));
+    p = compile(sb, key, resolved, req.handler, scratch).finally(() => inflight.delete(key));
     inflight.set(key, p);
   } else rmSync(scratch, { recursive: true, force: true });
   const b = await p;
@@ -467,17 +460,23 @@ function stageFiles(stage: string, resolved: Resolved, handler: string, owner: n
   if (owner !== undefined) execFileSync('chown', ['-R', `${owner}:${owner}`, stage]);
 }
 
-async function compile(key: string, resolved: Resolved, handler: string, scratch: string): Promise<GoBuild> {
-  const d = dirs();
-  const owner = builderUid();
+async function compile(
+  sb: Sandbox,
+  key: string,
+  resolved: Resolved,
+  handler: string,
+  scratch: string,
+): Promise<GoBuild> {
+  const owner = sb.builderUid;
+  const d = dirs(owner);
   const stage = join(scratch, 'src');
   const t0 = performance.now();
   try {
     stageFiles(stage, resolved, handler, owner);
-    if (resolved.needsDownload) await download(stage);
-    const r = await runSandbox({
+    if (resolved.needsDownload) await download(sb, stage);
+    const r = await sb.run({
       argv: ['/goroot/bin/go', 'build', ...BUILD_FLAGS, '-o', '/src/.cairn-fn', '.'],
-      binds: toolBinds(stage, false),
+      binds: toolBinds(sb, stage, false),
       env: sandboxEnv({ GOPROXY: 'off' }),
       cwd: '/src',
       limits: BUILD_LIMITS,
@@ -499,7 +498,7 @@ async function compile(key: string, resolved: Resolved, handler: string, scratch
     } catch {
       rmSync(tmpDir, { recursive: true, force: true }); // another process won the race with the same bytes
     }
-    evict();
+    evict(d.bin);
     const ms = performance.now() - t0;
     goBuildDuration.observe(ms);
     return {
@@ -516,19 +515,19 @@ async function compile(key: string, resolved: Resolved, handler: string, scratch
 }
 
 /** go vet over the staged source, no binary (the `validate` op). */
-export async function vetGo(req: GoRequest): Promise<{ ok: boolean; diagnostics: string }> {
-  const d = dirs();
-  const owner = builderUid();
+export async function vetGo(sb: Sandbox, req: GoRequest): Promise<{ ok: boolean; diagnostics: string }> {
+  const owner = sb.builderUid;
+  const d = dirs(owner);
   const scratch = join(d.stage, `vet-${Date.now()}-${randomBytes(6).toString('hex')}`);
   ensureDir(scratch, owner);
   try {
-    const resolved = await resolveSource(req, scratch);
+    const resolved = await resolveSource(sb, req, scratch);
     const stage = join(scratch, 'src');
     stageFiles(stage, resolved, req.handler, owner);
-    if (resolved.needsDownload) await download(stage);
-    const r = await runSandbox({
+    if (resolved.needsDownload) await download(sb, stage);
+    const r = await sb.run({
       argv: ['/goroot/bin/go', 'vet', '.'],
-      binds: toolBinds(stage, false),
+      binds: toolBinds(sb, stage, false),
       env: sandboxEnv({ GOPROXY: 'off' }),
       cwd: '/src',
       limits: BUILD_LIMITS,
@@ -543,8 +542,8 @@ export async function vetGo(req: GoRequest): Promise<{ ok: boolean; diagnostics:
   }
 }
 
-function evict(): void {
-  const d = dirs();
+function evict(bin: string): void {
+  const d = { bin };
   const entries = readdirSync(d.bin)
     .filter((n) => /^[0-9a-f]{64}$/.test(n))
     .map((n) => ({ n, t: statSync(join(d.bin, n)).mtimeMs }));
@@ -559,8 +558,8 @@ function evict(): void {
  * before the first user build (a cold cache costs seconds; a warm one, a
  * fraction of a second). Runs in the background when a worker starts.
  */
-export async function prewarmGo(): Promise<void> {
+export async function prewarmGo(sb: Sandbox): Promise<void> {
   const code =
     'package main\n\nimport "fmt"\n\nfunc Handler(input map[string]interface{}) (map[string]interface{}, error) {\n\treturn map[string]interface{}{"ok": fmt.Sprint(true)}, nil\n}\n';
-  await buildGo({ source: { type: 'inline', code }, handler: 'Handler' });
+  await buildGo(sb, { source: { type: 'inline', code }, handler: 'Handler' });
 }
