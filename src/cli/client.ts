@@ -41,7 +41,7 @@ export interface ClientOptions {
 export class Client {
   constructor(readonly opts: ClientOptions) {}
 
-  async request<T = any>(
+  async request<T = unknown>(
     method: string,
     path: string,
     body?: unknown,
@@ -69,7 +69,7 @@ export class Client {
       });
     }
     const text = await res.text();
-    let parsed: any = undefined;
+    let parsed: unknown = undefined;
     try {
       parsed = text ? JSON.parse(text) : undefined;
     } catch {
@@ -84,7 +84,7 @@ export class Client {
       };
     }
     if (res.status >= 400) {
-      const err = parsed?.error ?? {
+      const err: ErrorBody = sentError(parsed) ?? {
         code: 'HTTP_' + res.status,
         class: 'internal',
         message: text,
@@ -100,6 +100,12 @@ export class Client {
     }
     return { status: res.status, body: parsed as T, headers: res.headers };
   }
+}
+
+/** The `error` of an error answer as the server sent it (R-ERRORS: an ErrorBody), if it sent one. */
+function sentError(parsed: unknown): ErrorBody | undefined {
+  if (typeof parsed !== 'object' || parsed === null || !('error' in parsed)) return undefined;
+  return (parsed.error ?? undefined) as ErrorBody | undefined;
 }
 
 export function localError(e: CairnError): ApiError {

@@ -25,7 +25,8 @@ export const color = {
   bold: paint('1'),
 };
 
-export function statusMark(status: string): string {
+/** A run's status for people (an op's answer that is not a run may carry none: `… undefined`). */
+export function statusMark(status: string | undefined): string {
   switch (status) {
     case 'succeeded':
       return color.green('✓ succeeded');
@@ -55,8 +56,8 @@ export function renderError(e: ErrorBody): string {
   return `${color.red('error')} ${e.code}: ${e.message}\n  ${color.dim('→ ' + e._suggestion)}${extra.join('')}`;
 }
 
-/** A plain aligned table for human output. */
-export function table(rows: Record<string, unknown>[], cols: string[]): string {
+/** A plain aligned table for human output: the given columns of each row. */
+export function table<R extends object>(rows: readonly R[], cols: readonly (keyof R & string)[]): string {
   const cell = (v: unknown) => (v === null || v === undefined ? '-' : String(v));
   const widths = cols.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
   const line = (vals: string[]) =>

@@ -7,6 +7,20 @@
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { CairnError, thrown } from '../../core/errors.js';
+import type {
+  CellInspection,
+  CircleWallet,
+  ColumnRun,
+  Failure,
+  Grant,
+  ProviderSummary,
+  RetryAnswer,
+  RowPage,
+  Run,
+  RunLedger,
+  Transfer,
+  Wallet,
+} from '../api.js';
 import { EXIT } from '../client.js';
 import { addGlobalOptions, type CliCtx } from '../context.js';
 import { color, credits, renderError, statusMark, table } from '../output.js';
@@ -19,7 +33,7 @@ function exitFor(status: string): number {
   return status === 'succeeded' ? EXIT.ok : TERMINAL.includes(status) ? EXIT.failed : EXIT.pending;
 }
 
-function progressLine(r: any, rate: number): string {
+function progressLine(r: Run, rate: number): string {
   const done = r.items_succeeded + r.items_failed;
   const total = Math.max(1, r.items_total);
   const width = 30;
@@ -32,14 +46,14 @@ function progressLine(r: any, rate: number): string {
 }
 
 /** Follows a run until it ends, with a live progress bar on a terminal. */
-async function follow(ctx: CliCtx, id: string): Promise<any> {
+async function follow(ctx: CliCtx, id: string): Promise<Run> {
   const tty = process.stderr.isTTY && !ctx.out.json;
   let last = Date.now();
   let lastDone = -1;
   let rate = 0;
   let printed = 0;
   for (;;) {
-    const r = (await ctx.client.request('GET', `/api/runs/${enc(id)}`)).body;
+    const r = (await ctx.client.request<Run>('GET', `/api/runs/${enc(id)}`)).body;
     const done = r.items_succeeded + r.items_failed;
     const now = Date.now();
     if (lastDone >= 0 && now > last) rate = ((done - lastDone) * 1000) / (now - last) || rate;
@@ -58,11 +72,25 @@ async function follow(ctx: CliCtx, id: string): Promise<any> {
   }
 }
 
-function runSummaryLine(r: any): string {
+function runSummaryLine(r: Run): string {
   return (
     `${statusMark(r.status)}  run ${r.id}  ${r.items_succeeded} ok, ${r.items_failed} failed, ` +
     `${r.items_pending} pending of ${r.items_total}  credits ${credits(r.credits_used)}`
   );
+}
+
+/** `cairn columns run`'s flags, as commander hands them over. */
+interface ColumnRunOpts {
+  mode?: string;
+  where?: string;
+  rows?: string;
+  sample?: string;
+  concurrency?: string;
+  budget?: string;
+  onBudgetExceeded?: string;
+  idempotencyKey?: string;
+  follow?: boolean;
+  quiet?: boolean;
 }
 
 function withKey(o: { idempotencyKey?: string }): Record<string, string> {
@@ -129,11 +157,18 @@ export function registerBatchCommands(program: Command): void {
               'Use `cairn runs retry-failed <id> --latest`; rerun always uses the pinned definition.',
           });
         const body = name === 'retry-failed' && o.latest ? { definition: 'latest' } : {};
-        const r = await ctx.client.request('POST', `/api/runs/${enc(id)}/${name}`, body, withKey(o));
-        const run = name === 'retry-failed' ? r.body.run : r.body;
+        const r = await ctx.client.request<Run | RetryAnswer>(
+          'POST',
+          `/api/runs/${enc(id)}/${name}`,
+          body,
+          withKey(o),
+        );
+        // retry-failed answers how many items it retried, and the run; the others answer the run.
+        const retry = name === 'retry-failed' ? (r.body as RetryAnswer) : undefined;
+        const run = retry ? retry.run : (r.body as Run);
         if (ctx.out.json && !o.follow) return void ctx.out.print(JSON.stringify(r.body, null, 2));
         if (!ctx.out.json) {
-          if (name === 'retry-failed') ctx.out.print(r.body.message);
+          if (retry) ctx.out.print(retry.message);
           ctx.out.print(runSummaryLine(run));
         }
         if (o.follow) {
@@ -159,11 +194,14 @@ export function registerBatchCommands(program: Command): void {
     runs.command('summary <id>').description('Provider summary: per element counts, cost, errors, durations'),
   ).action(
     action(async (ctx, id: string) => {
-      const r = await ctx.client.request('GET', `/api/runs/${enc(id)}/summary`);
+      const r = await ctx.client.request<{ providers: ProviderSummary[] }>(
+        'GET',
+        `/api/runs/${enc(id)}/summary`,
+      );
       if (ctx.out.json) return void ctx.out.print(JSON.stringify(r.body, null, 2));
       for (const p of r.body.providers) {
         ctx.out.print(
-          `${color.bold(p.element)} (${p.element_type})  ${p.items} items  credits ${credits(p.credits_used)}`,
+          `${color.bold(String(p.element))} (${p.element_type})  ${p.items} items  credits ${credits(p.credits_used)}`,
         );
         ctx.out.print(`  by status  ${JSON.stringify(p.by_status)}`);
         ctx.out.print(
@@ -175,7 +213,7 @@ export function registerBatchCommands(program: Command): void {
   );
   addGlobalOptions(runs.command('ledger <id>').description("A run's ledger movements and totals")).action(
     action(async (ctx, id: string) => {
-      const r = await ctx.client.request('GET', `/api/runs/${enc(id)}/ledger`);
+      const r = await ctx.client.request<RunLedger>('GET', `/api/runs/${enc(id)}/ledger`);
       if (ctx.out.json) return void ctx.out.print(JSON.stringify(r.body, null, 2));
       const t = r.body.totals;
       ctx.out.print(`reserved ${t.reserved}  captured ${t.captured}  released ${t.released}  held ${t.held}`);
@@ -195,9 +233,12 @@ export function registerBatchCommands(program: Command): void {
     action(async (ctx, o: Record<string, string | undefined>) => {
       const q = new URLSearchParams();
       for (const k of ['since', 'element', 'code', 'limit']) if (o[k]) q.set(k, o[k]!);
-      const r = await ctx.client.request('GET', `/api/${needCircle(ctx)}/failures${q.size ? '?' + q : ''}`);
+      const r = await ctx.client.request<{ failures: Failure[] }>(
+        'GET',
+        `/api/${needCircle(ctx)}/failures${q.size ? '?' + q : ''}`,
+      );
       if (ctx.out.json) return void ctx.out.print(JSON.stringify(r.body, null, 2));
-      const rows = r.body.failures.map((f: any) => ({
+      const rows = r.body.failures.map((f) => ({
         run: f.run_id,
         key: f.key,
         element: f.element,
@@ -222,9 +263,11 @@ export function registerBatchCommands(program: Command): void {
       const all = await readRows(o.file);
       let inserted = 0;
       for (let i = 0; i < all.length; i += 10_000) {
-        const r = await ctx.client.request('POST', `/api/${needCircle(ctx)}/${enc(tableSlug)}/ops/rows`, {
-          rows: all.slice(i, i + 10_000),
-        });
+        const r = await ctx.client.request<{ inserted: number }>(
+          'POST',
+          `/api/${needCircle(ctx)}/${enc(tableSlug)}/ops/rows`,
+          { rows: all.slice(i, i + 10_000) },
+        );
         inserted += r.body.inserted;
       }
       ctx.out.print(
@@ -246,17 +289,17 @@ export function registerBatchCommands(program: Command): void {
     action(async (ctx, tableSlug: string, o: Record<string, string | undefined>) => {
       const q = new URLSearchParams();
       for (const k of ['where', 'column', 'cells', 'limit', 'cursor']) if (o[k]) q.set(k, o[k]!);
-      const r = await ctx.client.request(
+      const r = await ctx.client.request<RowPage>(
         'GET',
         `/api/${needCircle(ctx)}/${enc(tableSlug)}/ops/rows${q.size ? '?' + q : ''}`,
       );
       if (ctx.out.json) return void ctx.out.print(JSON.stringify(r.body, null, 2));
-      if (o.quiet) return void ctx.out.print(r.body.rows.map((x: { id: string }) => x.id).join('\n'));
-      const out = r.body.rows.map((x: any) => ({
+      if (o.quiet) return void ctx.out.print(r.body.rows.map((x) => x.id).join('\n'));
+      const out = r.body.rows.map((x) => ({
         id: x.id,
         data: JSON.stringify(x.data),
         cells: Object.entries(x.cells)
-          .map(([k, v]: [string, any]) => `${k}:${v.status}`)
+          .map(([k, v]) => `${k}:${v.status}`)
           .join(' '),
       }));
       ctx.out.print(out.length ? table(out, ['id', 'data', 'cells']) : 'no rows');
@@ -280,7 +323,7 @@ export function registerBatchCommands(program: Command): void {
       .option('--follow', 'follow the run with a progress bar until it ends')
       .option('-q, --quiet', 'print only the run id (for RUN=$(cairn columns run …))'),
   ).action(
-    action(async (ctx, tableSlug: string, column: string, o: Record<string, any>) => {
+    action(async (ctx, tableSlug: string, column: string, o: ColumnRunOpts) => {
       const body: Record<string, unknown> = {};
       if (o.mode) body.mode = o.mode;
       if (o.where) {
@@ -296,9 +339,10 @@ export function registerBatchCommands(program: Command): void {
         }
       }
       if (o.rows) body.rows = o.rows;
-      for (const k of ['sample', 'concurrency', 'budget']) if (o[k] !== undefined) body[k] = Number(o[k]);
+      for (const k of ['sample', 'concurrency', 'budget'] as const)
+        if (o[k] !== undefined) body[k] = Number(o[k]);
       if (o.onBudgetExceeded) body.on_budget_exceeded = o.onBudgetExceeded;
-      const r = await ctx.client.request(
+      const r = await ctx.client.request<ColumnRun>(
         'POST',
         `/api/${needCircle(ctx)}/${enc(tableSlug)}/ops/columns/${enc(column)}/run`,
         body,
@@ -333,7 +377,7 @@ export function registerBatchCommands(program: Command): void {
       .description("One cell: the row's inputs, the output, the full error, every attempt"),
   ).action(
     action(async (ctx, tableSlug: string, row: string, column: string) => {
-      const r = await ctx.client.request(
+      const r = await ctx.client.request<CellInspection>(
         'GET',
         `/api/${needCircle(ctx)}/${enc(tableSlug)}/ops/rows/${enc(row)}/cells/${enc(column)}`,
       );
@@ -358,7 +402,7 @@ export function registerBatchCommands(program: Command): void {
     wallet.command('show', { isDefault: true }).description('Balance, reserved, available'),
   ).action(
     action(async (ctx) => {
-      const r = await ctx.client.request('GET', `/api/${needCircle(ctx)}/wallet`);
+      const r = await ctx.client.request<CircleWallet>('GET', `/api/${needCircle(ctx)}/wallet`);
       const w = r.body;
       if (ctx.out.json) return void ctx.out.print(JSON.stringify(w, null, 2));
       ctx.out.print(`${color.bold('wallet')} ${w.circle}`);
@@ -374,7 +418,7 @@ export function registerBatchCommands(program: Command): void {
   );
   addGlobalOptions(wallet.command('grants').description('Grants and top-ups, with what is left')).action(
     action(async (ctx) => {
-      const r = await ctx.client.request('GET', `/api/${needCircle(ctx)}/wallet/grants`);
+      const r = await ctx.client.request<{ grants: Grant[] }>('GET', `/api/${needCircle(ctx)}/wallet/grants`);
       ctx.out.print(
         ctx.out.json
           ? JSON.stringify(r.body, null, 2)
@@ -393,7 +437,7 @@ export function registerBatchCommands(program: Command): void {
       const q = new URLSearchParams();
       if (o.run) q.set('run_id', o.run);
       if (o.limit) q.set('limit', o.limit);
-      const r = await ctx.client.request(
+      const r = await ctx.client.request<{ transfers: Transfer[] }>(
         'GET',
         `/api/${needCircle(ctx)}/wallet/ledger${q.size ? '?' + q : ''}`,
       );
@@ -418,7 +462,12 @@ export function registerBatchCommands(program: Command): void {
       if (o.category) body.category = o.category;
       if (o.expires) body.expires_at = o.expires;
       if (o.note) body.note = o.note;
-      const r = await ctx.client.request('POST', `/api/${needCircle(ctx)}/wallet/grants`, body, withKey(o));
+      const r = await ctx.client.request<{ grant: Grant; wallet: Wallet }>(
+        'POST',
+        `/api/${needCircle(ctx)}/wallet/grants`,
+        body,
+        withKey(o),
+      );
       ctx.out.print(
         ctx.out.json
           ? JSON.stringify(r.body, null, 2)

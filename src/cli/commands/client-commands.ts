@@ -2,6 +2,18 @@ import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { CairnError, thrown } from '../../core/errors.js';
 import { parseElementsYaml } from '../../yaml.js';
+import type {
+  ApplyAnswer,
+  Circle,
+  CreatedToken,
+  Item,
+  LogLine,
+  OpAnswer,
+  Run,
+  RunEvent,
+  RunPage,
+  Token,
+} from '../api.js';
 import { ApiError, EXIT, localError, exitCodeFor } from '../client.js';
 import { addGlobalOptions, cliContext, type CliCtx, type GlobalOpts } from '../context.js';
 import { color, credits, renderError, statusMark, table } from '../output.js';
@@ -85,7 +97,7 @@ export function registerClientCommands(program: Command): void {
       }
       const results = [];
       for (const def of parseElementsYaml(text, o.file)) {
-        const r = await ctx.client.request('POST', `/api/${circle}/ops/apply`, def);
+        const r = await ctx.client.request<ApplyAnswer>('POST', `/api/${circle}/ops/apply`, def);
         results.push(r.body);
         if (!ctx.out.json) {
           const el = r.body.element;
@@ -123,7 +135,7 @@ export function registerClientCommands(program: Command): void {
         const headers: Record<string, string> = {};
         if (o.async) headers.prefer = 'respond-async';
         if (o.idempotencyKey) headers['idempotency-key'] = o.idempotencyKey;
-        const r = await ctx.client.request(
+        const r = await ctx.client.request<OpAnswer>(
           'POST',
           `/api/${circle}/${encodeURIComponent(slug)}/ops/${operation ?? 'invoke'}`,
           body,
@@ -170,9 +182,9 @@ export function registerClientCommands(program: Command): void {
       const q = new URLSearchParams();
       for (const k of ['status', 'kind', 'element', 'trigger', 'since', 'limit', 'cursor'])
         if (o[k]) q.set(k, o[k]!);
-      const r = await ctx.client.request('GET', `/api/${circle}/runs${q.size ? '?' + q : ''}`);
+      const r = await ctx.client.request<RunPage>('GET', `/api/${circle}/runs${q.size ? '?' + q : ''}`);
       if (ctx.out.json) return void ctx.out.print(JSON.stringify(r.body, null, 2));
-      const rows = r.body.runs.map((x: any) => ({
+      const rows = r.body.runs.map((x) => ({
         id: x.id,
         status: x.status,
         element: x.element.slug,
@@ -191,7 +203,7 @@ export function registerClientCommands(program: Command): void {
   );
   addGlobalOptions(runs.command('get <id>').description('Show a run with every recorded field')).action(
     action(async (ctx, id: string) => {
-      const r = await ctx.client.request('GET', `/api/runs/${encodeURIComponent(id)}`);
+      const r = await ctx.client.request<Run>('GET', `/api/runs/${encodeURIComponent(id)}`);
       const x = r.body;
       if (ctx.out.json) return void ctx.out.print(JSON.stringify(x, null, 2));
       ctx.out.print(`${color.bold('run')} ${x.id}  ${statusMark(x.status)}`);
@@ -226,9 +238,12 @@ export function registerClientCommands(program: Command): void {
   );
   addGlobalOptions(runs.command('audit <id>').description("Show a run's audit trail")).action(
     action(async (ctx, id: string) => {
-      const r = await ctx.client.request('GET', `/api/runs/${encodeURIComponent(id)}/audit`);
+      const r = await ctx.client.request<{ events: RunEvent[] }>(
+        'GET',
+        `/api/runs/${encodeURIComponent(id)}/audit`,
+      );
       if (ctx.out.json) return void ctx.out.print(JSON.stringify(r.body, null, 2));
-      const rows = r.body.events.map((e: any) => ({
+      const rows = r.body.events.map((e) => ({
         at: e.at,
         type: e.type,
         transition: `${e.from_status ?? '∅'} → ${e.to_status ?? '∅'}`,
@@ -250,9 +265,12 @@ export function registerClientCommands(program: Command): void {
       if (o.tail) q.set('tail', o.tail);
       if (o.since) q.set('since', o.since);
       const qs = q.size > 0 ? `?${q}` : '';
-      const r = await ctx.client.request('GET', `/api/runs/${encodeURIComponent(id)}/logs${qs}`);
+      const r = await ctx.client.request<{ lines: LogLine[] }>(
+        'GET',
+        `/api/runs/${encodeURIComponent(id)}/logs${qs}`,
+      );
       if (ctx.out.json) return void ctx.out.print(JSON.stringify(r.body, null, 2));
-      const lines = r.body.lines as { ts: string; stream: string; line: string }[];
+      const lines = r.body.lines;
       if (lines.length === 0) ctx.out.print(color.dim('(no log lines)'));
       for (const l of lines)
         ctx.out.print(`${color.dim(l.ts)} ${l.stream === 'stderr' ? color.red('err') : 'out'} ${l.line}`);
@@ -266,9 +284,12 @@ export function registerClientCommands(program: Command): void {
   ).action(
     action(async (ctx, id: string, o: { status?: string }) => {
       const q = o.status ? `?status=${encodeURIComponent(o.status)}` : '';
-      const r = await ctx.client.request('GET', `/api/runs/${encodeURIComponent(id)}/items${q}`);
+      const r = await ctx.client.request<{ items: Item[] }>(
+        'GET',
+        `/api/runs/${encodeURIComponent(id)}/items${q}`,
+      );
       if (ctx.out.json) return void ctx.out.print(JSON.stringify(r.body, null, 2));
-      const rows = r.body.items.map((i: any) => ({
+      const rows = r.body.items.map((i) => ({
         key: i.key,
         status: i.status,
         attempts: i.attempt_count,
@@ -283,7 +304,7 @@ export function registerClientCommands(program: Command): void {
     runs.command('cancel <id>').description('Cancel a queued or running run').option('--reason <r>'),
   ).action(
     action(async (ctx, id: string, o: { reason?: string }) => {
-      const r = await ctx.client.request(
+      const r = await ctx.client.request<Run>(
         'POST',
         `/api/runs/${encodeURIComponent(id)}/cancel`,
         o.reason ? { reason: o.reason } : {},
@@ -297,7 +318,7 @@ export function registerClientCommands(program: Command): void {
   const circles = program.command('circles').description('Manage circles (instance admin)');
   addGlobalOptions(circles.command('list').description('List circles')).action(
     action(async (ctx) => {
-      const r = await ctx.client.request('GET', '/api/circles');
+      const r = await ctx.client.request<{ circles: Circle[] }>('GET', '/api/circles');
       ctx.out.print(
         ctx.out.json
           ? JSON.stringify(r.body, null, 2)
@@ -307,7 +328,7 @@ export function registerClientCommands(program: Command): void {
   );
   addGlobalOptions(circles.command('create <slug>').description('Create a circle')).action(
     action(async (ctx, slug: string) => {
-      const r = await ctx.client.request('POST', '/api/circles', { slug });
+      const r = await ctx.client.request<Circle>('POST', '/api/circles', { slug });
       ctx.out.print(
         ctx.out.json
           ? JSON.stringify(r.body, null, 2)
@@ -325,7 +346,7 @@ export function registerClientCommands(program: Command): void {
       .option('--name <name>'),
   ).action(
     action(async (ctx, o: { role: string; name?: string }) => {
-      const r = await ctx.client.request('POST', `/api/${needCircle(ctx)}/tokens`, {
+      const r = await ctx.client.request<CreatedToken>('POST', `/api/${needCircle(ctx)}/tokens`, {
         role: o.role,
         ...(o.name ? { name: o.name } : {}),
       });
@@ -338,7 +359,7 @@ export function registerClientCommands(program: Command): void {
   );
   addGlobalOptions(tokens.command('list').description('List tokens (without secrets)')).action(
     action(async (ctx) => {
-      const r = await ctx.client.request('GET', `/api/${needCircle(ctx)}/tokens`);
+      const r = await ctx.client.request<{ tokens: Token[] }>('GET', `/api/${needCircle(ctx)}/tokens`);
       ctx.out.print(
         ctx.out.json
           ? JSON.stringify(r.body, null, 2)
@@ -348,7 +369,7 @@ export function registerClientCommands(program: Command): void {
   );
   addGlobalOptions(tokens.command('revoke <id>').description('Revoke a token')).action(
     action(async (ctx, id: string) => {
-      const r = await ctx.client.request(
+      const r = await ctx.client.request<{ revoked: string }>(
         'DELETE',
         `/api/${needCircle(ctx)}/tokens/${encodeURIComponent(id)}`,
       );
