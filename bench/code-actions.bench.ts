@@ -141,7 +141,9 @@ it('code actions: latency, throughput, builds', async () => {
     const cold: number[] = [];
     for (let i = 0; i < 5; i++) {
       const code = spec.source.code.replace('Hello', `Hello ${randomBytes(4).toString('hex')}`);
-      cold.push((await buildGo(sandbox, { source: { type: 'inline', code }, handler: 'Handler' })).durationMs);
+      cold.push(
+        (await buildGo(sandbox, { source: { type: 'inline', code }, handler: 'Handler' })).durationMs,
+      );
     }
     const hits: number[] = [];
     for (let i = 0; i < 200; i++)

@@ -133,10 +133,18 @@ export class MemoryCgroups {
     const o = this.opts;
     if (!o.enabled) this.backend = { mode: 'watch', base: '', reason: 'CAIRN_CGROUPS=0' };
     else if (process.getuid?.() !== 0 && !o.v2Root)
-      this.backend = { mode: 'watch', base: '', reason: 'not root and no delegated cgroup (CAIRN_CGROUP_V2_ROOT)' };
+      this.backend = {
+        mode: 'watch',
+        base: '',
+        reason: 'not root and no delegated cgroup (CAIRN_CGROUP_V2_ROOT)',
+      };
     else
       this.backend = detectV2(o.v2Root) ??
-        detectV1(o.v1Root) ?? { mode: 'watch', base: '', reason: 'no writable memory cgroup (v2 or v1) found' };
+        detectV1(o.v1Root) ?? {
+          mode: 'watch',
+          base: '',
+          reason: 'no writable memory cgroup (v2 or v1) found',
+        };
     return this.backend;
   }
 

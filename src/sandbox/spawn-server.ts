@@ -31,7 +31,10 @@ export class SpawnServer {
       }
       rmSync(dir, { recursive: true, force: true });
     };
-    p.stderr!.on('data', (d: Buffer) => (this.lastError = (this.lastError + d.toString('utf8')).slice(-2000)));
+    p.stderr!.on(
+      'data',
+      (d: Buffer) => (this.lastError = (this.lastError + d.toString('utf8')).slice(-2000)),
+    );
     p.on('exit', forget);
     p.on('error', forget);
     // Neither the server nor its pipes keep Cairn alive; its stdin closing tells it Cairn is gone.
@@ -44,7 +47,9 @@ export class SpawnServer {
         if (out.includes('ready\n')) resolve(path);
       });
       p.on('exit', (code) =>
-        reject(new Error(`the sandbox spawn server exited (${code}): ${this.lastError.trim() || 'no message'}`)),
+        reject(
+          new Error(`the sandbox spawn server exited (${code}): ${this.lastError.trim() || 'no message'}`),
+        ),
       );
       p.on('error', reject);
     });

@@ -358,7 +358,9 @@ func Handler(input string) (map[string]interface{}, error) { return nil, nil }
     const sandbox = t.deps.engine.sandbox;
     const code = fn(`return map[string]interface{}{"nonce": "${Date.now()}-${Math.random()}"}, nil`);
     const builds = await Promise.all(
-      Array.from({ length: 6 }, () => buildGo(sandbox, { source: { type: 'inline', code }, handler: 'Handler' })),
+      Array.from({ length: 6 }, () =>
+        buildGo(sandbox, { source: { type: 'inline', code }, handler: 'Handler' }),
+      ),
     );
     expect(new Set(builds.map((b) => b.key)).size).toBe(1);
     expect(builds.filter((b) => !b.cached).length).toBeLessThanOrEqual(6);

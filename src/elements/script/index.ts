@@ -287,7 +287,15 @@ const scriptInvokeInput = z.record(z.string(), z.unknown());
 
 function executor(l: Lang) {
   return async (ctx: ExecContext<ScriptSpec, z.output<typeof scriptInvokeInput>>): Promise<ExecResult> => {
-    const { r, evidence, spec } = await runScript(l, ctx.sandbox, ctx.spec, ctx.input, ctx.signal, ctx.host, {});
+    const { r, evidence, spec } = await runScript(
+      l,
+      ctx.sandbox,
+      ctx.spec,
+      ctx.input,
+      ctx.signal,
+      ctx.host,
+      {},
+    );
     const flags = r.sandboxed ? [] : ['unsandboxed'];
     try {
       const output = interpret(l, r, spec);
