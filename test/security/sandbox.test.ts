@@ -296,7 +296,7 @@ describe('sandboxes made ahead of time (standby)', () => {
 
   it('held sandboxes are killed at shutdown, leaving no process behind', async () => {
     const token = String(100_000 + Math.floor(Math.random() * 800_000));
-    await standby(['sleep', token]);
+    await standby(['sleep', token], { limits: { timeoutMs: 1_000 } }); // the run itself ends at its limit
     await settle();
     expect(cmdlines().some((c) => c.includes(token))).toBe(true);
     sandbox.discardStandbys();
