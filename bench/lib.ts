@@ -37,12 +37,13 @@ const RESULTS = new URL('./results.md', import.meta.url);
 export function writeSection(name: string, markdown: string): void {
   mkdirSync(OUT, { recursive: true });
   writeFileSync(new URL(`${name}.md`, OUT), markdown.trim() + '\n');
-  const order = ['engine-throughput', 'invoke-latency', 'code-actions', 'batch-ledger'];
+  const order = ['engine-throughput', 'invoke-latency', 'code-actions', 'run-record', 'batch-ledger'];
   // A section not measured on this machine yet keeps what results.md has for it (by its heading).
   const headings: Record<string, string> = {
     'engine-throughput': '## Engine throughput',
     'invoke-latency': '## Sync invoke latency',
     'code-actions': '## Code actions',
+    'run-record': '## Run record',
     'batch-ledger': '## Batch runs and the ledger',
   };
   const current = existsSync(RESULTS) ? readFileSync(RESULTS, 'utf8') : '';

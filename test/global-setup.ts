@@ -21,7 +21,10 @@ declare module 'vitest' {
  * (each test file loads it) — a fresh PGlite costs seconds, a load far less.
  */
 export default async function setup(project: TestProject) {
-  const server = await startPgServer();
+  // Benchmarks break PostgreSQL time down by statement; tests do not pay for it.
+  const server = await startPgServer({
+    statements: project.config.include.some((p) => p.startsWith('bench/')),
+  });
   const admin = new pg.Client({ connectionString: server.url });
   await admin.connect();
   await admin.query('CREATE DATABASE cairn_template');

@@ -49,7 +49,8 @@ function run(bin: string, args: string[]): void {
  * dir, password auth (so circle roles really log in), tuned for speed
  * (fsync off — the data is disposable).
  */
-export async function startPgServer(): Promise<PgServer> {
+/** `statements`: load pg_stat_statements (benchmarks break PostgreSQL time down by statement). */
+export async function startPgServer(with_: { statements?: boolean } = {}): Promise<PgServer> {
   const bin = pgBinDir();
   const dir = mkdtempSync(join(tmpdir(), 'cairn-pg-'));
   const data = join(dir, 'data');
@@ -82,6 +83,9 @@ export async function startPgServer(): Promise<PgServer> {
     '-c full_page_writes=off',
     '-c max_connections=300',
     '-c shared_buffers=128MB',
+    ...(with_.statements
+      ? ['-c shared_preload_libraries=pg_stat_statements', '-c pg_stat_statements.track=all']
+      : []),
   ].join(' ');
   run(join(bin, 'pg_ctl'), ['-D', data, '-o', opts, '-l', join(dir, 'log'), '-w', '-t', '60', 'start']);
   const stop = () => {
