@@ -14,10 +14,15 @@ export const configSchema = z.object({
   port: int(8080, 0, 65535),
   /** CAIRN_HOST / --host */
   host: z.string().default('127.0.0.1'),
-  /** CAIRN_DATA / --data: PGlite data and the bootstrap token file */
+  /** CAIRN_DATA / --data: the embedded database, its password and the bootstrap token file */
   dataDir: z.string().default('.cairn'),
-  /** DATABASE_URL: use a PostgreSQL server instead of PGlite */
+  /** DATABASE_URL: use a PostgreSQL server instead of the embedded database */
   databaseUrl: z.string().optional(),
+  /**
+   * CAIRN_DB / --db: the embedded database without DATABASE_URL: `postgres` (a private
+   * PostgreSQL cluster Cairn manages in <data>/pg) or `pglite` (in-process WebAssembly, opt-in)
+   */
+  db: z.enum(['postgres', 'pglite']).default('postgres'),
   /** CAIRN_BOOTSTRAP_TOKEN: the instance-admin token on first start */
   bootstrapToken: z.string().min(16).optional(),
   /** CAIRN_PUBLIC_URL: base of web_url links */
@@ -47,6 +52,7 @@ const ENV: Record<string, keyof Config> = {
   CAIRN_HOST: 'host',
   CAIRN_DATA: 'dataDir',
   DATABASE_URL: 'databaseUrl',
+  CAIRN_DB: 'db',
   CAIRN_BOOTSTRAP_TOKEN: 'bootstrapToken',
   CAIRN_PUBLIC_URL: 'publicUrl',
   CAIRN_WORKER_CONCURRENCY: 'workerConcurrency',
@@ -68,6 +74,8 @@ const ENV: Record<string, keyof Config> = {
  */
 const flag = z.enum(['0', '1', 'true', 'false']).transform((v) => v === '1' || v === 'true');
 export const SETTINGS = {
+  /** The PostgreSQL bin directory of the embedded database (default: the newest /usr/lib/postgresql/<major>/bin). */
+  CAIRN_PG_BIN: z.string().min(1).optional(),
   CAIRN_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   CAIRN_CACHE_DIR: z.string().min(1).optional(),
   CAIRN_SANDBOX_UID_BASE: int(2_300_000, 1_000, 2_000_000_000),

@@ -7,6 +7,9 @@ import { setting, type Config } from './config.js';
 import type { Db } from './db/types.js';
 import { PgliteDb } from './db/pglite.js';
 import { PgDb } from './db/pg.js';
+import { lockDataDir, ManagedPostgres, pgliteDataDirError } from './db/managed-pg.js';
+import { existsSync } from 'node:fs';
+import { silentLogger } from './telemetry/log.js';
 import { migrate } from './db/migrate.js';
 import { createToken, hasInstanceAdmin } from './store/tokens.js';
 import { loadSqlParser } from './elements/sql/guard.js';
@@ -19,7 +22,6 @@ import type { Logger } from './telemetry/log.js';
 import { Sandbox } from './sandbox/runner.js';
 import { prewarmGo } from './sandbox/builders/go.js';
 
-/** Opens the configured database (PostgreSQL when DATABASE_URL is set, else PGlite in the data dir) and migrates it. */
 /** The sandbox opt-out is loud: logged at start by every process that executes runs. */
 export function warnIfUnsandboxed(log: Logger, sandbox: Sandbox): void {
   if (sandbox.disabled) {
@@ -38,17 +40,72 @@ function prewarm(log: Logger, sandbox: Sandbox): void {
   );
 }
 
-export async function openDb(config: Config): Promise<Db> {
+/** What an open database is: its driver, and for the embedded PostgreSQL, its supervisor. */
+export interface OpenedDb {
+  db: Db;
+  /** `postgres (embedded)`, `postgres` (DATABASE_URL) or `pglite`. */
+  label: string;
+  managed?: ManagedPostgres;
+  /** Closes the pools, then stops the embedded PostgreSQL and lets go of the data dir. */
+  close(): Promise<void>;
+}
+
+/**
+ * Opens the configured database and migrates it: the PostgreSQL server of
+ * DATABASE_URL; else the embedded one, a private PostgreSQL cluster in
+ * `<data>/pg` (or PGlite in `<data>/pgdata` with --db pglite). An embedded
+ * database belongs to one Cairn process: its data dir is locked.
+ */
+export async function openDatabase(config: Config, log: Logger = silentLogger): Promise<OpenedDb> {
   await loadSqlParser();
-  let db: Db;
   if (config.databaseUrl) {
-    db = new PgDb(config.databaseUrl, { max: config.pgPool });
-  } else {
-    await mkdir(config.dataDir, { recursive: true });
-    db = await PgliteDb.open(join(config.dataDir, 'pgdata'));
+    const db = new PgDb(config.databaseUrl, { max: config.pgPool });
+    await migrate(db);
+    return { db, label: 'postgres', close: () => db.close() };
   }
-  await migrate(db);
-  return db;
+  const unlock = lockDataDir(config.dataDir);
+  try {
+    if (config.db === 'pglite') {
+      const db = await PgliteDb.open(join(config.dataDir, 'pgdata'));
+      await migrate(db);
+      return {
+        db,
+        label: 'pglite',
+        close: async () => {
+          await db.close();
+          unlock();
+        },
+      };
+    }
+    if (existsSync(join(config.dataDir, 'pgdata')) && !existsSync(join(config.dataDir, 'pg')))
+      throw pgliteDataDirError(config.dataDir);
+    const managed = await ManagedPostgres.start({
+      dataDir: config.dataDir,
+      binDir: setting('CAIRN_PG_BIN'),
+      log,
+    });
+    const db = new PgDb(managed.url, { max: config.pgPool });
+    try {
+      await migrate(db);
+    } catch (e) {
+      await db.close();
+      await managed.stop();
+      throw e;
+    }
+    return {
+      db,
+      label: 'postgres (embedded)',
+      managed,
+      close: async () => {
+        await db.close();
+        await managed.stop();
+        unlock();
+      },
+    };
+  } catch (e) {
+    unlock();
+    throw e;
+  }
 }
 
 /**
@@ -94,6 +151,10 @@ export async function snapshotFacts(db: Db): Promise<Record<string, unknown>> {
 export interface Server {
   app: FastifyInstance;
   db: Db;
+  /** `postgres (embedded)`, `postgres` or `pglite`. */
+  database: string;
+  /** The embedded PostgreSQL's supervisor, when Cairn manages the database. */
+  managed?: ManagedPostgres;
   worker?: Worker;
   url: string;
   stop(): Promise<void>;
@@ -128,10 +189,11 @@ export async function startServer(
   print: (s: string) => void = () => undefined,
 ): Promise<Server> {
   await assertPortFree(config.host, config.port);
-  const db = await openDb(config);
+  const opened = await openDatabase(config, log);
+  const { db } = opened;
   await ensureBootstrapToken(db, config, print);
-  // PGlite is one process's database: its worker must live in the same process.
-  const withWorker = config.embeddedWorker || db.kind === 'pglite';
+  // An embedded database is one process's: its worker must live in the same process.
+  const withWorker = config.embeddedWorker || !config.databaseUrl;
   const sandbox = new Sandbox();
   if (withWorker) {
     warnIfUnsandboxed(log, sandbox);
@@ -150,7 +212,15 @@ export async function startServer(
   });
   await engine.start();
   const worker = engine.worker;
-  const deps: Deps = { db, config, log, authn: new Authenticator(db), engine, snapshotExtra };
+  const deps: Deps = {
+    db,
+    config,
+    log,
+    authn: new Authenticator(db),
+    engine,
+    snapshotExtra,
+    database: () => ({ label: opened.label, embedded: opened.managed?.status() ?? null }),
+  };
   const app = await buildApp(deps);
   let address: string;
   try {
@@ -159,22 +229,24 @@ export async function startServer(
     // Taken between the check and now: let go of what started, then say so, typed.
     await engine.stop(0);
     sandbox.close();
-    await db.close();
+    await opened.close();
     throw (e as NodeJS.ErrnoException).code === 'EADDRINUSE' ? portInUse(config.host, config.port) : e;
   }
   const port = (app.server.address() as { port: number }).port;
   config.port = port;
-  log.info({ address, database: db.kind }, 'cairn serving');
+  log.info({ address, database: opened.label }, 'cairn serving');
   return {
     app,
     db,
+    database: opened.label,
+    managed: opened.managed,
     worker,
     url: `http://${config.host}:${port}`,
     async stop() {
       await app.close();
       await engine.stop(config.shutdownGraceMs);
       sandbox.close();
-      await db.close();
+      await opened.close();
     },
   };
 }
@@ -184,7 +256,8 @@ export async function startWorker(
   config: Config,
   log: Logger,
 ): Promise<{ worker: Worker; db: Db; stop(): Promise<void> }> {
-  const db = await openDb(config);
+  const opened = await openDatabase(config, log);
+  const { db } = opened;
   const sandbox = new Sandbox();
   const worker = new Worker({
     db,
@@ -203,7 +276,7 @@ export async function startWorker(
     async stop() {
       await worker.stop(config.shutdownGraceMs);
       sandbox.close();
-      await db.close();
+      await opened.close();
     },
   };
 }

@@ -1,5 +1,6 @@
 import type { Config } from '../config.js';
 import type { Db } from '../db/types.js';
+import type { ManagedPgStatus } from '../db/managed-pg.js';
 import type { Engine } from '../engine/engine.js';
 import type { Logger } from '../telemetry/log.js';
 import type { Authenticator } from './auth.js';
@@ -14,6 +15,8 @@ export interface Deps {
   engine: Engine;
   /** Snapshot facts every run pins (toolchain versions). */
   snapshotExtra: Record<string, unknown>;
+  /** Which database this process serves from, and the embedded PostgreSQL's state (diagnostics). */
+  database?: () => { label: string; embedded: ManagedPgStatus | null };
 }
 
 export function baseUrlOf(deps: Deps): string {

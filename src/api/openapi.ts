@@ -158,7 +158,11 @@ export function openApiDocument(): Record<string, unknown> {
         ...(r.method !== 'GET' && (r.status ?? 200) !== 200 ? { '200': { description: 'OK' } } : {}),
         ...errorResponsesFor({ auth: r.auth, method: r.method.toLowerCase(), body: Boolean(r.body) }),
         ...(r.url === '/healthz'
-          ? { '503': errorResponse('Degraded: a shared statement keeps failing') }
+          ? {
+              '503': errorResponse(
+                'Degraded: a shared statement keeps failing, or the embedded PostgreSQL is restarting',
+              ),
+            }
           : {}),
       },
       security: r.auth === 'none' ? [] : bearer,

@@ -72,13 +72,18 @@ export const ROUTES: RouteDef[] = [
       const failing = Object.entries(health?.statements ?? {})
         .filter(([, st]) => st.consecutive_failures >= DEGRADED_AFTER)
         .map(([statement, st]) => ({ statement, ...st }));
-      if (health?.degraded) reply.code(503);
+      // The embedded PostgreSQL being restarted (or given up on) is degraded too, even between its answers.
+      const embedded = deps.database?.().embedded;
+      const dbDown = embedded !== undefined && embedded !== null && embedded.state !== 'running';
+      const degraded = Boolean(health?.degraded) || dbDown;
+      if (degraded) reply.code(503);
       return {
-        status: health?.degraded ? 'degraded' : 'ok',
+        status: degraded ? 'degraded' : 'ok',
         version: VERSION,
         database: deps.db.kind,
         worker: deps.engine.worker?.id ?? null,
         ...(health?.degraded ? { failing, settle_backlog: health.settle_backlog } : {}),
+        ...(dbDown ? { embedded_database: embedded.state } : {}),
       };
     },
   }),
@@ -90,7 +95,7 @@ export const ROUTES: RouteDef[] = [
     summary: "The process's health: its worker's shared statements and how the sandbox enforces limits",
     handler: async ({ deps }) => ({
       version: VERSION,
-      database: deps.db.kind,
+      database: deps.database?.() ?? { label: deps.db.kind, embedded: null },
       worker: deps.engine.health() ?? null,
       sandbox: deps.engine.sandbox.diagnostics(),
     }),

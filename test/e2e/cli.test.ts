@@ -9,7 +9,7 @@ import { BIN, ROOT, cairn, ensureBuilt, until, type Proc } from '../helpers/bin.
 const run = promisify(execFile);
 const TOKEN = 'cairn_e2e_bootstrap_token_0123456789';
 
-/** Black box: the real `bin/cairn serve` on PGlite, driven by the real CLI. */
+/** Black box: the real `bin/cairn serve` on its embedded PostgreSQL, driven by the real CLI. */
 describe('bin/cairn end to end (embedded database)', () => {
   let dir: string;
   let server: Proc;
@@ -55,7 +55,7 @@ describe('bin/cairn end to end (embedded database)', () => {
   it('answers /healthz and serves its OpenAPI document', async () => {
     const h = await fetch(url + '/healthz');
     expect(h.status).toBe(200);
-    expect(await h.json()).toMatchObject({ status: 'ok', database: 'pglite' });
+    expect(await h.json()).toMatchObject({ status: 'ok', database: 'pg' });
     const doc: any = await (await fetch(url + '/openapi.json')).json();
     expect(doc.openapi).toBe('3.1.0');
     expect(doc.paths['/api/{circle}/{slug}/ops/invoke'].post['x-cairn-element-types']).toContain('sql');
@@ -225,7 +225,7 @@ describe('bin/cairn end to end (embedded database)', () => {
       expect(second.output()).toMatch(/PORT_IN_USE: Port \d+ on 127\.0\.0\.1 is already in use/);
       expect(second.output()).toMatch(/--port or CAIRN_PORT/);
       expect(second.output()).not.toMatch(/EADDRINUSE|\n\s+at /);
-      expect(existsSync(join(other, 'pgdata'))).toBe(false); // the database was never opened
+      expect(existsSync(join(other, 'pg'))).toBe(false); // the database was never opened
     } finally {
       rmSync(other, { recursive: true, force: true });
     }

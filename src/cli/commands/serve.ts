@@ -22,15 +22,27 @@ function onSignals(stop: () => Promise<void>): void {
 export function registerServe(program: Command): void {
   program
     .command('serve')
-    .description('Serve the API with an embedded worker (PGlite in --data unless DATABASE_URL is set)')
+    .description(
+      'Serve the API with an embedded worker (a PostgreSQL cluster Cairn manages in --data unless DATABASE_URL is set)',
+    )
     .option('--port <port>', 'port (env CAIRN_PORT, default 8080)')
     .option('--host <host>', 'interface (env CAIRN_HOST, default 127.0.0.1)')
     .option('--data <dir>', 'data directory (env CAIRN_DATA, default .cairn)')
-    .option('--no-worker', 'do not run a worker in this process (PostgreSQL only)')
+    .option(
+      '--db <engine>',
+      'embedded database without DATABASE_URL: postgres (default) or pglite (env CAIRN_DB)',
+    )
+    .option('--no-worker', 'do not run a worker in this process (with DATABASE_URL only)')
     .option('--demo', 'create a "demo" circle with an example element and print how to call it')
     .option('--json', 'print one JSON line when ready: {"event": "serving", "url", "database", "worker"}')
     .action(async (o) => {
-      const config = loadConfig({ port: o.port, host: o.host, dataDir: o.data, embeddedWorker: o.worker });
+      const config = loadConfig({
+        port: o.port,
+        host: o.host,
+        dataDir: o.data,
+        db: o.db,
+        embeddedWorker: o.worker,
+      });
       const log = createLogger();
       // With --json, stdout carries only the JSON line; the one-time token notice goes to stderr.
       const server = await startServer(config, log, (s) =>
@@ -42,12 +54,12 @@ export function registerServe(program: Command): void {
         const line = {
           event: 'serving',
           url: server.url,
-          database: server.db.kind,
+          database: server.database,
           worker: server.worker?.id ?? null,
         };
         process.stdout.write(JSON.stringify(line) + '\n');
       } else {
-        process.stdout.write(demo + `Cairn is serving on ${server.url} (database: ${server.db.kind})\n`);
+        process.stdout.write(demo + `Cairn is serving on ${server.url} (database: ${server.database})\n`);
       }
     });
 
