@@ -62,7 +62,15 @@ export class StatementHealth {
   }
 }
 
-export const STATEMENTS = ['settle', 'settle_items', 'claim', 'heartbeat', 'reap'] as const;
+export const STATEMENTS = [
+  'settle',
+  'settle_items',
+  'claim',
+  'heartbeat',
+  'reap',
+  'fold',
+  'maintenance',
+] as const;
 export type StatementName = (typeof STATEMENTS)[number];
 
 export interface WorkerHealthReport {

@@ -12,6 +12,7 @@ import { expireDueGrants, LeaseSystem } from './leases.js';
 import { Sandbox } from '../sandbox/runner.js';
 import type { EngineResources } from './resources.js';
 import { rejectedSettlement, SettlementSystem } from './settlement.js';
+import { MaintenanceSystem } from './maintenance.js';
 
 export { recordRejected } from './settlement.js';
 export type { Outcome };
@@ -28,6 +29,8 @@ export interface WorkerOptions {
   pollMs?: number;
   /** How often this worker looks for runs whose lease expired. */
   reapMs?: number;
+  /** How often this worker folds the element statistics deltas into their rollups. */
+  foldMs?: number;
   log?: Logger;
   /** The sandbox executors run code in; without one, the worker builds its own from the settings and closes it on stop. */
   sandbox?: Sandbox;
@@ -103,6 +106,8 @@ export class Worker {
   private readonly execution: ExecutionSystem;
   private readonly settlement: SettlementSystem;
   private readonly leases: LeaseSystem;
+  readonly maintenance: MaintenanceSystem;
+  private readonly foldMs: number;
   readonly sandbox: Sandbox;
   private readonly ownsSandbox: boolean;
 
@@ -128,6 +133,8 @@ export class Worker {
     this.execution = new ExecutionSystem(this.resources);
     this.settlement = new SettlementSystem(this.resources, (s, row) => this.settled(s, row));
     this.leases = new LeaseSystem(this.resources, this.leaseMs);
+    this.maintenance = new MaintenanceSystem(this.resources);
+    this.foldMs = opts.foldMs ?? 2_000;
     this.batchHost = {
       db: this.db,
       workerId: this.id,
@@ -164,6 +171,7 @@ export class Worker {
     );
     this.timers.push(setInterval(() => void this.beat(), Math.max(50, Math.floor(this.leaseMs / 3))));
     this.timers.push(setInterval(() => void this.reap(), this.reapMs));
+    this.timers.push(setInterval(() => void this.maintenance.fold(), this.foldMs));
     for (const t of this.timers) t.unref();
     watchHealth(this.id, () => this.healthReport());
     this.loopDone = this.loop();

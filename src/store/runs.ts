@@ -85,6 +85,8 @@ export interface RunRow {
   budget_policy: 'flag' | 'stop';
   /** Batch runs: attempts an item may take when its error is retryable. */
   item_max_attempts: number;
+  /** Kept whatever the circle's retention (POST /api/runs/{id}/pin). */
+  pinned: boolean;
 }
 
 const RUN_TS = ['queued_at', 'run_after', 'started_at', 'finished_at', 'lease_expires_at'] as const;
@@ -141,6 +143,7 @@ export interface RunView {
   snapshot: Record<string, unknown>;
   trace_id: string;
   idempotency_key: string | null;
+  pinned: boolean;
   run_url: string;
   web_url: string;
 }
@@ -191,6 +194,7 @@ export function toRunView(r: RunRow, circleSlug: string, baseUrl: string): RunVi
     snapshot: r.snapshot,
     trace_id: r.trace_id,
     idempotency_key: r.idempotency_key,
+    pinned: r.pinned ?? false,
     run_url: `/api/runs/${r.id}`,
     web_url: `${baseUrl.replace(/\/$/, '')}/runs/${r.id}`,
   };
@@ -199,6 +203,31 @@ export function toRunView(r: RunRow, circleSlug: string, baseUrl: string): RunVi
 export async function getRun(q: Queryable, id: string): Promise<RunRow | undefined> {
   const r = await q.query<RunRow>('SELECT * FROM cairn.runs WHERE id = $1', [id]);
   return r.rows[0] && runRow(r.rows[0]);
+}
+
+/**
+ * Pins or unpins a run: a pinned run is never deleted by retention. A change
+ * writes its audit event (type `control`, no status change) in the same
+ * statement; setting what is already set changes nothing and records nothing.
+ * Undefined when there is no such run.
+ */
+export async function setPinned(
+  q: Queryable,
+  runId: string,
+  pinned: boolean,
+  actor: string,
+  reason: string | null,
+): Promise<RunRow | undefined> {
+  const r = await q.query<RunRow>(
+    `WITH u AS (UPDATE cairn.runs SET pinned = $2 WHERE id = $1 AND pinned <> $2 RETURNING *),
+     e AS (INSERT INTO cairn.run_events (run_id, circle_id, type, actor, data)
+       SELECT u.id, u.circle_id, 'control', $3, jsonb_strip_nulls(jsonb_build_object(
+         'action', CASE WHEN $2 THEN 'pin' ELSE 'unpin' END, 'reason', $4::text)) FROM u)
+     SELECT * FROM u`,
+    [runId, pinned, actor, reason],
+  );
+  if (r.rows[0]) return runRow(r.rows[0]);
+  return getRun(q, runId);
 }
 
 export async function getRunsStatus(
@@ -245,7 +274,9 @@ export async function listRuns(q: Queryable, f: RunFilter): Promise<RunRow[]> {
     params.push(v);
     where.push(clause.replace('?', '$' + params.length));
   };
-  if (f.statuses?.length) add('status = ANY(?::text[])', f.statuses);
+  // One status (the common filter) as an equality: a range scan of runs_circle_status in id order.
+  if (f.statuses?.length === 1) add('status = ?', f.statuses[0]);
+  else if (f.statuses?.length) add('status = ANY(?::text[])', f.statuses);
   if (f.kinds?.length) add('kind = ANY(?::text[])', f.kinds);
   if (f.elementSlug) add('element_slug = ?', f.elementSlug);
   if (f.elementId) add('element_id = ?', f.elementId);
@@ -313,11 +344,14 @@ export async function listItems(
   runId: string,
   opts: { status?: string; limit?: number; afterOrd?: number } = {},
 ): Promise<ItemRow[]> {
+  // Only the filters given, so each form is an index range scan in row order that stops at its limit.
+  const params: unknown[] = [runId];
+  let where = 'run_id = $1';
+  if (opts.status !== undefined) where += ` AND status = $${params.push(opts.status)}`;
+  if (opts.afterOrd !== undefined) where += ` AND ord > $${params.push(opts.afterOrd)}::int`;
   const r = await q.query<ItemRow>(
-    `SELECT ${ITEM_COLS} FROM cairn.items
-     WHERE run_id = $1 AND ($2::text IS NULL OR status = $2) AND ($3::int IS NULL OR ord > $3)
-     ORDER BY ord, key LIMIT $4`,
-    [runId, opts.status ?? null, opts.afterOrd ?? null, opts.limit ?? 100_000],
+    `SELECT ${ITEM_COLS} FROM cairn.items WHERE ${where} ORDER BY ord, key LIMIT $${params.push(opts.limit ?? 100_000)}`,
+    params,
   );
   return r.rows.map(itemRow);
 }
