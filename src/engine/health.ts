@@ -79,6 +79,8 @@ export interface WorkerHealthReport {
   /** Settlements finished but not yet written (waiting for a retry). */
   settle_backlog: number;
   statements: Record<StatementName, StatementState>;
+  /** The database's upkeep (engine/maintenance.ts), when the worker reports it. */
+  maintenance?: MaintenanceReport;
 }
 
 export class WorkerHealth {
@@ -102,4 +104,21 @@ export class WorkerHealth {
       >,
     };
   }
+}
+
+/** What the last maintenance pass did, for `GET /api/diagnostics` and `/metrics`. */
+export interface MaintenanceReport {
+  /** `cairn`: Cairn vacuums and checkpoints (PGlite has no autovacuum nor checkpointer); `autovacuum`: PostgreSQL does. */
+  mode: 'cairn' | 'autovacuum';
+  passes_total: number;
+  failures_total: number;
+  last_run_at: string | null;
+  last_duration_ms: number | null;
+  /** The longest single statement of the last pass: how long the API could have waited on it. */
+  last_longest_pause_ms: number | null;
+  last_error: string | null;
+  /** The latest (auto)vacuum PostgreSQL reports for a Cairn table. */
+  last_vacuum_at: string | null;
+  database_bytes: number | null;
+  wal_bytes: number | null;
 }

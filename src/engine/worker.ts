@@ -9,6 +9,7 @@ import { BatchControl, runBatch, type BatchHost } from './batch.js';
 import { ExecutionSystem } from './execution.js';
 import { WorkerHealth, type WorkerHealthReport } from './health.js';
 import { expireDueGrants, LeaseSystem } from './leases.js';
+import { RetentionSystem, type RetentionPass } from './retention.js';
 import { Sandbox } from '../sandbox/runner.js';
 import type { EngineResources } from './resources.js';
 import { rejectedSettlement, SettlementSystem } from './settlement.js';
@@ -29,8 +30,14 @@ export interface WorkerOptions {
   pollMs?: number;
   /** How often this worker looks for runs whose lease expired. */
   reapMs?: number;
+  /** How often this worker deletes expired runs (retention); 0 or unset: it does not. */
+  retentionMs?: number;
+  /** Days a run is kept in circles without a policy of their own (default 30). */
+  retentionDays?: number;
   /** How often this worker folds the element statistics deltas into their rollups. */
   foldMs?: number;
+  /** How often this worker maintains the database (PGlite: vacuum and checkpoint; PostgreSQL: report). */
+  maintenanceMs?: number;
   log?: Logger;
   /** The sandbox executors run code in; without one, the worker builds its own from the settings and closes it on stop. */
   sandbox?: Sandbox;
@@ -106,8 +113,15 @@ export class Worker {
   private readonly execution: ExecutionSystem;
   private readonly settlement: SettlementSystem;
   private readonly leases: LeaseSystem;
+  private readonly retention: RetentionSystem;
+  private readonly retentionMs: number;
+  /** The retention pass under way, if any (passes never overlap; stop waits for it). */
+  private retaining: Promise<RetentionPass> | undefined;
   readonly maintenance: MaintenanceSystem;
   private readonly foldMs: number;
+  private readonly maintenanceMs: number;
+  /** Runs settled since the last maintenance pass (bulk work brings the next pass forward). */
+  private settledSinceMaintenance = 0;
   readonly sandbox: Sandbox;
   private readonly ownsSandbox: boolean;
 
@@ -133,8 +147,11 @@ export class Worker {
     this.execution = new ExecutionSystem(this.resources);
     this.settlement = new SettlementSystem(this.resources, (s, row) => this.settled(s, row));
     this.leases = new LeaseSystem(this.resources, this.leaseMs);
+    this.retentionMs = opts.retentionMs ?? 0;
+    this.retention = new RetentionSystem(this.resources, { defaultDays: opts.retentionDays ?? 30 });
     this.maintenance = new MaintenanceSystem(this.resources);
     this.foldMs = opts.foldMs ?? 2_000;
+    this.maintenanceMs = opts.maintenanceMs ?? 60_000;
     this.batchHost = {
       db: this.db,
       workerId: this.id,
@@ -148,6 +165,8 @@ export class Worker {
   /** The settlement system wrote `s` (row: what changed; undefined when the run had changed meanwhile). */
   private settled(s: Settlement, row: SettledRun | undefined): void {
     this.inflight.delete(s.id);
+    // After bulk work on the embedded database, maintain it now rather than at the next tick.
+    if (++this.settledSinceMaintenance >= 10_000 && this.db.kind === 'pglite') void this.maintain();
     const w = this.settledWaiters.get(s.id);
     if (w) {
       this.settledWaiters.delete(s.id);
@@ -171,7 +190,9 @@ export class Worker {
     );
     this.timers.push(setInterval(() => void this.beat(), Math.max(50, Math.floor(this.leaseMs / 3))));
     this.timers.push(setInterval(() => void this.reap(), this.reapMs));
+    if (this.retentionMs > 0) this.timers.push(setInterval(() => void this.retain(), this.retentionMs));
     this.timers.push(setInterval(() => void this.maintenance.fold(), this.foldMs));
+    this.timers.push(setInterval(() => void this.maintain(), this.maintenanceMs));
     for (const t of this.timers) t.unref();
     watchHealth(this.id, () => this.healthReport());
     this.loopDone = this.loop();
@@ -309,7 +330,7 @@ export class Worker {
 
   /** Diagnostics: the shared statements' health and the settle backlog. */
   healthReport(): WorkerHealthReport {
-    return this.health.report(this.id, this.settlement.backlog);
+    return { ...this.health.report(this.id, this.settlement.backlog), maintenance: this.maintenance.state() };
   }
 
   /** Waits `ms`, or less when the worker stops (not on every kick: a failing claim must back off). */
@@ -337,11 +358,23 @@ export class Worker {
     }
   }
 
+  /** A maintenance pass (the timer's, or after bulk work). */
+  async maintain(): Promise<void> {
+    this.settledSinceMaintenance = 0;
+    await this.maintenance.maintain();
+  }
+
   /** Recovers runs whose lease expired, and expires grants past their date. */
   async reap(): Promise<number> {
     const n = await this.leases.recover();
     await expireDueGrants(this.resources);
     return n;
+  }
+
+  /** Deletes expired runs (one retention pass); a pass already under way is joined, not doubled. */
+  retain(): Promise<RetentionPass> {
+    this.retaining ??= this.retention.collect(() => this.running).finally(() => (this.retaining = undefined));
+    return this.retaining;
   }
 
   /** Resolves when nothing is in flight (tests, benchmarks). */
@@ -362,6 +395,7 @@ export class Worker {
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
     await this.loopDone;
+    await this.retaining; // a pass under way ends after its current batch, before the database closes
     const deadline = Date.now() + graceMs;
     while (this.inflight.size > this.settlement.backlog && Date.now() < deadline)
       await new Promise((r) => setTimeout(r, 20));

@@ -88,6 +88,14 @@ export interface HealthSource {
     string,
     { consecutive_failures: number; failures_total: number; rows_rejected_total: number }
   >;
+  maintenance?: {
+    passes_total: number;
+    failures_total: number;
+    last_duration_ms: number | null;
+    last_longest_pause_ms: number | null;
+    database_bytes: number | null;
+    wal_bytes: number | null;
+  };
 }
 
 const healthSources = new Map<string, () => HealthSource>();
@@ -147,6 +155,41 @@ for (const [name, field, help] of [
       eachHealth((h) => {
         for (const [statement, st] of Object.entries(h.statements))
           this.set({ worker: h.worker, statement }, st[field]);
+      });
+    },
+  });
+}
+
+for (const [name, field, help] of [
+  [
+    'cairn_maintenance_passes_total',
+    'passes_total',
+    'Database maintenance passes (vacuum, checkpoint, report) since start',
+  ],
+  [
+    'cairn_maintenance_failures_total',
+    'failures_total',
+    'Database maintenance passes that failed (retried at the next tick)',
+  ],
+  ['cairn_maintenance_last_duration_ms', 'last_duration_ms', 'Duration of the last maintenance pass (ms)'],
+  [
+    'cairn_maintenance_last_pause_ms',
+    'last_longest_pause_ms',
+    'Longest single statement of the last maintenance pass (ms): the longest the API could wait on it',
+  ],
+  ['cairn_database_bytes', 'database_bytes', 'Size of the database (pg_database_size) at the last pass'],
+  ['cairn_database_wal_bytes', 'wal_bytes', 'Size of the WAL directory at the last pass'],
+] as const) {
+  new client.Gauge({
+    name,
+    help,
+    labelNames: ['worker'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      eachHealth((h) => {
+        const v = h.maintenance?.[field];
+        if (v !== null && v !== undefined) this.set({ worker: h.worker }, v);
       });
     },
   });

@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cairn, ensureBuilt, until, type Proc } from '../helpers/bin.js';
 
@@ -112,6 +113,22 @@ describe('the embedded PostgreSQL', () => {
     expect(d.database.label).toBe('postgres (embedded)');
     expect(d.database.embedded).toMatchObject({ state: 'running', pid, restarts: 0 });
     expect(d.database.embedded.version).toMatch(/PostgreSQL/);
+    // Maintained by PostgreSQL itself: autovacuum tuned for the run tables, the WAL capped.
+    const conn = new URL('postgres://localhost/cairn');
+    conn.username = 'cairn';
+    conn.password = readFileSync(join(dir, 'pg-password'), 'utf8').trim();
+    conn.searchParams.set('host', join(dir, 'pg'));
+    const client = new pg.Client({ connectionString: conn.toString() });
+    await client.connect();
+    try {
+      const show = async (name: string) => (await client.query(`SHOW ${name}`)).rows[0]![name];
+      expect(await show('autovacuum')).toBe('on');
+      expect(await show('autovacuum_vacuum_scale_factor')).toBe('0.05');
+      expect(await show('max_wal_size')).toBe('256MB');
+      expect(await show('listen_addresses')).toBe('');
+    } finally {
+      await client.end();
+    }
   });
 
   it('a second serve on the same data dir is refused, typed, and the first keeps serving', async () => {
