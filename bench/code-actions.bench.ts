@@ -164,7 +164,10 @@ it('code actions: latency, throughput, builds', async () => {
     // WebAssembly heap makes this process large, and every later spawn from Node (the floors) would pay for it.
     const liteDir = mkdtempSync(join(tmpdir(), 'cairn-bench-lite-'));
     const lite = await startServer(
-      loadConfig({ port: 0, dataDir: liteDir, bootstrapToken: TOKEN, workerConcurrency: 4 }, {}),
+      loadConfig(
+        { port: 0, dataDir: liteDir, db: 'pglite', bootstrapToken: TOKEN, workerConcurrency: 4 },
+        {},
+      ),
       silentLogger,
     );
     let liteInv: number[] = [];

@@ -52,6 +52,7 @@ it('sync invoke latency of select 1 over HTTP', async () => {
         port: 0,
         dataDir: dir,
         databaseUrl: driver === 'pg' ? await pgDatabase() : undefined,
+        db: 'pglite',
         bootstrapToken: TOKEN,
         pollMs: 1000,
       },

@@ -37,11 +37,19 @@ const RESULTS = new URL('./results.md', import.meta.url);
 export function writeSection(name: string, markdown: string): void {
   mkdirSync(OUT, { recursive: true });
   writeFileSync(new URL(`${name}.md`, OUT), markdown.trim() + '\n');
-  const order = ['engine-throughput', 'invoke-latency', 'code-actions', 'run-record', 'batch-ledger'];
+  const order = [
+    'engine-throughput',
+    'invoke-latency',
+    'embedded',
+    'code-actions',
+    'run-record',
+    'batch-ledger',
+  ];
   // A section not measured on this machine yet keeps what results.md has for it (by its heading).
   const headings: Record<string, string> = {
     'engine-throughput': '## Engine throughput',
     'invoke-latency': '## Sync invoke latency',
+    embedded: '## Embedded databases',
     'code-actions': '## Code actions',
     'run-record': '## Run record',
     'batch-ledger': '## Batch runs and the ledger',
@@ -64,19 +72,28 @@ export function writeSection(name: string, markdown: string): void {
   );
 }
 
-/** Submits `count` runs one after another and answers runs/s from the first submit to the last settlement. */
+/**
+ * Submits `count` runs (one after another, or from `producers` at once) and answers runs/s
+ * from the first submit to the last settlement.
+ */
 export async function runsPerSecond(
   db: Db,
   count: number,
   submit: () => Promise<unknown>,
   kick: () => void,
+  producers = 1,
 ): Promise<number> {
   let done = 0;
   let resolveAll!: () => void;
   const all = new Promise<void>((r) => (resolveAll = r));
   const un = await db.listen('cairn_run_done', () => ++done === count && resolveAll());
   const t0 = performance.now();
-  for (let i = 0; i < count; i++) await submit();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: producers }, async () => {
+      while (next++ < count) await submit();
+    }),
+  );
   kick();
   await all;
   await un();
@@ -93,6 +110,7 @@ export async function invokeRunsPerSecond(
   elementSlug: string,
   input: unknown,
   count: number,
+  producers = 1,
 ): Promise<number> {
   const circle = (await getCircleBySlug(server.db, circleSlug))!;
   const element = (await getElement(server.db, circle.id, elementSlug))!;
@@ -104,5 +122,6 @@ export async function invokeRunsPerSecond(
     count,
     () => submitRun(server.db, { circle, element, type, op, input, trigger }, {}),
     () => server.worker?.kick(),
+    producers,
   );
 }
