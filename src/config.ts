@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { resolve } from 'node:path';
 import { CairnError } from './core/errors.js';
 import { describeIssues } from './core/zod.js';
+import { RETENTION_DEFAULT_DAYS, RETENTION_MAX_DAYS, RETENTION_MIN_DAYS } from './core/retention.js';
 
 const int = (d: number, min: number, max: number) => z.coerce.number().int().min(min).max(max).default(d);
 
@@ -43,6 +44,10 @@ export const configSchema = z.object({
   pgPool: int(10, 1, 200),
   /** CAIRN_WELCOME_CREDITS: promotional micro-credits granted to each new circle (0: none) */
   welcomeCredits: int(1_000_000_000, 0, Number.MAX_SAFE_INTEGER),
+  /** CAIRN_RETENTION_DAYS: days a run is kept after it ends, in circles without a policy of their own */
+  retentionDays: int(RETENTION_DEFAULT_DAYS, RETENTION_MIN_DAYS, RETENTION_MAX_DAYS),
+  /** CAIRN_RETENTION_INTERVAL_MS: how often a worker deletes expired runs (0: this worker does not) */
+  retentionIntervalMs: int(60_000, 0, 86_400_000),
 });
 
 export type Config = z.infer<typeof configSchema>;
@@ -63,6 +68,8 @@ const ENV: Record<string, keyof Config> = {
   CAIRN_EMBEDDED_WORKER: 'embeddedWorker',
   CAIRN_PG_POOL: 'pgPool',
   CAIRN_WELCOME_CREDITS: 'welcomeCredits',
+  CAIRN_RETENTION_DAYS: 'retentionDays',
+  CAIRN_RETENTION_INTERVAL_MS: 'retentionIntervalMs',
 };
 
 /**

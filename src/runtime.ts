@@ -207,7 +207,13 @@ export async function startServer(
     snapshotExtra,
     waitPollMs: config.pollMs,
     worker: withWorker
-      ? { concurrency: config.workerConcurrency, leaseMs: config.leaseMs, pollMs: config.pollMs }
+      ? {
+          concurrency: config.workerConcurrency,
+          leaseMs: config.leaseMs,
+          pollMs: config.pollMs,
+          retentionMs: config.retentionIntervalMs,
+          retentionDays: config.retentionDays,
+        }
       : false,
   });
   await engine.start();
@@ -265,6 +271,8 @@ export async function startWorker(
     concurrency: config.workerConcurrency,
     leaseMs: config.leaseMs,
     pollMs: config.pollMs,
+    retentionMs: config.retentionIntervalMs,
+    retentionDays: config.retentionDays,
     log,
   });
   warnIfUnsandboxed(log, sandbox);

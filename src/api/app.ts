@@ -183,9 +183,9 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
     return { deps, principal, circle, params, query: req.query ?? {}, body: req.body, req, reply };
   }
 
-  function parseWith(what: string, schema: RouteDef['body'], value: unknown): unknown {
+  function parseWith(what: string, schema: RouteDef['body'], value: unknown, suggestion?: string): unknown {
     if (!schema) return value;
-    return parseInput(schema, value === undefined ? {} : value, `Invalid ${what}`);
+    return parseInput(schema, value === undefined ? {} : value, `Invalid ${what}`, suggestion);
   }
 
   for (const def of ROUTES) {
@@ -194,8 +194,8 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
       url: def.url,
       handler: async (req, reply) => {
         const ctx = await context(def, req, reply);
-        ctx.query = parseWith('query string', def.query ?? undefined, ctx.query);
-        if (def.method !== 'GET') ctx.body = parseWith('body', def.body, ctx.body);
+        ctx.query = parseWith('query string', def.query ?? undefined, ctx.query, def.inputSuggestion);
+        if (def.method !== 'GET') ctx.body = parseWith('body', def.body, ctx.body, def.inputSuggestion);
         if (def.status) reply.code(def.status); // the default; a handler may answer otherwise (a replay)
         if (def.method === 'GET') return def.handler(ctx);
         // Every state-changing route honours Idempotency-Key the same way, scoped to the token's circle.

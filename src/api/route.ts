@@ -22,7 +22,7 @@ export interface RouteCtx<B = unknown, Q = unknown> {
  * validation and the OpenAPI document all come from this one object.
  */
 export interface RouteDef<B extends z.ZodType = z.ZodType, Q extends z.ZodType = z.ZodType> {
-  method: 'GET' | 'POST' | 'PATCH' | 'DELETE';
+  method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
   /** Fastify form, e.g. `/api/:circle/runs`. */
   url: string;
   /** `none`: public; `token`: any valid token; a role: that role in the addressed circle. */
@@ -34,6 +34,8 @@ export interface RouteDef<B extends z.ZodType = z.ZodType, Q extends z.ZodType =
   body?: B;
   response?: z.ZodType;
   status?: number;
+  /** What the typed 400 for a body or query its schemas refuse suggests (default: fix the fields in details). */
+  inputSuggestion?: string;
   handler(ctx: RouteCtx<z.output<B>, z.output<Q>>): Promise<unknown>;
 }
 

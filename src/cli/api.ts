@@ -38,6 +38,8 @@ export interface Run {
   credits_reserved: number;
   credits_used: number;
   trace_id: string;
+  /** Kept whatever the circle's retention. */
+  pinned?: boolean;
 }
 
 export interface RunPage {
@@ -109,6 +111,26 @@ export interface Circle {
   slug: string;
   schema: string;
   created_at: string;
+}
+
+/** GET / PUT /api/{circle}/retention. */
+export interface Retention {
+  circle: string;
+  /** Days that apply (the circle's, else the instance default). */
+  days: number;
+  failed_days: number;
+  /** Whether days come from the instance default (CAIRN_RETENTION_DAYS). */
+  inherited: boolean;
+  instance_default_days: number;
+  /** What the circle set (null: nothing). */
+  policy: { days: number | null; failed_days: number | null } | null;
+  updated_at: string | null;
+  updated_by: string | null;
+  /** Runs past the policy the collector deletes. */
+  expired: number;
+  /** Runs past the policy that stay. */
+  kept: { pinned: number; referenced: number };
+  history: { day: string; runs: number; items: number; run_events: number; events: number }[];
 }
 
 export interface Token {

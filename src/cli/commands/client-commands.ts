@@ -9,6 +9,7 @@ import type {
   Item,
   LogLine,
   OpAnswer,
+  Retention,
   Run,
   RunEvent,
   RunPage,
@@ -64,6 +65,12 @@ function parseJsonArg(s: string, what: string): unknown {
       suggestion: `Quote it for your shell, e.g. -d '{"params": [41]}'.`,
     });
   }
+}
+
+/** A --days value as the API takes it: `default` is null; a number as a number; anything else as given (the server refuses it, typed). */
+function daysArg(v: string): number | string | null {
+  if (v === 'default') return null;
+  return /^-?\d+(\.\d+)?$/.test(v) ? Number(v) : v;
 }
 
 function fmtMs(ms: number | null | undefined): string {
@@ -315,6 +322,28 @@ export function registerClientCommands(program: Command): void {
     }),
   );
 
+  for (const [name, what] of [
+    ['pin', 'Pin a run: retention never deletes it (nor the runs it points at)'],
+    ['unpin', 'Unpin a run: it expires again with its circle’s retention'],
+  ] as const) {
+    addGlobalOptions(
+      runs.command(`${name} <id>`).description(what).option('--reason <r>', 'recorded in the audit trail'),
+    ).action(
+      action(async (ctx, id: string, o: { reason?: string }) => {
+        const r = await ctx.client.request<Run>(
+          'POST',
+          `/api/runs/${encodeURIComponent(id)}/${name}`,
+          o.reason ? { reason: o.reason } : {},
+        );
+        ctx.out.print(
+          ctx.out.json
+            ? JSON.stringify(r.body, null, 2)
+            : `run ${r.body.id} ${r.body.pinned ? 'pinned: retention keeps it' : 'unpinned: it expires with its circle’s retention'}`,
+        );
+      }),
+    );
+  }
+
   const circles = program.command('circles').description('Manage circles (instance admin)');
   addGlobalOptions(circles.command('list').description('List circles')).action(
     action(async (ctx) => {
@@ -334,6 +363,47 @@ export function registerClientCommands(program: Command): void {
           ? JSON.stringify(r.body, null, 2)
           : `created circle ${r.body.slug} (${r.body.id}, schema ${r.body.schema})`,
       );
+    }),
+  );
+
+  addGlobalOptions(
+    circles
+      .command('retention')
+      .description(
+        "Show the circle's run retention, or set it with --days (and --failed-days); circle admin or instance admin",
+      )
+      .option('--days <n>', 'days a run is kept after it ends (1–3650; `default`: the instance default)')
+      .option('--failed-days <n>', 'days a failed run is kept instead (1–3650; `default`: as --days)'),
+  ).action(
+    action(async (ctx, o: { days?: string; failedDays?: string }) => {
+      const path = `/api/${needCircle(ctx)}/retention`;
+      let r;
+      if (o.days === undefined && o.failedDays === undefined) {
+        r = await ctx.client.request<Retention>('GET', path);
+      } else {
+        // The one not given stays as the circle set it.
+        const set =
+          o.days === undefined || o.failedDays === undefined
+            ? (await ctx.client.request<Retention>('GET', path)).body.policy
+            : null;
+        r = await ctx.client.request<Retention>('PUT', path, {
+          days: o.days === undefined ? (set?.days ?? null) : daysArg(o.days),
+          failed_days: o.failedDays === undefined ? (set?.failed_days ?? null) : daysArg(o.failedDays),
+        });
+      }
+      if (ctx.out.json) return void ctx.out.print(JSON.stringify(r.body, null, 2));
+      const x = r.body;
+      ctx.out.print(
+        `circle ${x.circle}: runs are kept ${x.days} days${x.inherited ? ' (the instance default)' : ''}, failed runs ${x.failed_days} days`,
+      );
+      ctx.out.print(
+        `  past it: ${x.expired} to delete, kept ${x.kept.pinned} pinned and ${x.kept.referenced} referenced by runs that stay`,
+      );
+      if (x.updated_by) ctx.out.print(color.dim(`  set by ${x.updated_by} at ${x.updated_at}`));
+      for (const h of x.history.slice(0, 7))
+        ctx.out.print(
+          `  ${h.day}  deleted ${h.runs} runs, ${h.items} items, ${h.run_events} audit events, ${h.events} element events`,
+        );
     }),
   );
 
