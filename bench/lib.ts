@@ -50,6 +50,7 @@ export function writeSection(name: string, markdown: string): void {
     'engine-throughput': '## Engine throughput',
     'invoke-latency': '## Sync invoke latency',
     embedded: '## Embedded databases',
+    history: '## Run history at scale',
     'code-actions': '## Code actions',
     'run-record': '## Run record',
     'batch-ledger': '## Batch runs and the ledger',
