@@ -13,7 +13,7 @@ import { invokeRunsPerSecond, machine, percentile, timed, writeSection } from '.
  * rates as the history grows, on the embedded PostgreSQL (the default) and on
  * PGlite. The history is bulk-loaded between measurements by copying the rows
  * of real runs (the run, its item, its audit trail and its element events, as
- * the engine wrote them) with new time-ordered ids spread over the last 25
+ * the engine wrote them) with new time-ordered ids (UUIDv7-like, as the engine's) spread over the last 25
  * days, then analyzed (as autovacuum, or Cairn's maintenance on PGlite, does
  * within a minute).
  */
@@ -63,7 +63,8 @@ async function load(server: Server, circleId: string, n: number): Promise<void> 
        it AS (
          INSERT INTO cairn.items (id, run_id, circle_id, key, ord, status, attempt_count, inputs, outputs,
            credits_used, started_at, finished_at, duration_ms, evidence)
-         SELECT gen_random_uuid(), r.id, i.circle_id, i.key, i.ord, r.status, i.attempt_count, i.inputs, i.outputs,
+         SELECT (left(replace(r.id::text, '-', ''), 13) || substr(md5(random()::text), 1, 19))::uuid, r.id,
+           i.circle_id, i.key, i.ord, r.status, i.attempt_count, i.inputs, i.outputs,
            i.credits_used, r.queued_at, r.queued_at, i.duration_ms, i.evidence
          FROM r, (SELECT i.* FROM cairn.items i JOIN tpl ON i.run_id = tpl.id) i RETURNING 1),
        ev AS (

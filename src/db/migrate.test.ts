@@ -17,7 +17,8 @@ describe('migrations', () => {
       const applied = await Promise.all(dbs.map((d) => migrate(d)));
       const all = (await loadMigrations()).map((m) => m.id);
       // Every migration was applied by exactly one of the racers.
-      expect(applied.flat().sort()).toEqual(all.sort());
+      const byNumber = (a: number, b: number) => a - b;
+      expect(applied.flat().sort(byNumber)).toEqual([...all].sort(byNumber));
       const rows = await dbs[0]!.query<{ id: number }>('SELECT id FROM cairn.migrations ORDER BY id');
       expect(rows.rows.map((r) => r.id)).toEqual(all);
       expect(await migrate(dbs[0]!)).toEqual([]); // idempotent

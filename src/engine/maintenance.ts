@@ -4,6 +4,9 @@ import type { EngineResources } from './resources.js';
 
 export type { MaintenanceReport };
 
+/** Deltas folded at once past which their table is vacuumed right away. */
+const LARGE_FOLD = 10_000;
+
 /** The tables whose rows change after they are written (vacuumed one at a time, most churned first). */
 const CHURNED = [
   'runs',
@@ -58,6 +61,9 @@ export class MaintenanceSystem {
   async fold(): Promise<number> {
     try {
       const n = await foldElementStats(this.r.db);
+      // The deltas table is a queue: after a large fold (bulk work), its dead rows would slow the
+      // reads that add the deltas not folded yet until autovacuum came by, so it is vacuumed now.
+      if (n >= LARGE_FOLD) await this.r.db.exec('VACUUM (ANALYZE) cairn.element_stat_deltas');
       this.r.health.statements.fold.succeeded();
       return n;
     } catch (e) {
