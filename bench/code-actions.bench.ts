@@ -15,7 +15,15 @@ import { Sandbox } from '../src/sandbox/runner.js';
 const sandbox = new Sandbox();
 import { parseElementsYaml } from '../src/yaml.js';
 import { cloneTemplate } from '../test/helpers/pg-server.js';
-import { machine, median, percentile, invokeRunsPerSecond, writeSection, timed } from './lib.js';
+import {
+  machine,
+  median,
+  percentile,
+  invokeRunsPerSecond,
+  writeSection,
+  timed,
+  concurrently,
+} from './lib.js';
 
 const N = Number(process.env.BENCH_INVOKES ?? 300);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
@@ -47,17 +55,6 @@ async function interleaved(n: number, a: () => Promise<unknown>, b: () => Promis
     ys.push(...(await timed(n / 10, b)));
   }
   return [xs, ys] as const;
-}
-
-async function concurrently(total: number, width: number, fn: () => Promise<unknown>): Promise<number> {
-  let next = 0;
-  const t0 = performance.now();
-  await Promise.all(
-    Array.from({ length: width }, async () => {
-      while (next++ < total) await fn();
-    }),
-  );
-  return total / ((performance.now() - t0) / 1000);
 }
 
 const f = (x: number) => x.toFixed(2);

@@ -126,3 +126,19 @@ export async function invokeRunsPerSecond(
     producers,
   );
 }
+
+/** Runs `fn` `total` times, `width` at a time; answers calls per second. */
+export async function concurrently(
+  total: number,
+  width: number,
+  fn: () => Promise<unknown>,
+): Promise<number> {
+  let next = 0;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: width }, async () => {
+      while (next++ < total) await fn();
+    }),
+  );
+  return total / ((performance.now() - t0) / 1000);
+}

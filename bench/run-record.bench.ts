@@ -13,7 +13,7 @@ import { parseElementsYaml } from '../src/yaml.js';
 import { registerInvokeType } from '../test/helpers/types.js';
 import { cloneTemplate } from '../test/helpers/pg-server.js';
 import type { Db } from '../src/db/types.js';
-import { invokeRunsPerSecond, machine, median, writeSection } from './lib.js';
+import { invokeRunsPerSecond, machine, median, writeSection, concurrently } from './lib.js';
 
 /**
  * Where the CPU of a sandboxed run goes on these 2 cores: the Node process
@@ -92,17 +92,6 @@ async function topStatements(db: Db, runs: number): Promise<string[]> {
     (x) =>
       `| ${(x.ms / runs).toFixed(3)} | ${(Number(x.calls) / runs).toFixed(2)} | \`${x.q.trim().replaceAll('|', '\\|')}…\` |`,
   );
-}
-
-async function concurrently(total: number, width: number, fn: () => Promise<unknown>): Promise<number> {
-  let next = 0;
-  const t0 = performance.now();
-  await Promise.all(
-    Array.from({ length: width }, async () => {
-      while (next++ < total) await fn();
-    }),
-  );
-  return total / ((performance.now() - t0) / 1000);
 }
 
 it('run record: CPU per run, split by process', async () => {

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BIN, ROOT, cairn, ensureBuilt, until, type Proc } from '../helpers/bin.js';
+import { BIN, ROOT, cairn, cliAgainst, ensureBuilt, until, type Proc } from '../helpers/bin.js';
 
 const run = promisify(execFile);
 const TOKEN = 'cairn_e2e_bootstrap_token_0123456789';
@@ -28,17 +28,7 @@ describe('bin/cairn end to end (embedded database)', () => {
     );
   }
 
-  async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-    try {
-      const r = await run(process.execPath, [BIN, ...args, '--url', url, '--token', TOKEN], {
-        cwd: ROOT,
-        env: { ...process.env, NO_COLOR: '1' },
-      });
-      return { code: 0, out: r.stdout, err: r.stderr };
-    } catch (e: any) {
-      return { code: e.code, out: e.stdout, err: e.stderr };
-    }
-  }
+  const cli = cliAgainst(() => url, TOKEN);
 
   beforeAll(async () => {
     ensureBuilt();

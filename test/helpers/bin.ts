@@ -1,4 +1,5 @@
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { promisify } from 'node:util';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -53,4 +54,24 @@ export async function until<T>(
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error(`timed out waiting for ${what}`);
+}
+
+/** Runs the real CLI against `url()` with `token`; answers its exit code and output instead of throwing. */
+export function cliAgainst(
+  url: () => string,
+  token: string,
+): (args: string[]) => Promise<{ code: number; out: string; err: string }> {
+  const run = promisify(execFile);
+  return async (args) => {
+    try {
+      const r = await run(process.execPath, [BIN, ...args, '--url', url(), '--token', token], {
+        cwd: ROOT,
+        env: { ...process.env, NO_COLOR: '1' },
+      });
+      return { code: 0, out: r.stdout, err: r.stderr };
+    } catch (caught) {
+      const e = caught as { code: number; stdout: string; stderr: string };
+      return { code: e.code, out: e.stdout, err: e.stderr };
+    }
+  };
 }

@@ -1,12 +1,10 @@
-import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeEachDriver, freshDb } from '../helpers/db.js';
 import { expectTypedError, testApp, type TestApp } from '../helpers/app.js';
-import { BIN, ROOT, cairn, ensureBuilt, until, type Proc } from '../helpers/bin.js';
+import { cairn, cliAgainst, ensureBuilt, until, type Proc } from '../helpers/bin.js';
 import { loadConfig } from '../../src/config.js';
 import { PgDb } from '../../src/db/pg.js';
 import type { Db, Queryable } from '../../src/db/types.js';
@@ -530,19 +528,8 @@ describe('cairn circles retention', () => {
   let dir: string;
   let server: Proc;
   let url: string;
-  const run = promisify(execFile);
 
-  async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-    try {
-      const r = await run(process.execPath, [BIN, ...args, '--url', url, '--token', TOKEN], {
-        cwd: ROOT,
-        env: { ...process.env, NO_COLOR: '1' },
-      });
-      return { code: 0, out: r.stdout, err: r.stderr };
-    } catch (e: any) {
-      return { code: e.code, out: e.stdout, err: e.stderr };
-    }
-  }
+  const cli = cliAgainst(() => url, TOKEN);
 
   beforeAll(async () => {
     ensureBuilt();
