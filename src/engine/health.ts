@@ -70,6 +70,7 @@ export const STATEMENTS = [
   'reap',
   'fold',
   'maintenance',
+  'retention',
 ] as const;
 export type StatementName = (typeof STATEMENTS)[number];
 

@@ -27,7 +27,7 @@ export class RetentionSystem {
   private readonly maxBatches: number;
 
   constructor(
-    private readonly r: Pick<EngineResources, 'db' | 'log'>,
+    private readonly r: Pick<EngineResources, 'db' | 'log' | 'health'>,
     private readonly opts: RetentionOptions,
   ) {
     this.batchSize = opts.batchSize ?? 500;
@@ -58,9 +58,12 @@ export class RetentionSystem {
         });
       } catch (e) {
         total.error = String((e as { message?: unknown } | null)?.message ?? e);
+        // Counted like every shared statement: diagnostics, /metrics, and degraded after repeated failures.
+        this.r.health.statements.retention.failed(e);
         this.r.log.warn({ err: e }, 'retention batch failed; the next pass retries');
         break;
       }
+      this.r.health.statements.retention.succeeded();
       if (batch.runs === 0) break;
       total.batches++;
       for (const k of ['runs', 'items', 'run_events', 'events', 'holds', 'idempotency'] as const)

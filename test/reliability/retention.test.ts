@@ -9,6 +9,7 @@ import { loadConfig } from '../../src/config.js';
 import { PgDb } from '../../src/db/pg.js';
 import type { Db, Queryable } from '../../src/db/types.js';
 import { RetentionSystem } from '../../src/engine/retention.js';
+import { WorkerHealth } from '../../src/engine/health.js';
 import { Worker } from '../../src/engine/worker.js';
 import { Sandbox, sandboxOptions } from '../../src/sandbox/runner.js';
 import { claimRuns, settleRuns, type Settlement } from '../../src/store/queue.js';
@@ -96,7 +97,10 @@ describeEachDriver('run retention', ({ db, url, driver }) => {
   let fail: C;
   let short: C;
   const collector = (batchSize = 500) =>
-    new RetentionSystem({ db: db(), log: silentLogger }, { defaultDays: 30, batchSize, maxBatches: 50 });
+    new RetentionSystem(
+      { db: db(), log: silentLogger, health: new WorkerHealth() },
+      { defaultDays: 30, batchSize, maxBatches: 50 },
+    );
 
   /** Queued invokes of the circle's `one` element (no worker runs here: the test settles them). */
   async function invoke(c: C, n: number): Promise<string[]> {
@@ -480,7 +484,7 @@ describeEachDriver('run retention', ({ db, url, driver }) => {
         const gcs = pools.map(
           (p: Db) =>
             new RetentionSystem(
-              { db: p, log: silentLogger },
+              { db: p, log: silentLogger, health: new WorkerHealth() },
               { defaultDays: 30, batchSize: 50, maxBatches: 1000 },
             ),
         );
@@ -606,4 +610,29 @@ describe('cairn circles retention', () => {
       policy: { days: null, failed_days: null },
     });
   }, 60_000);
+});
+
+it('a failing retention batch is counted in the worker health, and the next pass retries', async () => {
+  const health = new WorkerHealth();
+  const broken = {
+    kind: 'pg',
+    query: () => Promise.reject(new Error('connection refused')),
+    exec: () => Promise.reject(new Error('connection refused')),
+    transaction: () => Promise.reject(new Error('connection refused')),
+  } as unknown as Db;
+  const gc = new RetentionSystem({ db: broken, log: silentLogger, health }, { defaultDays: 30 });
+  for (let i = 0; i < 3; i++) expect((await gc.collect()).error).toBe('connection refused');
+  expect(health.statements.retention.state()).toMatchObject({
+    consecutive_failures: 3,
+    last_error: 'connection refused',
+  });
+  expect(health.degraded).toBe(true);
+  const h = await freshDb('pglite');
+  try {
+    const ok = new RetentionSystem({ db: h.db, log: silentLogger, health }, { defaultDays: 30 });
+    expect((await ok.collect()).error).toBeNull();
+    expect(health.statements.retention.state().consecutive_failures).toBe(0);
+  } finally {
+    await h.drop();
+  }
 });
