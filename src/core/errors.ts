@@ -125,6 +125,18 @@ export function toCairnError(e: unknown): CairnError {
 }
 
 // Frequently used constructors. Each says how to fix, not only what broke.
+/** A run that the new run refers to (rerun, replay, parent) no longer exists: retention deleted it meanwhile. */
+export function sourceGone(): CairnError {
+  return new CairnError({
+    code: 'RUN_NOT_FOUND',
+    class: 'not_found',
+    message:
+      'The run this one refers to (its source, parent or root) no longer exists: retention deleted it.',
+    suggestion:
+      'Pin runs you mean to rerun or replay (POST /api/runs/{id}/pin); GET /api/{circle}/runs lists those kept.',
+  });
+}
+
 export const errors = {
   invalidInput(message: string, details?: unknown, suggestion?: string): CairnError {
     return new CairnError({

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { errors, type ErrorBody, thrown } from '../core/errors.js';
+import { errors, type ErrorBody, sourceGone, thrown } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { ENGINE_VERSION } from '../core/version.js';
 import { describeIssues } from '../core/zod.js';
@@ -113,6 +113,9 @@ export async function submitBatch(db: Db, req: BatchRequest): Promise<BatchSubmi
       const prior = await findByIdempotencyKey(db, req.circle.id, req.idempotencyKey);
       if (prior) return { run: prior, created: false, ...counts(prior, op) };
     }
+    // The run it reruns, replays or descends from was deleted meanwhile (retention): typed, not a 500.
+    if (e?.code === '23503' && /^runs_(rerun_of|replay_of|parent|root)_fk$/.test(String(e.constraint ?? '')))
+      throw sourceGone();
     throw e;
   }
 }

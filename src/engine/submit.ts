@@ -1,4 +1,4 @@
-import { errors, CairnError, thrown } from '../core/errors.js';
+import { errors, CairnError, sourceGone, thrown } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { ENGINE_VERSION } from '../core/version.js';
 import { parseInput } from '../core/zod.js';
@@ -173,6 +173,9 @@ export async function submitRun(
       const prior = await findByIdempotencyKey(db, req.circle.id, req.idempotencyKey);
       if (prior) return { run: prior, created: false };
     }
+    // The run it reruns, replays or descends from was deleted meanwhile (retention): typed, not a 500.
+    if (e?.code === '23503' && /^runs_(rerun_of|replay_of|parent|root)_fk$/.test(String(e.constraint ?? '')))
+      throw sourceGone();
     throw e;
   }
 }

@@ -9,6 +9,10 @@ import { loadConfig } from '../../src/config.js';
 import { PgDb } from '../../src/db/pg.js';
 import type { Db, Queryable } from '../../src/db/types.js';
 import { RetentionSystem } from '../../src/engine/retention.js';
+import { submitRun } from '../../src/engine/submit.js';
+import { getType, operationsOf } from '../../src/elements/registry.js';
+import { getElement } from '../../src/store/elements.js';
+import pg from 'pg';
 import { WorkerHealth } from '../../src/engine/health.js';
 import { Worker } from '../../src/engine/worker.js';
 import { Sandbox, sandboxOptions } from '../../src/sandbox/runner.js';
@@ -140,6 +144,69 @@ describeEachDriver('run retention', ({ db, url, driver }) => {
       ).toBe(201);
   });
   afterAll(() => t.close());
+
+  it('a rerun created while its source is collected holds the source, and one of a deleted run fails typed', async () => {
+    const d = db();
+    // Its own circle: the other cases count what the collector deleted in theirs.
+    const race = await t.call('POST', '/api/circles', { slug: 'rerun-race' });
+    expect(race.status).toBe(201);
+    const rc = { ...keep, id: race.body.id as string, slug: 'rerun-race' };
+    rc.tokens = { ...keep.tokens };
+    for (const role of ['read', 'write', 'execute', 'admin'] as const)
+      rc.tokens[role] = (await t.call('POST', '/api/rerun-race/tokens', { role })).body.token;
+    expect(
+      (
+        await t.call(
+          'POST',
+          '/api/rerun-race/ops/create',
+          { element_type: 'sql', slug: 'one', spec: { query: 'select 1 as n' } },
+          rc.tokens.write,
+        )
+      ).status,
+    ).toBe(201);
+    const [src, gone] = await invoke(rc, 2);
+    await finish([src!, gone!]);
+    await age(d, [src!, gone!], 40);
+    const exists = async (id: string) =>
+      count(d, 'SELECT count(*)::int AS n FROM cairn.runs WHERE id = $1', [id]);
+    if (driver === 'pg') {
+      // A rerun being created (not committed yet): its foreign key holds the source (FOR KEY SHARE),
+      // which the collector's FOR UPDATE SKIP LOCKED passes by; once committed it references the source.
+      const other = new pg.Client({ connectionString: url()! });
+      await other.connect();
+      try {
+        await other.query('BEGIN');
+        await other.query(
+          `INSERT INTO cairn.runs (id, circle_id, kind, element_id, element_slug, element_type, operation, status,
+             trigger, engine_version, trace_id, rerun_of)
+           SELECT gen_random_uuid(), circle_id, kind, element_id, element_slug, element_type, operation, 'queued',
+             trigger, engine_version, trace_id, id FROM cairn.runs WHERE id = $1`,
+          [src],
+        );
+        await collector().collect();
+        expect(await exists(src!)).toBe(1);
+        await other.query('COMMIT');
+      } finally {
+        await other.end();
+      }
+      await collector().collect();
+      expect(await exists(src!)).toBe(1); // referenced now
+    }
+    await collector().collect();
+    expect(await exists(gone!)).toBe(0);
+    // The API checks the run first (404); a submit that raced the collector meets the foreign key: typed.
+    const c = (await getCircleBySlug(d, 'rerun-race'))!;
+    const element = (await getElement(d, c.id, 'one'))!;
+    const type = getType('sql');
+    const op = operationsOf(type).find((o) => o.name === 'invoke')!;
+    const trigger = { type: 'api', source: null, actor: 'test' };
+    await expect(
+      submitRun(d, { circle: c, element, type, op, input: {}, trigger, rerunOf: gone! }, {}),
+    ).rejects.toMatchObject({
+      code: 'RUN_NOT_FOUND',
+      status: 404,
+    });
+  });
 
   it('deletes expired runs with their items, audit trail and events; pinned, referenced, unfinished and recent runs stay; the ledger stays', async () => {
     const d = db();
