@@ -160,6 +160,7 @@ export function lockDataDir(dataDir: string): () => void {
       const release = () => {
         if (released) return;
         released = true;
+        process.removeListener('exit', release);
         try {
           if (readFileSync(path, 'utf8') === String(process.pid)) rmSync(path, { force: true });
         } catch {
@@ -171,7 +172,7 @@ export function lockDataDir(dataDir: string): () => void {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       const owner = Number(readFileSync(path, 'utf8').trim());
-      if (Number.isInteger(owner) && owner > 0 && owner !== process.pid && alive(owner))
+      if (Number.isInteger(owner) && owner > 0 && alive(owner))
         throw new CairnError({
           code: 'DATA_DIR_IN_USE',
           class: 'conflict',
