@@ -7,7 +7,7 @@ import { it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { startServer, type Server } from '../src/runtime.js';
 import { silentLogger } from '../src/telemetry/log.js';
-import { invokeRunsPerSecond, machine, median, percentile, timed, writeSection } from './lib.js';
+import { invokeRunsPerSecond, machine, median, percentile, timed, writeSection, tableBytes } from './lib.js';
 
 /**
  * The embedded databases side by side, on the demo's workload (a `sql` element
@@ -96,15 +96,6 @@ function healthProbe(url: string): { ready: Promise<void>; stop(): Promise<numbe
   };
 }
 
-/** Bytes of each Cairn table with its indexes and TOAST. */
-async function tableBytes(server: Server): Promise<Record<string, number>> {
-  const r = await server.db.query<{ t: string; b: string }>(
-    `SELECT c.relname AS t, pg_total_relation_size(c.oid)::text AS b FROM pg_class c
-     JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'cairn' AND c.relkind = 'r'`,
-  );
-  return Object.fromEntries(r.rows.map((x) => [x.t, Number(x.b)]));
-}
-
 async function round(engine: Engine): Promise<Round> {
   const dir = mkdtempSync(join(tmpdir(), 'cairn-emb-'));
   try {
@@ -140,12 +131,12 @@ async function round(engine: Engine): Promise<Round> {
       // Disk per run: the data dir's growth over RUNS runs, after a maintenance pass (steady state).
       await server.worker!.maintain();
       const before = diskBytes(dir);
-      const tablesBefore = await tableBytes(server);
+      const tablesBefore = await tableBytes(server.db);
       const runsPerSec = await invokeRunsPerSecond(server, 'emb', 'one', {}, RUNS);
       const runsPerSec16 = await invokeRunsPerSecond(server, 'emb', 'one', {}, RUNS, 16);
       await server.worker!.maintain();
       const bytesPerRun = (diskBytes(dir) - before) / (2 * RUNS);
-      const tablesAfter = await tableBytes(server);
+      const tablesAfter = await tableBytes(server.db);
       const perTable = Object.fromEntries(
         Object.entries(tablesAfter).map(([t, b]) => [t, (b - (tablesBefore[t] ?? 0)) / (2 * RUNS)]),
       );

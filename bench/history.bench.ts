@@ -6,7 +6,7 @@ import { it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { startServer, type Server } from '../src/runtime.js';
 import { silentLogger } from '../src/telemetry/log.js';
-import { invokeRunsPerSecond, machine, percentile, timed, writeSection } from './lib.js';
+import { invokeRunsPerSecond, machine, percentile, timed, writeSection, tableBytes } from './lib.js';
 
 /**
  * Run history at scale (issue 11, step 6): the API's reads and the engine's
@@ -83,12 +83,9 @@ async function load(server: Server, circleId: string, n: number): Promise<void> 
   await server.db.exec('ANALYZE');
 }
 
-async function tableBytes(server: Server): Promise<number> {
-  const r = await server.db.query<{ b: string }>(
-    `SELECT sum(pg_total_relation_size(c.oid))::text AS b FROM pg_class c
-     JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'cairn' AND c.relkind = 'r'`,
-  );
-  return Number(r.rows[0]!.b);
+/** Bytes of all of Cairn's tables with their indexes and TOAST. */
+async function cairnBytes(db: Server['db']): Promise<number> {
+  return Object.values(await tableBytes(db)).reduce((a, b) => a + b, 0);
 }
 
 async function series(engine: 'postgres' | 'pglite'): Promise<Point[]> {
@@ -130,12 +127,12 @@ async function series(engine: 'postgres' | 'pglite'): Promise<Point[]> {
       let n = 0;
       const pick = () => recent[n++ % recent.length]!.id;
       const p50 = async (fn: () => Promise<unknown>) => percentile(await timed(SAMPLES, fn), 50);
-      const before = await tableBytes(server);
+      const before = await cairnBytes(server.db);
       const counted = Number(
         (await server.db.query<{ n: string }>('SELECT count(*)::text AS n FROM cairn.runs')).rows[0]!.n,
       );
       const runsPerSec = await invokeRunsPerSecond(server, 'hist', 'one', {}, 1_000, 16);
-      const bytesPerRun = (await tableBytes(server)) - before;
+      const bytesPerRun = (await cairnBytes(server.db)) - before;
       points.push({
         runs: counted,
         invoke: await p50(invoke),

@@ -142,3 +142,12 @@ export async function concurrently(
   );
   return total / ((performance.now() - t0) / 1000);
 }
+
+/** Bytes of each of Cairn's tables with its indexes and TOAST. */
+export async function tableBytes(db: Db): Promise<Record<string, number>> {
+  const r = await db.query<{ t: string; b: string }>(
+    `SELECT c.relname AS t, pg_total_relation_size(c.oid)::text AS b FROM pg_class c
+     JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'cairn' AND c.relkind = 'r'`,
+  );
+  return Object.fromEntries(r.rows.map((x) => [x.t, Number(x.b)]));
+}

@@ -19,6 +19,7 @@ import { dirname, join } from 'node:path';
 import pg from 'pg';
 import { CairnError } from '../core/errors.js';
 import type { Logger } from '../telemetry/log.js';
+import { processAlive } from '../process.js';
 
 /**
  * The embedded database: a private PostgreSQL cluster that Cairn initialises,
@@ -135,15 +136,6 @@ function unreachableAncestor(dir: string, user: OsUser): string | undefined {
   }
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /**
  * One Cairn process per data dir: `<data>/cairn.pid`, made exclusively. A
  * file whose process is gone (a crash) is taken over.
@@ -172,7 +164,7 @@ export function lockDataDir(dataDir: string): () => void {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       const owner = Number(readFileSync(path, 'utf8').trim());
-      if (Number.isInteger(owner) && owner > 0 && alive(owner))
+      if (Number.isInteger(owner) && owner > 0 && processAlive(owner))
         throw new CairnError({
           code: 'DATA_DIR_IN_USE',
           class: 'conflict',
@@ -360,7 +352,7 @@ export class ManagedPostgres {
     const pidFile = join(this.pgData, 'postmaster.pid');
     if (!existsSync(pidFile)) return;
     const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
-    if (!Number.isInteger(pid) || pid <= 0 || !alive(pid)) return;
+    if (!Number.isInteger(pid) || pid <= 0 || !processAlive(pid)) return;
     try {
       const comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
       if (comm !== 'postgres') return;

@@ -1,20 +1,10 @@
-import { thrown } from '../core/errors.js';
+import { processAlive } from '../process.js';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const SLOTS_DIR = join(tmpdir(), 'cairn-uid-slots');
 const MAX_SLOTS = 1024;
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (caught) {
-    const e = thrown(caught);
-    return e?.code === 'EPERM';
-  }
-}
 
 /**
  * Claims a slot of uids for this process, so that two Cairn processes on one
@@ -35,7 +25,7 @@ function claimSlot(): number {
       } catch {
         continue; // being made right now by its owner
       }
-      if (owner === process.pid || alive(owner)) continue;
+      if (owner === process.pid || processAlive(owner)) continue;
       rmSync(dir, { recursive: true, force: true });
       try {
         mkdirSync(dir);

@@ -104,15 +104,19 @@ export async function retentionStanding(
   };
 }
 
-/** What the collector deleted in a circle on a day (UTC). */
-export interface RetentionLogRow {
-  day: string;
+/** What one batch deleted, in all and per circle. */
+export interface RetentionCounts {
   runs: number;
   items: number;
   run_events: number;
   events: number;
   holds: number;
   idempotency: number;
+}
+
+/** What the collector deleted in a circle on a day (UTC). */
+export interface RetentionLogRow extends RetentionCounts {
+  day: string;
   batches: number;
   first_at: string;
   at: string;
@@ -130,16 +134,6 @@ export async function retentionHistory(
     [circleId, limit],
   );
   return r.rows.map((x) => isoFields(x, ['first_at', 'at']));
-}
-
-/** What one batch deleted, in all and per circle. */
-export interface RetentionCounts {
-  runs: number;
-  items: number;
-  run_events: number;
-  events: number;
-  holds: number;
-  idempotency: number;
 }
 
 export interface RetentionBatch extends RetentionCounts {

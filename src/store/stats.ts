@@ -67,17 +67,7 @@ export async function elementStats(q: Queryable, elementId: string, since: strin
      FROM m`,
     [elementId, m0.toISOString(), h1.toISOString()],
   );
-  const x = r.rows[0] ?? {
-    runs: '0',
-    succeeded: '0',
-    failed: '0',
-    cancelled: '0',
-    duration_n: '0',
-    duration_sum: null,
-    credits_used: '0',
-    last_run_at: null,
-    bins: null,
-  };
+  const x = r.rows[0]!; // an aggregate: always one row
   const n = Number(x.duration_n);
   const [runs, succeeded, failed, cancelled] = [x.runs, x.succeeded, x.failed, x.cancelled].map(Number);
   let p95: number | null = null;

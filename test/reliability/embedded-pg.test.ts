@@ -5,25 +5,17 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cairn, ensureBuilt, until, type Proc } from '../helpers/bin.js';
+import { processAlive } from '../../src/process.js';
 
 const TOKEN = 'cairn_embedded_pg_token_0123456789';
 const auth = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' };
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** The postmaster of the cluster in `dir/pg` (first line of postmaster.pid), while it runs. */
 function postmaster(dir: string): number | undefined {
   const f = join(dir, 'pg', 'postmaster.pid');
   if (!existsSync(f)) return undefined;
   const pid = Number(readFileSync(f, 'utf8').split('\n')[0]);
-  return alive(pid) ? pid : undefined;
+  return processAlive(pid) ? pid : undefined;
 }
 
 /** TCP sockets a process listens on (from its fds and /proc/net/tcp*). */
@@ -201,7 +193,7 @@ describe('the embedded PostgreSQL', () => {
     const pid = postmaster(dir)!;
     server.child.kill('SIGTERM');
     expect(await server.exited).toBe(0);
-    expect(alive(pid)).toBe(false);
+    expect(processAlive(pid)).toBe(false);
     expect(existsSync(join(dir, 'cairn.pid'))).toBe(false);
     server = serve(dir);
     url = await urlOf(server);
@@ -214,7 +206,7 @@ describe('the embedded PostgreSQL', () => {
     const pid = postmaster(dir)!;
     server.child.kill('SIGKILL');
     await server.exited;
-    await until(async () => !alive(pid), 20_000, 'the orphaned postmaster to stop');
+    await until(async () => !processAlive(pid), 20_000, 'the orphaned postmaster to stop');
     server = serve(dir); // the stale cairn.pid is taken over
     url = await urlOf(server);
     expect((await fetch(url + '/healthz')).status).toBe(200);

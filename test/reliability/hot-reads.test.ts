@@ -170,7 +170,8 @@ describeEachDriver('hot reads at scale', ({ db }) => {
   it('stats reads the rollups, never the runs, and counts what the runs hold', async () => {
     const { q, sent } = capture();
     const since = new Date(Date.now() - 7 * 86_400_000).toISOString();
-    await elementStats(q, elementA, since);
+    // The capture answers no rows; only the statement it sent is wanted here.
+    await elementStats(q, elementA, since).catch(() => undefined);
     const all = nodes(await plan(db(), sent[0]!.sql, sent[0]!.params));
     expect(all.filter((n) => n['Relation Name'] === 'runs')).toEqual([]);
     // The same figures as an aggregate over the runs themselves (the window at minute resolution).
