@@ -170,6 +170,7 @@ async function answerOp(
       snapshotExtra: deps.snapshotExtra,
       idempotencyKey: idempotencyKeyOf(ctx),
       setStatus: (code) => void ctx.reply.code(code),
+      setHeader: (name, value) => void ctx.reply.header(name, value),
     });
   if (op.status) ctx.reply.code(op.status); // the default; the handler may answer otherwise
   // A state-changing op replayed with the same Idempotency-Key answers the first answer, with no second effect.

@@ -19,6 +19,7 @@ import { baseUrlOf } from './context.js';
 import { defineRoute, type RouteDef } from './route.js';
 import { CONTROL_ROUTES, visibleRun } from './control-routes.js';
 import { RETENTION_ROUTES } from './retention-routes.js';
+import { WORKFLOW_ROUTES } from './workflow-routes.js';
 import { DEGRADED_AFTER } from '../engine/health.js';
 
 const slug = z.string().regex(SLUG_RE, 'lowercase letters, digits and dashes');
@@ -287,4 +288,5 @@ export const ROUTES: RouteDef[] = [
   }),
   ...CONTROL_ROUTES,
   ...RETENTION_ROUTES,
+  ...WORKFLOW_ROUTES,
 ];

@@ -19,9 +19,9 @@ function objectOf(v: Schema): { schema: Schema; suffix: string } | undefined {
 }
 
 function typeOf(v: Schema): string {
-  if (v.type) return Array.isArray(v.type) ? v.type.join(' | ') : String(v.type);
+  if (v.type) return Array.isArray(v.type) ? v.type.join(' or ') : String(v.type);
   const alts = (v.anyOf ?? v.oneOf ?? []) as Schema[];
-  if (alts.length) return [...new Set(alts.map(typeOf))].join(' | ');
+  if (alts.length) return [...new Set(alts.map(typeOf))].join(' or ');
   if (v.enum) return 'enum';
   return 'any';
 }

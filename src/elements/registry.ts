@@ -4,10 +4,11 @@ import { sqlType } from './sql/index.js';
 import { goFnType } from './go-fn/index.js';
 import { javascriptType, pythonType } from './script/index.js';
 import { tableType } from './table/index.js';
+import { workflowType } from './workflow/index.js';
 import type { ElementTypeDecl, HttpMethod, OperationDecl, TypeLookup } from './types.js';
 
 /** Every element type Cairn knows. Adding one is adding a folder and a line here. */
-const TYPES: ElementTypeDecl[] = [sqlType, goFnType, pythonType, javascriptType, tableType];
+const TYPES: ElementTypeDecl[] = [sqlType, goFnType, pythonType, javascriptType, tableType, workflowType];
 
 const byName = new Map(TYPES.map((t) => [t.type, t]));
 

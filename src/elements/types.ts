@@ -70,6 +70,26 @@ export interface BatchSubmitted {
   estimated_credits: number;
 }
 
+/** A trigger of a workflow: by name (its element, resolved now) or by a pinned definition hash. */
+export interface WorkflowTriggerRequest {
+  circle: CircleRow;
+  /** The workflow element; optional when triggering by hash alone (the definition names it). */
+  element?: ElementRow;
+  parameters: Record<string, unknown>;
+  definitionHash?: string;
+  trigger: { type: string; source: string | null; actor: string };
+  idempotencyKey?: string;
+  rerunOf?: string | null;
+  snapshotExtra: Record<string, unknown>;
+}
+
+export interface WorkflowTriggered {
+  run: RunRow;
+  created: boolean;
+  definition_hash: string;
+  estimated_credits: number;
+}
+
 /**
  * The engine as element types reach it: a port on their op context, so no
  * element imports src/engine (the engine implements it; api wires it in).
@@ -77,6 +97,8 @@ export interface BatchSubmitted {
 export interface EnginePort {
   /** Creates one batch run (one item per unit) over `target`'s run-creating op. */
   submitBatch(req: BatchRequest): Promise<BatchSubmitted>;
+  /** Queues a workflow run (one task per step). */
+  triggerWorkflow(req: WorkflowTriggerRequest): Promise<WorkflowTriggered>;
   /** Cancels a run (wakes its worker). */
   cancel(runId: string, actor: string, reason: string | null): Promise<RunRow>;
 }
@@ -113,6 +135,8 @@ export interface OpContext<I = unknown> {
   idempotencyKey?: string;
   /** Answer with another HTTP status than the op's default (e.g. 200 for a finished dry run). */
   setStatus: (code: number) => void;
+  /** Set a response header (e.g. Location of a created run). */
+  setHeader: (name: string, value: string) => void;
 }
 
 /**

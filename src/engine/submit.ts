@@ -9,6 +9,9 @@ import { insertDryRun, insertRun } from '../store/queue.js';
 import { findByIdempotencyKey, type RunRow } from '../store/runs.js';
 import { getWallet } from '../store/ledger.js';
 import type { ElementTypeDecl, OperationDecl } from '../elements/types.js';
+import { retryOnLoss, snapshotElement } from '../elements/pinning.js';
+
+export { retryOnLoss, snapshotElement };
 import { randomBytes } from 'node:crypto';
 
 export interface SubmitRequest {
@@ -53,18 +56,6 @@ export function elementRef(el: ElementRow) {
   };
 }
 
-/** The element as a run's snapshot pins it: the exact definition it runs. */
-export function snapshotElement(el: ElementRow) {
-  return {
-    id: el.id,
-    slug: el.slug,
-    element_type: el.element_type,
-    version: el.version,
-    definition_hash: el.definition_hash,
-    spec: el.spec,
-  };
-}
-
 /** The run's bill of materials: the exact element definition, op, engine and policies in effect. */
 export function runSnapshot(
   el: ElementRow,
@@ -79,11 +70,6 @@ export function runSnapshot(
     policies: [],
     ...extra,
   };
-}
-
-/** May a run of this op be executed again after its worker was lost? */
-export function retryOnLoss(op: OperationDecl, el: ElementRow): boolean {
-  return typeof op.retryOnLoss === 'function' ? op.retryOnLoss(el.spec) : (op.retryOnLoss ?? false);
 }
 
 /**

@@ -7,6 +7,7 @@ import { watchHealth } from '../telemetry/metrics.js';
 import { silentLogger, type Logger } from '../telemetry/log.js';
 import { BatchControl, runBatch, type BatchHost } from './batch.js';
 import { ExecutionSystem } from './execution.js';
+import { runWorkflow } from './workflow.js';
 import { WorkerHealth, type WorkerHealthReport } from './health.js';
 import { expireDueGrants, LeaseSystem } from './leases.js';
 import { RetentionSystem, type RetentionPass } from './retention.js';
@@ -88,6 +89,8 @@ export class Worker {
   private readonly inflight = new Map<string, InFlight>();
   /** Executors running now; `concurrency` bounds this, not the settle backlog. */
   private executing = 0;
+  /** Workflow runs this worker orchestrates (in flight, but neither executing nor waiting to settle). */
+  private orchestrating = 0;
   private running = false;
   private claiming = false;
   private loopDone: Promise<void> | undefined;
@@ -219,7 +222,7 @@ export class Worker {
     while (this.running) {
       // A slot frees when its executor returns, so claims overlap the batched settles;
       // the settle backlog is bounded too.
-      const backlog = this.inflight.size - this.executing;
+      const backlog = this.inflight.size - this.executing - this.orchestrating;
       const free = backlog >= this.concurrency * 2 ? 0 : this.concurrency - this.executing;
       let claimed = 0;
       const signals = this.queueSignals;
@@ -270,7 +273,7 @@ export class Worker {
    * busy (the run goes through the queue, as every other).
    */
   directSlot(): DirectSlot | undefined {
-    const backlog = this.inflight.size - this.executing;
+    const backlog = this.inflight.size - this.executing - this.orchestrating;
     if (!this.running || this.executing >= this.concurrency || backlog >= this.concurrency * 2)
       return undefined;
     this.executing++;
@@ -295,15 +298,26 @@ export class Worker {
 
   private start1(run: RunRow): void {
     const controller = new AbortController();
-    if (run.kind === 'batch') {
-      // A batch run settles its items itself, in batches, and ends itself.
+    if (run.kind === 'batch' || run.kind === 'workflow') {
+      // A batch run settles its items itself, in batches, and ends itself; a workflow run
+      // orchestrates its tasks (child runs in the queue) and ends itself.
       const control = new BatchControl();
       this.inflight.set(run.id, { run, controller, control });
-      this.executing++;
-      void runBatch(this.batchHost, run, controller.signal, control)
-        .catch((e) => this.log.error({ err: e, run: run.id }, 'batch run crashed; its lease will expire'))
+      // An orchestration waits on its children more than it computes: it takes no execution slot.
+      const slot = run.kind === 'batch';
+      if (slot) this.executing++;
+      else this.orchestrating++;
+      const body =
+        run.kind === 'batch'
+          ? runBatch(this.batchHost, run, controller.signal, control)
+          : runWorkflow(this.batchHost, run, controller.signal, control);
+      void body
+        .catch((e) =>
+          this.log.error({ err: e, run: run.id }, `${run.kind} run crashed; its lease will expire`),
+        )
         .finally(() => {
-          this.executing--;
+          if (slot) this.executing--;
+          else this.orchestrating--;
           this.inflight.delete(run.id);
           this.wakeUp();
         });

@@ -284,7 +284,7 @@ function controlEvent(action: string, extra = '$3::jsonb'): string {
 export async function pauseRun(q: Queryable, runId: string, actor: string): Promise<RunRow | undefined> {
   const r = await q.query<RunRow>(
     `WITH x AS (SELECT id, status AS prev FROM cairn.runs WHERE id = $1 AND status = ANY($4::text[])
-       AND (status = 'queued' OR kind = 'batch') FOR UPDATE),
+       AND (status = 'queued' OR kind IN ('batch', 'workflow')) FOR UPDATE),
      u AS (UPDATE cairn.runs r SET status = 'paused' FROM x WHERE r.id = x.id RETURNING r.*, x.prev),
      e AS (${controlEvent('pause')})
      SELECT u.*, pg_notify('cairn_run_control', u.id::text) AS _n FROM u`,

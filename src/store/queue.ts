@@ -193,7 +193,7 @@ u AS (
   RETURNING r.*),
 it AS (
   UPDATE cairn.items i SET status = 'running', attempt_count = i.attempt_count + 1, started_at = clock_timestamp()
-  FROM u WHERE u.kind <> 'batch' AND i.run_id = u.id AND i.status IN ('pending', 'retrying', 'running')),
+  FROM u WHERE u.kind = 'invoke' AND i.run_id = u.id AND i.status IN ('pending', 'retrying', 'running')),
 e AS (
   INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
   SELECT u.id, u.circle_id, 'status', 'queued', 'running', 'worker:' || $2,
@@ -315,8 +315,8 @@ export interface SettledRun {
 const RECOVER = `
 WITH x AS (
   SELECT id, status AS prev, worker_id AS lost_worker, host AS lost_host,
-    (kind = 'batch' OR (retryable_on_loss AND attempt < max_attempts)) AS requeue,
-    (kind = 'batch' AND NOT retryable_on_loss) AS fail_items
+    (kind IN ('batch', 'workflow') OR (retryable_on_loss AND attempt < max_attempts)) AS requeue,
+    (kind = 'batch' AND NOT retryable_on_loss) AS fail_items, kind
   FROM cairn.runs
   WHERE status IN ('running', 'paused') AND lease_expires_at < clock_timestamp()
   ORDER BY lease_expires_at
@@ -337,13 +337,14 @@ u AS (
     items_pending = CASE WHEN x.requeue THEN r.items_pending - coalesce(lost.n, 0) ELSE 0 END
   FROM x LEFT JOIN lost ON lost.run_id = x.id WHERE r.id = x.id
   RETURNING r.id, r.circle_id, r.status, x.prev, r.attempt, r.kind, x.lost_worker, x.lost_host, x.fail_items),
+-- A workflow's running tasks are child runs with leases of their own: recovery takes those one by one.
 it AS (
   UPDATE cairn.items i SET
     status = CASE WHEN u.fail_items OR u.status = 'failed' THEN 'failed' ELSE 'retrying' END,
     error = CASE WHEN u.fail_items OR u.status = 'failed' THEN $2::jsonb ELSE i.error END,
     finished_at = CASE WHEN u.fail_items OR u.status = 'failed' THEN clock_timestamp() ELSE NULL END,
     retry_at = clock_timestamp(), worker_id = NULL
-  FROM u WHERE i.run_id = u.id AND i.status = 'running'),
+  FROM u WHERE u.kind <> 'workflow' AND i.run_id = u.id AND i.status = 'running'),
 -- The transition as it happened (a paused run stays paused: its lease ends, its status does not change).
 e AS (
   INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
@@ -383,9 +384,9 @@ export async function handBack(q: Queryable, workerId: string, ids: string[]): P
          worker_id = NULL, lease_expires_at = NULL,
          run_after = clock_timestamp(), attempt = GREATEST(r.attempt - 1, 0)
        FROM x WHERE r.id = x.id
-       RETURNING r.id, r.circle_id, r.status, x.prev),
+       RETURNING r.id, r.circle_id, r.status, r.kind, x.prev),
      it AS (UPDATE cairn.items i SET status = 'pending', worker_id = NULL, attempt_count = GREATEST(i.attempt_count - 1, 0)
-       FROM u WHERE i.run_id = u.id AND i.status = 'running'),
+       FROM u WHERE u.kind <> 'workflow' AND i.run_id = u.id AND i.status = 'running'),
      -- A paused run handed back stays paused: the worker lets go of it, its status does not change.
      e AS (INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
        SELECT u.id, u.circle_id, CASE WHEN u.prev = u.status THEN 'lease' ELSE 'status' END,

@@ -109,6 +109,8 @@ export interface RunView {
     version: number | null;
     definition_hash: string | null;
   };
+  /** The definition it ran: its element's (an invoke, a batch), or the pinned workflow definition's. */
+  definition_hash: string | null;
   operation: string;
   status: RunStatus;
   mode: string;
@@ -160,6 +162,7 @@ export function toRunView(r: RunRow, circleSlug: string, baseUrl: string): RunVi
       version: r.element_version,
       definition_hash: r.definition_hash,
     },
+    definition_hash: r.definition_hash,
     operation: r.operation,
     status: r.status,
     mode: r.mode,
@@ -380,7 +383,11 @@ export async function cancelRun(
   reason: string | null,
 ): Promise<RunRow | undefined> {
   const r = await q.query<RunRow>(
-    `WITH x AS (SELECT id, status AS prev FROM cairn.runs WHERE id = $1 AND status = ANY($3::text[]) FOR UPDATE),
+    `WITH p AS (SELECT id, status AS prev FROM cairn.runs WHERE id = $1 AND status = ANY($3::text[]) FOR UPDATE),
+     -- A workflow's tasks go with it: its child runs still queued or running are cancelled too.
+     kids AS (SELECT id, status AS prev FROM cairn.runs WHERE parent_run_id = (SELECT id FROM p)
+       AND status = ANY($3::text[]) FOR UPDATE),
+     x AS (SELECT * FROM p UNION ALL SELECT * FROM kids),
      u AS (
        UPDATE cairn.runs r SET status = 'cancelled', finished_at = clock_timestamp(), lease_expires_at = NULL,
          error = $4::jsonb, items_pending = 0,
@@ -390,14 +397,16 @@ export async function cancelRun(
      it AS (UPDATE cairn.items i SET status = 'cancelled', finished_at = clock_timestamp()
        FROM u WHERE i.run_id = u.id AND i.status IN ('pending', 'running', 'retrying')),
      e AS (INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
-       SELECT u.id, u.circle_id, 'control', u.prev, 'cancelled', $2, jsonb_build_object('action', 'cancel', 'reason', $5::text)
+       SELECT u.id, u.circle_id, 'control', u.prev, 'cancelled', $2,
+         jsonb_strip_nulls(jsonb_build_object('action', 'cancel', 'reason', $5::text,
+           'with_parent', CASE WHEN u.id <> $1 THEN $1 END))
        FROM u),
      l AS (SELECT cairn.ledger_settle_run(u.id, 0, true, $2, cairn.release_reason('cancelled', NULL)) AS c FROM u)
      SELECT u.*, pg_notify('cairn_run_cancel', u.id::text) AS _c, pg_notify('cairn_run_done', u.id::text) AS _n
      FROM u CROSS JOIN (SELECT count(*) AS n FROM l) lc`,
     [runId, actor, allowedFrom('cancelled'), CANCELLED, reason],
   );
-  const row = r.rows[0];
+  const row = r.rows.find((x) => x.id === runId);
   if (!row) return undefined;
   delete (row as unknown as Record<string, unknown>)._c;
   delete (row as unknown as Record<string, unknown>).prev;

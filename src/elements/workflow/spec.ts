@@ -1,0 +1,99 @@
+import { z } from 'zod';
+
+/** Most tasks one for_each step may fan out to, by default (a step may lower or raise it up to the max). */
+export const FOR_EACH_DEFAULT_CAP = 1_000;
+export const FOR_EACH_MAX_CAP = 10_000;
+
+const stepName = z
+  .string()
+  .regex(
+    /^[a-zA-Z][a-zA-Z0-9_-]{0,62}$/,
+    'a step name is a letter then letters, digits, _ or - (at most 63)',
+  );
+
+export const workflowStep = z
+  .object({
+    name: stepName.describe('Unique in the workflow; expressions read it as steps.<name> (or steps["a-b"])'),
+    element: z
+      .string()
+      .min(1)
+      .describe('Slug of the element this step runs (any element of the circle whose op creates a run)'),
+    op: z.string().min(1).default('invoke').describe('The run-creating operation of that element'),
+    input: z.json().default({}).describe('The op input; strings may hold ${{ … }} expressions'),
+    needs: z
+      .array(stepName)
+      .max(200)
+      .default([])
+      .describe('Steps that must end first (every step an expression reads is added)'),
+    when: z.string().optional().describe('An expression; false → the task is skipped'),
+    for_each: z
+      .union([z.string(), z.array(z.json())])
+      .optional()
+      .describe(
+        'A list (or an expression giving one): one task per element, keyed name[i], reading it as item',
+      ),
+    max_items: z
+      .number()
+      .int()
+      .min(1)
+      .max(FOR_EACH_MAX_CAP)
+      .default(FOR_EACH_DEFAULT_CAP)
+      .describe('Most tasks for_each may fan out to'),
+    retry: z
+      .object({
+        max_attempts: z.number().int().min(1).max(10).default(3),
+        backoff_ms: z.number().int().min(0).max(3_600_000).default(1_000),
+      })
+      .strict()
+      .optional()
+      .describe('Automatic retries of a task whose error is retryable (backoff doubles per attempt)'),
+    timeout_ms: z
+      .number()
+      .int()
+      .min(100)
+      .max(3_600_000)
+      .optional()
+      .describe("The task's time limit (default: its element's)"),
+    continue_on_error: z
+      .boolean()
+      .default(false)
+      .describe('A failure of this step neither fails the run nor skips its dependents'),
+  })
+  .strict();
+
+export const workflowSpec = z
+  .object({
+    description: z.string().max(2_000).optional(),
+    parameters: z
+      .record(z.string(), z.json())
+      .default({ type: 'object' })
+      .describe('JSON Schema (2020-12) of the trigger parameters, validated at trigger'),
+    steps: z.array(workflowStep).min(1).max(200),
+    outputs: z
+      .record(z.string(), z.json())
+      .default({})
+      .describe("The run's output: values, with ${{ … }} expressions"),
+    concurrency: z
+      .number()
+      .int()
+      .min(1)
+      .max(1_000)
+      .default(50)
+      .describe('Tasks of one run executing at once'),
+  })
+  .strict();
+
+export type WorkflowSpec = z.output<typeof workflowSpec>;
+export type WorkflowStep = z.output<typeof workflowStep>;
+
+export const triggerInput = z
+  .object({
+    parameters: z.record(z.string(), z.json()).default({}),
+    definition_hash: z
+      .string()
+      .regex(/^[0-9a-f]{64}$/, 'a definition hash is 64 lowercase hex digits')
+      .optional()
+      .describe('Run exactly this pinned definition (the workflow and step versions it resolved to)'),
+  })
+  .strict();
+export type TriggerInput = z.output<typeof triggerInput>;

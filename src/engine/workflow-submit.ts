@@ -1,0 +1,131 @@
+/**
+ * Triggering a workflow (R-WORKFLOW): the definition is resolved (by name:
+ * the workflow as it is now and the current version of every step's element;
+ * by hash: exactly what that hash pinned), content-addressed and kept; the
+ * parameters are validated against the workflow's JSON Schema; the estimate of
+ * its steps is reserved (402 when the wallet cannot cover it); and the run is
+ * queued with one pending task per step. Nothing is written when any of that fails.
+ */
+import { randomBytes } from 'node:crypto';
+import { CairnError, errors, sourceGone, thrown } from '../core/errors.js';
+import { newId } from '../core/ids.js';
+import { schemaIssues, validatorOf } from '../core/json-schema.js';
+import { ENGINE_VERSION } from '../core/version.js';
+import type { Db } from '../db/types.js';
+import { typeLookup } from '../elements/registry.js';
+import { estimateOf, resolveDefinition, workflowHash } from '../elements/workflow/definition.js';
+import type { WorkflowTriggered, WorkflowTriggerRequest } from '../elements/types.js';
+import { compilePlan } from '../elements/workflow/plan.js';
+import { workflowSpec } from '../elements/workflow/spec.js';
+import { getWallet } from '../store/ledger.js';
+import { findByIdempotencyKey } from '../store/runs.js';
+import {
+  getDefinition,
+  insertWorkflowRun,
+  saveDefinition,
+  type WorkflowDefinition,
+} from '../store/workflow.js';
+import { snapshotElement } from './submit.js';
+
+export type { WorkflowTriggered, WorkflowTriggerRequest };
+
+export async function triggerWorkflow(db: Db, req: WorkflowTriggerRequest): Promise<WorkflowTriggered> {
+  const { circle } = req;
+  let def: WorkflowDefinition;
+  let hash: string;
+  if (req.definitionHash) {
+    const pinned = await getDefinition(db, circle.id, req.definitionHash);
+    if (!pinned || (req.element && pinned.workflow.id !== req.element.id))
+      throw errors.notFound(
+        'WORKFLOW_DEFINITION_NOT_FOUND',
+        `No definition ${req.definitionHash} of ${req.element ? `workflow "${req.element.slug}"` : 'a workflow'} in circle "${circle.slug}".`,
+        'A definition hash is recorded on every workflow run (definition_hash); GET …/ops/definition shows the current one.',
+      );
+    def = pinned;
+    hash = req.definitionHash;
+  } else {
+    const el = req.element!;
+    if (el.state === 'disabled')
+      throw errors.conflict(
+        'ELEMENT_DISABLED',
+        `Workflow "${el.slug}" is disabled.`,
+        'Enable it, then trigger again.',
+      );
+    def = await resolveDefinition(db, circle.id, snapshotElement(el), typeLookup);
+    hash = workflowHash(def);
+  }
+  const spec = workflowSpec.parse(def.workflow.spec);
+  const plan = compilePlan(spec);
+  const validate = validatorOf(spec.parameters);
+  if (!validate(req.parameters))
+    throw new CairnError({
+      code: 'WORKFLOW_PARAMETERS_INVALID',
+      class: 'validation',
+      message: `The parameters do not match workflow "${def.workflow.slug}"'s schema: ${schemaIssues(
+        validate.errors,
+      )
+        .map((i) => `${i.path} ${i.message}`)
+        .join('; ')}.`,
+      details: schemaIssues(validate.errors),
+      suggestion: `GET /api/${circle.slug}/${def.workflow.slug}/ops/get shows spec.parameters, the schema they must match.`,
+    });
+  if (req.idempotencyKey) {
+    const prior = await findByIdempotencyKey(db, circle.id, req.idempotencyKey);
+    if (prior)
+      return {
+        run: prior,
+        created: false,
+        definition_hash: prior.definition_hash ?? hash,
+        estimated_credits: 0,
+      };
+  }
+  if (!req.definitionHash) await saveDefinition(db, circle.id, hash, def);
+  const estimate = estimateOf(def);
+  const id = newId();
+  try {
+    const run = await insertWorkflowRun(db, {
+      id,
+      circleId: circle.id,
+      element: {
+        id: def.workflow.id,
+        slug: def.workflow.slug,
+        type: def.workflow.element_type,
+        version: def.workflow.version,
+      },
+      definitionHash: hash,
+      trigger: req.trigger,
+      input: { parameters: req.parameters },
+      rerunOf: req.rerunOf ?? null,
+      engineVersion: ENGINE_VERSION,
+      reserve: estimate,
+      concurrency: spec.concurrency,
+      snapshot: {
+        workflow_definition: hash,
+        workflow: { id: def.workflow.id, slug: def.workflow.slug, version: def.workflow.version },
+        engine_version: ENGINE_VERSION,
+        policies: [],
+        ...req.snapshotExtra,
+      },
+      traceId: randomBytes(16).toString('hex'),
+      idempotencyKey: req.idempotencyKey ?? null,
+      tasks: plan.steps.map((p) => ({ id: newId(), key: p.step.name, ord: p.index * TASK_ORD_STRIDE })),
+    });
+    if (!run) {
+      const w = await getWallet(db, circle.id);
+      throw errors.insufficientCredits(circle.slug, estimate, w.available);
+    }
+    return { run, created: true, definition_hash: hash, estimated_credits: estimate };
+  } catch (caught) {
+    const e = thrown(caught);
+    if (e?.code === '23505' && req.idempotencyKey) {
+      const prior = await findByIdempotencyKey(db, circle.id, req.idempotencyKey);
+      if (prior) return { run: prior, created: false, definition_hash: hash, estimated_credits: estimate };
+    }
+    if (e?.code === '23503' && /^runs_(rerun_of|replay_of|parent|root)_fk$/.test(String(e.constraint ?? '')))
+      throw sourceGone();
+    throw caught;
+  }
+}
+
+/** A step's task is at `index * stride`; a for_each step's tasks follow it (name[i] at +i+1). */
+export const TASK_ORD_STRIDE = 100_000;

@@ -1,0 +1,637 @@
+/**
+ * Orchestrates a claimed workflow run (R-WORKFLOW). The worker holding the
+ * run's lease is its one orchestrator: it reads the tasks, decides which are
+ * ready (their dependencies ended; `when` holds; a `for_each` list fans out),
+ * renders their inputs, and starts each as a child run in the queue, which
+ * any worker claims. A child that ends wakes it (a trigger NOTIFYs the
+ * parent); it records the task, retries it when its error is retryable and
+ * the step allows, skips what depends on a failure, and ends the run with its
+ * outputs. Its state is in the database only: a worker that takes the run
+ * over after a crash goes on from the tasks as recorded.
+ */
+import { CairnError, type ErrorBody } from '../core/errors.js';
+import { ExprError, renderTemplate, type ExprScope, type Template } from '../core/expr.js';
+import { newId } from '../core/ids.js';
+import { describeIssues } from '../core/zod.js';
+import type { Db } from '../db/types.js';
+import { getType, operationsOf } from '../elements/registry.js';
+import { compilePlan, type Plan, type StepPlan } from '../elements/workflow/plan.js';
+import { workflowSpec } from '../elements/workflow/spec.js';
+import type { Logger } from '../telemetry/log.js';
+import { letGoPaused } from '../store/batch.js';
+import { getRunsStatus, type RunRow } from '../store/runs.js';
+import {
+  endedChildren,
+  finishWorkflow,
+  getDefinition,
+  loadTasks,
+  startTasks,
+  updateTasks,
+  type NewChild,
+  type TaskRow,
+  type TaskUpdate,
+  type WorkflowDefinition,
+} from '../store/workflow.js';
+import type { BatchControl } from './batch.js';
+import { TASK_ORD_STRIDE } from './workflow-submit.js';
+
+export interface WorkflowHost {
+  db: Db;
+  workerId: string;
+  log: Logger;
+}
+
+const TERMINAL = new Set(['succeeded', 'failed', 'skipped', 'cancelled']);
+
+function workflowError(code: string, message: string, suggestion: string, details?: unknown): ErrorBody {
+  return { code, class: 'validation', message, retryable: false, _suggestion: suggestion, details };
+}
+
+function exprFailed(where: string, e: unknown): ErrorBody {
+  const msg = e instanceof ExprError ? `the expression "${e.expression}" ${e.message}` : String(e);
+  return workflowError(
+    'WORKFLOW_EXPRESSION_FAILED',
+    `${where}: ${msg}.`,
+    'Check what the steps it reads returned (GET /api/runs/{id}/tasks); a step skipped or failed has no output.',
+  );
+}
+
+/** The key of a for_each step's i-th task. */
+export const fanKey = (step: string, i: number) => `${step}[${i}]`;
+
+class Orchestration {
+  private readonly tasks = new Map<string, TaskRow>();
+  private readonly updates = new Map<string, TaskUpdate>();
+  private readonly toStart: NewChild[] = [];
+  private readonly fan = new Map<string, string[]>();
+  private paused = false;
+
+  constructor(
+    private readonly h: WorkflowHost,
+    private run: RunRow,
+    private readonly def: WorkflowDefinition,
+    private readonly plan: Plan,
+    private readonly concurrency: number,
+  ) {}
+
+  load(rows: TaskRow[]): void {
+    for (const t of rows) this.tasks.set(t.key, t);
+    for (const t of rows) {
+      const m = /^(.*)\[(\d+)\]$/.exec(t.key);
+      if (m && this.plan.byName.has(m[1]!)) {
+        const list = this.fan.get(m[1]!) ?? [];
+        list[Number(m[2])] = t.key;
+        this.fan.set(m[1]!, list);
+      }
+    }
+  }
+
+  private set(t: TaskRow, u: Omit<TaskUpdate, 'id' | 'key'>): void {
+    const prev = this.updates.get(t.key);
+    const next: TaskUpdate = { ...prev, ...u, id: t.id, key: t.key };
+    this.updates.set(t.key, next);
+    Object.assign(t, {
+      status: u.status,
+      ...(u.outputs !== undefined ? { outputs: u.outputs } : {}),
+      ...(u.error !== undefined ? { error: u.error } : {}),
+      ...(u.inputs !== undefined ? { inputs: u.inputs } : {}),
+      ...(u.credits !== undefined ? { credits_used: u.credits } : {}),
+      ...(u.retry_in_ms !== undefined
+        ? { retry_at: new Date(Date.now() + u.retry_in_ms).toISOString() }
+        : {}),
+    });
+  }
+
+  private stepOf(key: string): StepPlan {
+    const name = /^(.*)\[\d+\]$/.exec(key)?.[1] ?? key;
+    return this.plan.byName.get(name)!;
+  }
+
+  /** What expressions read: the parameters, the ended steps' outputs, the run. */
+  private scope(item?: unknown): ExprScope {
+    const steps: Record<string, unknown> = {};
+    for (const p of this.plan.steps) {
+      const t = this.tasks.get(p.step.name);
+      if (!t) continue;
+      steps[p.step.name] = {
+        status: t.status,
+        output: t.status === 'succeeded' || t.status === 'failed' ? (t.outputs ?? null) : null,
+        error: t.error ?? null,
+        files: (t.evidence?.output_files as Record<string, unknown> | undefined) ?? {},
+      };
+    }
+    const input = (this.run.input ?? {}) as { parameters?: unknown };
+    return {
+      parameters: input.parameters ?? {},
+      steps,
+      run: { id: this.run.id, trigger: this.run.trigger, definition_hash: this.run.definition_hash },
+      ...(item === undefined ? {} : { item }),
+    };
+  }
+
+  /** A child run for a task (the step's pinned element, its rendered input). */
+  private child(t: TaskRow, p: StepPlan, input: unknown): NewChild | ErrorBody {
+    const pinned = this.def.steps[p.step.name]!;
+    const type = getType(pinned.element.element_type);
+    const op = operationsOf(type).find((o) => o.name === pinned.op);
+    if (!op)
+      return workflowError(
+        'WORKFLOW_STEP_UNAVAILABLE',
+        `Step "${p.step.name}": ${pinned.element.element_type} has no operation ${pinned.op} any more.`,
+        'Update the workflow.',
+      );
+    const parsed = op.input.safeParse(input);
+    if (!parsed.success)
+      return {
+        code: 'INVALID_INPUT',
+        class: 'validation',
+        message: `Step "${p.step.name}": its input does not match ${type.type}.${op.name}: ${describeIssues(parsed.error)}`,
+        retryable: false,
+        _suggestion: `Fix the step's input mapping; GET /api/{circle}/${pinned.element.slug}/ops/schema shows the input schema.`,
+        details: { input },
+      };
+    // A step's timeout overrides its element's (pinned into the child's definition as it runs).
+    const spec =
+      p.step.timeout_ms !== undefined && 'timeout_ms' in pinned.element.spec
+        ? { ...pinned.element.spec, timeout_ms: p.step.timeout_ms }
+        : pinned.element.spec;
+    const extra = { ...(this.run.snapshot as Record<string, unknown>) };
+    delete extra.workflow_definition;
+    delete extra.workflow;
+    return {
+      id: newId(),
+      item_id: newId(),
+      task: t.id,
+      key: t.key,
+      element_id: pinned.element.id,
+      element_slug: pinned.element.slug,
+      element_type: pinned.element.element_type,
+      element_version: pinned.element.version,
+      definition_hash: pinned.element.definition_hash,
+      operation: pinned.op,
+      input: parsed.data,
+      max_attempts: pinned.max_attempts,
+      retryable_on_loss: pinned.retry_on_loss,
+      price: pinned.price,
+      snapshot: {
+        ...extra,
+        element: { ...pinned.element, spec },
+        operation: { name: pinned.op, price: pinned.price, retry_on_loss: pinned.retry_on_loss },
+        workflow_task: { run_id: this.run.id, task: t.key, definition_hash: this.run.definition_hash },
+      },
+      timeout_ms: pinned.timeout_ms,
+      attempt: t.attempt_count + 1,
+    };
+  }
+
+  /** Records what ended children did to their tasks. */
+  absorb(ended: TaskRow[]): void {
+    for (const row of ended) {
+      const t = this.tasks.get(row.key);
+      if (!t || t.status !== 'running') continue;
+      const p = this.stepOf(t.key);
+      const pinned = this.def.steps[p.step.name]!;
+      const evidence = {
+        ...(row.child_evidence ?? {}),
+        child_run_id: row.child_run_id,
+        element: {
+          slug: pinned.element.slug,
+          element_type: pinned.element.element_type,
+          version: pinned.element.version,
+          definition_hash: pinned.element.definition_hash,
+          op: pinned.op,
+        },
+        runs: [...((t.evidence?.runs as string[] | undefined) ?? []), row.child_run_id],
+      };
+      t.evidence = { ...t.evidence, ...evidence };
+      const credits = Number(t.credits_used ?? 0) + Number(row.child_credits ?? 0);
+      if (row.child_status === 'succeeded') {
+        this.set(t, {
+          status: 'succeeded',
+          outputs: row.child_output ?? null,
+          credits,
+          evidence,
+          error: null,
+        });
+        continue;
+      }
+      const err: ErrorBody =
+        row.child_error ?? workflowError('TASK_FAILED', `Task ${t.key} failed.`, 'See its child run.');
+      const retry = p.step.retry;
+      if (
+        row.child_status !== 'cancelled' &&
+        retry &&
+        err.retryable &&
+        t.attempt_count < retry.max_attempts
+      ) {
+        const wait = retry.backoff_ms * 2 ** Math.max(0, t.attempt_count - 1);
+        this.set(t, {
+          status: 'retrying',
+          error: err,
+          credits,
+          evidence,
+          retry_in_ms: wait,
+          reason: 'retryable_error',
+        });
+        continue;
+      }
+      this.set(t, {
+        status: row.child_status === 'cancelled' ? 'cancelled' : 'failed',
+        outputs: row.child_output ?? null,
+        error: err,
+        credits,
+        evidence,
+      });
+    }
+  }
+
+  /** Did this task end in a way that fails its dependents (and the run)? */
+  private blocks(t: TaskRow): boolean {
+    if (t.status !== 'failed' && t.status !== 'cancelled') return false;
+    return !this.stepOf(t.key).step.continue_on_error;
+  }
+
+  private running(): number {
+    let n = 0;
+    for (const t of this.tasks.values()) if (t.status === 'running' && !this.fan.has(t.key)) n++;
+    return n + this.toStart.length;
+  }
+
+  /** Starts what is ready, up to the concurrency. */
+  advance(): void {
+    if (this.paused) return;
+    for (const p of this.plan.steps) {
+      const t = this.tasks.get(p.step.name);
+      if (!t) continue;
+      if (t.status === 'running' && this.fan.has(p.step.name)) this.advanceFan(t, p);
+      if (t.status !== 'pending' && t.status !== 'retrying') continue;
+      if (t.status === 'retrying') {
+        if (t.retry_at && Date.parse(t.retry_at) > Date.now()) continue;
+        if (this.running() >= this.concurrency) continue;
+        this.startWith(t, p, t.inputs);
+        continue;
+      }
+      const deps = p.deps.map((d) => this.tasks.get(d)!);
+      if (deps.some((d) => !TERMINAL.has(d.status))) continue;
+      const failed = deps.find((d) => this.blocks(d));
+      if (failed) {
+        this.set(t, {
+          status: 'skipped',
+          reason: 'dependency_failed',
+          evidence: { skipped_because: failed.key },
+        });
+        continue;
+      }
+      const skippedDep = deps.find((d) => d.status === 'skipped');
+      if (skippedDep) {
+        this.set(t, {
+          status: 'skipped',
+          reason: 'dependency_skipped',
+          evidence: { skipped_because: skippedDep.key },
+        });
+        continue;
+      }
+      const scope = this.scope();
+      if (p.when) {
+        let ok: unknown;
+        try {
+          ok = renderTemplate(p.when, scope);
+        } catch (e) {
+          this.set(t, { status: 'failed', error: exprFailed(`step "${p.step.name}" when`, e) });
+          continue;
+        }
+        if (ok !== true) {
+          this.set(t, {
+            status: 'skipped',
+            reason: 'when_false',
+            evidence: { when: p.step.when, value: ok ?? null },
+          });
+          continue;
+        }
+      }
+      if (p.forEach) {
+        this.expand(t, p, scope);
+        continue;
+      }
+      if (this.running() >= this.concurrency) continue;
+      let input: unknown;
+      try {
+        input = renderTemplate(p.input, scope);
+      } catch (e) {
+        this.set(t, { status: 'failed', error: exprFailed(`step "${p.step.name}" input`, e) });
+        continue;
+      }
+      this.startWith(t, p, input);
+    }
+  }
+
+  private startWith(t: TaskRow, p: StepPlan, input: unknown): void {
+    const c = this.child(t, p, input);
+    if ('code' in c) {
+      this.set(t, { status: 'failed', error: c, inputs: input });
+      return;
+    }
+    this.toStart.push(c);
+    // The start statement writes the task as running; only the in-memory state changes here
+    // (a new task's insert stays queued: it is written first, as pending).
+    t.status = 'running';
+    t.inputs = c.input;
+    t.attempt_count = c.attempt;
+    if (!this.updates.get(t.key)?.isNew) this.updates.delete(t.key);
+  }
+
+  /** Fans a for_each step out: one pending task per element, inputs rendered now. */
+  private expand(t: TaskRow, p: StepPlan, scope: ExprScope): void {
+    let list: unknown;
+    try {
+      list = renderTemplate(p.forEach as Template, scope);
+    } catch (e) {
+      this.set(t, { status: 'failed', error: exprFailed(`step "${p.step.name}" for_each`, e) });
+      return;
+    }
+    if (!Array.isArray(list)) {
+      this.set(t, {
+        status: 'failed',
+        error: workflowError(
+          'WORKFLOW_FOR_EACH_NOT_A_LIST',
+          `Step "${p.step.name}": for_each gave ${list === null ? 'null' : typeof list}, not a list.`,
+          'Make for_each an expression that gives a list, e.g. ${{ steps.list.output.rows }}.',
+        ),
+      });
+      return;
+    }
+    if (list.length > p.step.max_items) {
+      this.set(t, {
+        status: 'failed',
+        error: workflowError(
+          'WORKFLOW_FOR_EACH_CAP',
+          `Step "${p.step.name}": for_each gave ${list.length} items; at most ${p.step.max_items} tasks may fan out from one step.`,
+          'Raise max_items (up to 10000), or give the step a shorter list.',
+          { items: list.length, max_items: p.step.max_items },
+        ),
+      });
+      return;
+    }
+    const keys: string[] = [];
+    for (let i = 0; i < list.length; i++) {
+      let input: unknown;
+      let error: ErrorBody | null = null;
+      try {
+        input = renderTemplate(p.input, { ...scope, item: list[i] });
+      } catch (e) {
+        error = exprFailed(`step "${p.step.name}" input of item ${i}`, e);
+      }
+      const key = fanKey(p.step.name, i);
+      const row: TaskRow = {
+        id: newId(),
+        key,
+        ord: p.index * TASK_ORD_STRIDE + i + 1,
+        status: 'pending',
+        attempt_count: 0,
+        inputs: input ?? null,
+        outputs: null,
+        error: null,
+        evidence: {},
+        credits_used: 0,
+        child_run_id: null,
+        retry_at: null,
+        started_at: null,
+        finished_at: null,
+        duration_ms: null,
+        child_status: null,
+        child_output: null,
+        child_error: null,
+        child_credits: null,
+        child_duration_ms: null,
+        child_evidence: null,
+      };
+      this.tasks.set(key, row);
+      keys.push(key);
+      this.updates.set(key, {
+        id: row.id,
+        key,
+        ord: row.ord,
+        isNew: true,
+        status: 'pending',
+        inputs: input ?? null,
+      });
+      if (error) this.set(row, { status: 'failed', error });
+    }
+    this.fan.set(p.step.name, keys);
+    this.set(t, { status: 'running', evidence: { for_each: { items: list.length } } });
+    this.advanceFan(t, p);
+  }
+
+  /** Starts a fan-out's pending tasks; ends its step when they all have. */
+  private advanceFan(group: TaskRow, p: StepPlan): void {
+    const keys = this.fan.get(p.step.name) ?? [];
+    for (const k of keys) {
+      const t = this.tasks.get(k)!;
+      if (this.running() >= this.concurrency) break;
+      if (t.status === 'pending') this.startWith(t, p, t.inputs);
+      else if (t.status === 'retrying' && !(t.retry_at && Date.parse(t.retry_at) > Date.now()))
+        this.startWith(t, p, t.inputs);
+    }
+    const all = keys.map((k) => this.tasks.get(k)!);
+    if (all.some((t) => !TERMINAL.has(t.status))) return;
+    const bad = all.filter((t) => t.status === 'failed' || t.status === 'cancelled');
+    const outputs = all.map((t) => t.outputs ?? null);
+    const credits = all.reduce((s, t) => s + Number(t.credits_used ?? 0), 0);
+    if (bad.length > 0 && !p.step.continue_on_error)
+      this.set(group, {
+        status: 'failed',
+        outputs,
+        error: workflowError(
+          'WORKFLOW_FOR_EACH_FAILED',
+          `Step "${p.step.name}": ${bad.length} of ${all.length} tasks failed (first: ${bad[0]!.key}: ${bad[0]!.error?.message ?? 'failed'}).`,
+          'See the failed tasks (GET /api/runs/{id}/tasks), fix them, then retry-failed.',
+          { failed: bad.map((t) => t.key) },
+        ),
+        evidence: { for_each: { items: all.length, failed: bad.length, credits } },
+      });
+    else
+      this.set(group, {
+        status: bad.length > 0 ? 'failed' : 'succeeded',
+        outputs,
+        evidence: { for_each: { items: all.length, failed: bad.length, credits } },
+      });
+  }
+
+  done(): boolean {
+    for (const t of this.tasks.values()) if (!TERMINAL.has(t.status)) return false;
+    return this.toStart.length === 0;
+  }
+
+  setPaused(p: boolean): void {
+    this.paused = p;
+  }
+
+  hasRunning(): boolean {
+    for (const t of this.tasks.values()) if (t.status === 'running' && !this.fan.has(t.key)) return true;
+    return false;
+  }
+
+  /** When the next retry is due (ms from now), if any. */
+  nextDue(): number | undefined {
+    let min: number | undefined;
+    for (const t of this.tasks.values())
+      if (t.status === 'retrying' && t.retry_at) {
+        const ms = Date.parse(t.retry_at) - Date.now();
+        min = min === undefined ? ms : Math.min(min, ms);
+      }
+    return min;
+  }
+
+  counters() {
+    let total = 0,
+      succeeded = 0,
+      failed = 0,
+      pending = 0,
+      credits = 0;
+    for (const t of this.tasks.values()) {
+      if (this.fan.has(t.key)) continue; // a fan-out's step counts through its tasks
+      total++;
+      if (t.status === 'succeeded') succeeded++;
+      else if (t.status === 'failed' || t.status === 'cancelled') failed++;
+      else if (!TERMINAL.has(t.status)) pending++;
+      credits += Number(t.credits_used ?? 0);
+    }
+    return { total, succeeded, failed, pending, credits };
+  }
+
+  /** Writes what changed and starts what is ready; false when the lease is gone. */
+  async flush(): Promise<boolean> {
+    const updates = [...this.updates.values()];
+    this.updates.clear();
+    const starts = this.toStart.splice(0);
+    // New tasks first (a fan-out's), so their children can point at them.
+    if (updates.length > 0 || starts.length > 0) {
+      const ok = await updateTasks(this.h.db, this.run.id, this.h.workerId, updates, this.counters());
+      if (!ok) return false;
+    }
+    if (starts.length > 0) {
+      const { unfunded } = await startTasks(this.h.db, this.run.id, this.h.workerId, starts);
+      if (unfunded.length > 0) {
+        const byId = new Map([...this.tasks.values()].map((t) => [t.id, t]));
+        for (const id of unfunded) {
+          const t = byId.get(id)!;
+          this.set(t, {
+            status: 'failed',
+            error: {
+              code: 'INSUFFICIENT_CREDITS',
+              class: 'payment',
+              message: `Task ${t.key} could not start: the wallet cannot cover its reservation.`,
+              retryable: false,
+              _suggestion: 'Add credit to the circle, then retry-failed the run.',
+            },
+          });
+        }
+      }
+    }
+    return true;
+  }
+
+  /** The run's end: succeeded (outputs rendered) or failed (the first failure that fails it). */
+  outcome(): { status: 'succeeded' | 'failed'; output: unknown; error: ErrorBody | null } {
+    const failures = [...this.tasks.values()].filter((t) => this.blocks(t) && !this.isFanChild(t));
+    if (failures.length > 0) {
+      const f = failures[0]!;
+      return {
+        status: 'failed',
+        output: null,
+        error: {
+          code: 'WORKFLOW_STEP_FAILED',
+          class: f.error?.class ?? 'internal',
+          message: `Step ${f.key} failed${f.error ? ` (${f.error.code}: ${f.error.message})` : ''}; the steps that depend on it were skipped.`,
+          retryable: f.error?.retryable ?? false,
+          _suggestion: `See GET /api/runs/${this.run.id}/tasks/${encodeURIComponent(f.key)}; fix the cause, then retry-failed (the failed and skipped tasks run again) or rerun.`,
+          details: { failed: failures.map((t) => ({ task: t.key, code: t.error?.code ?? null })) },
+        },
+      };
+    }
+    try {
+      return { status: 'succeeded', output: renderTemplate(this.plan.outputs, this.scope()), error: null };
+    } catch (e) {
+      return { status: 'failed', output: null, error: exprFailed('outputs', e) };
+    }
+  }
+
+  private isFanChild(t: TaskRow): boolean {
+    const m = /^(.*)\[\d+\]$/.exec(t.key);
+    return !!m && this.fan.has(m[1]!);
+  }
+}
+
+export async function runWorkflow(
+  h: WorkflowHost,
+  run: RunRow,
+  signal: AbortSignal,
+  control: BatchControl,
+): Promise<void> {
+  const onAbort = () => control.wakeAll();
+  signal.addEventListener('abort', onAbort);
+  try {
+    const def = await getDefinition(h.db, run.circle_id, run.definition_hash ?? '');
+    let plan: Plan;
+    let concurrency = 50;
+    try {
+      if (!def) throw new Error(`definition ${run.definition_hash} is not recorded`);
+      const spec = workflowSpec.parse(def.workflow.spec);
+      concurrency = spec.concurrency;
+      plan = compilePlan(spec);
+    } catch (e) {
+      const msg = e instanceof CairnError ? e.message : String((e as Error).message ?? e);
+      await finishWorkflow(
+        h.db,
+        run.id,
+        h.workerId,
+        'failed',
+        null,
+        workflowError(
+          'WORKFLOW_DEFINITION_NOT_FOUND',
+          `The workflow definition this run pinned cannot be read: ${msg}`,
+          'Trigger the workflow again by name.',
+        ),
+      );
+      return;
+    }
+    const o = new Orchestration(h, run, def!, plan, Math.max(1, run.concurrency || concurrency));
+    o.load(await loadTasks(h.db, run.id));
+    for (;;) {
+      await new Promise((r) => setImmediate(r));
+      if (signal.aborted) return;
+      try {
+        if (control.dirty) {
+          control.dirty = false;
+          const [s] = await getRunsStatus(h.db, [run.id]);
+          if (!s || (s.status !== 'running' && s.status !== 'paused')) return; // cancelled, or recovered elsewhere
+          o.setPaused(s.status === 'paused');
+        }
+        o.absorb(await endedChildren(h.db, run.id));
+        o.advance();
+        if (!(await o.flush())) return; // the lease is gone
+        if (o.done()) {
+          const end = o.outcome();
+          await finishWorkflow(h.db, run.id, h.workerId, end.status, end.output, end.error);
+          return;
+        }
+        if (!o.hasRunning() && (await pausedNow(h.db, run.id))) {
+          await letGoPaused(h.db, run.id, h.workerId);
+          return;
+        }
+        const due = o.nextDue();
+        await control.wait(Math.max(5, Math.min(due ?? 1_000, 1_000)));
+      } catch (e) {
+        h.log.error({ err: e, run: run.id }, 'workflow step failed; retrying');
+        await control.wait(500);
+      }
+    }
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
+}
+
+async function pausedNow(db: Db, id: string): Promise<boolean> {
+  const [s] = await getRunsStatus(db, [id]);
+  return s?.status === 'paused';
+}

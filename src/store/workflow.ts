@@ -1,0 +1,400 @@
+/**
+ * Workflow runs (R-WORKFLOW) in SQL. A workflow run is a run of kind
+ * 'workflow' held by one orchestrating worker (its lease); its items are its
+ * tasks; each task's execution is a child run in the queue, which any worker
+ * claims. Like the queue, every change is one statement that writes the
+ * tasks, the child runs, their audit events and their ledger movements
+ * together, and only under the orchestrator's lease.
+ */
+import type { Queryable } from '../db/types.js';
+import type { ErrorBody } from '../core/errors.js';
+import { runRow, type RunRow } from './runs.js';
+import { isoFields } from './rows.js';
+import { ENGINE_VERSION } from '../core/version.js';
+
+/** A pinned element of a workflow definition (a step's element, or the workflow itself). */
+export interface PinnedElement {
+  id: string;
+  slug: string;
+  element_type: string;
+  version: number;
+  definition_hash: string;
+  spec: Record<string, unknown>;
+}
+
+/** What a step resolved to when the definition was pinned. */
+export interface PinnedStep {
+  element: PinnedElement;
+  op: string;
+  price: number;
+  retry_on_loss: boolean;
+  max_attempts: number;
+  timeout_ms: number;
+}
+
+/** A workflow definition as pinned (content-addressed by its hash). */
+export interface WorkflowDefinition {
+  workflow: PinnedElement;
+  steps: Record<string, PinnedStep>;
+}
+
+export async function saveDefinition(
+  q: Queryable,
+  circleId: string,
+  hash: string,
+  def: WorkflowDefinition,
+): Promise<void> {
+  await q.query(
+    `INSERT INTO cairn.workflow_definitions (circle_id, hash, element_id, element_slug, definition)
+     VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT DO NOTHING`,
+    [circleId, hash, def.workflow.id, def.workflow.slug, JSON.stringify(def)],
+  );
+}
+
+export async function getDefinition(
+  q: Queryable,
+  circleId: string,
+  hash: string,
+): Promise<WorkflowDefinition | undefined> {
+  const r = await q.query<{ definition: WorkflowDefinition }>(
+    'SELECT definition FROM cairn.workflow_definitions WHERE circle_id = $1 AND hash = $2',
+    [circleId, hash],
+  );
+  return r.rows[0]?.definition;
+}
+
+export interface NewWorkflowRun {
+  id: string;
+  circleId: string;
+  element: { id: string; slug: string; type: string; version: number };
+  definitionHash: string;
+  trigger: { type: string; source: string | null; actor: string };
+  input: unknown;
+  rerunOf: string | null;
+  engineVersion: string;
+  reserve: number;
+  concurrency: number;
+  snapshot: unknown;
+  traceId: string;
+  idempotencyKey: string | null;
+  tasks: { id: string; key: string; ord: number }[];
+}
+
+const INSERT_WORKFLOW = `
+WITH res AS (
+  SELECT CASE WHEN $11::bigint = 0 THEN true
+    ELSE cairn.ledger_reserve($1::text || ':reserve:0', $2::uuid, $1::uuid, $11::bigint, $12::text) END AS ok),
+src AS (SELECT * FROM jsonb_to_recordset($13::jsonb) AS x(id uuid, key text, ord int)),
+r AS (
+  INSERT INTO cairn.runs (id, circle_id, kind, element_id, element_slug, element_type, element_version,
+    definition_hash, operation, status, mode, trigger, input, root_run_id, rerun_of, max_attempts,
+    retryable_on_loss, engine_version, items_total, items_pending, credits_reserved, concurrency, snapshot,
+    trace_id, idempotency_key, timeout_ms)
+  SELECT $1::uuid, $2::uuid, 'workflow', $3::uuid, $4, $5, $6::int, $7, 'trigger', 'queued', 'live', $8::jsonb,
+    $9::jsonb, $1::uuid, $10::uuid, 1000000, true, $14, (SELECT count(*) FROM src), (SELECT count(*) FROM src),
+    $11::bigint, $15::int, $16::jsonb, $17, $18, 0
+  FROM res WHERE res.ok
+  RETURNING *),
+i AS (
+  INSERT INTO cairn.items (id, run_id, circle_id, key, ord, status)
+  SELECT src.id, r.id, r.circle_id, src.key, src.ord, 'pending' FROM r, src),
+e AS (
+  INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
+  SELECT r.id, r.circle_id, 'status', NULL, 'queued', $12::text,
+    jsonb_build_object('trigger', r.trigger, 'operation', r.operation, 'definition_hash', r.definition_hash,
+      'tasks', r.items_total) FROM r
+  UNION ALL
+  SELECT r.id, r.circle_id, 'ledger', NULL, NULL, $12::text,
+    jsonb_build_object('movement', 'reserve', 'amount', r.credits_reserved, 'transfer_id', r.id::text || ':reserve:0')
+  FROM r WHERE r.credits_reserved > 0)
+SELECT r.*, pg_notify('cairn_run_queued', r.id::text) AS _n FROM r`;
+
+/** Inserts a queued workflow run with one pending task per step; undefined when the wallet could not cover it. */
+export async function insertWorkflowRun(q: Queryable, n: NewWorkflowRun): Promise<RunRow | undefined> {
+  const r = await q.query<RunRow>(INSERT_WORKFLOW, [
+    n.id,
+    n.circleId,
+    n.element.id,
+    n.element.slug,
+    n.element.type,
+    n.element.version,
+    n.definitionHash,
+    n.trigger,
+    JSON.stringify(n.input ?? null),
+    n.rerunOf,
+    n.reserve,
+    n.trigger.actor,
+    JSON.stringify(n.tasks),
+    n.engineVersion,
+    n.concurrency,
+    n.snapshot,
+    n.traceId,
+    n.idempotencyKey,
+  ]);
+  const row = r.rows[0];
+  if (!row) return undefined;
+  delete (row as unknown as Record<string, unknown>)._n;
+  return runRow(row);
+}
+
+/** A task as the orchestrator reads it, with its child run's state when it has one. */
+export interface TaskRow {
+  id: string;
+  key: string;
+  ord: number;
+  status: 'pending' | 'running' | 'succeeded' | 'failed' | 'retrying' | 'skipped' | 'cancelled';
+  attempt_count: number;
+  inputs: unknown;
+  outputs: unknown;
+  error: ErrorBody | null;
+  evidence: Record<string, unknown>;
+  credits_used: number;
+  child_run_id: string | null;
+  retry_at: string | null;
+  started_at: string | null;
+  finished_at: string | null;
+  duration_ms: number | null;
+  child_status: string | null;
+  child_output: unknown;
+  child_error: ErrorBody | null;
+  child_credits: number | null;
+  child_duration_ms: number | null;
+  child_evidence: Record<string, unknown> | null;
+}
+
+const TASK_COLS = `i.id, i.key, i.ord, i.status, i.attempt_count, i.inputs, i.outputs, i.error, i.evidence,
+  i.credits_used, i.child_run_id, i.retry_at, i.started_at, i.finished_at, i.duration_ms, c.status AS child_status, c.output AS child_output,
+  c.error AS child_error, c.credits_used AS child_credits, c.duration_ms AS child_duration_ms,
+  ci.evidence AS child_evidence`;
+
+function taskRow(t: TaskRow): TaskRow {
+  const o = isoFields(t, ['retry_at', 'started_at', 'finished_at']);
+  if (o.duration_ms !== null) o.duration_ms = Number(o.duration_ms);
+  o.credits_used = Number(o.credits_used);
+  if (o.child_credits !== null) o.child_credits = Number(o.child_credits);
+  if (o.child_duration_ms !== null) o.child_duration_ms = Number(o.child_duration_ms);
+  return o;
+}
+
+/** Every task of a workflow run (or the one keyed `key`), with its child run's state. */
+export async function loadTasks(q: Queryable, runId: string, key?: string): Promise<TaskRow[]> {
+  const r = await q.query<TaskRow>(
+    `SELECT ${TASK_COLS} FROM cairn.items i
+     LEFT JOIN cairn.runs c ON c.id = i.child_run_id
+     LEFT JOIN cairn.items ci ON ci.run_id = c.id AND ci.key = 'call'
+     WHERE i.run_id = $1 ${key === undefined ? '' : 'AND i.key = $2'} ORDER BY i.ord, i.key`,
+    key === undefined ? [runId] : [runId, key],
+  );
+  return r.rows.map(taskRow);
+}
+
+/** Running tasks whose child run has ended (what the orchestrator must act on now). */
+export async function endedChildren(q: Queryable, runId: string): Promise<TaskRow[]> {
+  const r = await q.query<TaskRow>(
+    `SELECT ${TASK_COLS} FROM cairn.items i
+     JOIN cairn.runs c ON c.id = i.child_run_id
+     LEFT JOIN cairn.items ci ON ci.run_id = c.id AND ci.key = 'call'
+     WHERE i.run_id = $1 AND i.status = 'running'
+       AND c.status IN ('succeeded', 'completed', 'failed', 'cancelled')`,
+    [runId],
+  );
+  return r.rows.map(taskRow);
+}
+
+/** A child run to create for a task. */
+export interface NewChild {
+  id: string;
+  item_id: string;
+  /** The task's item. */
+  task: string;
+  key: string;
+  element_id: string;
+  element_slug: string;
+  element_type: string;
+  element_version: number;
+  definition_hash: string;
+  operation: string;
+  input: unknown;
+  max_attempts: number;
+  retryable_on_loss: boolean;
+  price: number;
+  snapshot: unknown;
+  timeout_ms: number;
+  attempt: number;
+}
+
+/**
+ * Starts tasks: each gets a queued child run (funded from what the parent
+ * reserved, else from the wallet), its item goes running with the child's id,
+ * and both runs' audit trails say so. Only under the orchestrator's lease.
+ * Returns the tasks whose child could not be funded (the wallet ran dry).
+ */
+export async function startTasks(
+  q: Queryable,
+  runId: string,
+  workerId: string,
+  children: NewChild[],
+): Promise<{ started: string[]; unfunded: string[] }> {
+  if (children.length === 0) return { started: [], unfunded: [] };
+  const r = await q.query<{ task: string; ok: boolean }>(
+    `WITH p AS (SELECT id, circle_id, root_run_id, trace_id FROM cairn.runs
+       WHERE id = $1 AND worker_id = $2 AND status = 'running'),
+     src AS (SELECT * FROM jsonb_to_recordset($3::jsonb) AS x(id uuid, item_id uuid, task uuid, key text,
+       element_id uuid, element_slug text, element_type text, element_version int, definition_hash text,
+       operation text, input jsonb, max_attempts int, retryable_on_loss boolean, price bigint, snapshot jsonb,
+       timeout_ms int, attempt int)),
+     f AS MATERIALIZED (SELECT src.*, p.id AS parent, p.circle_id, p.root_run_id AS root, p.trace_id AS trace,
+       cairn.fund_child(p.id, src.id, p.circle_id, src.price, 'worker:' || $2) AS ok FROM src, p),
+     r AS (
+       INSERT INTO cairn.runs (id, circle_id, kind, element_id, element_slug, element_type, element_version,
+         definition_hash, operation, status, mode, trigger, input, parent_run_id, root_run_id, max_attempts,
+         retryable_on_loss, engine_version, items_total, items_pending, credits_reserved, snapshot, trace_id,
+         timeout_ms)
+       SELECT f.id, f.circle_id, 'invoke', f.element_id, f.element_slug, f.element_type, f.element_version,
+         f.definition_hash, f.operation, 'queued', 'live',
+         jsonb_build_object('type', 'workflow', 'source', f.parent, 'actor', 'workflow:' || f.parent, 'task', f.key),
+         f.input, f.parent, f.root, f.max_attempts, f.retryable_on_loss, $4, 1, 1, f.price, f.snapshot, f.trace,
+         f.timeout_ms
+       FROM f WHERE f.ok RETURNING id, circle_id),
+     ci AS (INSERT INTO cairn.items (id, run_id, circle_id, key, status, inputs)
+       SELECT f.item_id, f.id, f.circle_id, 'call', 'pending', f.input FROM f WHERE f.ok),
+     t AS (UPDATE cairn.items i SET status = 'running', child_run_id = f.id, inputs = f.input,
+         attempt_count = f.attempt, started_at = clock_timestamp(), retry_at = NULL, finished_at = NULL,
+         worker_id = $2
+       FROM f WHERE f.ok AND i.id = f.task),
+     e AS (INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
+       SELECT f.id, f.circle_id, 'status', NULL, 'queued', 'workflow:' || f.parent,
+         jsonb_build_object('trigger', jsonb_build_object('type', 'workflow', 'source', f.parent, 'task', f.key),
+           'operation', f.operation, 'definition_hash', f.definition_hash) FROM f WHERE f.ok
+       UNION ALL
+       SELECT f.id, f.circle_id, 'ledger', NULL, NULL, 'worker:' || $2,
+         jsonb_build_object('movement', 'reserve', 'amount', f.price, 'transfer_id', f.id::text || ':reserve:0')
+       FROM f WHERE f.ok AND f.price > 0
+       UNION ALL
+       SELECT f.parent, f.circle_id, 'task', NULL, NULL, 'worker:' || $2,
+         jsonb_build_object('task', f.key, 'status', 'running', 'child_run_id', f.id, 'attempt', f.attempt)
+       FROM f WHERE f.ok)
+     SELECT f.task::text AS task, f.ok,
+       CASE WHEN f.ok THEN pg_notify('cairn_run_queued', f.id::text) END AS _n FROM f`,
+    [runId, workerId, JSON.stringify(children), ENGINE_VERSION],
+  );
+  return {
+    started: r.rows.filter((x) => x.ok).map((x) => x.task),
+    unfunded: r.rows.filter((x) => !x.ok).map((x) => x.task),
+  };
+}
+
+/** A change of one task (or a new task: a for_each step's fan-out). */
+export interface TaskUpdate {
+  id: string;
+  key: string;
+  status: TaskRow['status'];
+  /** A new task (for_each) is inserted with this ord. */
+  ord?: number;
+  isNew?: boolean;
+  inputs?: unknown;
+  outputs?: unknown;
+  error?: ErrorBody | null;
+  credits?: number;
+  evidence?: Record<string, unknown>;
+  /** retrying: when it may start again. */
+  retry_in_ms?: number;
+  /** Why (skipped: when_false, dependency_failed …), for the audit trail. */
+  reason?: string;
+  child_run_id?: string | null;
+}
+
+/**
+ * Writes task changes (with one audit event each) and the run's counters, as
+ * the orchestrator computed them. Only under its lease; false when the lease is gone.
+ */
+export async function updateTasks(
+  q: Queryable,
+  runId: string,
+  workerId: string,
+  updates: TaskUpdate[],
+  counters: { total: number; succeeded: number; failed: number; pending: number; credits: number },
+): Promise<boolean> {
+  const r = await q.query<{ n: number }>(
+    `WITH p AS (SELECT id, circle_id FROM cairn.runs WHERE id = $1 AND worker_id = $2
+       AND status IN ('running', 'paused')),
+     src AS (SELECT * FROM jsonb_to_recordset($3::jsonb) AS x(id uuid, key text, status text, ord int,
+       "isNew" boolean, inputs jsonb, outputs jsonb, error jsonb, credits bigint, evidence jsonb, retry_in_ms int,
+       reason text, child_run_id uuid)),
+     ins AS (INSERT INTO cairn.items (id, run_id, circle_id, key, ord, status, inputs)
+       SELECT src.id, p.id, p.circle_id, src.key, src.ord, src.status, coalesce(src.inputs, '{}'::jsonb)
+       FROM src, p WHERE src."isNew"),
+     upd AS (UPDATE cairn.items i SET status = src.status,
+         inputs = coalesce(src.inputs, i.inputs), outputs = coalesce(src.outputs, i.outputs),
+         error = CASE WHEN src.status IN ('succeeded', 'pending', 'running') THEN NULL ELSE coalesce(src.error, i.error) END,
+         credits_used = coalesce(src.credits, i.credits_used),
+         evidence = i.evidence || coalesce(src.evidence, '{}'::jsonb),
+         retry_at = CASE WHEN src.status = 'retrying'
+           THEN clock_timestamp() + make_interval(secs => coalesce(src.retry_in_ms, 0)::double precision / 1000) END,
+         started_at = CASE WHEN src.status = 'running' THEN coalesce(i.started_at, clock_timestamp()) ELSE i.started_at END,
+         finished_at = CASE WHEN src.status IN ('succeeded', 'failed', 'skipped', 'cancelled') THEN clock_timestamp() END,
+         duration_ms = CASE WHEN src.status IN ('succeeded', 'failed', 'skipped', 'cancelled') AND i.started_at IS NOT NULL
+           THEN round((extract(epoch FROM clock_timestamp() - i.started_at) * 1000)::numeric, 3) END,
+         child_run_id = CASE WHEN src.child_run_id IS NOT NULL THEN src.child_run_id ELSE i.child_run_id END
+       FROM src, p WHERE NOT coalesce(src."isNew", false) AND i.id = src.id AND i.run_id = p.id),
+     e AS (INSERT INTO cairn.run_events (run_id, circle_id, type, actor, data)
+       SELECT p.id, p.circle_id, 'task', 'worker:' || $2,
+         jsonb_strip_nulls(jsonb_build_object('task', src.key, 'status', src.status, 'reason', src.reason,
+           'error_code', src.error ->> 'code', 'retry_in_ms', src.retry_in_ms))
+       FROM src, p),
+     c AS (UPDATE cairn.runs r SET items_total = $4::int, items_succeeded = $5::int, items_failed = $6::int,
+         items_pending = $7::int, credits_used = $8::bigint
+       FROM p WHERE r.id = p.id)
+     SELECT count(*)::int AS n FROM p`,
+    [
+      runId,
+      workerId,
+      JSON.stringify(updates),
+      counters.total,
+      counters.succeeded,
+      counters.failed,
+      counters.pending,
+      counters.credits,
+    ],
+  );
+  return r.rows[0]!.n > 0;
+}
+
+/**
+ * Ends a workflow run: its status, output or error, the audit event, and the
+ * release of whatever it still holds. Only under the orchestrator's lease.
+ */
+export async function finishWorkflow(
+  q: Queryable,
+  runId: string,
+  workerId: string,
+  status: 'succeeded' | 'failed',
+  output: unknown,
+  error: ErrorBody | null,
+): Promise<boolean> {
+  const r = await q.query(
+    `WITH u AS (UPDATE cairn.runs r SET status = $3, output = $4::jsonb, error = $5::jsonb,
+         finished_at = clock_timestamp(), lease_expires_at = NULL,
+         duration_ms = round((extract(epoch FROM clock_timestamp() - r.started_at) * 1000)::numeric, 3)
+       WHERE r.id = $1 AND r.worker_id = $2 AND r.status = 'running'
+       RETURNING r.id, r.circle_id, r.status, r.attempt, r.duration_ms, r.credits_used),
+     e AS (INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
+       SELECT u.id, u.circle_id, 'status', 'running', u.status, 'worker:' || $2,
+         jsonb_strip_nulls(jsonb_build_object('attempt', u.attempt, 'duration_ms', u.duration_ms,
+           'credits_used', u.credits_used, 'error_code', $5::jsonb ->> 'code')) FROM u),
+     l AS (SELECT cairn.ledger_settle_run(u.id, 0, true, 'worker:' || $2,
+       cairn.release_reason(u.status, $5::jsonb ->> 'code')) AS c FROM u)
+     SELECT u.id, pg_notify('cairn_run_done', u.id::text) AS _n FROM u CROSS JOIN (SELECT count(*) FROM l) lc`,
+    [runId, workerId, status, JSON.stringify(output ?? null), error === null ? null : JSON.stringify(error)],
+  );
+  return r.rows.length > 0;
+}
+
+/** Cancels the children of a run that are still queued, running or paused (a cancelled workflow's tasks). */
+export async function childrenLeft(q: Queryable, runId: string): Promise<string[]> {
+  const r = await q.query<{ id: string }>(
+    `SELECT id FROM cairn.runs WHERE parent_run_id = $1 AND status IN ('queued', 'running', 'paused')`,
+    [runId],
+  );
+  return r.rows.map((x) => x.id);
+}
