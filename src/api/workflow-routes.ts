@@ -7,7 +7,10 @@ import { z } from 'zod';
 import { errors } from '../core/errors.js';
 import { getCircleById, type CircleRow } from '../store/circles.js';
 import { getElement } from '../store/elements.js';
-import { loadTasks, type TaskRow } from '../store/workflow.js';
+import { decideTask, loadTasks, type TaskRow } from '../store/workflow.js';
+import { CairnError } from '../core/errors.js';
+import { schemaIssues, validatorOf } from '../core/json-schema.js';
+import type { Role } from '../core/status.js';
 import type { WorkflowTriggered } from '../elements/types.js';
 import { triggerInput } from '../elements/workflow/spec.js';
 import { actorOf, authorize } from './auth.js';
@@ -36,6 +39,9 @@ export function taskView(t: TaskRow) {
     finished_at: t.finished_at,
     duration_ms: t.duration_ms,
     retry_at: t.status === 'retrying' ? t.retry_at : null,
+    // Who may decide, and until when, while the task waits for approval.
+    awaiting: t.status === 'running' && ev.awaiting && !ev.decision ? ev.awaiting : null,
+    decision: ev.decision ?? null,
     evidence: ev,
   };
 }
@@ -104,10 +110,110 @@ async function trigger(
   return answer(ctx, t);
 }
 
+const decisionBody = z
+  .object({
+    comment: z.string().max(2_000).optional().describe('Why; recorded with the decision'),
+    response: z
+      .json()
+      .optional()
+      .describe("Data for the next steps (approve only), matching the task's response_schema"),
+  })
+  .strict();
+
+function notAwaiting(runId: string, key: string, why: string): CairnError {
+  return errors.conflict(
+    'TASK_NOT_AWAITING_APPROVAL',
+    `Task "${key}" of run ${runId} is not waiting for a decision: ${why}.`,
+    `GET /api/runs/${runId}/tasks/${encodeURIComponent(key)} shows its status and decision.`,
+  );
+}
+
+/** approve / reject: the approver's role is checked against the task's, and a task is decided once. */
+function decisionRoute(decision: 'approve' | 'reject'): RouteDef {
+  return defineRoute({
+    method: 'POST',
+    url: `/api/runs/:id/tasks/:name/${decision}`,
+    auth: 'token',
+    tag: 'runs',
+    summary:
+      decision === 'approve'
+        ? 'Approve a task that awaits approval (a hitl step), with a comment and an optional response'
+        : 'Reject a task that awaits approval (a hitl step), with a comment',
+    body: decisionBody,
+    handler: async (ctx) => {
+      const { run, circle } = await visibleRun(ctx, 'read');
+      const key = String(ctx.params.name);
+      const [t] = await loadTasks(ctx.deps.db, run.id, [key]);
+      if (!t)
+        throw errors.notFound(
+          'TASK_NOT_FOUND',
+          `Run ${run.id} has no task "${key}".`,
+          `GET /api/runs/${run.id}/tasks lists them.`,
+        );
+      const awaiting = t.evidence?.awaiting as { role: Role; response_schema?: unknown } | undefined;
+      if (!awaiting) throw notAwaiting(run.id, key, 'it is not an approval');
+      if (t.evidence?.decision) throw notAwaiting(run.id, key, 'it was already decided');
+      if (t.status !== 'running') throw notAwaiting(run.id, key, `it is ${t.status}`);
+      authorize(ctx.principal!, circle, awaiting.role);
+      const body = ctx.body as z.output<typeof decisionBody>;
+      if (decision === 'approve' && awaiting.response_schema && body.response !== undefined) {
+        const v = validatorOf(awaiting.response_schema);
+        if (!v(body.response))
+          throw new CairnError({
+            code: 'HITL_RESPONSE_INVALID',
+            class: 'validation',
+            message: `The response does not match the task's response_schema: ${schemaIssues(v.errors)
+              .map((i) => `${i.path} ${i.message}`)
+              .join('; ')}.`,
+            details: schemaIssues(v.errors),
+            suggestion: 'Send a response that matches awaiting.response_schema of the task.',
+          });
+      }
+      if (decision === 'approve' && awaiting.response_schema && body.response === undefined) {
+        const v = validatorOf(awaiting.response_schema);
+        if (!v(null) && !v({}))
+          throw new CairnError({
+            code: 'HITL_RESPONSE_INVALID',
+            class: 'validation',
+            message: 'This approval needs a response matching its response_schema.',
+            suggestion: 'Send {"response": …} matching awaiting.response_schema of the task.',
+          });
+      }
+      const approver = actorOf(ctx.principal!);
+      const ok = await decideTask(
+        ctx.deps.db,
+        run.id,
+        key,
+        {
+          decision: decision === 'approve' ? 'approved' : 'rejected',
+          approver,
+          comment: body.comment ?? null,
+          ...(body.response !== undefined ? { response: body.response } : {}),
+        },
+        decision === 'approve'
+          ? null
+          : {
+              code: 'HITL_REJECTED',
+              class: 'conflict',
+              message: `Rejected by ${approver}${body.comment ? `: ${body.comment}` : ''}.`,
+              retryable: false,
+              _suggestion: 'Read the comment; change what was asked, then retry-failed or rerun the run.',
+            },
+      );
+      // Decided meanwhile by someone else (or its timeout): the first decision stands.
+      if (!ok) throw notAwaiting(run.id, key, 'it was decided meanwhile');
+      const [after] = await loadTasks(ctx.deps.db, run.id, [key]);
+      return { run_id: run.id, ...taskView(after!) };
+    },
+  });
+}
+
 const hashParam = z.string().regex(/^[0-9a-f]{64}$/, 'a definition hash is 64 lowercase hex digits');
 const byHashBody = triggerInput.omit({ definition_hash: true });
 
 export const WORKFLOW_ROUTES: RouteDef[] = [
+  decisionRoute('approve'),
+  decisionRoute('reject'),
   defineRoute({
     method: 'GET',
     url: '/api/runs/:id/tasks',
@@ -129,7 +235,7 @@ export const WORKFLOW_ROUTES: RouteDef[] = [
     handler: async (ctx) => {
       const { run } = await visibleRun(ctx, 'read');
       workflowRun(run);
-      const [t] = await loadTasks(ctx.deps.db, run.id, String(ctx.params.name));
+      const [t] = await loadTasks(ctx.deps.db, run.id, [String(ctx.params.name)]);
       if (!t)
         throw errors.notFound(
           'TASK_NOT_FOUND',

@@ -5,10 +5,11 @@ import { goFnType } from './go-fn/index.js';
 import { javascriptType, pythonType } from './script/index.js';
 import { tableType } from './table/index.js';
 import { workflowType } from './workflow/index.js';
+import { hitlType } from './hitl/index.js';
 import type { ElementTypeDecl, HttpMethod, OperationDecl, TypeLookup } from './types.js';
 
 /** Every element type Cairn knows. Adding one is adding a folder and a line here. */
-const TYPES: ElementTypeDecl[] = [sqlType, goFnType, pythonType, javascriptType, tableType, workflowType];
+const TYPES: ElementTypeDecl[] = [sqlType, goFnType, pythonType, javascriptType, tableType, workflowType, hitlType];
 
 const byName = new Map(TYPES.map((t) => [t.type, t]));
 

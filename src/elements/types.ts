@@ -70,6 +70,16 @@ export interface BatchSubmitted {
   estimated_credits: number;
 }
 
+/** How a task of an approval type waits (read from its spec). */
+export interface ApprovalGate {
+  instructions: string;
+  role: Role;
+  timeout_ms: number;
+  on_timeout: 'approve' | 'reject';
+  /** JSON Schema an approval's `response` must match. */
+  response_schema?: Record<string, unknown>;
+}
+
 /** A trigger of a workflow: by name (its element, resolved now) or by a pinned definition hash. */
 export interface WorkflowTriggerRequest {
   circle: CircleRow;
@@ -81,6 +91,8 @@ export interface WorkflowTriggerRequest {
   idempotencyKey?: string;
   rerunOf?: string | null;
   snapshotExtra: Record<string, unknown>;
+  /** Run `element` alone as a one-step workflow (an approval invoked by itself). */
+  oneStep?: boolean;
 }
 
 export interface WorkflowTriggered {
@@ -222,6 +234,11 @@ export interface ElementTypeDecl<S extends z.ZodType = z.ZodType> {
   telemetry?: { prefix: string };
   /** Default timeout of a run of this type (ms), read from the spec. */
   timeoutMs?(spec: z.output<S>): number;
+  /**
+   * A type whose step waits for a person's decision (hitl): no executor runs; the engine holds the
+   * task until an approver with `role` approves or rejects it, or `timeout_ms` passes.
+   */
+  approval?(spec: z.output<S>): ApprovalGate;
   /** What the type pins into the run snapshot beyond the element itself (toolchains…). */
   snapshot?(spec: z.output<S>, db: Db): Promise<Record<string, unknown>>;
 }

@@ -25,7 +25,7 @@ import {
   saveDefinition,
   type WorkflowDefinition,
 } from '../store/workflow.js';
-import { snapshotElement } from './submit.js';
+import { elementDisabled, snapshotElement } from './submit.js';
 
 export type { WorkflowTriggered, WorkflowTriggerRequest };
 
@@ -43,6 +43,23 @@ export async function triggerWorkflow(db: Db, req: WorkflowTriggerRequest): Prom
       );
     def = pinned;
     hash = req.definitionHash;
+  } else if (req.oneStep) {
+    // One element alone (an approval invoked by itself): a workflow of one step, named `approval`.
+    const el = req.element!;
+    if (el.state === 'disabled') throw elementDisabled(el);
+    def = await resolveDefinition(
+      db,
+      circle.id,
+      {
+        ...snapshotElement(el),
+        spec: {
+          steps: [{ name: 'approval', element: el.slug }],
+          outputs: { approval: '${{ steps.approval.output }}' },
+        },
+      },
+      typeLookup,
+    );
+    hash = workflowHash(def);
   } else {
     const el = req.element!;
     if (el.state === 'disabled')

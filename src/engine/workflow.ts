@@ -21,12 +21,14 @@ import type { Logger } from '../telemetry/log.js';
 import { letGoPaused } from '../store/batch.js';
 import { getRunsStatus, type RunRow } from '../store/runs.js';
 import {
+  decideTask,
   endedChildren,
   finishWorkflow,
   getDefinition,
   loadTasks,
   startTasks,
   updateTasks,
+  type Decision,
   type NewChild,
   type TaskRow,
   type TaskUpdate,
@@ -184,23 +186,61 @@ class Orchestration {
     };
   }
 
+  private elementOf(p: StepPlan) {
+    const pinned = this.def.steps[p.step.name]!;
+    return {
+      slug: pinned.element.slug,
+      element_type: pinned.element.element_type,
+      version: pinned.element.version,
+      definition_hash: pinned.element.definition_hash,
+      op: pinned.op,
+    };
+  }
+
+  private isAwaiting(t: TaskRow): boolean {
+    return t.status === 'running' && !!t.evidence?.awaiting && !t.evidence?.decision;
+  }
+
+  /** Tasks waiting for a decision. */
+  awaitingKeys(): string[] {
+    return [...this.tasks.values()].filter((t) => this.isAwaiting(t)).map((t) => t.key);
+  }
+
+  /** Awaiting tasks past their deadline. */
+  overdue(): { key: string; on_timeout: 'approve' | 'reject' }[] {
+    const now = Date.now();
+    return [...this.tasks.values()]
+      .filter((t) => this.isAwaiting(t))
+      .map((t) => ({ t, a: t.evidence.awaiting as { deadline: string; on_timeout: 'approve' | 'reject' } }))
+      .filter(({ a }) => Date.parse(a.deadline) <= now)
+      .map(({ t, a }) => ({ key: t.key, on_timeout: a.on_timeout }));
+  }
+
+  /** Decisions recorded meanwhile (by the API, or a timeout), read back. */
+  absorbDecisions(rows: TaskRow[]): void {
+    for (const row of rows) {
+      const t = this.tasks.get(row.key);
+      if (!t || row.status === 'running') continue;
+      Object.assign(t, {
+        status: row.status,
+        outputs: row.outputs,
+        error: row.error,
+        evidence: row.evidence,
+        finished_at: row.finished_at,
+      });
+    }
+  }
+
   /** Records what ended children did to their tasks. */
   absorb(ended: TaskRow[]): void {
     for (const row of ended) {
       const t = this.tasks.get(row.key);
       if (!t || t.status !== 'running') continue;
       const p = this.stepOf(t.key);
-      const pinned = this.def.steps[p.step.name]!;
       const evidence = {
         ...(row.child_evidence ?? {}),
         child_run_id: row.child_run_id,
-        element: {
-          slug: pinned.element.slug,
-          element_type: pinned.element.element_type,
-          version: pinned.element.version,
-          definition_hash: pinned.element.definition_hash,
-          op: pinned.op,
-        },
+        element: this.elementOf(p),
         runs: [...((t.evidence?.runs as string[] | undefined) ?? []), row.child_run_id],
       };
       t.evidence = { ...t.evidence, ...evidence };
@@ -251,9 +291,11 @@ class Orchestration {
     return !this.stepOf(t.key).step.continue_on_error;
   }
 
+  /** Tasks executing (child runs), against the concurrency; a fan-out's step and a wait for approval are not. */
   private running(): number {
     let n = 0;
-    for (const t of this.tasks.values()) if (t.status === 'running' && !this.fan.has(t.key)) n++;
+    for (const t of this.tasks.values())
+      if (t.status === 'running' && !this.fan.has(t.key) && !this.isAwaiting(t)) n++;
     return n + this.toStart.length;
   }
 
@@ -326,6 +368,21 @@ class Orchestration {
   }
 
   private startWith(t: TaskRow, p: StepPlan, input: unknown): void {
+    const pinned = this.def.steps[p.step.name]!;
+    const type = getType(pinned.element.element_type);
+    if (type.approval) {
+      // An approval runs no code: the task waits for a decision (the API's approve/reject, or its timeout).
+      const gate = type.approval(type.spec.parse(pinned.element.spec));
+      const awaiting = { ...gate, deadline: new Date(Date.now() + gate.timeout_ms).toISOString() };
+      this.set(t, {
+        status: 'running',
+        inputs: input ?? {},
+        reason: 'awaiting_approval',
+        evidence: { awaiting, element: this.elementOf(p) },
+      });
+      t.evidence = { ...t.evidence, awaiting };
+      return;
+    }
     const c = this.child(t, p, input);
     if ('code' in c) {
       this.set(t, { status: 'failed', error: c, inputs: input });
@@ -466,19 +523,24 @@ class Orchestration {
     this.paused = p;
   }
 
+  /** Are child runs of this run still executing? (A wait for approval holds nothing.) */
   hasRunning(): boolean {
-    for (const t of this.tasks.values()) if (t.status === 'running' && !this.fan.has(t.key)) return true;
+    for (const t of this.tasks.values())
+      if (t.status === 'running' && !this.fan.has(t.key) && !this.isAwaiting(t)) return true;
     return false;
   }
 
   /** When the next retry is due (ms from now), if any. */
   nextDue(): number | undefined {
     let min: number | undefined;
-    for (const t of this.tasks.values())
-      if (t.status === 'retrying' && t.retry_at) {
-        const ms = Date.parse(t.retry_at) - Date.now();
-        min = min === undefined ? ms : Math.min(min, ms);
-      }
+    const due = (at: string) => {
+      const ms = Date.parse(at) - Date.now();
+      min = min === undefined ? ms : Math.min(min, ms);
+    };
+    for (const t of this.tasks.values()) {
+      if (t.status === 'retrying' && t.retry_at) due(t.retry_at);
+      if (this.isAwaiting(t)) due((t.evidence.awaiting as { deadline: string }).deadline);
+    }
     return min;
   }
 
@@ -608,6 +670,10 @@ export async function runWorkflow(
           o.setPaused(s.status === 'paused');
         }
         o.absorb(await endedChildren(h.db, run.id));
+        for (const late of o.overdue())
+          await decideTask(h.db, run.id, late.key, ...timedOut(late.on_timeout));
+        const awaiting = o.awaitingKeys();
+        if (awaiting.length > 0) o.absorbDecisions(await loadTasks(h.db, run.id, awaiting));
         o.advance();
         if (!(await o.flush())) return; // the lease is gone
         if (o.done()) {
@@ -629,6 +695,27 @@ export async function runWorkflow(
   } finally {
     signal.removeEventListener('abort', onAbort);
   }
+}
+
+/** What a timeout decides (the task's on_timeout). */
+function timedOut(on: 'approve' | 'reject'): [Decision, ErrorBody | null] {
+  const d: Decision = {
+    decision: on === 'approve' ? 'approved' : 'rejected',
+    approver: 'system:timeout',
+    comment: null,
+    timed_out: true,
+  };
+  if (on === 'approve') return [d, null];
+  return [
+    d,
+    {
+      code: 'HITL_TIMED_OUT',
+      class: 'timeout',
+      message: 'Nobody approved or rejected the task before its timeout (on_timeout: reject).',
+      retryable: false,
+      _suggestion: 'Raise timeout_ms, or tell the approvers sooner; then retry-failed the run.',
+    },
+  ];
 }
 
 async function pausedNow(db: Db, id: string): Promise<boolean> {

@@ -176,16 +176,62 @@ function taskRow(t: TaskRow): TaskRow {
   return o;
 }
 
-/** Every task of a workflow run (or the one keyed `key`), with its child run's state. */
-export async function loadTasks(q: Queryable, runId: string, key?: string): Promise<TaskRow[]> {
+/** Every task of a workflow run (or the ones keyed `keys`), with its child run's state. */
+export async function loadTasks(q: Queryable, runId: string, keys?: string[]): Promise<TaskRow[]> {
   const r = await q.query<TaskRow>(
     `SELECT ${TASK_COLS} FROM cairn.items i
      LEFT JOIN cairn.runs c ON c.id = i.child_run_id
      LEFT JOIN cairn.items ci ON ci.run_id = c.id AND ci.key = 'call'
-     WHERE i.run_id = $1 ${key === undefined ? '' : 'AND i.key = $2'} ORDER BY i.ord, i.key`,
-    key === undefined ? [runId] : [runId, key],
+     WHERE i.run_id = $1 ${keys === undefined ? '' : 'AND i.key = ANY($2::text[])'} ORDER BY i.ord, i.key`,
+    keys === undefined ? [runId] : [runId, keys],
   );
   return r.rows.map(taskRow);
+}
+
+/** A decision on a task that awaits approval. */
+export interface Decision {
+  decision: 'approved' | 'rejected';
+  approver: string;
+  comment: string | null;
+  response?: unknown;
+  timed_out?: boolean;
+}
+
+/**
+ * Decides a task that awaits approval: it ends (succeeded when approved,
+ * failed with `error` when rejected), the decision is its output and is in the
+ * audit trail, and the orchestrator is woken. Only once: false when the task
+ * was not (or no longer) waiting, so a second decision changes nothing.
+ */
+export async function decideTask(
+  q: Queryable,
+  runId: string,
+  key: string,
+  d: Decision,
+  error: ErrorBody | null,
+): Promise<boolean> {
+  const r = await q.query(
+    `WITH u AS (UPDATE cairn.items i SET status = $3, outputs = $4::jsonb, error = $5::jsonb,
+         finished_at = clock_timestamp(),
+         duration_ms = round((extract(epoch FROM clock_timestamp() - i.started_at) * 1000)::numeric, 3),
+         evidence = i.evidence || jsonb_build_object('decision', $4::jsonb)
+       FROM cairn.runs r
+       WHERE i.run_id = $1 AND i.key = $2 AND i.status = 'running' AND i.evidence ? 'awaiting'
+         AND NOT i.evidence ? 'decision' AND r.id = i.run_id AND r.status IN ('queued', 'running', 'paused')
+       RETURNING i.run_id, i.circle_id, i.key),
+     e AS (INSERT INTO cairn.run_events (run_id, circle_id, type, actor, data)
+       SELECT u.run_id, u.circle_id, 'approval', $6, jsonb_build_object('task', u.key) || $4::jsonb FROM u)
+     SELECT u.key, pg_notify('cairn_run_control', u.run_id::text) AS _n FROM u`,
+    [
+      runId,
+      key,
+      d.decision === 'approved' ? 'succeeded' : 'failed',
+      JSON.stringify(d),
+      error === null ? null : JSON.stringify(error),
+      d.approver,
+    ],
+  );
+  return r.rows.length > 0;
 }
 
 /** Running tasks whose child run has ended (what the orchestrator must act on now). */

@@ -55,7 +55,7 @@ export async function resolveDefinition(
       throw stepUnavailable(s.name, `element "${s.element}" is disabled.`, 'Enable it, then trigger again.');
     const type = types.get(el.element_type);
     const op = types.operationsOf(type).find((o) => o.name === s.op);
-    if (!op?.createsRun)
+    if (!op || !(op.createsRun || type.approval))
       throw stepUnavailable(
         s.name,
         `element "${s.element}" (${el.element_type}) has no run-creating operation "${s.op}".`,

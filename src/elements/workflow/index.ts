@@ -233,14 +233,15 @@ export const workflowType = defineType({
         );
       const type = types.get(el.element_type);
       const op = types.operationsOf(type).find((o) => o.name === s.op);
-      if (!op?.createsRun)
+      // A step runs an op that creates a run, or waits for a decision (an approval type).
+      if (!op || !(op.createsRun || type.approval))
         throw refused(
           'WORKFLOW_STEP_NOT_RUNNABLE',
           `Step "${s.name}": element "${s.element}" (${el.element_type}) has no run-creating operation "${s.op}".`,
           `Use one of: ${
             types
               .operationsOf(type)
-              .filter((o) => o.createsRun)
+              .filter((o) => o.createsRun || type.approval)
               .map((o) => o.name)
               .join(', ') || `none (a ${el.element_type} is not a step)`
           }.`,
