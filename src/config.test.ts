@@ -26,7 +26,9 @@ describe('configuration', () => {
     }
     for (const m of config.matchAll(/^\s+(?:CAIRN_[A-Z_]+|DATABASE_URL): '/gm))
       read.add(m[0].trim().split(':')[0]!);
-    read.delete('CAIRN_CHECK'); // read by the generated wrapper inside the sandbox, not by Cairn
+    // Read by the generated wrapper inside the sandbox, not by Cairn (the sandbox's own /out).
+    read.delete('CAIRN_CHECK');
+    read.delete('CAIRN_OUT_DIR');
     expect(read.size).toBeGreaterThan(30);
     for (const name of read) expect(docs, `${name} is documented`).toContain(`\`${name}\``);
     for (const name of Object.keys(SETTINGS)) expect(docs, `${name} is documented`).toContain(`\`${name}\``);
@@ -40,7 +42,7 @@ describe('configuration', () => {
           (m) => `${f}: ${m[1]}`,
         ),
       )
-      .filter((x) => !/CAIRN_(CHECK|URL|TOKEN|CIRCLE|PORT)\b/.test(x)); // the sandbox wrapper; the CLI client
+      .filter((x) => !/CAIRN_(CHECK|OUT_DIR|URL|TOKEN|CIRCLE|PORT)\b/.test(x)); // the sandbox wrapper; the CLI client
     expect(raw).toEqual([]);
   });
 

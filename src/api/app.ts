@@ -188,8 +188,8 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
     return parseInput(schema, value === undefined ? {} : value, `Invalid ${what}`, suggestion);
   }
 
-  for (const def of ROUTES) {
-    app.route({
+  const mount = (target: FastifyInstance, def: RouteDef) =>
+    target.route({
       method: def.method,
       url: def.url,
       handler: async (req, reply) => {
@@ -202,6 +202,20 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
         const scope = ctx.circle?.id ?? ctx.principal?.circleId ?? INSTANCE_SCOPE;
         return idempotent(ctx, scope, `${def.method} ${def.url}`, () => def.handler(ctx));
       },
+    });
+  for (const def of ROUTES) {
+    if (!def.rawBody) {
+      mount(app, def);
+      continue;
+    }
+    // A raw-body route (a file upload) takes any content type as bytes, in a scope of its own.
+    const limit = def.rawBody.limit;
+    await app.register(async (sub) => {
+      sub.removeAllContentTypeParsers();
+      sub.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: limit }, (_req, body, done) =>
+        done(null, body),
+      );
+      mount(sub, def);
     });
   }
 

@@ -34,6 +34,8 @@ export interface RouteDef<B extends z.ZodType = z.ZodType, Q extends z.ZodType =
   body?: B;
   response?: z.ZodType;
   status?: number;
+  /** The body is the raw bytes (a file upload) of any content type, up to `limit` bytes; no body schema. */
+  rawBody?: { limit: number };
   /** What the typed 400 for a body or query its schemas refuse suggests (default: fix the fields in details). */
   inputSuggestion?: string;
   handler(ctx: RouteCtx<z.output<B>, z.output<Q>>): Promise<unknown>;

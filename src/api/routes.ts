@@ -20,6 +20,8 @@ import { defineRoute, type RouteDef } from './route.js';
 import { CONTROL_ROUTES, visibleRun } from './control-routes.js';
 import { RETENTION_ROUTES } from './retention-routes.js';
 import { WORKFLOW_ROUTES } from './workflow-routes.js';
+import { LINEAGE_ROUTES } from './lineage-routes.js';
+import { FILE_ROUTES } from './file-routes.js';
 import { DEGRADED_AFTER } from '../engine/health.js';
 
 const slug = z.string().regex(SLUG_RE, 'lowercase letters, digits and dashes');
@@ -289,4 +291,6 @@ export const ROUTES: RouteDef[] = [
   ...CONTROL_ROUTES,
   ...RETENTION_ROUTES,
   ...WORKFLOW_ROUTES,
+  ...LINEAGE_ROUTES,
+  ...FILE_ROUTES,
 ];

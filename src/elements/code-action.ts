@@ -1,6 +1,10 @@
 import { errors as coreErrors, type CairnError } from '../core/errors.js';
 import { sha256Hex } from '../core/hash.js';
-import type { SandboxResult } from '../sandbox/runner.js';
+import type { Bind, Sandbox, SandboxResult } from '../sandbox/runner.js';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { cacheRoot } from '../sandbox/exec-helper.js';
+import type { ExecContext } from './types.js';
 import { findUnstorable, unstorableOutputMessage } from '../core/storable.js';
 
 /** What every code-action wrapper writes on fd 3. */
@@ -9,6 +13,43 @@ export interface ResultEnvelope {
   output?: unknown;
   error?: string;
   stack?: string;
+  /** The regular files left in /out (base64), and what else was there (refused). */
+  files?: ({ name: string; b64: string } | { name: string; refused: string })[];
+}
+
+/** Most files one run may leave in /out, and the size of its /out (MiB). */
+export const OUT_FILES_MAX = 100;
+export const OUT_MB = 16;
+
+/** A file name /out may hold: one path segment, no NUL, not `.` or `..`, at most 255 bytes. */
+export function fileNameOk(name: string): boolean {
+  return (
+    name !== '.' &&
+    name !== '..' &&
+    !/[/\\\0]/.test(name) &&
+    Buffer.byteLength(name) <= 255 &&
+    name.length > 0
+  );
+}
+
+/** The envelope's files → what the engine stores, and what it refuses (with why). */
+export function filesOf(env: ResultEnvelope): {
+  files: { name: string; data: Buffer }[];
+  refused: { name: string; refused: string }[];
+} {
+  const files: { name: string; data: Buffer }[] = [];
+  const refused: { name: string; refused: string }[] = [];
+  for (const f of env.files ?? []) {
+    if (typeof f?.name !== 'string' || !fileNameOk(f.name)) {
+      refused.push({ name: String(f?.name ?? '').slice(0, 255), refused: 'bad name' });
+      continue;
+    }
+    if ('refused' in f) refused.push({ name: f.name, refused: String(f.refused) });
+    else if (files.length >= OUT_FILES_MAX)
+      refused.push({ name: f.name, refused: `more than ${OUT_FILES_MAX} files` });
+    else files.push({ name: f.name, data: Buffer.from(String(f.b64), 'base64') });
+  }
+  return { files, refused };
 }
 
 /** Builds a type's own error from a shared suffix (TIMEOUT → GO_FN_TIMEOUT, PYTHON_FN_TIMEOUT …). */
@@ -100,4 +141,64 @@ export function sandboxEvidence(
     },
     peak_memory_kb: r.peakMemoryKb,
   };
+}
+
+/** How a code action's sandbox sees files: its inputs read-only at /in, a size-capped writable /out. */
+export interface FileMounts {
+  binds: Bind[];
+  env: Record<string, string>;
+  outMb?: number;
+  /** A sandbox made ahead of time has no inputs of this run mounted: only when there are none. */
+  standbyOk: boolean;
+  cleanup(): void;
+}
+
+/**
+ * Writes the run's input files where the sandbox reads them (/in, read-only) and gives it a
+ * /out of OUT_MB (its own tmpfs). Without the sandbox (operator opt-out), both are host
+ * directories named by $CAIRN_IN_DIR and $CAIRN_OUT_DIR.
+ */
+export async function fileMounts(sb: Sandbox, files: ExecContext['files']): Promise<FileMounts> {
+  const made: string[] = [];
+  const scratch = () => {
+    const root = join(cacheRoot(), 'files');
+    mkdirSync(root, { recursive: true, mode: 0o755 });
+    const d = mkdtempSync(join(root, 'run-'));
+    chmodSync(d, 0o755);
+    made.push(d);
+    return d;
+  };
+  const cleanup = () => {
+    for (const d of made) rmSync(d, { recursive: true, force: true });
+  };
+  try {
+    let inDir: string | undefined;
+    if (files.inputs.length > 0) {
+      inDir = scratch();
+      for (const f of files.inputs) {
+        if (!fileNameOk(f.name))
+          throw new Error(`input file name ${JSON.stringify(f.name)} is not one path segment`);
+        writeFileSync(join(inDir, f.name), await files.read(f.sha256), { mode: 0o444 });
+      }
+    }
+    if (!sb.disabled)
+      return {
+        binds: inDir ? [{ src: inDir, dest: '/in' }] : [],
+        env: { CAIRN_OUT_DIR: '/out', ...(inDir ? { CAIRN_IN_DIR: '/in' } : {}) },
+        outMb: OUT_MB,
+        standbyOk: !inDir,
+        cleanup,
+      };
+    const outDir = scratch();
+    chmodSync(outDir, 0o777);
+    return {
+      binds: [],
+      env: { CAIRN_OUT_DIR: outDir, ...(inDir ? { CAIRN_IN_DIR: inDir } : {}) },
+      standbyOk: false,
+      cleanup,
+    };
+  } catch (e) {
+    cleanup();
+    throw e;
+  }
 }

@@ -9,7 +9,15 @@ import { hitlType } from './hitl/index.js';
 import type { ElementTypeDecl, HttpMethod, OperationDecl, TypeLookup } from './types.js';
 
 /** Every element type Cairn knows. Adding one is adding a folder and a line here. */
-const TYPES: ElementTypeDecl[] = [sqlType, goFnType, pythonType, javascriptType, tableType, workflowType, hitlType];
+const TYPES: ElementTypeDecl[] = [
+  sqlType,
+  goFnType,
+  pythonType,
+  javascriptType,
+  tableType,
+  workflowType,
+  hitlType,
+];
 
 const byName = new Map(TYPES.map((t) => [t.type, t]));
 

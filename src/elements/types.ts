@@ -6,6 +6,7 @@ import type { CircleRow } from '../store/circles.js';
 import type { ElementRow } from '../store/elements.js';
 import type { RunRow } from '../store/runs.js';
 import type { Sandbox } from '../sandbox/runner.js';
+import type { FileRef } from '../store/files.js';
 
 export type HttpMethod = 'GET' | 'POST' | 'PATCH' | 'DELETE';
 
@@ -194,6 +195,14 @@ export interface ExecContext<S = unknown, I = unknown> {
   host: string;
   /** The sandbox the executor runs code in (the engine's). */
   sandbox: Sandbox;
+  /** Files the run reads (mounted read-only at /in by code actions), and how to get their bytes. */
+  files: { inputs: FileRef[]; read(sha256: string): Promise<Buffer> };
+}
+
+/** A file an execution produced (a code action's /out). */
+export interface OutFile {
+  name: string;
+  data: Buffer;
 }
 
 /** An element event to record with the run's settlement: [name, epoch ms, data]. */
@@ -209,6 +218,10 @@ export interface ExecResult {
   flags?: string[];
   /** Micro-credits to charge; defaults to the op's declared price. */
   credits?: number;
+  /** Files it wrote (stored content-addressed by the engine, recorded as the item's output files). */
+  files?: OutFile[];
+  /** What was left in /out but not taken (symlinks, directories, special files). */
+  refusedFiles?: { name: string; refused: string }[];
 }
 
 export type Executor<S = unknown, I = unknown> = (ctx: ExecContext<S, I>) => Promise<ExecResult>;

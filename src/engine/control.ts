@@ -11,6 +11,8 @@ import type { Db, Queryable } from '../db/types.js';
 import { pauseRun, resumeRun, retryFailed } from '../store/batch.js';
 import { getWallet } from '../store/ledger.js';
 import { cancelRun, getRun, listItems, snapshotOf, type RunRow } from '../store/runs.js';
+import { getDefinition, retryableTasks, retryWorkflowTasks } from '../store/workflow.js';
+import { triggerWorkflow } from './workflow-submit.js';
 
 async function existing(db: Queryable, runId: string): Promise<RunRow> {
   const run = await getRun(db, runId);
@@ -92,6 +94,16 @@ export async function retryFailedItems(
   circleSlug: string,
   opts: { definition?: 'pinned' | 'latest' } = {},
 ): Promise<RetryAnswer> {
+  const run = await existing(db, runId);
+  if (run.kind === 'workflow') {
+    if (opts.definition === 'latest')
+      throw errors.invalidInput(
+        'retry-failed of a workflow run keeps its pinned definition (the workflow and its step versions).',
+        undefined,
+        'Retry on the pinned definition (leave out definition), or trigger the workflow by name to run its latest definition.',
+      );
+    return retryWorkflow(db, run, actor, circleSlug);
+  }
   if (opts.definition !== 'latest') return retryPinned(db, runId, actor, circleSlug);
   try {
     return await db.transaction((tx) => retryOnLatest(tx, runId, actor, circleSlug));
@@ -99,6 +111,40 @@ export async function retryFailedItems(
     if (e instanceof NothingRetried) return { ...e.answer, run: await existing(db, runId) };
     throw e;
   }
+}
+
+/** retry-failed of a workflow: the failed tasks and those they skipped run again, in the same run. */
+async function retryWorkflow(db: Db, run: RunRow, actor: string, circleSlug: string): Promise<RetryAnswer> {
+  if (!isTerminal(run.status))
+    throw errors.conflict(
+      'RUN_NOT_FINISHED',
+      `Run ${run.id} is ${run.status}; retry-failed applies to a finished run.`,
+      'Wait for it to finish (or cancel it), then retry its failed tasks.',
+    );
+  if (run.status === 'cancelled')
+    throw errors.conflict(
+      'RUN_CANCELLED',
+      `Run ${run.id} was cancelled; its unfinished tasks were cancelled, not failed.`,
+      'Use rerun to start a new run with the same parameters and pinned definition.',
+    );
+  const keys = await retryableTasks(db, run.id);
+  if (keys.length === 0)
+    return { run, retried: 0, message: `Run ${run.id} has no failed tasks; nothing to retry.` };
+  const def = await getDefinition(db, run.circle_id, run.definition_hash ?? '');
+  const stepOf = (k: string) => /^(.*)\[\d+\]$/.exec(k)?.[1] ?? k;
+  const all = new Set(keys);
+  // A for_each step goes back to running when tasks of its own fan out again; else it starts over.
+  const fanSteps = [...all].filter((k) => [...all].some((x) => x !== k && stepOf(x) === k));
+  const reserve = keys
+    .filter((k) => !fanSteps.includes(k))
+    .reduce((sum, k) => sum + (def?.steps[stepOf(k)]?.price ?? 0), 0);
+  const r = await retryWorkflowTasks(db, run.id, actor, reserve, fanSteps);
+  if (!r) {
+    const now = await existing(db, run.id);
+    if (now.status !== run.status) return retryWorkflow(db, now, actor, circleSlug);
+    throw errors.insufficientCredits(circleSlug, reserve, (await getWallet(db, run.circle_id)).available);
+  }
+  return { ...r, message: `${r.retried} task(s) queued again in run ${run.id}: ${keys.join(', ')}.` };
 }
 
 /**
@@ -269,6 +315,22 @@ export async function rerun(
 ): Promise<RunRow> {
   const run = await existing(db, runId);
   const element = run.element_id ? await getElementById(db, run.element_id) : undefined;
+  const trigger = { type: 'rerun', source: run.id, actor };
+  if (run.kind === 'workflow') {
+    // The same parameters, on the same pinned definition (the workflow and its step versions).
+    const t = await triggerWorkflow(db, {
+      circle,
+      // A pinned definition runs even after its workflow element was deleted.
+      element: element && element.state !== 'deleted' ? element : undefined,
+      parameters: (run.input as { parameters?: Record<string, unknown> } | null)?.parameters ?? {},
+      definitionHash: run.definition_hash ?? undefined,
+      trigger,
+      idempotencyKey,
+      rerunOf: run.id,
+      snapshotExtra,
+    });
+    return t.run;
+  }
   if (!element || element.state === 'deleted') {
     throw errors.conflict(
       'ELEMENT_GONE',
@@ -284,7 +346,6 @@ export async function rerun(
       `Operation ${run.operation} no longer exists.`,
       'Invoke another operation.',
     );
-  const trigger = { type: 'rerun', source: run.id, actor };
   if (run.kind !== 'batch') {
     const { run: next } = await submitRun(
       db,

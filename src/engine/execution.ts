@@ -6,6 +6,7 @@ import { snapshotOf, type RunRow } from '../store/runs.js';
 import { getType, getTypeOrUndefined, operationsOf } from '../elements/registry.js';
 import { recordInvocation } from '../telemetry/metrics.js';
 import type { EngineResources } from './resources.js';
+import { mediaTypeOf, PgFileStore, type FileRef } from '../store/files.js';
 
 /**
  * Execution: runs one operation of a run through its type's executor (an
@@ -76,17 +77,39 @@ export class ExecutionSystem {
       const exec = type.executors[run.operation];
       if (!op || !exec) throw new Error(`type ${type.type} has no executor for ${run.operation}`);
       // The run executes the definition it was created with (its snapshot), not whatever is current.
-      const spec = snapshotOf(run).element?.spec ?? {};
+      const snap = snapshotOf(run);
+      const spec = snap.element?.spec ?? {};
+      const circle = await this.circle(run.circle_id);
+      const store = new PgFileStore(this.r.db);
+      const inputs = snap.input_files ?? [];
       const result = await exec({
         db: this.r.db,
-        circle: await this.circle(run.circle_id),
+        circle,
         run,
         spec,
         input,
         signal,
         host: this.r.host,
         sandbox: this.r.sandbox,
+        files: {
+          inputs,
+          read: async (sha) => {
+            const b = await store.get(circle.id, sha);
+            if (!b) throw new Error(`input file sha256:${sha} is not a file of circle ${circle.slug}`);
+            return b;
+          },
+        },
       });
+      // Files it wrote: stored content-addressed for the circle, recorded as the item's output files.
+      const outFiles: FileRef[] = [];
+      for (const f of result.files ?? [])
+        outFiles.push(await store.put(circle.id, f.data, { name: f.name, media_type: mediaTypeOf(f.name) }));
+      const fileEvidence = {
+        ...(inputs.length > 0 ? { input_files: inputs } : {}),
+        ...(outFiles.length > 0 ? { output_files: outFiles.map((f) => ({ ...f })) } : {}),
+        ...(result.refusedFiles?.length ? { refused_files: result.refusedFiles } : {}),
+      };
+      result.evidence = { ...result.evidence, ...fileEvidence };
       // The run record's boundary: an output it cannot hold fails the run with the type's own code.
       const bad = findUnstorable(result.output ?? null);
       if (bad) {

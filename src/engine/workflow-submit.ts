@@ -19,6 +19,7 @@ import { compilePlan } from '../elements/workflow/plan.js';
 import { workflowSpec } from '../elements/workflow/spec.js';
 import { getWallet } from '../store/ledger.js';
 import { findByIdempotencyKey } from '../store/runs.js';
+import { fileRefsIn, PgFileStore, SHA256_RE } from '../store/files.js';
 import {
   getDefinition,
   insertWorkflowRun,
@@ -85,6 +86,21 @@ export async function triggerWorkflow(db: Db, req: WorkflowTriggerRequest): Prom
         .join('; ')}.`,
       details: schemaIssues(validate.errors),
       suggestion: `GET /api/${circle.slug}/${def.workflow.slug}/ops/get shows spec.parameters, the schema they must match.`,
+    });
+  // File references in the parameters must name files of this circle (never another's).
+  const refs = fileRefsIn(req.parameters);
+  const malformed = refs.filter((r) => !SHA256_RE.test(r));
+  const missing = malformed.length > 0 ? malformed : await new PgFileStore(db).missing(circle.id, refs);
+  if (missing.length > 0)
+    throw new CairnError({
+      code: 'FILE_NOT_FOUND',
+      class: 'validation',
+      message: `The parameters name ${missing.length === 1 ? 'a file' : 'files'} this circle does not have: ${missing
+        .slice(0, 5)
+        .map((m) => (SHA256_RE.test(m) ? `sha256:${m}` : JSON.stringify(m)))
+        .join(', ')}.`,
+      details: { missing },
+      suggestion: `Upload it first (POST /api/${circle.slug}/files answers {"$file": "sha256:<hex>"}), then trigger with that reference.`,
     });
   if (req.idempotencyKey) {
     const prior = await findByIdempotencyKey(db, circle.id, req.idempotencyKey);

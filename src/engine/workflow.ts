@@ -18,6 +18,7 @@ import { getType, operationsOf } from '../elements/registry.js';
 import { compilePlan, type Plan, type StepPlan } from '../elements/workflow/plan.js';
 import { workflowSpec } from '../elements/workflow/spec.js';
 import type { Logger } from '../telemetry/log.js';
+import { fileRefOf, PgFileStore, type FileRef } from '../store/files.js';
 import { letGoPaused } from '../store/batch.js';
 import { getRunsStatus, type RunRow } from '../store/runs.js';
 import {
@@ -119,7 +120,9 @@ class Orchestration {
         status: t.status,
         output: t.status === 'succeeded' || t.status === 'failed' ? (t.outputs ?? null) : null,
         error: t.error ?? null,
-        files: (t.evidence?.output_files as Record<string, unknown> | undefined) ?? {},
+        files: Object.fromEntries(
+          ((t.evidence?.output_files as FileRef[] | undefined) ?? []).map((f) => [f.name, f]),
+        ),
       };
     }
     const input = (this.run.input ?? {}) as { parameters?: unknown };
@@ -157,6 +160,23 @@ class Orchestration {
       p.step.timeout_ms !== undefined && 'timeout_ms' in pinned.element.spec
         ? { ...pinned.element.spec, timeout_ms: p.step.timeout_ms }
         : pinned.element.spec;
+    const wanted: { name: string; sha256: string }[] = [];
+    for (const [name, tpl] of p.files) {
+      let v: unknown;
+      try {
+        v = renderTemplate(tpl, this.scope());
+      } catch (e) {
+        return exprFailed(`step "${p.step.name}" files.${name}`, e);
+      }
+      const sha256 = fileRefOf(v);
+      if (!sha256)
+        return workflowError(
+          'WORKFLOW_FILE_INVALID',
+          `Step "${p.step.name}": files.${name} gave ${JSON.stringify(v)?.slice(0, 200)}, which is not a file.`,
+          'Map a file: ${{ steps.<step>.files[\'<name>\'] }}, a parameter {"$file": "sha256:<hex>"}, or "sha256:<hex>".',
+        );
+      wanted.push({ name, sha256 });
+    }
     const extra = { ...(this.run.snapshot as Record<string, unknown>) };
     delete extra.workflow_definition;
     delete extra.workflow;
@@ -183,6 +203,7 @@ class Orchestration {
       },
       timeout_ms: pinned.timeout_ms,
       attempt: t.attempt_count + 1,
+      files: wanted,
     };
   }
 
@@ -519,6 +540,11 @@ class Orchestration {
     return this.toStart.length === 0;
   }
 
+  /** Changes made after the last write (a task that could not start): write them before waiting. */
+  unwritten(): boolean {
+    return this.updates.size > 0 || this.toStart.length > 0;
+  }
+
   setPaused(p: boolean): void {
     this.paused = p;
   }
@@ -571,6 +597,37 @@ class Orchestration {
       const ok = await updateTasks(this.h.db, this.run.id, this.h.workerId, updates, this.counters());
       if (!ok) return false;
     }
+    // Input files: the circle must hold each one; the child's snapshot pins them (name, hash, size, type).
+    const store = new PgFileStore(this.h.db);
+    const ready: NewChild[] = [];
+    for (const c of starts) {
+      const pinned: FileRef[] = [];
+      let missing: string | undefined;
+      for (const f of c.files ?? []) {
+        const st = await store.stat(this.run.circle_id, f.sha256);
+        if (!st) {
+          missing = f.sha256;
+          break;
+        }
+        pinned.push({ ...st, name: f.name });
+      }
+      const t = this.tasks.get(c.key)!;
+      if (missing) {
+        this.set(t, {
+          status: 'failed',
+          error: workflowError(
+            'FILE_NOT_FOUND',
+            `Task ${c.key}: file sha256:${missing} is not a file of this circle.`,
+            'Upload it (POST /api/{circle}/files), or map a file an earlier step wrote.',
+          ),
+        });
+        continue;
+      }
+      if (pinned.length > 0) (c.snapshot as Record<string, unknown>).input_files = pinned;
+      delete c.files;
+      ready.push(c);
+    }
+    starts.splice(0, starts.length, ...ready);
     if (starts.length > 0) {
       const { unfunded } = await startTasks(this.h.db, this.run.id, this.h.workerId, starts);
       if (unfunded.length > 0) {
@@ -681,6 +738,7 @@ export async function runWorkflow(
           await finishWorkflow(h.db, run.id, h.workerId, end.status, end.output, end.error);
           return;
         }
+        if (o.unwritten()) continue;
         if (!o.hasRunning() && (await pausedNow(h.db, run.id))) {
           await letGoPaused(h.db, run.id, h.workerId);
           return;

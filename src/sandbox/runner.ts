@@ -99,6 +99,8 @@ export interface SandboxRequest {
   cwd?: string;
   /** Let the sandbox reach the network (only for module downloads, where no user code runs). */
   network?: boolean;
+  /** A writable /out of this many MiB (a tmpfs of the sandbox's own: full is full, the host disk is not touched). */
+  outMb?: number;
   /** Patterns on stderr that mean the program ran out of memory (runtime-specific). */
   oomMarkers?: RegExp[];
   signal?: AbortSignal;
@@ -176,6 +178,8 @@ export function bwrapArgs(req: SandboxRequest, limits: Limits, armed = false): s
   a.push('--dev', '/dev', '--proc', '/proc');
   a.push('--size', String(limits.tmpMb * 1024 * 1024), '--tmpfs', '/tmp');
   a.push('--size', String(DEV_SHM_MB * 1024 * 1024), '--tmpfs', '/dev/shm');
+  if (req.outMb)
+    a.push('--size', String(req.outMb * 1024 * 1024), '--tmpfs', '/out', '--chmod', '0777', '/out');
   a.push('--remount-ro', '/dev');
   a.push('--remount-ro', '/');
   for (const [k, v] of Object.entries(req.env ?? {})) a.push('--setenv', k, v);
@@ -458,7 +462,15 @@ async function launch(
 }
 
 function standbyKey(req: SandboxRequest, limits: Limits): string {
-  return JSON.stringify([req.argv, req.binds, req.env ?? {}, limits, req.cwd ?? null, Boolean(req.network)]);
+  return JSON.stringify([
+    req.argv,
+    req.binds,
+    req.env ?? {},
+    limits,
+    req.cwd ?? null,
+    Boolean(req.network),
+    req.outMb ?? 0,
+  ]);
 }
 
 /**

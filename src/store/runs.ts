@@ -27,6 +27,8 @@ export interface RunSnapshot {
     [k: string]: unknown;
   };
   earlier_definitions?: unknown[];
+  /** Files the run reads (a workflow task's `files:`), mounted at /in. */
+  input_files?: { name: string; sha256: string; size: number; media_type: string }[];
   [k: string]: unknown;
 }
 

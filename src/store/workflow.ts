@@ -267,6 +267,8 @@ export interface NewChild {
   snapshot: unknown;
   timeout_ms: number;
   attempt: number;
+  /** Files to mount at /in (resolved into the snapshot before the child is written). */
+  files?: { name: string; sha256: string }[];
 }
 
 /**
@@ -443,4 +445,63 @@ export async function childrenLeft(q: Queryable, runId: string): Promise<string[
     [runId],
   );
   return r.rows.map((x) => x.id);
+}
+
+/**
+ * retry-failed of a workflow run: its failed (and cancelled) tasks and the
+ * tasks skipped because of them go back to pending in the same run (a
+ * for_each step whose tasks failed goes back to running: its failed tasks
+ * run again), their attempts go on, and the run is queued again with `reserve`
+ * held for them. Tasks skipped by their `when` stay skipped. Undefined when
+ * the run is not failed or completed, or the wallet cannot cover `reserve`.
+ */
+export async function retryWorkflowTasks(
+  q: Queryable,
+  runId: string,
+  actor: string,
+  reserve: number,
+  fanSteps: string[],
+): Promise<{ run: RunRow; retried: number } | undefined> {
+  const r = await q.query<RunRow & { retried: number; prev: string }>(
+    `WITH x AS (SELECT id, status AS prev, circle_id FROM cairn.runs WHERE id = $1 AND status IN ('failed', 'completed')
+       FOR UPDATE),
+     t AS (SELECT i.id, i.key FROM cairn.items i, x WHERE i.run_id = x.id AND (i.status IN ('failed', 'cancelled')
+       OR (i.status = 'skipped' AND i.evidence ? 'skipped_because'))),
+     res AS (SELECT x.*, (SELECT count(*) FROM t)::int AS n, CASE WHEN $3::bigint = 0 THEN true
+       ELSE cairn.ledger_reserve(x.id::text || ':reserve:' ||
+         (SELECT count(*) FROM cairn.ledger_transfers l WHERE l.run_id = x.id AND l.kind = 'reserve'),
+         x.circle_id, x.id, $3::bigint, $2) END AS ok FROM x),
+     it AS (UPDATE cairn.items i SET status = CASE WHEN i.key = ANY($4::text[]) THEN 'running' ELSE 'pending' END,
+         error = NULL, outputs = NULL, finished_at = NULL, retry_at = NULL, duration_ms = NULL,
+         evidence = i.evidence - 'skipped_because' - 'awaiting' - 'decision'
+       FROM t, res WHERE res.ok AND res.n > 0 AND i.id = t.id),
+     u AS (UPDATE cairn.runs r SET status = 'queued', worker_id = NULL, lease_expires_at = NULL,
+         run_after = clock_timestamp(), finished_at = NULL, duration_ms = NULL, error = NULL, output = NULL,
+         credits_reserved = r.credits_reserved + $3::bigint
+       FROM res WHERE res.ok AND res.n > 0 AND r.id = res.id RETURNING r.*, res.prev, res.n AS retried),
+     e AS (INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
+       SELECT u.id, u.circle_id, 'control', u.prev, 'queued', $2,
+         jsonb_build_object('action', 'retry-failed', 'tasks', u.retried,
+           'task_names', (SELECT jsonb_agg(t.key ORDER BY t.key) FROM t)) FROM u)
+     SELECT u.*, pg_notify('cairn_run_queued', u.id::text) AS _n FROM u`,
+    [runId, actor, reserve, fanSteps],
+  );
+  const row = r.rows[0];
+  if (!row) return undefined;
+  const retried = Number(row.retried);
+  const o = { ...row } as Record<string, unknown>;
+  delete o.prev;
+  delete o.retried;
+  delete o._n;
+  return { run: runRow(o as unknown as RunRow), retried };
+}
+
+/** Tasks retry-failed would run again (failed, cancelled, or skipped because of a failure). */
+export async function retryableTasks(q: Queryable, runId: string): Promise<string[]> {
+  const r = await q.query<{ key: string }>(
+    `SELECT key FROM cairn.items WHERE run_id = $1 AND (status IN ('failed', 'cancelled')
+       OR (status = 'skipped' AND evidence ? 'skipped_because'))`,
+    [runId],
+  );
+  return r.rows.map((x) => x.key);
 }

@@ -8,7 +8,14 @@ import { cacheRoot } from '../../sandbox/exec-helper.js';
 import type { Sandbox, SandboxResult } from '../../sandbox/runner.js';
 import { nodeRuntime, pythonRuntime, type Runtime } from '../../sandbox/runtimes.js';
 import { declaredError } from '../errors.js';
-import { readEnvelope, sandboxEvidence } from '../code-action.js';
+import {
+  fileMounts,
+  filesOf,
+  OUT_MB,
+  readEnvelope,
+  sandboxEvidence,
+  type ResultEnvelope,
+} from '../code-action.js';
 import { LOGS_OP } from '../logs-op.js';
 import {
   defineOp,
@@ -263,13 +270,13 @@ function stage(l: Lang, spec: ScriptSpec, deps: Deps | undefined): { dir: string
   return { dir, key };
 }
 
-function interpret(l: Lang, r: SandboxResult, spec: ScriptSpec): unknown {
+function interpret(l: Lang, r: SandboxResult, spec: ScriptSpec): { output: unknown; env: ResultEnvelope } {
   const fail = (code: string, message: string, details?: unknown) =>
     declaredError(errorTable(l), `${l.prefix}_${code}`, message, details);
   const env = readEnvelope(r, spec, fail);
   switch (env.kind) {
     case 'ok':
-      return env.output ?? null;
+      return { output: env.output ?? null, env };
     case 'syntax_error':
       throw fail('SYNTAX_ERROR', `Syntax error: ${env.error}`);
     case 'no_handler':
@@ -295,14 +302,24 @@ function executor(l: Lang) {
       ctx.signal,
       ctx.host,
       {},
+      ctx.files,
     );
     const flags = r.sandboxed ? [] : ['unsandboxed'];
     try {
-      const output = interpret(l, r, spec);
+      const { output, env } = interpret(l, r, spec);
+      const { files, refused } = filesOf(env);
       return {
         output,
         flags,
-        evidence: { ...evidence, output_hashes: { output: 'sha256:' + sha256Hex(canonicalJson(output)) } },
+        files,
+        refusedFiles: refused,
+        evidence: {
+          ...evidence,
+          output_hashes: {
+            output: 'sha256:' + sha256Hex(canonicalJson(output)),
+            ...Object.fromEntries(files.map((f) => [`out/${f.name}`, 'sha256:' + sha256Hex(f.data)])),
+          },
+        },
       };
     } catch (caught) {
       const e = thrown(caught);
@@ -321,6 +338,7 @@ async function runScript(
   signal: AbortSignal,
   host: string,
   extraEnv: Record<string, string>,
+  files?: ExecContext['files'],
 ) {
   const rt = l.runtime();
   let deps: Deps | undefined;
@@ -338,23 +356,38 @@ async function runScript(
   const mount = deps ? l.deps.mount(deps, !sb.disabled) : { binds: [], env: {} };
   const stdin = JSON.stringify(input ?? {});
   const argv = l.argv(rt, spec.memory_mb);
-  const r = await sb.run({
-    argv,
-    binds: [...rt.binds, { src: dir, dest: '/fn' }, ...mount.binds],
-    env: { ...rt.env, ...spec.env, ...mount.env, ...extraEnv },
-    stdin,
-    limits: { timeoutMs: spec.timeout_ms, memoryMb: spec.memory_mb },
-    oomMarkers: l.oom,
-    signal,
-    // Invokes start from a sandbox made ahead of time; a one-off check does not.
-    standby: Object.keys(extraEnv).length === 0,
-  });
+  const fm = files ? await fileMounts(sb, files) : undefined;
+  let r: SandboxResult;
+  try {
+    r = await sb.run({
+      argv,
+      binds: [...rt.binds, { src: dir, dest: '/fn' }, ...mount.binds, ...(fm?.binds ?? [])],
+      env: { ...rt.env, ...spec.env, ...mount.env, ...extraEnv, ...(fm?.env ?? {}) },
+      stdin,
+      // The files of /out travel in the result envelope (base64): room for them beyond the output's.
+      limits: {
+        timeoutMs: spec.timeout_ms,
+        memoryMb: spec.memory_mb,
+        ...(fm ? { resultBytes: 6 * 1024 * 1024 + Math.ceil(OUT_MB * 1.4) * 1024 * 1024 } : {}),
+      },
+      outMb: fm?.outMb,
+      oomMarkers: l.oom,
+      signal,
+      // Invokes start from a sandbox made ahead of time; a one-off check, or a run with input files, does not.
+      standby: Object.keys(extraEnv).length === 0 && (fm?.standbyOk ?? true),
+    });
+  } finally {
+    fm?.cleanup();
+  }
   const evidence: Record<string, unknown> = {
     command: argv,
     toolchain: { runtime: rt.name, version: rt.version, wrapper: SCRIPT_WRAPPER_VERSION },
     source_hash: 'sha256:' + key,
     dependencies: deps ? { key: deps.key, cached: deps.cached } : null,
-    input_hashes: { stdin: 'sha256:' + sha256Hex(stdin) },
+    input_hashes: {
+      stdin: 'sha256:' + sha256Hex(stdin),
+      ...Object.fromEntries((files?.inputs ?? []).map((f) => [`in/${f.name}`, 'sha256:' + f.sha256])),
+    },
     ...sandboxEvidence(r, spec),
     host,
     timing: { run_ms: Math.round(r.durationMs * 1000) / 1000 },

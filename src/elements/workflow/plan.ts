@@ -17,6 +17,8 @@ export interface StepPlan {
   input: Template;
   when?: Template;
   forEach?: Template;
+  /** Files mounted at /in, by name. */
+  files: [string, Template][];
 }
 
 export interface Plan {
@@ -85,10 +87,15 @@ export function compilePlan(spec: WorkflowSpec): Plan {
           { step: s.name, items: s.for_each.length, max_items: s.max_items },
         );
     }
+    const files: [string, Template][] = Object.entries(s.files).map(([n, v]) => [
+      n,
+      compile(v, `${where} files.${n}`),
+    ]);
     const exprs: Expr[] = [
       ...exprsOf(input),
       ...(when ? exprsOf(when) : []),
       ...(forEach ? exprsOf(forEach) : []),
+      ...files.flatMap(([, t]) => exprsOf(t)),
     ];
     const deps = new Set(s.needs);
     for (const e of exprs) {
@@ -124,7 +131,7 @@ export function compilePlan(spec: WorkflowSpec): Plan {
           { step: s.name, unknown: d },
         );
     }
-    plans.set(s.name, { step: s, deps: [...deps], input, when, forEach });
+    plans.set(s.name, { step: s, deps: [...deps], input, when, forEach, files });
   }
   const outputs = compile(spec.outputs, 'outputs');
   for (const e of exprsOf(outputs)) {

@@ -54,6 +54,12 @@ export const workflowStep = z
       .max(3_600_000)
       .optional()
       .describe("The task's time limit (default: its element's)"),
+    files: z
+      .record(z.string().regex(/^(?!\.{1,2}$)[^/\\\0]{1,255}$/, 'a file name is one path segment'), z.json())
+      .default({})
+      .describe(
+        'Files mounted read-only at /in/<name>: ${{ steps.a.files[\'report.csv\'] }}, ${{ parameters.data }} ({"$file": "sha256:…"}) or "sha256:<hex>"',
+      ),
     continue_on_error: z
       .boolean()
       .default(false)
