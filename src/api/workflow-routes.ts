@@ -9,6 +9,7 @@ import { getCircleById, type CircleRow } from '../store/circles.js';
 import { getElement } from '../store/elements.js';
 import { decideTask, loadTasks, type TaskRow } from '../store/workflow.js';
 import { CairnError } from '../core/errors.js';
+import { canonicalJson, sha256Hex } from '../core/hash.js';
 import { schemaIssues, validatorOf } from '../core/json-schema.js';
 import type { Role } from '../core/status.js';
 import type { WorkflowTriggered } from '../elements/types.js';
@@ -39,6 +40,20 @@ export function taskView(t: TaskRow) {
     finished_at: t.finished_at,
     duration_ms: t.duration_ms,
     retry_at: t.status === 'retrying' ? t.retry_at : null,
+    // Seed 001's task evidence, the same fields for every kind of step (null where a step has none).
+    command: ev.command ?? null,
+    toolchain: ev.toolchain ?? null,
+    toolchain_hash: ev.toolchain ? 'sha256:' + sha256Hex(canonicalJson(ev.toolchain)) : null,
+    input_hashes: ev.input_hashes ?? null,
+    output_hashes: ev.output_hashes ?? null,
+    input_files: ev.input_files ?? [],
+    output_files: ev.output_files ?? [],
+    output_variables: t.status === 'succeeded' ? (t.outputs ?? null) : null,
+    exit_code: ev.exit_code ?? null,
+    stdout: ev.stdout ?? null,
+    stderr: ev.stderr ?? null,
+    timing: ev.timing ?? null,
+    host: ev.host ?? null,
     // Who may decide, and until when, while the task waits for approval.
     awaiting: t.status === 'running' && ev.awaiting && !ev.decision ? ev.awaiting : null,
     decision: ev.decision ?? null,

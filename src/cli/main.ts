@@ -5,6 +5,7 @@ import { EXIT } from './client.js';
 import { registerServe } from './commands/serve.js';
 import { registerClientCommands } from './commands/client-commands.js';
 import { registerBatchCommands } from './commands/batch-commands.js';
+import { registerWorkflowCommands } from './commands/workflow-commands.js';
 import { renderError } from './output.js';
 
 // A closed stdout (`cairn wallet | head -1`) ends the CLI quietly, as SIGPIPE would: status 128 + 13.
@@ -23,6 +24,7 @@ const program = new Command('cairn')
 registerServe(program);
 registerClientCommands(program);
 registerBatchCommands(program);
+registerWorkflowCommands(program);
 
 try {
   await program.parseAsync(process.argv);

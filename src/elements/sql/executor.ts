@@ -9,6 +9,8 @@ import { codeForSqlState, sqlError } from './errors.js';
 
 export type { SqlSpec } from './spec.js';
 
+const EMPTY_STREAM = { bytes: 0, sha256: 'sha256:' + sha256Hex(''), truncated: false };
+
 /**
  * Runs the element's one statement as the circle's role, in the circle's
  * schema, inside a transaction that is rolled back on any error (a row cap or
@@ -91,6 +93,9 @@ export async function invokeSql(ctx: ExecContext<SqlSpec, SqlInvokeInput>): Prom
       input_hashes: { params: 'sha256:' + sha256Hex(canonicalJson(params)) },
       output_hashes: { output: 'sha256:' + sha256Hex(canonicalJson(output)) },
       exit_code: 0,
+      // A statement has no process streams: it wrote nothing to stdout or stderr.
+      stdout: EMPTY_STREAM,
+      stderr: EMPTY_STREAM,
       role: ctx.circle.role_name,
       read_only: g.readOnly,
       host: ctx.host,
