@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
 import { cpus } from 'node:os';
 import type { Db } from '../src/db/types.js';
 import { getCircleBySlug } from '../src/store/circles.js';
@@ -41,9 +41,11 @@ export function writeSection(name: string, markdown: string): void {
     'engine-throughput',
     'invoke-latency',
     'embedded',
+    'history',
     'code-actions',
     'run-record',
     'batch-ledger',
+    'workflow',
   ];
   // A section not measured on this machine yet keeps what results.md has for it (by its heading).
   const headings: Record<string, string> = {
@@ -54,6 +56,7 @@ export function writeSection(name: string, markdown: string): void {
     'code-actions': '## Code actions',
     'run-record': '## Run record',
     'batch-ledger': '## Batch runs and the ledger',
+    workflow: '## Workflows against invoke runs',
   };
   const current = existsSync(RESULTS) ? readFileSync(RESULTS, 'utf8') : '';
   const kept = (n: string): string | undefined => {
@@ -150,4 +153,36 @@ export async function tableBytes(db: Db): Promise<Record<string, number>> {
      JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'cairn' AND c.relkind = 'r'`,
   );
   return Object.fromEntries(r.rows.map((x) => [x.t, Number(x.b)]));
+}
+
+const TICK_MS = 10; // USER_HZ = 100
+
+/** CPU ms of every process whose command is postgres (its backends and background workers). */
+export function postgresCpuMs(): number {
+  let ticks = 0;
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      if (comm !== 'postgres') continue;
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(f[11]) + Number(f[12]); // utime, stime
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return ticks * TICK_MS;
+}
+
+/** CPU ms the whole machine spent busy (all cores, every process). */
+export function machineBusyMs(): number {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const idle = f[3]! + f[4]!;
+  return (f.reduce((a, b) => a + b, 0) - idle) * TICK_MS;
+}
+
+export function nodeCpuMs(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
 }

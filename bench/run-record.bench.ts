@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -13,7 +13,16 @@ import { parseElementsYaml } from '../src/yaml.js';
 import { registerInvokeType } from '../test/helpers/types.js';
 import { cloneTemplate } from '../test/helpers/pg-server.js';
 import type { Db } from '../src/db/types.js';
-import { invokeRunsPerSecond, machine, median, writeSection, concurrently } from './lib.js';
+import {
+  invokeRunsPerSecond,
+  machine,
+  median,
+  writeSection,
+  concurrently,
+  postgresCpuMs,
+  machineBusyMs,
+  nodeCpuMs,
+} from './lib.js';
 
 /**
  * Where the CPU of a sandboxed run goes on these 2 cores: the Node process
@@ -27,7 +36,6 @@ import { invokeRunsPerSecond, machine, median, writeSection, concurrently } from
 const M = Number(process.env.BENCH_RUNS ?? 600);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const TOKEN = 'cairn_bench_' + randomBytes(12).toString('hex');
-const TICK_MS = 10; // USER_HZ = 100
 
 registerInvokeType({
   type: 'bench-noop',
@@ -35,36 +43,6 @@ registerInvokeType({
   input: z.object({}).passthrough(),
   invoke: async () => ({ output: { ok: true }, evidence: { command: ['noop'] } }),
 });
-
-/** CPU ms of every process whose command is postgres (its backends and background workers). */
-function postgresCpuMs(): number {
-  let ticks = 0;
-  for (const pid of readdirSync('/proc')) {
-    if (!/^\d+$/.test(pid)) continue;
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-      if (comm !== 'postgres') continue;
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      ticks += Number(f[11]) + Number(f[12]); // utime, stime
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return ticks * TICK_MS;
-}
-
-/** CPU ms the whole machine spent busy (all cores, every process). */
-function machineBusyMs(): number {
-  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-  const idle = f[3]! + f[4]!;
-  return (f.reduce((a, b) => a + b, 0) - idle) * TICK_MS;
-}
-
-function nodeCpuMs(): number {
-  const u = process.cpuUsage();
-  return (u.user + u.system) / 1000;
-}
 
 interface Split {
   rate: number;

@@ -7,6 +7,7 @@ import { PgDb } from '../src/db/pg.js';
 import { PgliteDb } from '../src/db/pglite.js';
 import { migrate } from '../src/db/migrate.js';
 import { startPgServer, withDatabase } from './helpers/pg-server.js';
+import { ensureBuilt } from './helpers/bin.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -21,6 +22,9 @@ declare module 'vitest' {
  * (each test file loads it) — a fresh PGlite costs seconds, a load far less.
  */
 export default async function setup(project: TestProject) {
+  // dist/ once, before any test file runs: black-box tests run bin/cairn, and two files building it
+  // at once (or one running it while another rewrites it) would race.
+  ensureBuilt();
   // Benchmarks break PostgreSQL time down by statement; tests do not pay for it.
   const server = await startPgServer({
     statements: project.config.include.some((p) => p.startsWith('bench/')),

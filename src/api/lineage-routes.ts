@@ -35,6 +35,7 @@ export function lineagePlanOf(def: WorkflowDefinition | undefined): LineagePlan 
         ...exprsOf(p.input),
         ...(p.when ? exprsOf(p.when) : []),
         ...(p.forEach ? exprsOf(p.forEach) : []),
+        ...p.files.flatMap(([, t]) => exprsOf(t)),
       ];
       const pinned = def.steps[p.step.name];
       return {

@@ -37,25 +37,58 @@ export interface BatchHost {
 }
 
 /** Control signals reach a running batch through this (NOTIFY, heartbeat). */
+/** A child run this worker settled, as its orchestrator (in this process) absorbs it without a read. */
+export interface ChildEnd {
+  id: string;
+  status: string;
+  output: unknown;
+  error: ErrorBody | null;
+  credits: number;
+  evidence: Record<string, unknown>;
+}
+
 export class BatchControl {
   private waiters: (() => void)[] = [];
+  /** Children settled in this process since the orchestrator last looked. */
+  readonly ended: ChildEnd[] = [];
+  /** Something may have changed that only the database knows (a NOTIFY, the first turn, a poll). */
+  remote = true;
+  /** A wake that came while nobody waited: the next wait returns at once (no wake is lost). */
+  private woken = false;
   /** Set when the run's status must be re-read (pause). */
   dirty = false;
   poke(): void {
     this.dirty = true;
+    this.wake();
+  }
+  /** Something changed that the loop should look at (a child run ended), without a status re-read. */
+  wake(): void {
+    this.remote = true;
+    this.woken = true;
+    this.wakeAll();
+  }
+  /** A child run settled by this very worker: its end travels here, no read needed. */
+  childSettled(c: ChildEnd): void {
+    this.ended.push(c);
+    this.woken = true;
     this.wakeAll();
   }
   wakeAll(): void {
     for (const w of this.waiters.splice(0)) w();
   }
-  /** Resolves on the next wake, or after `ms`. */
+  /** Resolves on the next wake (at once if one came since the last wait), or after `ms`. */
   wait(ms: number): Promise<void> {
+    if (this.woken) {
+      this.woken = false;
+      return Promise.resolve();
+    }
     return new Promise((resolve) => {
-      const t = setTimeout(done, ms);
-      function done() {
+      const done = () => {
         clearTimeout(t);
+        this.woken = false;
         resolve();
-      }
+      };
+      const t = setTimeout(done, ms);
       this.waiters.push(done);
     });
   }

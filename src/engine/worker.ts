@@ -7,7 +7,7 @@ import { watchHealth } from '../telemetry/metrics.js';
 import { silentLogger, type Logger } from '../telemetry/log.js';
 import { BatchControl, runBatch, type BatchHost } from './batch.js';
 import { ExecutionSystem } from './execution.js';
-import { runWorkflow } from './workflow.js';
+import { runWorkflow, type WorkflowHost } from './workflow.js';
 import { WorkerHealth, type WorkerHealthReport } from './health.js';
 import { expireDueGrants, LeaseSystem } from './leases.js';
 import { RetentionSystem, type RetentionPass } from './retention.js';
@@ -106,9 +106,11 @@ export class Worker {
   private timers: NodeJS.Timeout[] = [];
   private unlisten: (() => Promise<void>)[] = [];
   private idleWaiters: (() => void)[] = [];
+  /** Child runs this worker settled and told their orchestrator about (their NOTIFY is skipped). */
+  private readonly selfSettled = new Set<string>();
   /** Callers waiting for a run of theirs to be settled (direct slots). */
   private readonly settledWaiters = new Map<string, (s: Settled | undefined) => void>();
-  private readonly batchHost: BatchHost;
+  private readonly batchHost: BatchHost & WorkflowHost;
   /** How the shared statements fare (diagnostics, /metrics, /healthz). */
   readonly health = new WorkerHealth();
   private readonly stopWaiters = new Set<() => void>();
@@ -162,12 +164,29 @@ export class Worker {
       runOnce: (run, input, signal) => this.runOnce(run, input, signal),
       health: this.health,
       rejected: (item, e) => rejectedSettlement(item, e, { host: this.host, worker: this.id }),
+      directSlot: () => this.directSlot(),
     };
   }
 
   /** The settlement system wrote `s` (row: what changed; undefined when the run had changed meanwhile). */
   private settled(s: Settlement, row: SettledRun | undefined): void {
+    // A child of a workflow this worker orchestrates: its orchestrator absorbs the end from here
+    // (no read), and this worker skips the NOTIFY the settle sends about it.
+    const parent = this.inflight.get(s.id)?.run.parent_run_id;
     this.inflight.delete(s.id);
+    const control = parent ? this.inflight.get(parent)?.control : undefined;
+    if (control && row) {
+      if (this.selfSettled.size > 10_000) this.selfSettled.clear(); // notifications lost: at worst one extra read
+      this.selfSettled.add(s.id);
+      control.childSettled({
+        id: s.id,
+        status: row.status,
+        output: s.output,
+        error: s.error,
+        credits: row.credits_used,
+        evidence: s.evidence,
+      });
+    } else control?.wake();
     // After bulk work on the embedded database, maintain it now rather than at the next tick.
     if (++this.settledSinceMaintenance >= 10_000 && this.db.kind === 'pglite') void this.maintain();
     const w = this.settledWaiters.get(s.id);
@@ -190,6 +209,14 @@ export class Worker {
     );
     this.unlisten.push(
       await this.db.listen('cairn_run_control', (id) => this.inflight.get(id)?.control?.poke()),
+    );
+    // A child run of a workflow this worker orchestrates ended (or a task was decided): look now.
+    this.unlisten.push(
+      await this.db.listen('cairn_run_child', (payload) => {
+        const [parent, child] = payload.split(':');
+        if (child && this.selfSettled.delete(child)) return; // settled here: its orchestrator knows
+        this.inflight.get(parent!)?.control?.wake();
+      }),
     );
     this.timers.push(setInterval(() => void this.beat(), Math.max(50, Math.floor(this.leaseMs / 3))));
     this.timers.push(setInterval(() => void this.reap(), this.reapMs));

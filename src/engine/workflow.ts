@@ -27,21 +27,29 @@ import {
   finishWorkflow,
   getDefinition,
   loadTasks,
-  startTasks,
-  updateTasks,
+  advanceTasks,
   type Decision,
   type NewChild,
   type TaskRow,
   type TaskUpdate,
   type WorkflowDefinition,
 } from '../store/workflow.js';
-import type { BatchControl } from './batch.js';
+import type { BatchControl, ChildEnd } from './batch.js';
 import { TASK_ORD_STRIDE } from './workflow-submit.js';
 
 export interface WorkflowHost {
   db: Db;
   workerId: string;
   log: Logger;
+  /** A free slot of this worker for a child run it starts already claimed (no queue round trip). */
+  directSlot?: () => DirectSlot | undefined;
+}
+
+/** A slot of the orchestrating worker (the worker's DirectSlot, as the orchestrator uses it). */
+export interface DirectSlot {
+  claim: { workerId: string; host: string; leaseMs: number };
+  run(run: RunRow): Promise<unknown>;
+  release(): void;
 }
 
 const TERMINAL = new Set(['succeeded', 'failed', 'skipped', 'cancelled']);
@@ -252,6 +260,27 @@ class Orchestration {
     }
   }
 
+  /** Children this worker settled itself: the same as a read of them, from memory. */
+  absorbLocal(ends: ChildEnd[]): void {
+    const byChild = new Map<string, TaskRow>();
+    for (const t of this.tasks.values()) if (t.child_run_id) byChild.set(t.child_run_id, t);
+    const rows: TaskRow[] = [];
+    for (const c of ends) {
+      const t = byChild.get(c.id);
+      if (!t) continue;
+      rows.push({
+        ...t,
+        child_status: c.status,
+        child_output: c.output,
+        child_error: c.error,
+        child_credits: c.credits,
+        child_duration_ms: null,
+        child_evidence: c.evidence,
+      });
+    }
+    this.absorb(rows);
+  }
+
   /** Records what ended children did to their tasks. */
   absorb(ended: TaskRow[]): void {
     for (const row of ended) {
@@ -415,6 +444,7 @@ class Orchestration {
     t.status = 'running';
     t.inputs = c.input;
     t.attempt_count = c.attempt;
+    t.child_run_id = c.id;
     if (!this.updates.get(t.key)?.isNew) this.updates.delete(t.key);
   }
 
@@ -589,14 +619,7 @@ class Orchestration {
 
   /** Writes what changed and starts what is ready; false when the lease is gone. */
   async flush(): Promise<boolean> {
-    const updates = [...this.updates.values()];
-    this.updates.clear();
     const starts = this.toStart.splice(0);
-    // New tasks first (a fan-out's), so their children can point at them.
-    if (updates.length > 0 || starts.length > 0) {
-      const ok = await updateTasks(this.h.db, this.run.id, this.h.workerId, updates, this.counters());
-      if (!ok) return false;
-    }
     // Input files: the circle must hold each one; the child's snapshot pins them (name, hash, size, type).
     const store = new PgFileStore(this.h.db);
     const ready: NewChild[] = [];
@@ -611,9 +634,9 @@ class Orchestration {
         }
         pinned.push({ ...st, name: f.name });
       }
-      const t = this.tasks.get(c.key)!;
+      delete c.files;
       if (missing) {
-        this.set(t, {
+        this.set(this.tasks.get(c.key)!, {
           status: 'failed',
           error: workflowError(
             'FILE_NOT_FOUND',
@@ -624,27 +647,56 @@ class Orchestration {
         continue;
       }
       if (pinned.length > 0) (c.snapshot as Record<string, unknown>).input_files = pinned;
-      delete c.files;
       ready.push(c);
     }
-    starts.splice(0, starts.length, ...ready);
-    if (starts.length > 0) {
-      const { unfunded } = await startTasks(this.h.db, this.run.id, this.h.workerId, starts);
-      if (unfunded.length > 0) {
-        const byId = new Map([...this.tasks.values()].map((t) => [t.id, t]));
-        for (const id of unfunded) {
-          const t = byId.get(id)!;
-          this.set(t, {
-            status: 'failed',
-            error: {
-              code: 'INSUFFICIENT_CREDITS',
-              class: 'payment',
-              message: `Task ${t.key} could not start: the wallet cannot cover its reservation.`,
-              retryable: false,
-              _suggestion: 'Add credit to the circle, then retry-failed the run.',
-            },
-          });
-        }
+    const updates = [...this.updates.values()];
+    this.updates.clear();
+    if (updates.length === 0 && ready.length === 0) return true;
+    // Children this worker has free slots for start here, already claimed; the rest go to the queue.
+    const slots = new Map<string, DirectSlot>();
+    for (const c of ready) {
+      const slot = this.h.directSlot?.();
+      if (!slot) break;
+      slots.set(c.id, slot);
+      c.direct = true;
+    }
+    const claim = slots.size > 0 ? [...slots.values()][0]!.claim : undefined;
+    let result;
+    try {
+      result = await advanceTasks(
+        this.h.db,
+        this.run.id,
+        this.h.workerId,
+        updates,
+        this.counters(),
+        ready,
+        claim,
+      );
+    } catch (e) {
+      for (const sl of slots.values()) sl.release();
+      throw e;
+    }
+    for (const run of result.claimed) {
+      const slot = slots.get(run.id)!;
+      slots.delete(run.id);
+      void slot.run(run);
+    }
+    for (const sl of slots.values()) sl.release(); // not created (unfunded, or the lease was gone)
+    if (!result.lease) return false;
+    if (result.unfunded.length > 0) {
+      const byId = new Map([...this.tasks.values()].map((t) => [t.id, t]));
+      for (const id of result.unfunded) {
+        const t = byId.get(id)!;
+        this.set(t, {
+          status: 'failed',
+          error: {
+            code: 'INSUFFICIENT_CREDITS',
+            class: 'payment',
+            message: `Task ${t.key} could not start: the wallet cannot cover its reservation.`,
+            retryable: false,
+            _suggestion: 'Add credit to the circle, then retry-failed the run.',
+          },
+        });
       }
     }
     return true;
@@ -726,7 +778,13 @@ export async function runWorkflow(
           if (!s || (s.status !== 'running' && s.status !== 'paused')) return; // cancelled, or recovered elsewhere
           o.setPaused(s.status === 'paused');
         }
-        o.absorb(await endedChildren(h.db, run.id));
+        // Children settled by this worker arrive in memory; only a wake from elsewhere needs a read.
+        const local = control.ended.splice(0);
+        if (local.length > 0) o.absorbLocal(local);
+        if (control.remote) {
+          control.remote = false;
+          o.absorb(await endedChildren(h.db, run.id));
+        }
         for (const late of o.overdue())
           await decideTask(h.db, run.id, late.key, ...timedOut(late.on_timeout));
         const awaiting = o.awaitingKeys();
@@ -744,7 +802,11 @@ export async function runWorkflow(
           return;
         }
         const due = o.nextDue();
-        await control.wait(Math.max(5, Math.min(due ?? 1_000, 1_000)));
+        const before = Date.now();
+        const wait = Math.max(5, Math.min(due ?? 1_000, 1_000));
+        await control.wait(wait);
+        // Woken by nothing (the poll): look at the database, a notification may have been lost.
+        if (Date.now() - before >= wait && control.ended.length === 0) control.remote = true;
       } catch (e) {
         h.log.error({ err: e, run: run.id }, 'workflow step failed; retrying');
         await control.wait(500);

@@ -221,7 +221,7 @@ export async function decideTask(
        RETURNING i.run_id, i.circle_id, i.key),
      e AS (INSERT INTO cairn.run_events (run_id, circle_id, type, actor, data)
        SELECT u.run_id, u.circle_id, 'approval', $6, jsonb_build_object('task', u.key) || $4::jsonb FROM u)
-     SELECT u.key, pg_notify('cairn_run_control', u.run_id::text) AS _n FROM u`,
+     SELECT u.key, pg_notify('cairn_run_child', u.run_id::text) AS _n FROM u`,
     [
       runId,
       key,
@@ -269,43 +269,90 @@ export interface NewChild {
   attempt: number;
   /** Files to mount at /in (resolved into the snapshot before the child is written). */
   files?: { name: string; sha256: string }[];
+  /** Insert it already claimed by the orchestrating worker (a free slot of its own). */
+  direct?: boolean;
 }
 
 /**
- * Starts tasks: each gets a queued child run (funded from what the parent
- * reserved, else from the wallet), its item goes running with the child's id,
- * and both runs' audit trails say so. Only under the orchestrator's lease.
- * Returns the tasks whose child could not be funded (the wallet ran dry).
+ * One round of the orchestrator, in one statement: the task changes it
+ * computed (with one audit event each, and the run's counters), then the
+ * tasks it starts — each a child run (funded from what the parent reserved,
+ * else from the wallet; inserted already claimed when this worker has a free
+ * slot for it, else queued), its item running with the child's id, both runs'
+ * audit trails saying so. Only under the orchestrator's lease: `lease` is
+ * false when it is gone (nothing was written). A change and a start of the
+ * same task cannot share a statement (the start would not see the change):
+ * `advanceTasks` splits those into two.
  */
-export async function startTasks(
+async function advanceOnce(
   q: Queryable,
   runId: string,
   workerId: string,
+  updates: TaskUpdate[],
+  counters: Counters,
   children: NewChild[],
-): Promise<{ started: string[]; unfunded: string[] }> {
-  if (children.length === 0) return { started: [], unfunded: [] };
-  const r = await q.query<{ task: string; ok: boolean }>(
-    `WITH p AS (SELECT id, circle_id, root_run_id, trace_id FROM cairn.runs
+  claim?: { host: string; leaseMs: number },
+): Promise<Advanced> {
+  const r = await q.query<
+    RunRow & { lease: number; task: string | null; ok: boolean | null; claimed_id: string | null }
+  >(
+    `WITH u_p AS (SELECT id, circle_id FROM cairn.runs WHERE id = $1 AND worker_id = $2
+       AND status IN ('running', 'paused')),
+     u_src AS (SELECT * FROM jsonb_to_recordset($3::jsonb) AS x(id uuid, key text, status text, ord int,
+       "isNew" boolean, inputs jsonb, outputs jsonb, error jsonb, credits bigint, evidence jsonb, retry_in_ms int,
+       reason text, child_run_id uuid)),
+     u_ins AS (INSERT INTO cairn.items (id, run_id, circle_id, key, ord, status, inputs)
+       SELECT u_src.id, u_p.id, u_p.circle_id, u_src.key, u_src.ord, u_src.status, coalesce(u_src.inputs, '{}'::jsonb)
+       FROM u_src, u_p WHERE u_src."isNew"),
+     u_upd AS (UPDATE cairn.items i SET status = u_src.status,
+         inputs = coalesce(u_src.inputs, i.inputs), outputs = coalesce(u_src.outputs, i.outputs),
+         error = CASE WHEN u_src.status IN ('succeeded', 'pending', 'running') THEN NULL
+           ELSE coalesce(u_src.error, i.error) END,
+         credits_used = coalesce(u_src.credits, i.credits_used),
+         evidence = i.evidence || coalesce(u_src.evidence, '{}'::jsonb),
+         retry_at = CASE WHEN u_src.status = 'retrying'
+           THEN clock_timestamp() + make_interval(secs => coalesce(u_src.retry_in_ms, 0)::double precision / 1000) END,
+         started_at = CASE WHEN u_src.status = 'running' THEN coalesce(i.started_at, clock_timestamp())
+           ELSE i.started_at END,
+         finished_at = CASE WHEN u_src.status IN ('succeeded', 'failed', 'skipped', 'cancelled') THEN clock_timestamp() END,
+         duration_ms = CASE WHEN u_src.status IN ('succeeded', 'failed', 'skipped', 'cancelled') AND i.started_at IS NOT NULL
+           THEN round((extract(epoch FROM clock_timestamp() - i.started_at) * 1000)::numeric, 3) END,
+         child_run_id = CASE WHEN u_src.child_run_id IS NOT NULL THEN u_src.child_run_id ELSE i.child_run_id END
+       FROM u_src, u_p WHERE NOT coalesce(u_src."isNew", false) AND i.id = u_src.id AND i.run_id = u_p.id),
+     u_e AS (INSERT INTO cairn.run_events (run_id, circle_id, type, actor, data)
+       SELECT u_p.id, u_p.circle_id, 'task', 'worker:' || $2,
+         jsonb_strip_nulls(jsonb_build_object('task', u_src.key, 'status', u_src.status, 'reason', u_src.reason,
+           'error_code', u_src.error ->> 'code', 'retry_in_ms', u_src.retry_in_ms))
+       FROM u_src, u_p),
+     u_c AS (UPDATE cairn.runs r SET items_total = $4::int, items_succeeded = $5::int, items_failed = $6::int,
+         items_pending = $7::int, credits_used = $8::bigint
+       FROM u_p WHERE r.id = u_p.id AND (r.items_total, r.items_succeeded, r.items_failed, r.items_pending,
+         r.credits_used) IS DISTINCT FROM ($4::int, $5::int, $6::int, $7::int, $8::bigint)),
+     p AS (SELECT id, circle_id, root_run_id, trace_id FROM cairn.runs
        WHERE id = $1 AND worker_id = $2 AND status = 'running'),
-     src AS (SELECT * FROM jsonb_to_recordset($3::jsonb) AS x(id uuid, item_id uuid, task uuid, key text,
+     src AS (SELECT * FROM jsonb_to_recordset($9::jsonb) AS x(id uuid, item_id uuid, task uuid, key text,
        element_id uuid, element_slug text, element_type text, element_version int, definition_hash text,
        operation text, input jsonb, max_attempts int, retryable_on_loss boolean, price bigint, snapshot jsonb,
-       timeout_ms int, attempt int)),
-     f AS MATERIALIZED (SELECT src.*, p.id AS parent, p.circle_id, p.root_run_id AS root, p.trace_id AS trace,
+       timeout_ms int, attempt int, direct boolean)),
+     f AS MATERIALIZED (SELECT src.*, coalesce(src.direct, false) AS claimed, p.id AS parent, p.circle_id,
+       p.root_run_id AS root, p.trace_id AS trace,
        cairn.fund_child(p.id, src.id, p.circle_id, src.price, 'worker:' || $2) AS ok FROM src, p),
      r AS (
        INSERT INTO cairn.runs (id, circle_id, kind, element_id, element_slug, element_type, element_version,
          definition_hash, operation, status, mode, trigger, input, parent_run_id, root_run_id, max_attempts,
          retryable_on_loss, engine_version, items_total, items_pending, credits_reserved, snapshot, trace_id,
-         timeout_ms)
+         timeout_ms, worker_id, host, attempt, started_at, lease_expires_at)
        SELECT f.id, f.circle_id, 'invoke', f.element_id, f.element_slug, f.element_type, f.element_version,
-         f.definition_hash, f.operation, 'queued', 'live',
+         f.definition_hash, f.operation, CASE WHEN f.claimed THEN 'running' ELSE 'queued' END, 'live',
          jsonb_build_object('type', 'workflow', 'source', f.parent, 'actor', 'workflow:' || f.parent, 'task', f.key),
-         f.input, f.parent, f.root, f.max_attempts, f.retryable_on_loss, $4, 1, 1, f.price, f.snapshot, f.trace,
-         f.timeout_ms
-       FROM f WHERE f.ok RETURNING id, circle_id),
-     ci AS (INSERT INTO cairn.items (id, run_id, circle_id, key, status, inputs)
-       SELECT f.item_id, f.id, f.circle_id, 'call', 'pending', f.input FROM f WHERE f.ok),
+         f.input, f.parent, f.root, f.max_attempts, f.retryable_on_loss, $10, 1, 1, f.price, f.snapshot, f.trace,
+         f.timeout_ms, CASE WHEN f.claimed THEN $2 END, CASE WHEN f.claimed THEN $11::text END,
+         CASE WHEN f.claimed THEN 1 ELSE 0 END, CASE WHEN f.claimed THEN clock_timestamp() END,
+         CASE WHEN f.claimed THEN clock_timestamp() + make_interval(secs => $12::double precision / 1000) END
+       FROM f WHERE f.ok RETURNING *),
+     ci AS (INSERT INTO cairn.items (id, run_id, circle_id, key, status, inputs, attempt_count, started_at)
+       SELECT f.item_id, f.id, f.circle_id, 'call', CASE WHEN f.claimed THEN 'running' ELSE 'pending' END, f.input,
+         CASE WHEN f.claimed THEN 1 ELSE 0 END, CASE WHEN f.claimed THEN clock_timestamp() END FROM f WHERE f.ok),
      t AS (UPDATE cairn.items i SET status = 'running', child_run_id = f.id, inputs = f.input,
          attempt_count = f.attempt, started_at = clock_timestamp(), retry_at = NULL, finished_at = NULL,
          worker_id = $2
@@ -319,17 +366,80 @@ export async function startTasks(
          jsonb_build_object('movement', 'reserve', 'amount', f.price, 'transfer_id', f.id::text || ':reserve:0')
        FROM f WHERE f.ok AND f.price > 0
        UNION ALL
+       SELECT f.id, f.circle_id, 'status', 'queued', 'running', 'worker:' || $2,
+         jsonb_build_object('attempt', 1, 'host', $11::text) FROM f WHERE f.ok AND f.claimed
+       UNION ALL
        SELECT f.parent, f.circle_id, 'task', NULL, NULL, 'worker:' || $2,
          jsonb_build_object('task', f.key, 'status', 'running', 'child_run_id', f.id, 'attempt', f.attempt)
-       FROM f WHERE f.ok)
-     SELECT f.task::text AS task, f.ok,
-       CASE WHEN f.ok THEN pg_notify('cairn_run_queued', f.id::text) END AS _n FROM f`,
-    [runId, workerId, JSON.stringify(children), ENGINE_VERSION],
+       FROM f WHERE f.ok),
+     s AS (SELECT r.*, f.task::text AS task, f.ok, CASE WHEN f.claimed AND f.ok THEN f.id::text END AS claimed_id,
+       CASE WHEN f.ok AND NOT f.claimed THEN pg_notify('cairn_run_queued', f.id::text) END AS _n
+       FROM f LEFT JOIN r ON r.id = f.id)
+     SELECT (SELECT count(*) FROM u_p)::int AS lease, s.* FROM (SELECT 1) one LEFT JOIN s ON true`,
+    [
+      runId,
+      workerId,
+      JSON.stringify(updates),
+      counters.total,
+      counters.succeeded,
+      counters.failed,
+      counters.pending,
+      counters.credits,
+      JSON.stringify(children),
+      ENGINE_VERSION,
+      claim?.host ?? null,
+      claim?.leaseMs ?? 30_000,
+    ],
   );
+  const rows = r.rows.filter((x) => x.task !== null);
+  const claimed = rows
+    .filter((x) => x.claimed_id)
+    .map((x) => {
+      const o = { ...x } as Record<string, unknown>;
+      for (const k of ['lease', 'task', 'ok', 'claimed_id', '_n']) delete o[k];
+      return runRow(o as unknown as RunRow);
+    });
   return {
-    started: r.rows.filter((x) => x.ok).map((x) => x.task),
-    unfunded: r.rows.filter((x) => !x.ok).map((x) => x.task),
+    lease: (r.rows[0]?.lease ?? 0) > 0,
+    started: rows.filter((x) => x.ok).map((x) => x.task!),
+    unfunded: rows.filter((x) => !x.ok).map((x) => x.task!),
+    claimed,
   };
+}
+
+export interface Counters {
+  total: number;
+  succeeded: number;
+  failed: number;
+  pending: number;
+  credits: number;
+}
+
+/** What a round wrote: whether the lease held, the tasks started, the ones unfunded, the children claimed here. */
+export interface Advanced {
+  lease: boolean;
+  started: string[];
+  unfunded: string[];
+  claimed: RunRow[];
+}
+
+/** Writes task changes, then starts tasks: in one statement, or two when a change and a start touch one task. */
+export async function advanceTasks(
+  q: Queryable,
+  runId: string,
+  workerId: string,
+  updates: TaskUpdate[],
+  counters: Counters,
+  children: NewChild[],
+  claim?: { host: string; leaseMs: number },
+): Promise<Advanced> {
+  const starting = new Set(children.map((c) => c.task));
+  if (updates.length > 0 && children.length > 0 && updates.some((u) => starting.has(u.id))) {
+    const first = await advanceOnce(q, runId, workerId, updates, counters, []);
+    if (!first.lease) return first;
+    return advanceOnce(q, runId, workerId, [], counters, children, claim);
+  }
+  return advanceOnce(q, runId, workerId, updates, counters, children, claim);
 }
 
 /** A change of one task (or a new task: a for_each step's fan-out). */
@@ -350,62 +460,6 @@ export interface TaskUpdate {
   /** Why (skipped: when_false, dependency_failed …), for the audit trail. */
   reason?: string;
   child_run_id?: string | null;
-}
-
-/**
- * Writes task changes (with one audit event each) and the run's counters, as
- * the orchestrator computed them. Only under its lease; false when the lease is gone.
- */
-export async function updateTasks(
-  q: Queryable,
-  runId: string,
-  workerId: string,
-  updates: TaskUpdate[],
-  counters: { total: number; succeeded: number; failed: number; pending: number; credits: number },
-): Promise<boolean> {
-  const r = await q.query<{ n: number }>(
-    `WITH p AS (SELECT id, circle_id FROM cairn.runs WHERE id = $1 AND worker_id = $2
-       AND status IN ('running', 'paused')),
-     src AS (SELECT * FROM jsonb_to_recordset($3::jsonb) AS x(id uuid, key text, status text, ord int,
-       "isNew" boolean, inputs jsonb, outputs jsonb, error jsonb, credits bigint, evidence jsonb, retry_in_ms int,
-       reason text, child_run_id uuid)),
-     ins AS (INSERT INTO cairn.items (id, run_id, circle_id, key, ord, status, inputs)
-       SELECT src.id, p.id, p.circle_id, src.key, src.ord, src.status, coalesce(src.inputs, '{}'::jsonb)
-       FROM src, p WHERE src."isNew"),
-     upd AS (UPDATE cairn.items i SET status = src.status,
-         inputs = coalesce(src.inputs, i.inputs), outputs = coalesce(src.outputs, i.outputs),
-         error = CASE WHEN src.status IN ('succeeded', 'pending', 'running') THEN NULL ELSE coalesce(src.error, i.error) END,
-         credits_used = coalesce(src.credits, i.credits_used),
-         evidence = i.evidence || coalesce(src.evidence, '{}'::jsonb),
-         retry_at = CASE WHEN src.status = 'retrying'
-           THEN clock_timestamp() + make_interval(secs => coalesce(src.retry_in_ms, 0)::double precision / 1000) END,
-         started_at = CASE WHEN src.status = 'running' THEN coalesce(i.started_at, clock_timestamp()) ELSE i.started_at END,
-         finished_at = CASE WHEN src.status IN ('succeeded', 'failed', 'skipped', 'cancelled') THEN clock_timestamp() END,
-         duration_ms = CASE WHEN src.status IN ('succeeded', 'failed', 'skipped', 'cancelled') AND i.started_at IS NOT NULL
-           THEN round((extract(epoch FROM clock_timestamp() - i.started_at) * 1000)::numeric, 3) END,
-         child_run_id = CASE WHEN src.child_run_id IS NOT NULL THEN src.child_run_id ELSE i.child_run_id END
-       FROM src, p WHERE NOT coalesce(src."isNew", false) AND i.id = src.id AND i.run_id = p.id),
-     e AS (INSERT INTO cairn.run_events (run_id, circle_id, type, actor, data)
-       SELECT p.id, p.circle_id, 'task', 'worker:' || $2,
-         jsonb_strip_nulls(jsonb_build_object('task', src.key, 'status', src.status, 'reason', src.reason,
-           'error_code', src.error ->> 'code', 'retry_in_ms', src.retry_in_ms))
-       FROM src, p),
-     c AS (UPDATE cairn.runs r SET items_total = $4::int, items_succeeded = $5::int, items_failed = $6::int,
-         items_pending = $7::int, credits_used = $8::bigint
-       FROM p WHERE r.id = p.id)
-     SELECT count(*)::int AS n FROM p`,
-    [
-      runId,
-      workerId,
-      JSON.stringify(updates),
-      counters.total,
-      counters.succeeded,
-      counters.failed,
-      counters.pending,
-      counters.credits,
-    ],
-  );
-  return r.rows[0]!.n > 0;
 }
 
 /**

@@ -123,3 +123,33 @@ export function expectTypedError(body: any): void {
   if (typeof e.retryable !== 'boolean')
     throw new Error(`typed error lacks retryable: ${JSON.stringify(body)}`);
 }
+
+export const TERMINAL_STATUSES = ['succeeded', 'completed', 'failed', 'cancelled'];
+
+/**
+ * Polls GET /api/runs/{id} until `done` holds (default: the run ended); after `ms` it throws,
+ * naming the run's status and, for a workflow run, its tasks' statuses.
+ */
+export async function waitRun(
+  t: TestApp,
+  id: string,
+  token: string,
+  opts: { ms?: number; done?: (run: any) => boolean } = {},
+): Promise<any> {
+  const until = Date.now() + (opts.ms ?? 60_000);
+  const done = opts.done ?? ((r: any) => TERMINAL_STATUSES.includes(r.status));
+  for (;;) {
+    const run = (await t.call('GET', `/api/runs/${id}`, undefined, token)).body;
+    if (done(run)) return run;
+    if (Date.now() > until) {
+      const tasks =
+        run?.kind === 'workflow'
+          ? (await t.call('GET', `/api/runs/${id}/tasks`, undefined, token)).body.tasks
+          : [];
+      throw new Error(
+        `run ${id} still ${run?.status}${tasks?.length ? `: ${JSON.stringify(tasks.map((x: any) => [x.name, x.status]))}` : ''}`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}

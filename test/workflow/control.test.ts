@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeEachDriver } from '../helpers/db.js';
-import { testApp, type TestApp } from '../helpers/app.js';
+import { testApp, type TestApp, waitRun } from '../helpers/app.js';
 import { busyFor } from '../helpers/slow-sql.js';
 
 /**
@@ -9,23 +9,6 @@ import { busyFor } from '../helpers/slow-sql.js';
  * same pinned definition; pause lets running tasks finish and starts no new
  * one; resume goes on. All through the engine's transitions, all audited.
  */
-
-const TERMINAL = ['succeeded', 'completed', 'failed', 'cancelled'];
-
-async function waitRun(
-  t: TestApp,
-  id: string,
-  token: string,
-  done = (r: any) => TERMINAL.includes(r.status),
-) {
-  const until = Date.now() + 60_000;
-  for (;;) {
-    const run = (await t.call('GET', `/api/runs/${id}`, undefined, token)).body;
-    if (done(run)) return run;
-    if (Date.now() > until) throw new Error(`run ${id} still ${run.status}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 const tasksOf = async (t: TestApp, id: string, token: string) =>
   Object.fromEntries(
@@ -152,7 +135,7 @@ describeEachDriver('workflow control', ({ db, driver }) => {
     expect(p.status, JSON.stringify(p.body)).toBe(200);
     expect(p.body.status).toBe('paused');
     // The first task finishes; the second does not start while paused.
-    await waitRun(t, id, A, () => true);
+    await waitRun(t, id, A, { done: () => true });
     const untilOne = Date.now() + 20_000;
     let tasks = await tasksOf(t, id, A);
     while (tasks.one.status !== 'succeeded' && Date.now() < untilOne) {

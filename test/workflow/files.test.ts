@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeEachDriver } from '../helpers/db.js';
-import { testApp, expectTypedError, type TestApp } from '../helpers/app.js';
+import { testApp, expectTypedError, type TestApp, waitRun } from '../helpers/app.js';
 
 /**
  * Files (R-FILES) end to end, in the real sandbox: a python step writes
@@ -11,17 +11,6 @@ import { testApp, expectTypedError, type TestApp } from '../helpers/app.js';
  */
 
 const sha = (s: string | Buffer) => createHash('sha256').update(s).digest('hex');
-const TERMINAL = ['succeeded', 'completed', 'failed', 'cancelled'];
-
-async function waitRun(t: TestApp, id: string, token: string, ms = 90_000) {
-  const until = Date.now() + ms;
-  for (;;) {
-    const run = (await t.call('GET', `/api/runs/${id}`, undefined, token)).body;
-    if (TERMINAL.includes(run.status)) return run;
-    if (Date.now() > until) throw new Error(`run ${id} still ${run.status}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 const WRITER = `
 import os

@@ -1,24 +1,12 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeEachDriver } from '../helpers/db.js';
-import { testApp, expectTypedError, type TestApp } from '../helpers/app.js';
+import { testApp, expectTypedError, type TestApp, waitRun } from '../helpers/app.js';
 
 /**
  * hitl steps (issue 12): a task that waits for a person. Approve (with a
  * response the next step reads), reject, timeout both ways, the wrong role,
  * a second decision, and a hitl invoked alone — through the real API on both drivers.
  */
-
-const TERMINAL = ['succeeded', 'completed', 'failed', 'cancelled'];
-
-async function waitRun(t: TestApp, id: string, token: string, ms = 30_000) {
-  const until = Date.now() + ms;
-  for (;;) {
-    const run = (await t.call('GET', `/api/runs/${id}`, undefined, token)).body;
-    if (TERMINAL.includes(run.status)) return run;
-    if (Date.now() > until) throw new Error(`run ${id} still ${run.status}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 async function waitAwaiting(t: TestApp, id: string, task: string, token: string) {
   const until = Date.now() + 20_000;

@@ -6,7 +6,7 @@ import { buildLineage } from '../../src/store/lineage.js';
 import { openLineageEvents, RUN_EVENT_SCHEMA_URL, type RunEvent } from '../../src/store/openlineage.js';
 import type { TaskRow } from '../../src/store/workflow.js';
 import { describeEachDriver } from '../helpers/db.js';
-import { testApp, expectTypedError, type TestApp } from '../helpers/app.js';
+import { testApp, expectTypedError, type TestApp, waitRun } from '../helpers/app.js';
 import { ROOT } from '../helpers/bin.js';
 
 /**
@@ -17,7 +17,6 @@ import { ROOT } from '../helpers/bin.js';
  * event and every facet validated against the vendored official schemas.
  */
 
-const TERMINAL = ['succeeded', 'completed', 'failed', 'cancelled'];
 const H1 = 'a'.repeat(64);
 const H2 = '0123456789abcdef'.repeat(4);
 const H3 = 'f'.repeat(63) + '0';
@@ -72,16 +71,6 @@ function problems(e: unknown): string[] {
 
 function expectValid(events: unknown[]) {
   for (const e of events) expect(problems(e), JSON.stringify(e)).toEqual([]);
-}
-
-async function waitRun(t: TestApp, id: string, token: string, ms = 60_000) {
-  const until = Date.now() + ms;
-  for (;;) {
-    const run = (await t.call('GET', `/api/runs/${id}`, undefined, token)).body;
-    if (TERMINAL.includes(run.status)) return run;
-    if (Date.now() > until) throw new Error(`run ${id} still ${run.status}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 const file = (name: string, sha256: string, size: number, media_type: string) => ({

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { describeEachDriver } from '../helpers/db.js';
-import { testApp, type TestApp } from '../helpers/app.js';
+import { testApp, type TestApp, waitRun } from '../helpers/app.js';
 
 /**
  * Issue 12's "Done means", to the letter: the workflow YAML of the issue,
@@ -39,22 +39,6 @@ spec:
   outputs:
     result: "\${{ steps.add.output.rows[0].n }}"
 `;
-
-const TERMINAL = ['succeeded', 'completed', 'failed', 'cancelled'];
-async function waitRun(t: TestApp, id: string, token: string) {
-  const until = Date.now() + 60_000;
-  for (;;) {
-    const run = (await t.call('GET', `/api/runs/${id}`, undefined, token)).body;
-    if (TERMINAL.includes(run.status)) return run;
-    if (Date.now() > until) {
-      const tasks = (await t.call('GET', `/api/runs/${id}/tasks`, undefined, token)).body.tasks as any[];
-      throw new Error(
-        `run ${id} still ${run.status}: ${JSON.stringify(tasks.map((x) => [x.name, x.status]))}`,
-      );
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describeEachDriver('the issue 12 workflow', ({ db, driver }) => {
   let t: TestApp;

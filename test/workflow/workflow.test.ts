@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeEachDriver } from '../helpers/db.js';
-import { testApp, expectTypedError, type TestApp } from '../helpers/app.js';
+import { testApp, expectTypedError, type TestApp, waitRun } from '../helpers/app.js';
 import { busyFor } from '../helpers/slow-sql.js';
 
 /**
@@ -10,18 +10,7 @@ import { busyFor } from '../helpers/slow-sql.js';
  * cancel, the ledger, and every bad definition's typed 400.
  */
 
-const TERMINAL = ['succeeded', 'completed', 'failed', 'cancelled'];
 const PRICE = 1_000; // sql invoke
-
-async function waitRun(t: TestApp, id: string, token: string, ms = 60_000) {
-  const until = Date.now() + ms;
-  for (;;) {
-    const run = (await t.call('GET', `/api/runs/${id}`, undefined, token)).body;
-    if (TERMINAL.includes(run.status)) return run;
-    if (Date.now() > until) throw new Error(`run ${id} still ${run.status}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 const enrich = (extra: Record<string, unknown> = {}) => ({
   element_type: 'workflow',
@@ -320,7 +309,7 @@ describeEachDriver('workflows', ({ db: getDb, driver }) => {
     const cx = await t.call('POST', `/api/runs/${r.body.run_id}/cancel`, { reason: 'test' }, A);
     expect(cx.status).toBe(200);
     expect(cx.body.status).toBe('cancelled');
-    const child = await waitRun(t, task.child_run_id, A, 10_000);
+    const child = await waitRun(t, task.child_run_id, A, { ms: 10_000 });
     const tasks = (await t.call('GET', `/api/runs/${r.body.run_id}/tasks`, undefined, A)).body.tasks as any[];
     if (driver === 'pg') {
       // The child's statement is interrupted (PostgreSQL cancels it), and every task ends cancelled.
