@@ -341,17 +341,25 @@ class Orchestration {
     return !this.stepOf(t.key).step.continue_on_error;
   }
 
-  /** Tasks executing (child runs), against the concurrency; a fan-out's step and a wait for approval are not. */
-  private running(): number {
+  /** Tasks executing (child runs) as of this round, against the concurrency (counted once a round, then kept). */
+  private busy = 0;
+
+  /** Tasks executing (child runs); a fan-out's step and a wait for approval are not. */
+  private countRunning(): number {
     let n = 0;
     for (const t of this.tasks.values())
       if (t.status === 'running' && !this.fan.has(t.key) && !this.isAwaiting(t)) n++;
     return n + this.toStart.length;
   }
 
+  private running(): number {
+    return this.busy;
+  }
+
   /** Starts what is ready, up to the concurrency. */
   advance(): void {
     if (this.paused) return;
+    this.busy = this.countRunning();
     for (const p of this.plan.steps) {
       const t = this.tasks.get(p.step.name);
       if (!t) continue;
@@ -439,6 +447,7 @@ class Orchestration {
       return;
     }
     this.toStart.push(c);
+    this.busy++;
     // The start statement writes the task as running; only the in-memory state changes here
     // (a new task's insert stays queued: it is written first, as pending).
     t.status = 'running';
