@@ -14,7 +14,7 @@ export interface ResultEnvelope {
   error?: string;
   stack?: string;
   /** The regular files left in /out (base64), and what else was there (refused). */
-  files?: ({ name: string; b64: string } | { name: string; refused: string })[];
+  files?: { name: string; b64?: string; refused?: string }[];
 }
 
 /** Most files one run may leave in /out, and the size of its /out (MiB). */
@@ -44,10 +44,10 @@ export function filesOf(env: ResultEnvelope): {
       refused.push({ name: String(f?.name ?? '').slice(0, 255), refused: 'bad name' });
       continue;
     }
-    if ('refused' in f) refused.push({ name: f.name, refused: String(f.refused) });
+    if (f.refused) refused.push({ name: f.name, refused: String(f.refused) });
     else if (files.length >= OUT_FILES_MAX)
       refused.push({ name: f.name, refused: `more than ${OUT_FILES_MAX} files` });
-    else files.push({ name: f.name, data: Buffer.from(String(f.b64), 'base64') });
+    else files.push({ name: f.name, data: Buffer.from(typeof f.b64 === 'string' ? f.b64 : '', 'base64') });
   }
   return { files, refused };
 }

@@ -35,6 +35,27 @@ def handler(data):
     return {"lines": len(lines), "last": lines[-1], "extra": extra, "in_writable": writable}
 `;
 
+const GO_SUMMARY = `package main
+
+import (
+	"os"
+	"strconv"
+	"strings"
+)
+
+func Handler(input map[string]interface{}) (map[string]interface{}, error) {
+	b, err := os.ReadFile("/in/data.csv")
+	if err != nil {
+		return nil, err
+	}
+	lines := strings.Count(string(b), "\\n")
+	if err := os.WriteFile("/out/summary.txt", []byte("lines="+strconv.Itoa(lines)+"\\n"), 0o644); err != nil {
+		return nil, err
+	}
+	return map[string]interface{}{"lines": lines}, nil
+}
+`;
+
 describeEachDriver('files', ({ db, driver }) => {
   let t: TestApp;
   let c: Awaited<ReturnType<TestApp['circle']>>;
@@ -53,6 +74,25 @@ describeEachDriver('files', ({ db, driver }) => {
     A = c.tokens.admin;
     await mk({ element_type: 'python', slug: 'writer', spec: { source: { code: WRITER } } });
     await mk({ element_type: 'python', slug: 'reader', spec: { source: { code: READER } } });
+    await mk({
+      element_type: 'go-fn',
+      slug: 'summarize',
+      spec: { source: { type: 'inline', code: GO_SUMMARY } },
+    });
+    await mk({
+      element_type: 'workflow',
+      slug: 'go-pipeline',
+      spec: {
+        steps: [
+          { name: 'report', element: 'writer', input: { n: 2 } },
+          {
+            name: 'sum',
+            element: 'summarize',
+            files: { 'data.csv': "${{ steps.report.files['report.csv'] }}" },
+          },
+        ],
+      },
+    });
     await mk({
       element_type: 'workflow',
       slug: 'pipeline',
@@ -199,6 +239,18 @@ describeEachDriver('files', ({ db, driver }) => {
     const readDone = ol.find((e) => e.eventType === 'COMPLETE' && e.job.name.endsWith('.read'));
     expect(readDone.inputs.map((d: any) => d.facets.version.datasetVersion)).toContain(sha(report));
   });
+
+  it('a go-fn step reads its input file at /in and writes /out like the scripts', async () => {
+    const r = await t.call('POST', `/api/${slug}/go-pipeline/ops/trigger`, {}, A);
+    const run = await waitRun(t, r.body.run_id, A, { ms: 120_000 });
+    expect(run.status, JSON.stringify(run.error)).toBe('succeeded');
+    const sum = (await t.call('GET', `/api/runs/${run.id}/tasks/sum`, undefined, A)).body;
+    expect(sum.outputs).toEqual({ lines: 3 });
+    expect(sum.input_files.map((f: any) => f.sha256)).toEqual([sha('n\n0\n1\n')]);
+    expect(sum.output_files).toEqual([
+      { name: 'summary.txt', sha256: sha('lines=3\n'), size: 8, media_type: 'text/plain' },
+    ]);
+  }, 150_000);
 
   it('a parameter naming a file the circle does not have is a typed 400, and no run', async () => {
     const other = await t.circle(`${slug}-third`);

@@ -14,7 +14,14 @@ import {
 import { WRAPPER_VERSION } from '../../sandbox/builders/go-wrapper.js';
 import type { Sandbox, SandboxResult } from '../../sandbox/runner.js';
 import { declaredError } from '../errors.js';
-import { readEnvelope, sandboxEvidence } from '../code-action.js';
+import {
+  fileMounts,
+  filesOf,
+  OUT_MB,
+  readEnvelope,
+  sandboxEvidence,
+  type ResultEnvelope,
+} from '../code-action.js';
 import type { ElementEvent, ExecContext, ExecResult, OpContext } from '../types.js';
 import { GO_FN_ERRORS } from './errors.js';
 
@@ -70,7 +77,7 @@ function binaryHash(b: GoBuild): string {
 }
 
 /** The sandbox's verdict and the wrapper's envelope → output or a typed GO_FN_* error. */
-function interpret(r: SandboxResult, spec: GoSpec): unknown {
+function interpret(r: SandboxResult, spec: GoSpec): { output: unknown; env: ResultEnvelope } {
   const env = readEnvelope(
     r,
     spec,
@@ -79,7 +86,7 @@ function interpret(r: SandboxResult, spec: GoSpec): unknown {
   );
   switch (env.kind) {
     case 'ok':
-      return env.output ?? null;
+      return { output: env.output ?? null, env };
     case 'panic':
       throw fail('GO_FN_EXECUTION_FAILED', `The handler panicked: ${env.error}`, {
         kind: 'panic',
@@ -113,21 +120,36 @@ export async function invokeGo(ctx: ExecContext<GoSpec, Record<string, unknown>>
       ];
   const stdin = JSON.stringify(ctx.input ?? {});
   const argv = ['/fn/handler'];
-  const r = await ctx.sandbox.run({
-    argv,
-    binds: [{ src: b.binary, dest: '/fn/handler' }],
-    env: { ...spec.env, CAIRN_TIMEOUT_MS: String(spec.timeout_ms) },
-    stdin,
-    limits: { timeoutMs: spec.timeout_ms, memoryMb: spec.memory_mb },
-    oomMarkers: GO_OOM,
-    signal: ctx.signal,
-    standby: true,
-  });
+  // Its input files read-only at /in, a writable /out of its own (code-action.ts).
+  const fm = await fileMounts(ctx.sandbox, ctx.files);
+  let r: SandboxResult;
+  try {
+    r = await ctx.sandbox.run({
+      argv,
+      binds: [{ src: b.binary, dest: '/fn/handler' }, ...fm.binds],
+      env: { ...spec.env, CAIRN_TIMEOUT_MS: String(spec.timeout_ms), ...fm.env },
+      stdin,
+      limits: {
+        timeoutMs: spec.timeout_ms,
+        memoryMb: spec.memory_mb,
+        resultBytes: 6 * 1024 * 1024 + Math.ceil(OUT_MB * 1.4) * 1024 * 1024,
+      },
+      outMb: fm.outMb,
+      oomMarkers: GO_OOM,
+      signal: ctx.signal,
+      standby: fm.standbyOk,
+    });
+  } finally {
+    fm.cleanup();
+  }
   const evidence = {
     command: argv,
     toolchain: { go: goVersion(), wrapper: WRAPPER_VERSION, build_key: b.key, commit: b.commit ?? null },
     binary_hash: binaryHash(b),
-    input_hashes: { stdin: 'sha256:' + sha256Hex(stdin) },
+    input_hashes: {
+      stdin: 'sha256:' + sha256Hex(stdin),
+      ...Object.fromEntries(ctx.files.inputs.map((f) => [`in/${f.name}`, 'sha256:' + f.sha256])),
+    },
     ...sandboxEvidence(r, spec),
     host: ctx.host || hostname(),
     timing: { build_ms: round(b.durationMs), build_cached: b.cached, run_ms: round(r.durationMs) },
@@ -135,8 +157,9 @@ export async function invokeGo(ctx: ExecContext<GoSpec, Record<string, unknown>>
   };
   const flags = r.sandboxed ? [] : ['unsandboxed'];
   let output: unknown;
+  let env: ResultEnvelope;
   try {
-    output = interpret(r, spec);
+    ({ output, env } = interpret(r, spec));
   } catch (caught) {
     const e = thrown(caught);
     // Failed runs keep their evidence (and events) too.
@@ -145,11 +168,20 @@ export async function invokeGo(ctx: ExecContext<GoSpec, Record<string, unknown>>
     e.flags = flags;
     throw e;
   }
+  const { files, refused } = filesOf(env);
   return {
     output,
     events,
     flags,
-    evidence: { ...evidence, output_hashes: { output: 'sha256:' + sha256Hex(canonicalJson(output)) } },
+    files,
+    refusedFiles: refused,
+    evidence: {
+      ...evidence,
+      output_hashes: {
+        output: 'sha256:' + sha256Hex(canonicalJson(output)),
+        ...Object.fromEntries(files.map((f) => [`out/${f.name}`, 'sha256:' + sha256Hex(f.data)])),
+      },
+    },
   };
 }
 
