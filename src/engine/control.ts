@@ -11,7 +11,7 @@ import type { Db, Queryable } from '../db/types.js';
 import { pauseRun, resumeRun, retryFailed } from '../store/batch.js';
 import { getWallet } from '../store/ledger.js';
 import { cancelRun, getRun, listItems, snapshotOf, type RunRow } from '../store/runs.js';
-import { getDefinition, retryableTasks, retryWorkflowTasks } from '../store/workflow.js';
+import { childrenLeft, getDefinition, retryableTasks, retryWorkflowTasks } from '../store/workflow.js';
 import { triggerWorkflow } from './workflow-submit.js';
 
 async function existing(db: Queryable, runId: string): Promise<RunRow> {
@@ -31,7 +31,12 @@ function finished(run: RunRow, action: string, suggestion: string): CairnError {
 /** Cancel (R-CONTROL): queued, running or paused → cancelled; the worker is told through NOTIFY. */
 export async function cancel(db: Db, runId: string, actor: string, reason: string | null): Promise<RunRow> {
   const row = await cancelRun(db, runId, actor, reason);
-  if (row) return row;
+  if (row) {
+    // A workflow's orchestrator may have started children in a round that committed while the cancel
+    // waited for the run's lock (the cancel's own statement did not see them): cancel those too.
+    for (const child of await childrenLeft(db, runId)) await cancelRun(db, child, actor, reason);
+    return row;
+  }
   throw finished(
     await existing(db, runId),
     'cancelled',

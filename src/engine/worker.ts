@@ -329,7 +329,11 @@ export class Worker {
       // A batch run settles its items itself, in batches, and ends itself; a workflow run
       // orchestrates its tasks (child runs in the queue) and ends itself.
       const control = new BatchControl();
-      this.inflight.set(run.id, { run, controller, control });
+      // Claimed again while this worker's earlier loop over it had not noticed it let go (a resume
+      // right after a pause): that loop stops, the new one takes over.
+      this.inflight.get(run.id)?.controller.abort();
+      const entry: InFlight = { run, controller, control };
+      this.inflight.set(run.id, entry);
       // An orchestration waits on its children more than it computes: it takes no execution slot.
       const slot = run.kind === 'batch';
       if (slot) this.executing++;
@@ -345,7 +349,7 @@ export class Worker {
         .finally(() => {
           if (slot) this.executing--;
           else this.orchestrating--;
-          this.inflight.delete(run.id);
+          if (this.inflight.get(run.id) === entry) this.inflight.delete(run.id);
           this.wakeUp();
         });
       return;

@@ -454,7 +454,9 @@ class Orchestration {
     t.inputs = c.input;
     t.attempt_count = c.attempt;
     t.child_run_id = c.id;
-    if (!this.updates.get(t.key)?.isNew) this.updates.delete(t.key);
+    // A retrying change (the failed attempt, its error and evidence) is written before the start.
+    const pending = this.updates.get(t.key);
+    if (pending && !pending.isNew && pending.status !== 'retrying') this.updates.delete(t.key);
   }
 
   /** Fans a for_each step out: one pending task per element, inputs rendered now. */
@@ -597,6 +599,16 @@ class Orchestration {
 
   /** When the next retry is due (ms from now), if any. */
   nextDue(): number | undefined {
+    // Nothing can start now (paused, or at the concurrency): a child's end or a control wakes the loop.
+    if (this.paused || this.countRunning() >= this.concurrency) {
+      let deadline: number | undefined;
+      for (const t of this.tasks.values())
+        if (this.isAwaiting(t)) {
+          const ms = Date.parse((t.evidence.awaiting as { deadline: string }).deadline) - Date.now();
+          deadline = deadline === undefined ? ms : Math.min(deadline, ms);
+        }
+      return deadline;
+    }
     let min: number | undefined;
     const due = (at: string) => {
       const ms = Date.parse(at) - Date.now();
@@ -692,6 +704,17 @@ class Orchestration {
     }
     for (const sl of slots.values()) sl.release(); // not created (unfunded, or the lease was gone)
     if (!result.lease) return false;
+    // Not started because the run stopped running meanwhile (a pause): the tasks wait again.
+    const started = new Set([...result.started, ...result.unfunded]);
+    for (const c of ready) {
+      if (started.has(c.task)) continue;
+      const t = this.tasks.get(c.key);
+      if (t && t.child_run_id === c.id) {
+        t.status = 'pending';
+        t.attempt_count = c.attempt - 1;
+        t.child_run_id = null;
+      }
+    }
     if (result.unfunded.length > 0) {
       const byId = new Map([...this.tasks.values()].map((t) => [t.id, t]));
       for (const id of result.unfunded) {
@@ -775,7 +798,8 @@ export async function runWorkflow(
       );
       return;
     }
-    const o = new Orchestration(h, run, def!, plan, Math.max(1, run.concurrency || concurrency));
+    const concurrencyOf = Math.max(1, run.concurrency || concurrency);
+    let o = new Orchestration(h, run, def!, plan, concurrencyOf);
     o.load(await loadTasks(h.db, run.id));
     for (;;) {
       await new Promise((r) => setImmediate(r));
@@ -802,7 +826,9 @@ export async function runWorkflow(
         if (!(await o.flush())) return; // the lease is gone
         if (o.done()) {
           const end = o.outcome();
-          await finishWorkflow(h.db, run.id, h.workerId, end.status, end.output, end.error);
+          // Paused meanwhile (a paused run cannot end): let go; the resume ends it.
+          if (!(await finishWorkflow(h.db, run.id, h.workerId, end.status, end.output, end.error)))
+            if (await pausedNow(h.db, run.id)) await letGoPaused(h.db, run.id, h.workerId);
           return;
         }
         if (o.unwritten()) continue;
@@ -817,8 +843,19 @@ export async function runWorkflow(
         // Woken by nothing (the poll): look at the database, a notification may have been lost.
         if (Date.now() - before >= wait && control.ended.length === 0) control.remote = true;
       } catch (e) {
-        h.log.error({ err: e, run: run.id }, 'workflow step failed; retrying');
+        // A failed statement wrote nothing (or only the first of two): memory may be ahead of the
+        // database. Start over from the tasks as recorded.
+        h.log.error({ err: e, run: run.id }, 'workflow step failed; reloading its tasks and retrying');
         await control.wait(500);
+        try {
+          const fresh = new Orchestration(h, run, def!, plan, concurrencyOf);
+          fresh.load(await loadTasks(h.db, run.id));
+          o = fresh;
+          control.remote = true;
+          control.dirty = true; // and its status, as recorded (paused or not)
+        } catch {
+          // the database is still away: the next turn tries again
+        }
       }
     }
   } finally {

@@ -296,13 +296,17 @@ async function advanceOnce(
   const r = await q.query<
     RunRow & { lease: number; task: string | null; ok: boolean | null; claimed_id: string | null }
   >(
-    `WITH u_p AS (SELECT id, circle_id FROM cairn.runs WHERE id = $1 AND worker_id = $2
-       AND status IN ('running', 'paused')),
+    `WITH u_p AS (SELECT id, circle_id, status, root_run_id, trace_id FROM cairn.runs WHERE id = $1 AND worker_id = $2
+       AND status IN ('running', 'paused') FOR UPDATE),
      u_src AS (SELECT * FROM jsonb_to_recordset($3::jsonb) AS x(id uuid, key text, status text, ord int,
        "isNew" boolean, inputs jsonb, outputs jsonb, error jsonb, credits bigint, evidence jsonb, retry_in_ms int,
        reason text, child_run_id uuid)),
-     u_ins AS (INSERT INTO cairn.items (id, run_id, circle_id, key, ord, status, inputs)
-       SELECT u_src.id, u_p.id, u_p.circle_id, u_src.key, u_src.ord, u_src.status, coalesce(u_src.inputs, '{}'::jsonb)
+     u_ins AS (INSERT INTO cairn.items (id, run_id, circle_id, key, ord, status, inputs, outputs, error, evidence,
+         started_at, finished_at)
+       SELECT u_src.id, u_p.id, u_p.circle_id, u_src.key, u_src.ord, u_src.status, coalesce(u_src.inputs, '{}'::jsonb),
+         u_src.outputs, u_src.error, coalesce(u_src.evidence, '{}'::jsonb),
+         CASE WHEN u_src.status = 'running' THEN clock_timestamp() END,
+         CASE WHEN u_src.status IN ('succeeded', 'failed', 'skipped', 'cancelled') THEN clock_timestamp() END
        FROM u_src, u_p WHERE u_src."isNew"),
      u_upd AS (UPDATE cairn.items i SET status = u_src.status,
          inputs = coalesce(u_src.inputs, i.inputs), outputs = coalesce(u_src.outputs, i.outputs),
@@ -328,8 +332,9 @@ async function advanceOnce(
          items_pending = $7::int, credits_used = $8::bigint
        FROM u_p WHERE r.id = u_p.id AND (r.items_total, r.items_succeeded, r.items_failed, r.items_pending,
          r.credits_used) IS DISTINCT FROM ($4::int, $5::int, $6::int, $7::int, $8::bigint)),
-     p AS (SELECT id, circle_id, root_run_id, trace_id FROM cairn.runs
-       WHERE id = $1 AND worker_id = $2 AND status = 'running'),
+     -- Children start only while the run is running: read from the locked row, so a cancel or a pause that
+     -- committed while this statement waited for the lock is seen (not the statement's older snapshot).
+     p AS (SELECT id, circle_id, root_run_id, trace_id FROM u_p WHERE status = 'running'),
      src AS (SELECT * FROM jsonb_to_recordset($9::jsonb) AS x(id uuid, item_id uuid, task uuid, key text,
        element_id uuid, element_slug text, element_type text, element_version int, definition_hash text,
        operation text, input jsonb, max_attempts int, retryable_on_loss boolean, price bigint, snapshot jsonb,

@@ -216,6 +216,49 @@ describeEachDriver('hitl approvals', ({ db, driver }) => {
     );
   });
 
+  it('a for_each over an approval waits for each task; each is decided on its own', async () => {
+    await mk({
+      element_type: 'workflow',
+      slug: 'fan-approve',
+      spec: {
+        steps: [
+          { name: 'ask', element: 'manager-approval', for_each: ['a', 'b'] },
+          {
+            name: 'bad',
+            element: 'add-one',
+            for_each: [1],
+            input: { params: ['${{ item.nope }}'] },
+            continue_on_error: true,
+          },
+        ],
+      },
+    });
+    const r = await t.call('POST', `/api/${slug}/fan-approve/ops/trigger`, {}, A);
+    const a0 = await waitAwaiting(t, r.body.run_id, encodeURIComponent('ask[0]'), A);
+    expect(a0.awaiting.role).toBe('admin');
+    await waitAwaiting(t, r.body.run_id, encodeURIComponent('ask[1]'), A);
+    for (const k of ['ask[0]', 'ask[1]'])
+      expect(
+        (
+          await t.call(
+            'POST',
+            `/api/runs/${r.body.run_id}/tasks/${encodeURIComponent(k)}/approve`,
+            { response: { budget: 1 } },
+            A,
+          )
+        ).status,
+      ).toBe(200);
+    const run = await waitRun(t, r.body.run_id, A);
+    expect(run.status, JSON.stringify(run.error)).toBe('succeeded');
+    // A fan-out task that failed as it fanned out keeps its error.
+    const bad = (
+      await t.call('GET', `/api/runs/${r.body.run_id}/tasks/${encodeURIComponent('bad[0]')}`, undefined, A)
+    ).body;
+    expect(bad.status).toBe('failed');
+    expect(bad.error.code).toBe('WORKFLOW_EXPRESSION_FAILED');
+    expect(bad.finished_at).toBeTruthy();
+  });
+
   it('a hitl invoked alone makes a one-step run that waits the same way', async () => {
     const r = await t.call('POST', `/api/${slug}/manager-approval/ops/invoke`, {}, c.tokens.execute);
     expect(r.status, JSON.stringify(r.body)).toBe(202);
