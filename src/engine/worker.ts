@@ -17,6 +17,9 @@ import { rejectedSettlement, SettlementSystem } from './settlement.js';
 import { MaintenanceSystem } from './maintenance.js';
 
 export { recordRejected } from './settlement.js';
+
+/** Workflow runs one worker orchestrates at most, per execution slot. */
+const ORCHESTRATIONS_PER_SLOT = 16;
 export type { Outcome };
 
 export interface WorkerOptions {
@@ -257,7 +260,15 @@ export class Worker {
         this.claiming = true;
         let backoff = 0;
         try {
-          const runs = await claimRuns(this.db, this.id, this.host, free, this.leaseMs);
+          // Workflow runs only while this worker orchestrates fewer than its cap (each polls its children).
+          const runs = await claimRuns(
+            this.db,
+            this.id,
+            this.host,
+            free,
+            this.leaseMs,
+            this.orchestrating < this.concurrency * ORCHESTRATIONS_PER_SLOT,
+          );
           this.health.statements.claim.succeeded();
           claimed = runs.length;
           if (claimed < free) this.queueSeenEmptyAt = signals;

@@ -181,7 +181,7 @@ export async function insertDryRun(q: Queryable, n: NewDryRun): Promise<RunRow> 
 const CLAIM = prepared(`
 WITH c AS (
   SELECT id FROM cairn.runs
-  WHERE status = 'queued' AND run_after <= clock_timestamp()
+  WHERE status = 'queued' AND run_after <= clock_timestamp() AND ($5::boolean OR kind <> 'workflow')
   ORDER BY run_after, id
   LIMIT $1
   FOR UPDATE SKIP LOCKED),
@@ -207,8 +207,10 @@ export async function claimRuns(
   host: string,
   limit: number,
   leaseMs: number,
+  /** May it take workflow runs (it orchestrates fewer than its cap)? */
+  workflows = true,
 ): Promise<RunRow[]> {
-  const r = await q.query<RunRow>(CLAIM, [limit, workerId, host, leaseMs]);
+  const r = await q.query<RunRow>(CLAIM, [limit, workerId, host, leaseMs, workflows]);
   return r.rows.map(runRow);
 }
 
