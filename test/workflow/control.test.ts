@@ -60,6 +60,24 @@ describeEachDriver('workflow control', ({ db, driver }) => {
       },
     });
     await mk({
+      element_type: 'python',
+      slug: 'sleeper',
+      spec: {
+        source: { code: 'import time\ndef handler(d):\n    time.sleep(30)\n    return {}\n' },
+        timeout_ms: 60_000,
+      },
+    });
+    await mk({
+      element_type: 'workflow',
+      slug: 'sleepy',
+      spec: {
+        steps: [
+          { name: 'zz', element: 'sleeper' },
+          { name: 'after', element: 'add-one', needs: ['zz'], input: { params: [1] } },
+        ],
+      },
+    });
+    await mk({
       element_type: 'workflow',
       slug: 'naps',
       spec: {
@@ -123,6 +141,32 @@ describeEachDriver('workflow control', ({ db, driver }) => {
     expect(second.input).toEqual(first.input);
     expect(second.trigger.type).toBe('rerun');
     expect(second.output).toEqual(first.output);
+  });
+
+  it('cancel kills the running sandbox of a task at once and releases everything', async () => {
+    const r = await t.call('POST', `/api/${slug}/sleepy/ops/trigger`, {}, A);
+    const id = r.body.run_id;
+    const until = Date.now() + 30_000;
+    let child: any;
+    for (;;) {
+      const task = (await tasksOf(t, id, A)).zz;
+      child =
+        task?.child_run_id && (await t.call('GET', `/api/runs/${task.child_run_id}`, undefined, A)).body;
+      if (child?.status === 'running' || Date.now() > until) break;
+      await new Promise((s) => setTimeout(s, 20));
+    }
+    expect(child.status).toBe('running');
+    await new Promise((s) => setTimeout(s, 300)); // the python process is up and sleeping
+    const t0 = Date.now();
+    expect((await t.call('POST', `/api/runs/${id}/cancel`, {}, A)).body.status).toBe('cancelled');
+    while (t.worker!.inFlight > 0 && Date.now() - t0 < 5_000) await new Promise((s) => setTimeout(s, 5));
+    // The sandbox was killed, not waited for (it sleeps 30 s): nothing of the run is left in this worker.
+    expect(t.worker!.inFlight).toBe(0);
+    if (process.env.SHOW_CANCEL_MS) console.log('cancel → sandbox gone ms', Date.now() - t0);
+    expect(Date.now() - t0).toBeLessThan(1_000);
+    expect((await t.call('GET', `/api/runs/${child.id}`, undefined, A)).body.status).toBe('cancelled');
+    const tasks = await tasksOf(t, id, A);
+    expect([tasks.zz.status, tasks.after.status]).toEqual(['cancelled', 'cancelled']);
   });
 
   it('pause lets the running task finish and starts no new one; resume goes on', async () => {
