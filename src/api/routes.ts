@@ -20,6 +20,7 @@ import { defineRoute, type RouteDef } from './route.js';
 import { CONTROL_ROUTES, visibleRun } from './control-routes.js';
 import { RETENTION_ROUTES } from './retention-routes.js';
 import { WORKFLOW_ROUTES } from './workflow-routes.js';
+import { awaitingApproval } from '../store/workflow.js';
 import { LINEAGE_ROUTES } from './lineage-routes.js';
 import { FILE_ROUTES } from './file-routes.js';
 import { DEGRADED_AFTER } from '../engine/health.js';
@@ -241,10 +242,13 @@ export const ROUTES: RouteDef[] = [
     url: '/api/runs/:id',
     auth: 'token',
     tag: 'runs',
-    summary: 'Get a run (every R-RUN field)',
+    summary:
+      'Get a run (every R-RUN field; a workflow run also says which tasks await approval, and for whom)',
     handler: async (ctx) => {
       const { run, circle } = await visibleRun(ctx, 'read');
-      return toRunView(run, circle.slug, baseUrlOf(ctx.deps));
+      const view = toRunView(run, circle.slug, baseUrlOf(ctx.deps));
+      if (run.kind !== 'workflow') return view;
+      return { ...view, awaiting_approval: await awaitingApproval(ctx.deps.db, run.id) };
     },
   }),
   defineRoute({

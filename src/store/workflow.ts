@@ -564,3 +564,25 @@ export async function retryableTasks(q: Queryable, runId: string): Promise<strin
   );
   return r.rows.map((x) => x.key);
 }
+
+/** The tasks of a workflow run that wait for a decision: who may decide, what is asked, until when. */
+export async function awaitingApproval(
+  q: Queryable,
+  runId: string,
+): Promise<{ task: string; role: string; instructions: string; deadline: string }[]> {
+  const r = await q.query<{
+    task: string;
+    awaiting: { role: string; instructions: string; deadline: string };
+  }>(
+    `SELECT key AS task, evidence -> 'awaiting' AS awaiting FROM cairn.items
+     WHERE run_id = $1 AND status = 'running' AND evidence ? 'awaiting' AND NOT evidence ? 'decision'
+     ORDER BY ord, key`,
+    [runId],
+  );
+  return r.rows.map((x) => ({
+    task: x.task,
+    role: x.awaiting.role,
+    instructions: x.awaiting.instructions,
+    deadline: x.awaiting.deadline,
+  }));
+}

@@ -99,7 +99,17 @@ describeEachDriver('hitl approvals', ({ db, driver }) => {
     expect(waiting.awaiting.instructions).toMatch(/budget/);
     expect(Date.parse(waiting.awaiting.deadline)).toBeGreaterThan(Date.now());
     expect(waiting.child_run_id).toBeNull(); // an approval runs no code
-    expect((await t.call('GET', `/api/runs/${id}`, undefined, A)).body.status).toBe('running');
+    const runNow = (await t.call('GET', `/api/runs/${id}`, undefined, A)).body;
+    expect(runNow.status).toBe('running');
+    // The run itself says that it awaits approval, and for whom.
+    expect(runNow.awaiting_approval).toEqual([
+      {
+        task: 'sign-off',
+        role: 'admin',
+        instructions: waiting.awaiting.instructions,
+        deadline: waiting.awaiting.deadline,
+      },
+    ]);
 
     // The wrong role: an execute token may not decide an approval that needs admin.
     const wrong = await t.call(
@@ -166,6 +176,7 @@ describeEachDriver('hitl approvals', ({ db, driver }) => {
 
     const run = await waitRun(t, id, A);
     expect(run.status, JSON.stringify(run.error)).toBe('succeeded');
+    expect(run.awaiting_approval).toEqual([]);
     expect(run.output.n).toBe(42);
     expect(run.output.by).toBe(ok.body.outputs.approver);
     const audit = (await t.call('GET', `/api/runs/${id}/audit`, undefined, A)).body.events as any[];
