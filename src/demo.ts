@@ -14,7 +14,14 @@ const EXAMPLES = new URL('../examples/', import.meta.url);
 /** `serve --demo`: a "demo" circle with the examples applied (idempotent), and how to call them. */
 export async function installDemo(db: Db, url: string, config: Config): Promise<string> {
   const circle = (await getCircleBySlug(db, 'demo')) ?? (await createCircle(db, 'demo', 1_000_000_000));
-  for (const f of ['add-one.yaml', 'notes.yaml', 'my-greeter.yaml', 'hello-python.yaml', 'people.yaml']) {
+  for (const f of [
+    'add-one.yaml',
+    'notes.yaml',
+    'my-greeter.yaml',
+    'hello-python.yaml',
+    'people.yaml',
+    'enrich.yaml',
+  ]) {
     const text = await readFile(new URL(f, EXAMPLES), 'utf8');
     for (const def of parseElementsYaml(text, f))
       await applyElement(db, circle, def as unknown as ElementInput, 'demo', typeLookup);

@@ -69,5 +69,6 @@ describe('README.md, as written', () => {
     expect(r.stdout).toMatch(/"status":"succeeded"/); // the curl answer
     expect(r.stdout).toMatch(/Hello, Alice!/);
     expect(r.stdout).toMatch(/Hello, Ada!/);
+    expect(r.stdout).toMatch(/"result": 41/); // the workflow, followed to its end
   }, 300_000);
 });
