@@ -1,3 +1,4 @@
+import { errors } from '../core/errors.js';
 import type { Config } from '../config.js';
 import type { Db } from '../db/types.js';
 import type { ManagedPgStatus } from '../db/managed-pg.js';
@@ -21,4 +22,29 @@ export interface Deps {
 
 export function baseUrlOf(deps: Deps): string {
   return deps.config.publicUrl ?? `http://${deps.config.host}:${deps.config.port}`;
+}
+
+/** Trigger types a caller may claim for the runs it starts; every other type is Cairn's own. */
+const CALLER_TRIGGERS = new Set(['api', 'manual']);
+
+/**
+ * The trigger of a run a request starts: `api`, or `manual` when the client says a person asked
+ * for it (`X-Cairn-Trigger: manual`, which the CLI sends). Webhook, schedule, upstream, replay and
+ * rerun are set by Cairn itself, never by a caller.
+ */
+export function requestTrigger(
+  headers: Record<string, string | string[] | undefined>,
+  actor: string,
+): { type: string; source: string | null; actor: string } {
+  const asked = String(headers['x-cairn-trigger'] ?? '')
+    .trim()
+    .toLowerCase();
+  if (asked !== '' && !CALLER_TRIGGERS.has(asked))
+    throw errors.invalidInput(
+      `X-Cairn-Trigger "${asked.slice(0, 50)}" cannot be set by a caller.`,
+      { header: 'x-cairn-trigger', allowed: [...CALLER_TRIGGERS] },
+      'Send manual or api (the default); webhook, schedule, upstream, replay and rerun runs are started by Cairn itself.',
+    );
+  const ua = headers['user-agent'];
+  return { type: asked || 'api', source: (Array.isArray(ua) ? ua[0] : ua) ?? null, actor };
 }

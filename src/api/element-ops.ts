@@ -7,7 +7,7 @@ import { elementNotFound } from '../elements/service.js';
 import { getElement, type ElementRow } from '../store/elements.js';
 import { findByIdempotencyKey, toRunView, type RunRow } from '../store/runs.js';
 import { actorOf, authorize } from './auth.js';
-import { baseUrlOf } from './context.js';
+import { baseUrlOf, requestTrigger } from './context.js';
 import { unwrapEnvelope } from './envelope.js';
 import type { RouteCtx } from './route.js';
 import { idempotencyKeyOf, idempotent } from './idempotency.js';
@@ -102,7 +102,7 @@ async function createRun(
       type,
       op,
       input: unwrapEnvelope(ctx.body === undefined ? {} : ctx.body),
-      trigger: { type: 'api', source: ctx.req.headers['user-agent'] ?? null, actor },
+      trigger: requestTrigger(ctx.req.headers, actor),
       idempotencyKey: idempotencyKeyOf(ctx),
       mode: modeOf(ctx, ['live', 'dry_run'] as const),
     },
@@ -162,6 +162,9 @@ async function answerOp(
       input,
       params,
       actor,
+      // Only a request that may start runs is checked for the trigger it claims.
+      trigger:
+        method === 'GET' ? { type: 'api', source: null, actor } : requestTrigger(ctx.req.headers, actor),
       baseUrl: baseUrlOf(deps),
       workerId: deps.engine.worker?.id ?? null,
       engine: deps.engine.port,

@@ -17,6 +17,7 @@ import { triggerInput } from '../elements/workflow/spec.js';
 import { actorOf, authorize } from './auth.js';
 import { visibleRun } from './control-routes.js';
 import { idempotencyKeyOf } from './idempotency.js';
+import { requestTrigger } from './context.js';
 import { defineRoute, type RouteCtx, type RouteDef } from './route.js';
 
 /** A task as the API shows it (seed 001's fields). */
@@ -118,7 +119,7 @@ async function trigger(
     element,
     parameters: ctx.body.parameters,
     definitionHash: by.hash ?? ctx.body.definition_hash,
-    trigger: { type: 'api', source: ctx.req.headers['user-agent'] ?? null, actor: actorOf(ctx.principal!) },
+    trigger: requestTrigger(ctx.req.headers, actorOf(ctx.principal!)),
     idempotencyKey: idempotencyKeyOf(ctx),
     snapshotExtra: ctx.deps.snapshotExtra,
   });

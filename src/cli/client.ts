@@ -54,6 +54,8 @@ export class Client {
         headers: {
           ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
           ...(this.opts.token ? { authorization: `Bearer ${this.opts.token}` } : {}),
+          // Runs a person starts from the CLI are manual runs (R-TRIGGERS).
+          'x-cairn-trigger': 'manual',
           ...headers,
         },
         body: body !== undefined ? JSON.stringify(body) : undefined,

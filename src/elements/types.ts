@@ -133,6 +133,8 @@ export interface OpContext<I = unknown> {
   input: I;
   params: Record<string, string>;
   actor: string;
+  /** The trigger of runs this request starts (api, or manual when a person asked through the CLI or UI). */
+  trigger: { type: string; source: string | null; actor: string };
   baseUrl: string;
   /** The worker inside this process, when there is one. */
   workerId: string | null;

@@ -110,6 +110,28 @@ describeEachDriver('runs', ({ db }) => {
     expect(ev.host).toBe(run.host);
   });
 
+  it('a caller may say a run is manual, never that it is a webhook, schedule or replay', async () => {
+    const manual = await t.call(
+      'POST',
+      `/api/${c.slug}/add-one/ops/invoke`,
+      { params: [1] },
+      c.tokens.execute,
+      {
+        'x-cairn-trigger': 'manual',
+      },
+    );
+    expect(manual.status).toBe(200);
+    const run = (await t.call('GET', `/api/runs/${manual.body.run_id}`, undefined, c.tokens.read)).body;
+    expect(run.trigger).toMatchObject({ type: 'manual', actor: expect.stringMatching(/^token:/) });
+    for (const forged of ['schedule', 'webhook', 'replay', 'upstream']) {
+      const r = await t.call('POST', `/api/${c.slug}/add-one/ops/invoke`, { params: [1] }, c.tokens.execute, {
+        'x-cairn-trigger': forged,
+      });
+      expect(r.status, forged).toBe(400);
+      expectTypedError(r.body);
+    }
+  });
+
   it('async invoke answers 202 with Location; the run completes later', async () => {
     const r = await t.call('POST', `/api/${c.slug}/add-one/ops/invoke`, { params: [1] }, c.tokens.execute, {
       prefer: 'respond-async',
@@ -193,7 +215,7 @@ describeEachDriver('runs', ({ db }) => {
       (
         await t.call(
           'GET',
-          `/api/${c.slug}/runs?kind=invoke&trigger=api&element=add-one&limit=500`,
+          `/api/${c.slug}/runs?kind=invoke&trigger=api,manual&element=add-one&limit=500`,
           undefined,
           c.tokens.read,
         )

@@ -64,6 +64,9 @@ describe('bin/cairn end to end (embedded database)', () => {
     expect(inv.code).toBe(0);
     const body = JSON.parse(inv.out);
     expect(body).toMatchObject({ status: 'succeeded', output: { rows: [{ n: 42 }], row_count: 1 } });
+    // A run a person starts from the CLI is a manual run (R-TRIGGERS).
+    const started = JSON.parse((await cli(['runs', 'get', body.run_id, '--json'])).out);
+    expect(started.trigger.type).toBe('manual');
 
     const human = await cli(['invoke', 'add-one', '--circle', 'e2e', '-d', '{"params": [1]}']);
     expect(human.out).toMatch(/✓ succeeded in [\d.]+ ms\s+run [0-9a-f-]{36}\s+credits 0\.001\b/); // credits, not micro-credits

@@ -55,7 +55,7 @@ const invokeOp = defineOp({
       element: ctx.element,
       parameters: {},
       oneStep: true,
-      trigger: { type: 'api', source: null, actor: ctx.actor },
+      trigger: ctx.trigger,
       idempotencyKey: ctx.idempotencyKey,
       snapshotExtra: ctx.snapshotExtra,
     });

@@ -466,7 +466,7 @@ export const tableType = defineType({
           itemMaxAttempts: b.max_attempts ?? c.max_attempts,
           budget,
           budgetPolicy: b.on_budget_exceeded ?? c.budget?.on_exceed ?? 'stop',
-          trigger: { type: 'api', source: null, actor: ctx.actor },
+          trigger: ctx.trigger,
           input: { table: ctx.element.slug, column: col, ...b },
           batch: {
             table: {

@@ -143,7 +143,7 @@ const triggerOp = defineOp({
       element: ctx.element,
       parameters: ctx.input.parameters,
       definitionHash: ctx.input.definition_hash,
-      trigger: { type: 'api', source: null, actor: ctx.actor },
+      trigger: ctx.trigger,
       idempotencyKey: ctx.idempotencyKey,
       snapshotExtra: ctx.snapshotExtra,
     });
