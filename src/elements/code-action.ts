@@ -20,6 +20,18 @@ export interface ResultEnvelope {
 /** Most files one run may leave in /out, and the size of its /out (MiB). */
 export const OUT_FILES_MAX = 100;
 export const OUT_MB = 16;
+/** The result channel's cap when /out's files travel in it (base64): the output's room plus theirs. */
+export const RESULT_BYTES_WITH_FILES = 6 * 1024 * 1024 + Math.ceil(OUT_MB * 1.4) * 1024 * 1024;
+
+/** Evidence hashes of the files a run read (`in/<name>`) or wrote (`out/<name>`). */
+export function fileHashes(
+  dir: 'in' | 'out',
+  files: ({ name: string; sha256: string } | { name: string; data: Buffer })[],
+): Record<string, string> {
+  return Object.fromEntries(
+    files.map((f) => [`${dir}/${f.name}`, 'sha256:' + ('sha256' in f ? f.sha256 : sha256Hex(f.data))]),
+  );
+}
 
 /** A file name /out may hold: one path segment, no NUL, not `.` or `..`, at most 255 bytes. */
 export function fileNameOk(name: string): boolean {

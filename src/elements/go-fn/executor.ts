@@ -15,10 +15,11 @@ import { WRAPPER_VERSION } from '../../sandbox/builders/go-wrapper.js';
 import type { Sandbox, SandboxResult } from '../../sandbox/runner.js';
 import { declaredError } from '../errors.js';
 import {
+  fileHashes,
   fileMounts,
   filesOf,
-  OUT_MB,
   readEnvelope,
+  RESULT_BYTES_WITH_FILES,
   sandboxEvidence,
   type ResultEnvelope,
 } from '../code-action.js';
@@ -132,7 +133,7 @@ export async function invokeGo(ctx: ExecContext<GoSpec, Record<string, unknown>>
       limits: {
         timeoutMs: spec.timeout_ms,
         memoryMb: spec.memory_mb,
-        resultBytes: 6 * 1024 * 1024 + Math.ceil(OUT_MB * 1.4) * 1024 * 1024,
+        resultBytes: RESULT_BYTES_WITH_FILES,
       },
       outMb: fm.outMb,
       oomMarkers: GO_OOM,
@@ -148,7 +149,7 @@ export async function invokeGo(ctx: ExecContext<GoSpec, Record<string, unknown>>
     binary_hash: binaryHash(b),
     input_hashes: {
       stdin: 'sha256:' + sha256Hex(stdin),
-      ...Object.fromEntries(ctx.files.inputs.map((f) => [`in/${f.name}`, 'sha256:' + f.sha256])),
+      ...fileHashes('in', ctx.files.inputs),
     },
     ...sandboxEvidence(r, spec),
     host: ctx.host || hostname(),
@@ -179,7 +180,7 @@ export async function invokeGo(ctx: ExecContext<GoSpec, Record<string, unknown>>
       ...evidence,
       output_hashes: {
         output: 'sha256:' + sha256Hex(canonicalJson(output)),
-        ...Object.fromEntries(files.map((f) => [`out/${f.name}`, 'sha256:' + sha256Hex(f.data)])),
+        ...fileHashes('out', files),
       },
     },
   };

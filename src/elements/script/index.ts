@@ -9,10 +9,11 @@ import type { Sandbox, SandboxResult } from '../../sandbox/runner.js';
 import { nodeRuntime, pythonRuntime, type Runtime } from '../../sandbox/runtimes.js';
 import { declaredError } from '../errors.js';
 import {
+  fileHashes,
   fileMounts,
   filesOf,
-  OUT_MB,
   readEnvelope,
+  RESULT_BYTES_WITH_FILES,
   sandboxEvidence,
   type ResultEnvelope,
 } from '../code-action.js';
@@ -317,7 +318,7 @@ function executor(l: Lang) {
           ...evidence,
           output_hashes: {
             output: 'sha256:' + sha256Hex(canonicalJson(output)),
-            ...Object.fromEntries(files.map((f) => [`out/${f.name}`, 'sha256:' + sha256Hex(f.data)])),
+            ...fileHashes('out', files),
           },
         },
       };
@@ -368,7 +369,7 @@ async function runScript(
       limits: {
         timeoutMs: spec.timeout_ms,
         memoryMb: spec.memory_mb,
-        ...(fm ? { resultBytes: 6 * 1024 * 1024 + Math.ceil(OUT_MB * 1.4) * 1024 * 1024 } : {}),
+        ...(fm ? { resultBytes: RESULT_BYTES_WITH_FILES } : {}),
       },
       outMb: fm?.outMb,
       oomMarkers: l.oom,
@@ -386,7 +387,7 @@ async function runScript(
     dependencies: deps ? { key: deps.key, cached: deps.cached } : null,
     input_hashes: {
       stdin: 'sha256:' + sha256Hex(stdin),
-      ...Object.fromEntries((files?.inputs ?? []).map((f) => [`in/${f.name}`, 'sha256:' + f.sha256])),
+      ...fileHashes('in', files?.inputs ?? []),
     },
     ...sandboxEvidence(r, spec),
     host,
