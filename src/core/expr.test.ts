@@ -70,4 +70,24 @@ describe('expressions (CEL)', () => {
     expect(() => evalExpr(compileExpr('parameters.n + 1.5'), scope)).toThrow(ExprError); // int + double: no overload
     expect(() => evalExpr(compileExpr('9007199254740991 + 1'), scope)).toThrow(/2\^53/);
   });
+
+  it('reads only the roots its use allows: a workflow its own, a trigger what it received', () => {
+    expect(() => compileExpr('body.action')).toThrow(/reads "body"/);
+    const hook = compileTemplate({ action: '${{ body.action }}', sig: "${{ headers['x-sig'] }}" }, [
+      'body',
+      'headers',
+    ]);
+    expect(renderTemplate(hook, { body: { action: 'opened' }, headers: { 'x-sig': 'v1' } })).toEqual({
+      action: 'opened',
+      sig: 'v1',
+    });
+    expect(() => compileTemplate('${{ steps.a.output }}', ['body'])).toThrow(
+      /reads "steps", which is not body/,
+    );
+    expect(
+      renderTemplate(compileTemplate('${{ upstream.output.n + 1 }}', ['upstream']), {
+        upstream: { output: { n: 1 } },
+      }),
+    ).toBe(2);
+  });
 });

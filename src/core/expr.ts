@@ -17,9 +17,13 @@
  */
 import { Environment, type ASTNode, type ParseResult } from '@marcbachmann/cel-js';
 
-/** A variable an expression may read; anything else is refused at definition time. */
-export type Root = 'parameters' | 'steps' | 'item' | 'run';
-const ROOTS = new Set<string>(['parameters', 'steps', 'item', 'run']);
+/**
+ * A variable an expression may read; anything else is refused at definition time. A workflow
+ * reads parameters, steps, item and run (the default); a trigger maps what it received
+ * (a webhook's body, headers and query; an upstream run).
+ */
+export type Root = 'parameters' | 'steps' | 'item' | 'run' | 'body' | 'headers' | 'query' | 'upstream';
+export const WORKFLOW_ROOTS: readonly Root[] = ['parameters', 'steps', 'item', 'run'];
 const MACROS = new Set(['map', 'filter', 'all', 'exists', 'exists_one']);
 
 const env = new Environment({
@@ -65,8 +69,9 @@ function walk(node: unknown, visit: (n: ASTNode, inMacro: boolean) => void, inMa
   walk(n.args, visit, inMacro);
 }
 
-/** Compiles one expression (the text inside `${{ }}`); throws ExprError. */
-export function compileExpr(source: string): Expr {
+/** Compiles one expression (the text inside `${{ }}`) that may read `roots`; throws ExprError. */
+export function compileExpr(source: string, roots: readonly Root[] = WORKFLOW_ROOTS): Expr {
+  const allowed = new Set<string>(roots);
   let run: ParseResult;
   try {
     run = env.parse(source);
@@ -74,7 +79,7 @@ export function compileExpr(source: string): Expr {
     throw new ExprError(`does not parse: ${String((e as Error).message).split('\n')[0]}`, source);
   }
   const steps = new Set<string>();
-  const roots = new Set<Root>();
+  const found = new Set<Root>();
   const bound = new Set<string>();
   walk(run.ast, (n, inMacro) => {
     if (n.op === 'rcall' && Array.isArray(n.args) && MACROS.has(String(n.args[0]))) {
@@ -88,9 +93,9 @@ export function compileExpr(source: string): Expr {
     if (n.op === 'id') {
       const name = String(n.args);
       if (bound.has(name)) return;
-      if (!ROOTS.has(name))
-        throw new ExprError(`reads "${name}", which is not parameters, steps, item or run`, source);
-      roots.add(name as Root);
+      if (!allowed.has(name))
+        throw new ExprError(`reads "${name}", which is not ${[...allowed].join(', ')}`, source);
+      found.add(name as Root);
     }
     if ((n.op === '.' || n.op === '[]' || n.op === '.?' || n.op === '[?]') && Array.isArray(n.args)) {
       const [obj, key] = n.args as [ASTNode, unknown];
@@ -106,7 +111,7 @@ export function compileExpr(source: string): Expr {
       }
     }
   });
-  return { source, run, steps, roots };
+  return { source, run, steps, roots: found };
 }
 
 /** JSON → CEL values: integral numbers become ints (BigInt). */
@@ -176,7 +181,7 @@ export type Template =
 const OPEN = '${{';
 
 /** Splits a string into literal parts and expressions; throws ExprError for an unclosed `${{`. */
-function splitTemplate(s: string): (string | Expr)[] {
+function splitTemplate(s: string, roots: readonly Root[]): (string | Expr)[] {
   const parts: (string | Expr)[] = [];
   let i = 0;
   while (i < s.length) {
@@ -190,24 +195,24 @@ function splitTemplate(s: string): (string | Expr)[] {
     if (b < 0) throw new ExprError('opens ${{ without a closing }}', s);
     const src = s.slice(a + OPEN.length, b).trim();
     if (src === '') throw new ExprError('is an empty ${{ }}', s);
-    parts.push(compileExpr(src));
+    parts.push(compileExpr(src, roots));
     i = b + 2;
   }
   return parts;
 }
 
 /** Compiles the templates of a JSON value (a step's input, `when`, `for_each`, the outputs). */
-export function compileTemplate(v: unknown): Template {
+export function compileTemplate(v: unknown, roots: readonly Root[] = WORKFLOW_ROOTS): Template {
   if (typeof v === 'string') {
     if (!v.includes(OPEN)) return { t: 'lit', v };
-    const parts = splitTemplate(v);
+    const parts = splitTemplate(v, roots);
     // A value that is one whole expression keeps its JSON type.
     if (parts.length === 1 && typeof parts[0] !== 'string') return { t: 'expr', e: parts[0]! };
     return { t: 'str', parts };
   }
-  if (Array.isArray(v)) return { t: 'arr', v: v.map(compileTemplate) };
+  if (Array.isArray(v)) return { t: 'arr', v: v.map((x) => compileTemplate(x, roots)) };
   if (v && typeof v === 'object')
-    return { t: 'obj', v: Object.entries(v).map(([k, x]) => [k, compileTemplate(x)]) };
+    return { t: 'obj', v: Object.entries(v).map(([k, x]) => [k, compileTemplate(x, roots)]) };
   return { t: 'lit', v };
 }
 
