@@ -47,29 +47,12 @@ export class Client {
     body?: unknown,
     headers: Record<string, string> = {},
   ): Promise<{ status: number; body: T; headers: Headers }> {
-    let res: Response;
-    try {
-      res = await fetch(this.opts.url.replace(/\/$/, '') + path, {
-        method,
-        headers: {
-          ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
-          ...(this.opts.token ? { authorization: `Bearer ${this.opts.token}` } : {}),
-          // Runs a person starts from the CLI are manual runs (R-TRIGGERS).
-          'x-cairn-trigger': 'manual',
-          ...headers,
-        },
-        body: body !== undefined ? JSON.stringify(body) : undefined,
-      });
-    } catch (caught) {
-      const e = thrown(caught);
-      throw new ApiError(0, {
-        code: 'UNREACHABLE',
-        class: 'unavailable',
-        message: `Cannot reach Cairn at ${this.opts.url}: ${thrown(e.cause).code ?? e.message}`,
-        retryable: true,
-        _suggestion: 'Start it with `cairn serve`, or point --url / CAIRN_URL at a running server.',
-      });
-    }
+    const res = await this.send(
+      method,
+      path,
+      body !== undefined ? JSON.stringify(body) : undefined,
+      body !== undefined ? { 'content-type': 'application/json', ...headers } : headers,
+    );
     const text = await res.text();
     let parsed: unknown = undefined;
     try {
@@ -85,22 +68,76 @@ export class Client {
         },
       };
     }
-    if (res.status >= 400) {
-      const err: ErrorBody = sentError(parsed) ?? {
-        code: 'HTTP_' + res.status,
-        class: 'internal',
-        message: text,
-        retryable: false,
-        _suggestion: '',
-      };
-      // The server speaks of HTTP headers; a CLI user passes a flag or an environment variable.
-      if (res.status === 401)
-        err._suggestion = this.opts.token
-          ? 'The token was refused: pass a valid one with --token or CAIRN_TOKEN (`cairn tokens create` makes one).'
-          : 'No token found: pass --token or set CAIRN_TOKEN (or run where --data-dir / CAIRN_DATA holds the bootstrap token).';
-      throw new ApiError(res.status, err);
-    }
+    if (res.status >= 400) throw this.refused(res.status, parsed, text);
     return { status: res.status, body: parsed as T, headers: res.headers };
+  }
+
+  /** A request whose body or answer is raw bytes (a file upload or download); errors are typed the same way. */
+  async requestBytes(
+    method: string,
+    path: string,
+    body?: Buffer,
+    headers: Record<string, string> = {},
+  ): Promise<{ status: number; bytes: Buffer; headers: Headers }> {
+    const res = await this.send(method, path, body, headers);
+    const bytes = Buffer.from(await res.arrayBuffer());
+    if (res.status >= 400) {
+      const text = bytes.toString('utf8');
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        parsed = undefined;
+      }
+      throw this.refused(res.status, parsed, text);
+    }
+    return { status: res.status, bytes, headers: res.headers };
+  }
+
+  private async send(
+    method: string,
+    path: string,
+    body: string | Buffer | undefined,
+    headers: Record<string, string>,
+  ): Promise<Response> {
+    try {
+      return await fetch(this.opts.url.replace(/\/$/, '') + path, {
+        method,
+        headers: {
+          ...(this.opts.token ? { authorization: `Bearer ${this.opts.token}` } : {}),
+          // Runs a person starts from the CLI are manual runs (R-TRIGGERS).
+          'x-cairn-trigger': 'manual',
+          ...headers,
+        },
+        body,
+      });
+    } catch (caught) {
+      const e = thrown(caught);
+      throw new ApiError(0, {
+        code: 'UNREACHABLE',
+        class: 'unavailable',
+        message: `Cannot reach Cairn at ${this.opts.url}: ${thrown(e.cause).code ?? e.message}`,
+        retryable: true,
+        _suggestion: 'Start it with `cairn serve`, or point --url / CAIRN_URL at a running server.',
+      });
+    }
+  }
+
+  /** An error answer as an ApiError: the server's typed error, or one made from what it sent. */
+  private refused(status: number, parsed: unknown, text: string): ApiError {
+    const err: ErrorBody = sentError(parsed) ?? {
+      code: 'HTTP_' + status,
+      class: 'internal',
+      message: text,
+      retryable: false,
+      _suggestion: '',
+    };
+    // The server speaks of HTTP headers; a CLI user passes a flag or an environment variable.
+    if (status === 401)
+      err._suggestion = this.opts.token
+        ? 'The token was refused: pass a valid one with --token or CAIRN_TOKEN (`cairn tokens create` makes one).'
+        : 'No token found: pass --token or set CAIRN_TOKEN (or run where --data-dir / CAIRN_DATA holds the bootstrap token).';
+    return new ApiError(status, err);
   }
 }
 

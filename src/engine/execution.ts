@@ -6,7 +6,8 @@ import { snapshotOf, type RunRow } from '../store/runs.js';
 import { getType, getTypeOrUndefined, operationsOf } from '../elements/registry.js';
 import { recordInvocation } from '../telemetry/metrics.js';
 import type { EngineResources } from './resources.js';
-import { mediaTypeOf, PgFileStore, type FileRef } from '../store/files.js';
+import { PgFileStore, type FileRef } from '../store/files.js';
+import { mediaTypeOf } from '../core/media-types.js';
 
 /**
  * Execution: runs one operation of a run through its type's executor (an

@@ -7,11 +7,12 @@
  */
 import { createHash } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
-import { basename, extname } from 'node:path';
+import { basename } from 'node:path';
 import type { Command } from 'commander';
 import { CairnError, type ErrorBody, thrown } from '../../core/errors.js';
 import type { Run } from '../api.js';
-import { ApiError, EXIT } from '../client.js';
+import { EXIT } from '../client.js';
+import { mediaTypeOf } from '../../core/media-types.js';
 import { addGlobalOptions, type CliCtx } from '../context.js';
 import { color, credits, renderError, statusMark, table } from '../output.js';
 import { action, needCircle } from './client-commands.js';
@@ -264,81 +265,6 @@ function exitFor(status: string): number {
   return status === 'succeeded' ? EXIT.ok : TERMINAL.includes(status) ? EXIT.failed : EXIT.pending;
 }
 
-/** The few media types `files put` guesses from a file's extension (else --type, else octet-stream). */
-const MEDIA_TYPES: Record<string, string> = {
-  '.csv': 'text/csv',
-  '.tsv': 'text/tab-separated-values',
-  '.txt': 'text/plain',
-  '.md': 'text/markdown',
-  '.json': 'application/json',
-  '.jsonl': 'application/x-ndjson',
-  '.ndjson': 'application/x-ndjson',
-  '.html': 'text/html',
-  '.xml': 'application/xml',
-  '.yaml': 'application/yaml',
-  '.yml': 'application/yaml',
-  '.pdf': 'application/pdf',
-  '.png': 'image/png',
-  '.jpg': 'image/jpeg',
-  '.jpeg': 'image/jpeg',
-  '.gif': 'image/gif',
-  '.svg': 'image/svg+xml',
-  '.zip': 'application/zip',
-  '.gz': 'application/gzip',
-  '.parquet': 'application/vnd.apache.parquet',
-};
-
-/**
- * A request whose body or answer is raw bytes (a file), which Client.request
- * (JSON both ways) does not carry; errors are typed the same way.
- */
-async function rawRequest(
-  ctx: CliCtx,
-  method: string,
-  path: string,
-  body?: Buffer,
-  headers: Record<string, string> = {},
-): Promise<{ status: number; bytes: Buffer; headers: Headers }> {
-  const { url, token } = ctx.client.opts;
-  let res: Response;
-  try {
-    res = await fetch(url.replace(/\/$/, '') + path, {
-      method,
-      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...headers },
-      body,
-    });
-  } catch (caught) {
-    const e = thrown(caught);
-    throw new ApiError(0, {
-      code: 'UNREACHABLE',
-      class: 'unavailable',
-      message: `Cannot reach Cairn at ${url}: ${thrown(e.cause).code ?? e.message}`,
-      retryable: true,
-      _suggestion: 'Start it with `cairn serve`, or point --url / CAIRN_URL at a running server.',
-    });
-  }
-  const bytes = Buffer.from(await res.arrayBuffer());
-  if (res.status >= 400) {
-    let err: ErrorBody | undefined;
-    try {
-      err = (JSON.parse(bytes.toString('utf8')) as { error?: ErrorBody }).error;
-    } catch {
-      err = undefined;
-    }
-    throw new ApiError(
-      res.status,
-      err ?? {
-        code: 'HTTP_' + res.status,
-        class: 'internal',
-        message: bytes.toString('utf8').slice(0, 200),
-        retryable: false,
-        _suggestion: 'Check --url.',
-      },
-    );
-  }
-  return { status: res.status, bytes, headers: res.headers };
-}
-
 function printTask(ctx: CliCtx, t: Task): void {
   ctx.out.print(`${color.bold('task')} ${t.name}  ${taskMark(t)} ${taskStatus(t)}`);
   const lines: [string, unknown][] = [
@@ -572,9 +498,9 @@ export function registerWorkflowCommands(program: Command): void {
           'Check the path given to files put.',
         );
       }
-      const type = o.type ?? MEDIA_TYPES[extname(path).toLowerCase()] ?? 'application/octet-stream';
+      const type = o.type ?? mediaTypeOf(path);
       const name = o.name ?? basename(path);
-      const r = await rawRequest(ctx, 'POST', `/api/${circle}/files?name=${enc(name)}`, data, {
+      const r = await ctx.client.requestBytes('POST', `/api/${circle}/files?name=${enc(name)}`, data, {
         'content-type': type,
       });
       const b = JSON.parse(r.bytes.toString('utf8')) as UploadAnswer;
@@ -592,7 +518,7 @@ export function registerWorkflowCommands(program: Command): void {
     action(async (ctx, sha: string, o: { output?: string }) => {
       const circle = needCircle(ctx);
       const hex = sha.replace(/^sha256:/, '');
-      const r = await rawRequest(ctx, 'GET', `/api/${circle}/files/${enc(hex)}`);
+      const r = await ctx.client.requestBytes('GET', `/api/${circle}/files/${enc(hex)}`);
       const got = createHash('sha256').update(r.bytes).digest('hex');
       if (/^[0-9a-f]{64}$/.test(hex) && got !== hex)
         throw new CairnError({
