@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BIN, ROOT, cairn, cliAgainst, ensureBuilt, until, type Proc } from '../helpers/bin.js';
+import { BIN, ROOT, cairn, cliAgainst, ensureBuilt, serveIn, until, type Proc } from '../helpers/bin.js';
 
 const run = promisify(execFile);
 const TOKEN = 'cairn_e2e_bootstrap_token_0123456789';
@@ -16,16 +16,7 @@ describe('bin/cairn end to end (embedded database)', () => {
   let url: string;
 
   async function start(): Promise<void> {
-    server = cairn(['serve', '--port', '0', '--data', dir], {
-      CAIRN_BOOTSTRAP_TOKEN: TOKEN,
-      DATABASE_URL: undefined,
-      CAIRN_LOG_LEVEL: 'warn',
-    });
-    url = await until(
-      async () => /serving on (http:\/\/\S+)/.exec(server.output())?.[1],
-      60_000,
-      'cairn serve to start\n' + server.output(),
-    );
+    ({ server, url } = await serveIn(dir, TOKEN));
   }
 
   const cli = cliAgainst(() => url, TOKEN);

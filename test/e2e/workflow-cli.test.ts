@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cairn, cliAgainst, ensureBuilt, until, type Proc } from '../helpers/bin.js';
+import { cliAgainst, ensureBuilt, serveIn, until, type Proc } from '../helpers/bin.js';
 
 const TOKEN = 'cairn_e2e_bootstrap_token_wf_0123456789';
 const C = ['--circle', 'wfcli'];
@@ -114,16 +114,7 @@ describe('bin/cairn workflows, tasks, approvals, files, lineage', () => {
   beforeAll(async () => {
     ensureBuilt();
     dir = mkdtempSync(join(tmpdir(), 'cairn-e2e-wf-'));
-    server = cairn(['serve', '--port', '0', '--data', dir], {
-      CAIRN_BOOTSTRAP_TOKEN: TOKEN,
-      DATABASE_URL: undefined,
-      CAIRN_LOG_LEVEL: 'warn',
-    });
-    url = await until(
-      async () => /serving on (http:\/\/\S+)/.exec(server.output())?.[1],
-      60_000,
-      'cairn serve to start\n' + server.output(),
-    );
+    ({ server, url } = await serveIn(dir, TOKEN));
     expect((await cli(['circles', 'create', 'wfcli'])).code).toBe(0);
     const file = join(dir, 'elements.yaml');
     writeFileSync(file, ELEMENTS);

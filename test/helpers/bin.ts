@@ -56,6 +56,44 @@ export async function until<T>(
   throw new Error(`timed out waiting for ${what}`);
 }
 
+/** `cairn serve` on the embedded database in `dir`, with `token` as its bootstrap token; resolves once it serves. */
+export async function serveIn(dir: string, token: string): Promise<{ server: Proc; url: string }> {
+  const server = cairn(['serve', '--port', '0', '--data', dir], {
+    CAIRN_BOOTSTRAP_TOKEN: token,
+    DATABASE_URL: undefined,
+    CAIRN_LOG_LEVEL: 'warn',
+  });
+  const url = await until(
+    async () => /serving on (http:\/\/\S+)/.exec(server.output())?.[1],
+    60_000,
+    'cairn serve to start\n' + server.output(),
+  );
+  return { server, url };
+}
+
+/**
+ * `cairn worker` processes against the PostgreSQL at `url()`, with short leases so that a
+ * killed one's runs are recovered within seconds; `killAll` for afterAll.
+ */
+export function workerProcs(url: () => string) {
+  const procs: Proc[] = [];
+  return {
+    start(concurrency = 4): Proc {
+      const p = cairn(['worker', '--concurrency', String(concurrency)], {
+        DATABASE_URL: url(),
+        CAIRN_LEASE_MS: '1500',
+        CAIRN_POLL_MS: '100',
+        CAIRN_SHUTDOWN_GRACE_MS: '300',
+      });
+      procs.push(p);
+      return p;
+    },
+    killAll(): void {
+      for (const p of procs) p.child.kill('SIGKILL');
+    },
+  };
+}
+
 /** Runs the real CLI against `url()` with `token`; answers its exit code and output instead of throwing. */
 export function cliAgainst(
   url: () => string,

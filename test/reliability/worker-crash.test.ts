@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freshDb } from '../helpers/db.js';
-import { cairn, ensureBuilt, until, type Proc } from '../helpers/bin.js';
+import { ensureBuilt, until, workerProcs } from '../helpers/bin.js';
 import type { Db } from '../../src/db/types.js';
 import { createCircle, type CircleRow } from '../../src/store/circles.js';
 import { typeLookup } from '../../src/elements/registry.js';
@@ -16,13 +16,7 @@ describe('a worker killed with SIGKILL while holding a run', () => {
   let url: string;
   let drop: () => Promise<void>;
   let circle: CircleRow;
-  const procs: Proc[] = [];
-  const env = () => ({
-    DATABASE_URL: url,
-    CAIRN_LEASE_MS: '1500',
-    CAIRN_POLL_MS: '100',
-    CAIRN_SHUTDOWN_GRACE_MS: '300',
-  });
+  const workers = workerProcs(() => url);
 
   beforeAll(async () => {
     ensureBuilt();
@@ -55,7 +49,7 @@ describe('a worker killed with SIGKILL while holding a run', () => {
   }, 120_000);
 
   afterAll(async () => {
-    for (const p of procs) p.child.kill('SIGKILL');
+    workers.killAll();
     await drop();
   });
 
@@ -71,11 +65,7 @@ describe('a worker killed with SIGKILL while holding a run', () => {
     return run.id;
   }
 
-  function worker(): Proc {
-    const p = cairn(['worker', '--concurrency', '4'], env());
-    procs.push(p);
-    return p;
-  }
+  const worker = () => workers.start(4);
 
   it('is recovered by another worker after the lease expires: retried if safe, failed with evidence if not', async () => {
     const readId = await submit('slow-read');

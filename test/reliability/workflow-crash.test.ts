@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freshDb } from '../helpers/db.js';
-import { cairn, ensureBuilt, until, type Proc } from '../helpers/bin.js';
+import { ensureBuilt, until, workerProcs } from '../helpers/bin.js';
 import type { Db } from '../../src/db/types.js';
 import { circleIdentity, createCircle, type CircleRow } from '../../src/store/circles.js';
 import { typeLookup } from '../../src/elements/registry.js';
@@ -22,18 +22,8 @@ describe('workflows across worker processes', () => {
   let url: string;
   let drop: () => Promise<void>;
   let circle: CircleRow;
-  const procs: Proc[] = [];
-  const env = () => ({
-    DATABASE_URL: url,
-    CAIRN_LEASE_MS: '1500',
-    CAIRN_POLL_MS: '100',
-    CAIRN_SHUTDOWN_GRACE_MS: '300',
-  });
-  const worker = (concurrency = 4) => {
-    const p = cairn(['worker', '--concurrency', String(concurrency)], env());
-    procs.push(p);
-    return p;
-  };
+  const workers = workerProcs(() => url);
+  const worker = (concurrency = 4) => workers.start(concurrency);
   const mk = (slug: string, element_type: string, spec: unknown) =>
     createElement(
       db,
@@ -95,7 +85,7 @@ describe('workflows across worker processes', () => {
   }, 120_000);
 
   afterAll(async () => {
-    for (const p of procs) p.child.kill('SIGKILL');
+    workers.killAll();
     await drop();
   });
 
