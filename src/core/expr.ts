@@ -22,7 +22,16 @@ import { Environment, type ASTNode, type ParseResult } from '@marcbachmann/cel-j
  * reads parameters, steps, item and run (the default); a trigger maps what it received
  * (a webhook's body, headers and query; an upstream run).
  */
-export type Root = 'parameters' | 'steps' | 'item' | 'run' | 'body' | 'headers' | 'query' | 'upstream';
+export type Root =
+  | 'parameters'
+  | 'steps'
+  | 'item'
+  | 'run'
+  | 'body'
+  | 'headers'
+  | 'query'
+  | 'upstream'
+  | 'schedule';
 export const WORKFLOW_ROOTS: readonly Root[] = ['parameters', 'steps', 'item', 'run'];
 const MACROS = new Set(['map', 'filter', 'all', 'exists', 'exists_one']);
 

@@ -6,6 +6,7 @@ import { javascriptType, pythonType } from './script/index.js';
 import { tableType } from './table/index.js';
 import { workflowType } from './workflow/index.js';
 import { hitlType } from './hitl/index.js';
+import { scheduleType } from './schedule/index.js';
 import type { ElementTypeDecl, HttpMethod, OperationDecl, TypeLookup } from './types.js';
 
 /** Every element type Cairn knows. Adding one is adding a folder and a line here. */
@@ -17,6 +18,7 @@ const TYPES: ElementTypeDecl[] = [
   tableType,
   workflowType,
   hitlType,
+  scheduleType,
 ];
 
 const byName = new Map(TYPES.map((t) => [t.type, t]));

@@ -49,8 +49,8 @@ export async function createElement(
   }
   const { spec, warnings } = checkSpec(type, input.spec);
   await type.validateInCircle?.(db, circle, spec, types);
-  const el = await db.transaction((tx) =>
-    store.insertElement(tx, {
+  const { el, once } = await db.transaction(async (tx) => {
+    const el = await store.insertElement(tx, {
       circleId: circle.id,
       slug: input.slug,
       elementType: type.type,
@@ -60,9 +60,11 @@ export async function createElement(
       spec,
       definitionHash: definitionHash(type.type, spec),
       actor,
-    }),
-  );
-  return toElementView(el, circle, warnings);
+    });
+    return { el, once: (await type.afterSave?.(tx, circle, el, true, types)) ?? undefined };
+  });
+  const view = toElementView(el, circle, warnings);
+  return once ? { ...view, shown_once: once } : view;
 }
 
 export interface UpdateInput {
@@ -102,6 +104,7 @@ export async function updateElement(
       patch.note ?? 'update',
       actor,
     );
+    await type.afterSave?.(tx, circle, next, false, types);
     return toElementView(next, circle, warnings);
   });
 }

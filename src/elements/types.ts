@@ -53,7 +53,7 @@ export interface BatchRequest {
   itemMaxAttempts: number;
   budget: number | null;
   budgetPolicy: 'flag' | 'stop';
-  trigger: { type: string; source: string | null; actor: string };
+  trigger: RunTrigger;
   /** Recorded as the run's input: what was asked (table, column, filter…). */
   input: Record<string, unknown>;
   /** Pinned into the snapshot next to the element (source table, mapping, where cells go). */
@@ -88,7 +88,7 @@ export interface WorkflowTriggerRequest {
   element?: ElementRow;
   parameters: Record<string, unknown>;
   definitionHash?: string;
-  trigger: { type: string; source: string | null; actor: string };
+  trigger: RunTrigger;
   idempotencyKey?: string;
   rerunOf?: string | null;
   snapshotExtra: Record<string, unknown>;
@@ -114,6 +114,37 @@ export interface EnginePort {
   triggerWorkflow(req: WorkflowTriggerRequest): Promise<WorkflowTriggered>;
   /** Cancels a run (wakes its worker). */
   cancel(runId: string, actor: string, reason: string | null): Promise<RunRow>;
+  /** Starts a run of a trigger's target (a run-creating or run-starting op of an element). */
+  start(req: StartRequest): Promise<Started>;
+}
+
+/** Who started a run, as the run records it (R-TRIGGERS), plus what identifies the occurrence. */
+export interface RunTrigger {
+  type: string;
+  source: string | null;
+  actor: string;
+  [k: string]: unknown;
+}
+
+/** A trigger's target: an element of the circle and one of its run-creating or run-starting ops. */
+export interface TargetRef {
+  element: string;
+  op: string;
+}
+
+export interface StartRequest {
+  circle: CircleRow;
+  target: TargetRef;
+  /** The op's input (validated by its schema). */
+  input: unknown;
+  trigger: RunTrigger;
+  /** Makes the start happen once however often it is asked (an occurrence, a delivery, a handoff). */
+  idempotencyKey: string;
+}
+
+export interface Started {
+  run_id: string;
+  status: string;
 }
 
 /** The element types as element code looks them up (the registry implements it). */
@@ -134,7 +165,7 @@ export interface OpContext<I = unknown> {
   params: Record<string, string>;
   actor: string;
   /** The trigger of runs this request starts (api, or manual when a person asked through the CLI or UI). */
-  trigger: { type: string; source: string | null; actor: string };
+  trigger: RunTrigger;
   baseUrl: string;
   /** The worker inside this process, when there is one. */
   workerId: string | null;
@@ -174,6 +205,11 @@ export interface OperationDecl<I extends z.ZodType = z.ZodType> {
   output?: z.ZodType;
   /** Run-creating ops are executed by a worker through the type's executor. */
   createsRun?: boolean;
+  /**
+   * A handler op that starts a run itself (a workflow's trigger, a table's column run) and answers
+   * with its `run_id`: a trigger (schedule, webhook, upstream) may target it like a run-creating op.
+   */
+  startsRun?: boolean;
   /** Price per run in micro-credits (metered ops); free when absent. */
   price?: number;
   /** May a run of this op be executed again after its worker was lost? */
@@ -254,6 +290,18 @@ export interface ElementTypeDecl<S extends z.ZodType = z.ZodType> {
    * task until an approver with `role` approves or rejects it, or `timeout_ms` passes.
    */
   approval?(spec: z.output<S>): ApprovalGate;
+  /**
+   * Called in the transaction that saves a version (create, update, apply): a trigger type writes
+   * what the engine reads (its schedule, its hook, its link). What it returns is shown once in
+   * the create answer, as `shown_once` (a webhook's generated secret).
+   */
+  afterSave?(
+    tx: Queryable,
+    circle: CircleRow,
+    element: ElementRow,
+    created: boolean,
+    types: TypeLookup,
+  ): Promise<Record<string, unknown> | void>;
   /** What the type pins into the run snapshot beyond the element itself (toolchains…). */
   snapshot?(spec: z.output<S>, db: Db): Promise<Record<string, unknown>>;
 }

@@ -18,6 +18,8 @@ export interface ElementView {
   created_at: string;
   updated_at: string;
   warnings?: string[];
+  /** Shown in the create answer only, never again (a webhook's secret). */
+  shown_once?: Record<string, unknown>;
 }
 
 export function toElementView(

@@ -7,6 +7,9 @@ import { Sandbox } from '../sandbox/runner.js';
 import { enginePort } from './port.js';
 import { submitRun, type SubmitRequest } from './submit.js';
 import { RunWaiter } from './waiter.js';
+import { startTarget } from './start.js';
+import { TriggerSystem } from './triggers.js';
+import type { StartRequest, Started } from '../elements/types.js';
 import { Worker, type WorkerOptions } from './worker.js';
 
 export interface EngineOptions {
@@ -45,6 +48,8 @@ export class Engine {
   readonly waiter: RunWaiter;
   readonly port: EnginePort;
   readonly sandbox: Sandbox;
+  /** The scheduler and the upstream outbox (in processes that run a worker). */
+  readonly triggers: TriggerSystem | undefined;
   private readonly ownsSandbox: boolean;
   private readonly snapshotExtra: Record<string, unknown>;
 
@@ -58,16 +63,40 @@ export class Engine {
         ? undefined
         : new Worker({ ...opts.worker, db: opts.db, log: opts.log ?? silentLogger, sandbox: this.sandbox });
     this.waiter = new RunWaiter(opts.db, opts.waitPollMs ?? 1_000);
-    this.port = enginePort(opts.db);
+    this.port = enginePort(opts.db, (req) => this.startTarget(req));
+    this.triggers = this.worker
+      ? new TriggerSystem({
+          db: opts.db,
+          log: opts.log ?? silentLogger,
+          start: (req) => this.startTarget(req),
+        })
+      : undefined;
+  }
+
+  /** Starts a trigger's target run (once per idempotency key). */
+  startTarget(req: StartRequest): Promise<Started> {
+    return startTarget(
+      {
+        db: this.db,
+        sandbox: this.sandbox,
+        snapshotExtra: this.snapshotExtra,
+        port: () => this.port,
+        workerId: this.worker?.id ?? null,
+        kick: () => this.kick(),
+      },
+      req,
+    );
   }
 
   async start(): Promise<void> {
     await this.waiter.start();
     await this.worker?.start();
+    await this.triggers?.start();
   }
 
   /** Stops the worker (in-flight runs get `graceMs` to finish, the rest is handed back), then the waiter. */
   async stop(graceMs: number): Promise<void> {
+    await this.triggers?.stop();
     await this.worker?.stop(graceMs);
     await this.waiter.stop();
     if (this.ownsSandbox) this.sandbox.close();

@@ -49,6 +49,7 @@ const invokeOp = defineOp({
     'Creates a run with one task that waits for an approver (POST /api/runs/{id}/tasks/approval/approve or /reject). Answers 202 with the run id.',
   input: z.object({}).strict(),
   status: 202,
+  startsRun: true,
   handler: async (ctx: OpContext) => {
     const t = await ctx.engine.triggerWorkflow({
       circle: ctx.circle,

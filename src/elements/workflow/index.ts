@@ -137,6 +137,7 @@ const triggerOp = defineOp({
     'Validates the parameters against spec.parameters, pins the definition (the workflow and the current version of every step; or exactly the one `definition_hash` names), reserves its estimate and queues the run. Answers 202 with the run id and its definition hash.',
   input: triggerInput,
   status: 202,
+  startsRun: true,
   handler: async (ctx: OpContext<TriggerInput>) => {
     const t = await ctx.engine.triggerWorkflow({
       circle: ctx.circle,
