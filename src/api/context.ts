@@ -35,7 +35,8 @@ const CALLER_TRIGGERS = new Set(['api', 'manual']);
 export function requestTrigger(
   headers: Record<string, string | string[] | undefined>,
   actor: string,
-): { type: string; source: string | null; actor: string } {
+  role: string,
+): { type: string; source: string | null; actor: string; role: string } {
   const asked = String(headers['x-cairn-trigger'] ?? '')
     .trim()
     .toLowerCase();
@@ -46,5 +47,5 @@ export function requestTrigger(
       'Send manual or api (the default); webhook, schedule, upstream, replay and rerun runs are started by Cairn itself.',
     );
   const ua = headers['user-agent'];
-  return { type: asked || 'api', source: (Array.isArray(ua) ? ua[0] : ua) ?? null, actor };
+  return { type: asked || 'api', source: (Array.isArray(ua) ? ua[0] : ua) ?? null, actor, role };
 }

@@ -78,6 +78,7 @@ function controlRoute(
       if (action === 'retry-failed') {
         const r = await retryFailedItems(db, run.id, actor, circle.slug, {
           definition: (ctx.body as { definition?: 'pinned' | 'latest' }).definition ?? 'pinned',
+          role: ctx.principal!.role,
         });
         ctx.deps.engine.kick();
         return { retried: r.retried, message: r.message, run: view(r.run) };

@@ -102,7 +102,7 @@ async function createRun(
       type,
       op,
       input: unwrapEnvelope(ctx.body === undefined ? {} : ctx.body),
-      trigger: requestTrigger(ctx.req.headers, actor),
+      trigger: requestTrigger(ctx.req.headers, actor, ctx.principal!.role),
       idempotencyKey: idempotencyKeyOf(ctx),
       mode: modeOf(ctx, ['live', 'dry_run'] as const),
     },
@@ -164,7 +164,9 @@ async function answerOp(
       actor,
       // Only a request that may start runs is checked for the trigger it claims.
       trigger:
-        method === 'GET' ? { type: 'api', source: null, actor } : requestTrigger(ctx.req.headers, actor),
+        method === 'GET'
+          ? { type: 'api', source: null, actor }
+          : requestTrigger(ctx.req.headers, actor, ctx.principal!.role),
       baseUrl: baseUrlOf(deps),
       workerId: deps.engine.worker?.id ?? null,
       engine: deps.engine.port,

@@ -119,7 +119,7 @@ async function trigger(
     element,
     parameters: ctx.body.parameters,
     definitionHash: by.hash ?? ctx.body.definition_hash,
-    trigger: requestTrigger(ctx.req.headers, actorOf(ctx.principal!)),
+    trigger: requestTrigger(ctx.req.headers, actorOf(ctx.principal!), ctx.principal!.role),
     idempotencyKey: idempotencyKeyOf(ctx),
     snapshotExtra: ctx.deps.snapshotExtra,
   });

@@ -13,6 +13,15 @@ export function snapshotElement(el: ElementRow) {
   };
 }
 
+/** Does a run of this op change anything outside its record? (Undeclared run-creating ops: yes.) */
+export function sideEffects(
+  op: Pick<OperationDecl, 'sideEffects' | 'createsRun' | 'startsRun'>,
+  el: Pick<ElementRow, 'spec'>,
+): boolean {
+  if (typeof op.sideEffects === 'function') return op.sideEffects(el.spec);
+  return op.sideEffects ?? (op.createsRun === true || op.startsRun === true);
+}
+
 /** May a run of this op be executed again after its worker was lost? */
 export function retryOnLoss(op: OperationDecl, el: Pick<ElementRow, 'spec'>): boolean {
   return typeof op.retryOnLoss === 'function' ? op.retryOnLoss(el.spec) : (op.retryOnLoss ?? false);

@@ -7,6 +7,7 @@ import { tableType } from './table/index.js';
 import { workflowType } from './workflow/index.js';
 import { hitlType } from './hitl/index.js';
 import { scheduleType } from './schedule/index.js';
+import { policyType } from './policy/index.js';
 import type { ElementTypeDecl, HttpMethod, OperationDecl, TypeLookup } from './types.js';
 
 /** Every element type Cairn knows. Adding one is adding a folder and a line here. */
@@ -19,6 +20,7 @@ const TYPES: ElementTypeDecl[] = [
   workflowType,
   hitlType,
   scheduleType,
+  policyType,
 ];
 
 const byName = new Map(TYPES.map((t) => [t.type, t]));
@@ -50,6 +52,7 @@ export function getType(name: string): ElementTypeDecl {
 export const typeLookup: TypeLookup = {
   get: (name) => getType(name),
   operationsOf: (t) => operationsOf(t),
+  list: () => listTypes(),
 };
 
 export function getTypeOrUndefined(name: string | null): ElementTypeDecl | undefined {

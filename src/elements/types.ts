@@ -61,6 +61,10 @@ export interface BatchRequest {
   snapshotExtra: Record<string, unknown>;
   idempotencyKey?: string;
   rerunOf?: string | null;
+  /** The policy action (default run) and more of its context (a replay's original run). */
+  action?: 'run' | 'replay' | 'retry';
+  policyContext?: Record<string, unknown>;
+  replayOf?: string | null;
 }
 
 export interface BatchSubmitted {
@@ -94,6 +98,9 @@ export interface WorkflowTriggerRequest {
   snapshotExtra: Record<string, unknown>;
   /** Run `element` alone as a one-step workflow (an approval invoked by itself). */
   oneStep?: boolean;
+  action?: 'run' | 'replay' | 'retry';
+  policyContext?: Record<string, unknown>;
+  replayOf?: string | null;
 }
 
 export interface WorkflowTriggered {
@@ -152,6 +159,8 @@ export interface TypeLookup {
   get(name: string): ElementTypeDecl;
   /** All ops of a type: the base ops plus its own. */
   operationsOf(t: ElementTypeDecl): OperationDecl[];
+  /** Every type (the policy schema is generated from them). */
+  list(): ElementTypeDecl[];
 }
 
 /** What an operation handler sees when it does not create a run (get, update, …). */
@@ -214,6 +223,11 @@ export interface OperationDecl<I extends z.ZodType = z.ZodType> {
   price?: number;
   /** May a run of this op be executed again after its worker was lost? */
   retryOnLoss?: boolean | SpecCheck;
+  /**
+   * Does a run of it change anything outside its own record (a write, a call)? A strict replay
+   * refuses to repeat one. Run-creating ops that do not say are assumed to.
+   */
+  sideEffects?: boolean | SpecCheck;
   /** How many attempts a run may take in total (lost workers included). */
   maxAttempts?: number;
   /** Ops that do not create a run answer directly. */

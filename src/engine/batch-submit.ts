@@ -8,6 +8,8 @@ import type { BatchRequest, BatchSubmitted, OperationDecl } from '../elements/ty
 import { insertBatchRun, type NewBatchItem } from '../store/batch.js';
 import { getWallet } from '../store/ledger.js';
 import { findByIdempotencyKey, type RunRow } from '../store/runs.js';
+import { applyPatch } from '../core/json-patch.js';
+import { decide } from './policy.js';
 import { elementDisabled, elementRef, retryOnLoss, runSnapshot } from './submit.js';
 
 export type { BatchRequest, BatchSubmitted, BatchUnit, RunMode } from '../elements/types.js';
@@ -37,6 +39,21 @@ export async function submitBatch(db: Db, req: BatchRequest): Promise<BatchSubmi
   }
   const units = req.mode === 'smoke_test' ? req.units.slice(0, req.sample ?? 5) : req.units;
   const price = op.price ?? 0;
+  // One decision for the run (its context holds what was asked and the estimate of every unit);
+  // a permit's patch applies to each item's input, and a patched input that no longer validates
+  // fails that item alone.
+  const pol = await decide(db, {
+    circle: req.circle,
+    element: el,
+    op,
+    action: req.action ?? 'run',
+    trigger: req.trigger,
+    mode: req.mode,
+    input: req.input,
+    estimatedCost: units.length * price,
+    context: req.policyContext,
+  });
+  const patch = pol.record?.patch ?? [];
   const items: NewBatchItem[] = units.map((u, ord) => {
     const item = { id: newId(), key: u.key, ord, inputs: u.input ?? null };
     const fail = (message: string): NewBatchItem => ({
@@ -45,7 +62,15 @@ export async function submitBatch(db: Db, req: BatchRequest): Promise<BatchSubmi
       error: invalidItem(message),
     });
     if (u.problem) return fail(u.problem);
-    const parsed = op.input.safeParse(u.input);
+    let unitInput = u.input;
+    if (patch.length > 0) {
+      try {
+        unitInput = applyPatch(u.input, patch);
+      } catch (e) {
+        return fail(`A policy's patch does not apply to this item's input: ${(e as Error).message}`);
+      }
+    }
+    const parsed = op.input.safeParse(unitInput);
     if (!parsed.success)
       return fail(`The input does not match ${type.type}.${op.name}: ${describeIssues(parsed.error)}`);
     return {
@@ -96,7 +121,8 @@ export async function submitBatch(db: Db, req: BatchRequest): Promise<BatchSubmi
       budgetPolicy: req.budgetPolicy,
       concurrency: req.concurrency,
       itemMaxAttempts: req.itemMaxAttempts,
-      snapshot: runSnapshot(el, op, retry, { batch: req.batch, ...req.snapshotExtra }),
+      snapshot: runSnapshot(el, op, retry, { batch: req.batch, ...req.snapshotExtra }, pol.snapshot),
+      policy: pol.record,
       traceId: randomBytes(16).toString('hex'),
       idempotencyKey: req.idempotencyKey ?? null,
       timeoutMs: type.timeoutMs?.(el.spec) ?? 60_000,

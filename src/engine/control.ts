@@ -9,6 +9,7 @@ import { ident } from '../db/types.js';
 import { isTerminal } from '../core/status.js';
 import type { Db, Queryable } from '../db/types.js';
 import { pauseRun, resumeRun, retryFailed } from '../store/batch.js';
+import { decideOnRun } from './policy.js';
 import { getWallet } from '../store/ledger.js';
 import { cancelRun, getRun, listItems, snapshotOf, type RunRow } from '../store/runs.js';
 import { childrenLeft, getDefinition, retryableTasks, retryWorkflowTasks } from '../store/workflow.js';
@@ -97,9 +98,11 @@ export async function retryFailedItems(
   runId: string,
   actor: string,
   circleSlug: string,
-  opts: { definition?: 'pinned' | 'latest' } = {},
+  opts: { definition?: 'pinned' | 'latest'; role?: string } = {},
 ): Promise<RetryAnswer> {
   const run = await existing(db, runId);
+  // Retrying starts work again: the circle's policies decide it as the action `retry`.
+  await decideOnRun(db, run, 'retry', { type: 'api', source: null, actor, role: opts.role ?? 'execute' });
   if (run.kind === 'workflow') {
     if (opts.definition === 'latest')
       throw errors.invalidInput(

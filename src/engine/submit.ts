@@ -8,8 +8,9 @@ import type { ElementRow } from '../store/elements.js';
 import { insertDryRun, insertRun } from '../store/queue.js';
 import { findByIdempotencyKey, type RunRow } from '../store/runs.js';
 import { getWallet } from '../store/ledger.js';
-import type { ElementTypeDecl, OperationDecl } from '../elements/types.js';
+import type { ElementTypeDecl, OperationDecl, RunTrigger } from '../elements/types.js';
 import { retryOnLoss, snapshotElement } from '../elements/pinning.js';
+import { decide, type PolicyOutcome } from './policy.js';
 
 export { retryOnLoss, snapshotElement };
 import { randomBytes } from 'node:crypto';
@@ -20,7 +21,7 @@ export interface SubmitRequest {
   type: ElementTypeDecl;
   op: OperationDecl;
   input: unknown;
-  trigger: { type: string; source: string | null; actor: string };
+  trigger: RunTrigger;
   idempotencyKey?: string;
   parentRunId?: string | null;
   rootRunId?: string | null;
@@ -29,6 +30,10 @@ export interface SubmitRequest {
   claim?: { workerId: string; host: string; leaseMs: number };
   /** dry_run: validate, resolve and estimate; record the run; execute and charge nothing. */
   mode?: 'live' | 'dry_run';
+  /** The policy action (default run; a replay asks `replay`) and what more its context holds. */
+  action?: 'run' | 'replay' | 'retry';
+  policyContext?: Record<string, unknown>;
+  replayOf?: string | null;
 }
 
 export interface Submitted {
@@ -62,12 +67,13 @@ export function runSnapshot(
   op: OperationDecl,
   retry: boolean,
   extra: Record<string, unknown>,
+  policies: PolicyOutcome['snapshot'] = { policy_set_hash: null, policies: [] },
 ): Record<string, unknown> {
   return {
     element: snapshotElement(el),
     operation: { name: op.name, price: op.price ?? 0, retry_on_loss: retry },
     engine_version: ENGINE_VERSION,
-    policies: [],
+    ...policies,
     ...extra,
   };
 }
@@ -83,7 +89,7 @@ export async function submitRun(
 ): Promise<Submitted> {
   const { element: el, op, type } = req;
   if (el.state === 'disabled') throw elementDisabled(el);
-  const input = parseInput(
+  let input = parseInput(
     op.input,
     req.input,
     `The input does not match ${type.type}.${op.name}`,
@@ -93,6 +99,24 @@ export async function submitRun(
     const prior = await findByIdempotencyKey(db, req.circle.id, req.idempotencyKey);
     if (prior) return { run: prior, created: false };
   }
+  const pol = await decide(db, {
+    circle: req.circle,
+    element: el,
+    op,
+    action: req.action ?? 'run',
+    trigger: req.trigger,
+    mode: req.mode ?? 'live',
+    input,
+    estimatedCost: op.price ?? 0,
+    context: req.policyContext,
+  });
+  if (pol.input !== input)
+    input = parseInput(
+      op.input,
+      pol.input,
+      `The input a policy patched does not match ${type.type}.${op.name}`,
+      `Fix the patch of the policy ${pol.record?.deciding.map((d) => d.id).join(', ')} so it keeps the input valid.`,
+    );
   const retry = retryOnLoss(op, el);
   const id = newId();
   if (req.mode === 'dry_run') {
@@ -115,7 +139,8 @@ export async function submitRun(
         covered: estimate <= wallet.available,
       },
       engineVersion: ENGINE_VERSION,
-      snapshot: runSnapshot(el, op, retry, snapshotExtra),
+      snapshot: runSnapshot(el, op, retry, snapshotExtra, pol.snapshot),
+      policy: pol.record,
       traceId: randomBytes(16).toString('hex'),
       idempotencyKey: req.idempotencyKey ?? null,
       timeoutMs: type.timeoutMs?.(el.spec) ?? 60_000,
@@ -141,7 +166,8 @@ export async function submitRun(
       engineVersion: ENGINE_VERSION,
       creditsReserved: op.price ?? 0,
       budget: null,
-      snapshot: runSnapshot(el, op, retry, snapshotExtra),
+      snapshot: runSnapshot(el, op, retry, snapshotExtra, pol.snapshot),
+      policy: pol.record,
       traceId: randomBytes(16).toString('hex'),
       idempotencyKey: req.idempotencyKey ?? null,
       timeoutMs: type.timeoutMs?.(el.spec) ?? 60_000,

@@ -27,6 +27,7 @@ import {
   type WorkflowDefinition,
 } from '../store/workflow.js';
 import { elementDisabled, snapshotElement } from './submit.js';
+import { decide } from './policy.js';
 
 export type { WorkflowTriggered, WorkflowTriggerRequest };
 
@@ -74,8 +75,24 @@ export async function triggerWorkflow(db: Db, req: WorkflowTriggerRequest): Prom
   }
   const spec = workflowSpec.parse(def.workflow.spec);
   const plan = compilePlan(spec);
+  const wfType = typeLookup.get(def.workflow.element_type);
+  const estimate = estimateOf(def);
+  // The policy decides on what the run will record as its input, {parameters}; a patch changes them
+  // before they are validated.
+  const pol = await decide(db, {
+    circle,
+    element: { ...def.workflow, category: wfType.category },
+    op: { name: req.oneStep ? 'invoke' : 'trigger', price: estimate, startsRun: true },
+    action: req.action ?? 'run',
+    trigger: req.trigger,
+    mode: 'live',
+    input: { parameters: req.parameters },
+    estimatedCost: estimate,
+    context: req.policyContext,
+  });
+  const parameters = (pol.input as { parameters: Record<string, unknown> }).parameters ?? {};
   const validate = validatorOf(spec.parameters);
-  if (!validate(req.parameters))
+  if (!validate(parameters))
     throw new CairnError({
       code: 'WORKFLOW_PARAMETERS_INVALID',
       class: 'validation',
@@ -88,7 +105,7 @@ export async function triggerWorkflow(db: Db, req: WorkflowTriggerRequest): Prom
       suggestion: `GET /api/${circle.slug}/${def.workflow.slug}/ops/get shows spec.parameters, the schema they must match.`,
     });
   // File references in the parameters must name files of this circle (never another's).
-  const refs = fileRefsIn(req.parameters);
+  const refs = fileRefsIn(parameters);
   const malformed = refs.filter((r) => !SHA256_RE.test(r));
   const missing = malformed.length > 0 ? malformed : await new PgFileStore(db).missing(circle.id, refs);
   if (missing.length > 0)
@@ -113,7 +130,6 @@ export async function triggerWorkflow(db: Db, req: WorkflowTriggerRequest): Prom
       };
   }
   if (!req.definitionHash) await saveDefinition(db, circle.id, hash, def);
-  const estimate = estimateOf(def);
   const id = newId();
   try {
     const run = await insertWorkflowRun(db, {
@@ -127,7 +143,7 @@ export async function triggerWorkflow(db: Db, req: WorkflowTriggerRequest): Prom
       },
       definitionHash: hash,
       trigger: req.trigger,
-      input: { parameters: req.parameters },
+      input: { parameters },
       rerunOf: req.rerunOf ?? null,
       engineVersion: ENGINE_VERSION,
       reserve: estimate,
@@ -136,9 +152,10 @@ export async function triggerWorkflow(db: Db, req: WorkflowTriggerRequest): Prom
         workflow_definition: hash,
         workflow: { id: def.workflow.id, slug: def.workflow.slug, version: def.workflow.version },
         engine_version: ENGINE_VERSION,
-        policies: [],
+        ...pol.snapshot,
         ...req.snapshotExtra,
       },
+      policy: pol.record,
       traceId: randomBytes(16).toString('hex'),
       idempotencyKey: req.idempotencyKey ?? null,
       tasks: plan.steps.map((p) => ({ id: newId(), key: p.step.name, ord: p.index * TASK_ORD_STRIDE })),

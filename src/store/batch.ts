@@ -42,6 +42,7 @@ export interface NewBatchRun {
   idempotencyKey: string | null;
   timeoutMs: number;
   items: NewBatchItem[];
+  policy?: unknown;
 }
 
 const INSERT_BATCH = `
@@ -59,13 +60,13 @@ r AS (
     definition_hash, operation, status, mode, trigger, input, output, root_run_id, rerun_of, max_attempts,
     retryable_on_loss, engine_version, items_total, items_pending, items_failed, credits_reserved, budget,
     budget_policy, concurrency, item_max_attempts, snapshot, trace_id, idempotency_key, timeout_ms,
-    started_at, finished_at, duration_ms)
+    started_at, finished_at, duration_ms, policy)
   SELECT $1::uuid, $2::uuid, 'batch', $3::uuid, $4, $5, $6::int, $7, $8, $9, $10, $11::jsonb, $12::jsonb,
     $13::jsonb, $1::uuid, $14::uuid, 1000000, $16::boolean, $17, cnt.total, cnt.pending, cnt.failed, $15::bigint,
     $18::bigint, $19, $20::int, $21::int, $22::jsonb, $23, $26, $27::int,
     CASE WHEN $9 = 'queued' THEN NULL ELSE clock_timestamp() END,
     CASE WHEN $9 = 'queued' THEN NULL ELSE clock_timestamp() END,
-    CASE WHEN $9 = 'queued' THEN NULL ELSE 0 END
+    CASE WHEN $9 = 'queued' THEN NULL ELSE 0 END, $28::jsonb
   FROM res, cnt WHERE res.ok
   RETURNING *),
 i AS (
@@ -77,7 +78,7 @@ e AS (
   INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
   SELECT r.id, r.circle_id, 'status', NULL, 'queued', $25::text,
     jsonb_build_object('trigger', r.trigger, 'operation', r.operation, 'definition_hash', r.definition_hash,
-      'mode', r.mode, 'items_total', r.items_total) FROM r
+      'mode', r.mode, 'items_total', r.items_total) || CASE WHEN r.policy IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('policy', r.policy) END FROM r
   UNION ALL
   SELECT r.id, r.circle_id, 'status', 'queued', r.status, $25::text, jsonb_build_object('mode', r.mode)
   FROM r WHERE r.status <> 'queued'
@@ -118,6 +119,7 @@ export async function insertBatchRun(q: Queryable, n: NewBatchRun): Promise<RunR
     n.trigger.actor,
     n.idempotencyKey,
     n.timeoutMs,
+    n.policy === undefined || n.policy === null ? null : JSON.stringify(n.policy),
   ]);
   return r.rows[0] && runRow(r.rows[0]);
 }

@@ -32,6 +32,8 @@ export interface NewRun {
   timeoutMs: number;
   /** Insert it already claimed by this worker (a sync invoke it executes at once), skipping the queue. */
   claim?: { workerId: string; host: string; leaseMs: number } | null;
+  /** The policy decision it was started under (R-POLICY). */
+  policy?: unknown;
 }
 
 /**
@@ -49,13 +51,14 @@ r AS (
     definition_hash, operation, status, mode, trigger, input, parent_run_id, root_run_id, max_attempts,
     retryable_on_loss, engine_version, items_total, items_pending, credits_reserved, budget, snapshot,
     trace_id, idempotency_key, timeout_ms, rerun_of, worker_id, host, attempt, queued_at, run_after, started_at,
-    lease_expires_at)
+    lease_expires_at, policy)
   SELECT $1::uuid, $2::uuid, $3, $4::uuid, $5, $6, $7::int, $8, $9,
     CASE WHEN $27::text IS NULL THEN 'queued' ELSE 'running' END, $10, $11::jsonb, $12::jsonb,
     $13::uuid, COALESCE($14::uuid, $1::uuid), $15::int, $16::boolean, $17, 1, 1, $18::bigint, $19::bigint, $20::jsonb,
     $21, $22, $23::int, $26::uuid, $27::text, $28::text, CASE WHEN $27::text IS NULL THEN 0 ELSE 1 END,
     res.t, res.t, CASE WHEN $27::text IS NOT NULL THEN res.t END,
-    CASE WHEN $27::text IS NOT NULL THEN res.t + make_interval(secs => $29::double precision / 1000) END
+    CASE WHEN $27::text IS NOT NULL THEN res.t + make_interval(secs => $29::double precision / 1000) END,
+    $30::jsonb
   FROM res WHERE res.ok
   RETURNING *),
 i AS (
@@ -65,7 +68,8 @@ i AS (
 e AS (
   INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
   SELECT r.id, r.circle_id, 'status', NULL, 'queued', $25::text,
-    jsonb_build_object('trigger', r.trigger, 'operation', r.operation, 'definition_hash', r.definition_hash) FROM r
+    jsonb_build_object('trigger', r.trigger, 'operation', r.operation, 'definition_hash', r.definition_hash) || CASE WHEN r.policy IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('policy', r.policy) END
+  FROM r
   UNION ALL
   SELECT r.id, r.circle_id, 'status', 'queued', 'running', 'worker:' || $27,
     jsonb_build_object('attempt', 1, 'host', $28::text) FROM r WHERE r.status = 'running'
@@ -107,6 +111,7 @@ export async function insertRun(q: Queryable, n: NewRun): Promise<RunRow | undef
     n.claim?.workerId ?? null,
     n.claim?.host ?? null,
     n.claim?.leaseMs ?? null,
+    n.policy === undefined || n.policy === null ? null : JSON.stringify(n.policy),
   ]);
   return res.rows[0] && runRow(res.rows[0]);
 }
@@ -121,10 +126,10 @@ WITH r AS (
   INSERT INTO cairn.runs (id, circle_id, kind, element_id, element_slug, element_type, element_version,
     definition_hash, operation, status, mode, trigger, input, output, root_run_id, max_attempts,
     retryable_on_loss, engine_version, items_total, items_pending, credits_reserved, snapshot, trace_id,
-    idempotency_key, timeout_ms, queued_at, run_after, started_at, finished_at, duration_ms)
+    idempotency_key, timeout_ms, queued_at, run_after, started_at, finished_at, duration_ms, policy)
   SELECT $1::uuid, $2::uuid, 'invoke', $3::uuid, $4, $5, $6::int, $7, $8, 'succeeded', 'dry_run', $9::jsonb,
     $10::jsonb, $11::jsonb, $1::uuid, 1, false, $12, 1, 0, 0, $13::jsonb, $14, $15, $16::int,
-    clock_timestamp(), clock_timestamp(), clock_timestamp(), clock_timestamp(), 0
+    clock_timestamp(), clock_timestamp(), clock_timestamp(), clock_timestamp(), 0, $19::jsonb
   RETURNING *),
 i AS (
   INSERT INTO cairn.items (id, run_id, circle_id, key, status, inputs, finished_at)
@@ -133,7 +138,7 @@ e AS (
   INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
   SELECT r.id, r.circle_id, 'status', NULL, 'queued', $18::text,
     jsonb_build_object('trigger', r.trigger, 'operation', r.operation, 'definition_hash', r.definition_hash,
-      'mode', r.mode) FROM r
+      'mode', r.mode) || CASE WHEN r.policy IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('policy', r.policy) END FROM r
   UNION ALL
   SELECT r.id, r.circle_id, 'status', 'queued', 'succeeded', $18::text, jsonb_build_object('mode', r.mode) FROM r)
 SELECT r.*, pg_notify('cairn_run_done', r.id::text) AS _n FROM r`;
@@ -152,6 +157,7 @@ export interface NewDryRun {
   traceId: string;
   idempotencyKey: string | null;
   timeoutMs: number;
+  policy?: unknown;
 }
 
 export async function insertDryRun(q: Queryable, n: NewDryRun): Promise<RunRow> {
@@ -174,6 +180,7 @@ export async function insertDryRun(q: Queryable, n: NewDryRun): Promise<RunRow> 
     n.timeoutMs,
     n.itemId,
     n.trigger.actor,
+    n.policy === undefined || n.policy === null ? null : JSON.stringify(n.policy),
   ]);
   return runRow(r.rows[0]!);
 }

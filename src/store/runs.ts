@@ -89,6 +89,8 @@ export interface RunRow {
   item_max_attempts: number;
   /** Kept whatever the circle's retention (POST /api/runs/{id}/pin). */
   pinned: boolean;
+  /** The policy decision it started under (null: the circle had no policy then, or an older run). */
+  policy: Record<string, unknown> | null;
 }
 
 const RUN_TS = ['queued_at', 'run_after', 'started_at', 'finished_at', 'lease_expires_at'] as const;
@@ -148,6 +150,7 @@ export interface RunView {
   trace_id: string;
   idempotency_key: string | null;
   pinned: boolean;
+  policy: Record<string, unknown> | null;
   run_url: string;
   web_url: string;
 }
@@ -200,6 +203,7 @@ export function toRunView(r: RunRow, circleSlug: string, baseUrl: string): RunVi
     trace_id: r.trace_id,
     idempotency_key: r.idempotency_key,
     pinned: r.pinned ?? false,
+    policy: r.policy ?? null,
     run_url: `/api/runs/${r.id}`,
     web_url: `${baseUrl.replace(/\/$/, '')}/runs/${r.id}`,
   };

@@ -78,6 +78,7 @@ export interface NewWorkflowRun {
   traceId: string;
   idempotencyKey: string | null;
   tasks: { id: string; key: string; ord: number }[];
+  policy?: unknown;
 }
 
 const INSERT_WORKFLOW = `
@@ -89,10 +90,10 @@ r AS (
   INSERT INTO cairn.runs (id, circle_id, kind, element_id, element_slug, element_type, element_version,
     definition_hash, operation, status, mode, trigger, input, root_run_id, rerun_of, max_attempts,
     retryable_on_loss, engine_version, items_total, items_pending, credits_reserved, concurrency, snapshot,
-    trace_id, idempotency_key, timeout_ms)
+    trace_id, idempotency_key, timeout_ms, policy)
   SELECT $1::uuid, $2::uuid, 'workflow', $3::uuid, $4, $5, $6::int, $7, 'trigger', 'queued', 'live', $8::jsonb,
     $9::jsonb, $1::uuid, $10::uuid, 1000000, true, $14, (SELECT count(*) FROM src), (SELECT count(*) FROM src),
-    $11::bigint, $15::int, $16::jsonb, $17, $18, 0
+    $11::bigint, $15::int, $16::jsonb, $17, $18, 0, $19::jsonb
   FROM res WHERE res.ok
   RETURNING *),
 i AS (
@@ -102,7 +103,7 @@ e AS (
   INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
   SELECT r.id, r.circle_id, 'status', NULL, 'queued', $12::text,
     jsonb_build_object('trigger', r.trigger, 'operation', r.operation, 'definition_hash', r.definition_hash,
-      'tasks', r.items_total) FROM r
+      'tasks', r.items_total) || CASE WHEN r.policy IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('policy', r.policy) END FROM r
   UNION ALL
   SELECT r.id, r.circle_id, 'ledger', NULL, NULL, $12::text,
     jsonb_build_object('movement', 'reserve', 'amount', r.credits_reserved, 'transfer_id', r.id::text || ':reserve:0')
@@ -130,6 +131,7 @@ export async function insertWorkflowRun(q: Queryable, n: NewWorkflowRun): Promis
     n.snapshot,
     n.traceId,
     n.idempotencyKey,
+    n.policy === undefined || n.policy === null ? null : JSON.stringify(n.policy),
   ]);
   const row = r.rows[0];
   if (!row) return undefined;

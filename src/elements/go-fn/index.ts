@@ -23,6 +23,7 @@ const invoke = {
   price: 10_000,
   // A handler may have side effects: never repeated behind the caller's back.
   retryOnLoss: false,
+  sideEffects: (spec: { side_effects?: boolean }) => spec.side_effects !== false,
 } satisfies OperationDecl<typeof goInvokeInput>;
 
 export const goFnType = defineType({

@@ -59,6 +59,10 @@ export const goFnSpec = z
       .record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string().max(32_768))
       .default({})
       .describe('Environment variables injected at runtime'),
+    side_effects: z
+      .boolean()
+      .optional()
+      .describe('false: the handler changes nothing outside its answer, so a strict replay may repeat it'),
     timeout_ms: z
       .number()
       .int()

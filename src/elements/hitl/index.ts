@@ -50,6 +50,7 @@ const invokeOp = defineOp({
   input: z.object({}).strict(),
   status: 202,
   startsRun: true,
+  sideEffects: false,
   handler: async (ctx: OpContext) => {
     const t = await ctx.engine.triggerWorkflow({
       circle: ctx.circle,

@@ -232,6 +232,7 @@ function specSchema(l: Lang) {
       env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string().max(32_768)).default({}),
       timeout_ms: z.number().int().min(100).max(900_000).default(30_000),
       memory_mb: z.number().int().min(l.minMemoryMb).max(4096).default(l.defaultMemoryMb),
+      side_effects: z.boolean().optional(),
     })
     .strict();
 }
@@ -409,6 +410,7 @@ function scriptType(l: Lang): ElementTypeDecl {
     createsRun: true,
     price: 10_000,
     retryOnLoss: false,
+    sideEffects: (spec: { side_effects?: boolean }) => spec.side_effects !== false,
   } satisfies OperationDecl<typeof scriptInvokeInput>;
   return defineType({
     type: l.type,

@@ -31,6 +31,7 @@ const invoke = {
   createsRun: true,
   price: 1_000,
   retryOnLoss: (spec: { query: string }) => isReadOnlyQuery(spec.query),
+  sideEffects: (spec: { query: string }) => !isReadOnlyQuery(spec.query),
   maxAttempts: 3,
 } satisfies OperationDecl<typeof sqlInvokeInput>;
 
