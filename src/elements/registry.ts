@@ -8,6 +8,7 @@ import { workflowType } from './workflow/index.js';
 import { hitlType } from './hitl/index.js';
 import { scheduleType } from './schedule/index.js';
 import { policyType } from './policy/index.js';
+import { upstreamType } from './upstream/index.js';
 import type { ElementTypeDecl, HttpMethod, OperationDecl, TypeLookup } from './types.js';
 
 /** Every element type Cairn knows. Adding one is adding a folder and a line here. */
@@ -21,6 +22,7 @@ const TYPES: ElementTypeDecl[] = [
   hitlType,
   scheduleType,
   policyType,
+  upstreamType,
 ];
 
 const byName = new Map(TYPES.map((t) => [t.type, t]));

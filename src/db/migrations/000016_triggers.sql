@@ -107,7 +107,7 @@ BEGIN
   SELECT u.element_id, NEW.id, NEW.circle_id, NEW.status
     FROM cairn.upstreams u JOIN cairn.elements e ON e.id = u.element_id AND e.state = 'ready'
    WHERE u.source_element_id = NEW.element_id
-     AND (NEW.status = ANY (u.statuses) OR 'completed' = ANY (u.statuses))
+     AND NEW.status = ANY (u.statuses)
   ON CONFLICT DO NOTHING;
   GET DIAGNOSTICS n = ROW_COUNT;
   IF n > 0 THEN PERFORM pg_notify('cairn_outbox', ''); END IF;
