@@ -41,7 +41,7 @@ function unstorableBody(bad: Unstorable): CairnError {
 }
 
 /** Fastify's own errors (bad media type, body too large, bad URL …) as typed Cairn errors. */
-function frameworkError(caught: unknown): CairnError {
+function frameworkError(caught: unknown, bodyLimit = BODY_LIMIT): CairnError {
   const e = thrown(caught);
   const code: string = e.code ?? '';
   if (code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
@@ -58,7 +58,7 @@ function frameworkError(caught: unknown): CairnError {
       code: 'PAYLOAD_TOO_LARGE',
       class: 'validation',
       status: 413,
-      message: `The body is larger than ${BODY_LIMIT} bytes.`,
+      message: `The body is larger than ${bodyLimit} bytes.`,
       suggestion: 'Send a smaller body; put large data in a table or a file element.',
     });
   }
@@ -126,12 +126,13 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
     },
   );
 
-  app.setErrorHandler((e, req, reply) => {
-    const err = e instanceof CairnError ? e : frameworkError(e);
+  const onError = (bodyLimit: number) => (e: unknown, req: FastifyRequest, reply: FastifyReply) => {
+    const err = e instanceof CairnError ? e : frameworkError(e, bodyLimit);
     if (err.status >= 500)
       deps.log.error({ err: e, cause: err.cause, url: req.url, reqId: req.id }, 'request failed');
     return send(reply, err);
-  });
+  };
+  app.setErrorHandler(onError(BODY_LIMIT));
   app.setNotFoundHandler((req, reply) => {
     const path = req.url.split('?')[0]!;
     const allow = methodsAt(path);
@@ -166,7 +167,9 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
     let principal: Principal | undefined;
     if (def.auth !== 'none') principal = await deps.authn.principal(req.headers.authorization);
     let circle;
-    if (params.circle !== undefined) {
+    // A public route (auth none) looks its circle up itself: it decides what an unknown circle
+    // answers (a webhook answers the same 404 as for an unknown hook, so circles cannot be probed).
+    if (params.circle !== undefined && def.auth !== 'none') {
       circle = await getCircleBySlug(deps.db, params.circle);
       // Membership first, on every circle route: to a circle token, another circle and a
       // missing one get the same 404 from authorize, so circle names cannot be probed.
@@ -197,7 +200,7 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
         ctx.query = parseWith('query string', def.query ?? undefined, ctx.query, def.inputSuggestion);
         if (def.method !== 'GET') ctx.body = parseWith('body', def.body, ctx.body, def.inputSuggestion);
         if (def.status) reply.code(def.status); // the default; a handler may answer otherwise (a replay)
-        if (def.method === 'GET') return def.handler(ctx);
+        if (def.method === 'GET' || def.idempotencyKey === false) return def.handler(ctx);
         // Every state-changing route honours Idempotency-Key the same way, scoped to the token's circle.
         const scope = ctx.circle?.id ?? ctx.principal?.circleId ?? INSTANCE_SCOPE;
         return idempotent(ctx, scope, `${def.method} ${def.url}`, () => def.handler(ctx));
@@ -211,6 +214,7 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
     // A raw-body route (a file upload) takes any content type as bytes, in a scope of its own.
     const limit = def.rawBody.limit;
     await app.register(async (sub) => {
+      sub.setErrorHandler(onError(limit));
       sub.removeAllContentTypeParsers();
       sub.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: limit }, (_req, body, done) =>
         done(null, body),

@@ -29,7 +29,16 @@ const errorResponse = (description: string) => ({
 });
 
 /** What a route can answer besides its success, by what it does (every status declared, DESIGN). */
-function errorResponsesFor(r: { auth: string; method: string; createsRun?: boolean; body?: boolean }) {
+function errorResponsesFor(r: {
+  auth: string;
+  method: string;
+  createsRun?: boolean;
+  body?: boolean;
+  /** false: Idempotency-Key is not honoured (no 422). */
+  idempotent?: boolean;
+  /** The body is raw bytes of any content type (no 415). */
+  raw?: boolean;
+}) {
   const out: Record<string, unknown> = {
     '400': errorResponse('Invalid input, query or JSON'),
     '404': errorResponse('Not found (the circle, element, run or route)'),
@@ -42,8 +51,8 @@ function errorResponsesFor(r: { auth: string; method: string; createsRun?: boole
   if (r.method !== 'get') {
     out['409'] = errorResponse('Conflict (state, or an Idempotency-Key still in flight)');
     out['413'] = errorResponse('Body too large');
-    out['415'] = errorResponse('Content-Type not JSON');
-    out['422'] = errorResponse('Idempotency-Key reused for another request');
+    if (!r.raw) out['415'] = errorResponse('Content-Type not JSON');
+    if (r.idempotent !== false) out['422'] = errorResponse('Idempotency-Key reused for another request');
   }
   if (r.createsRun) out['402'] = errorResponse('The wallet cannot cover the reservation');
   return out;
@@ -148,15 +157,39 @@ export function openApiDocument(): Record<string, unknown> {
       operationId: `${r.method.toLowerCase()}_${path.replace(/[^a-z]+/gi, '_').replace(/^_|_$/g, '')}`,
       summary: r.summary,
       tags: [r.tag],
-      parameters: [...pathParams(params), ...(r.query ? queryParams(js(r.query)) : [])],
+      parameters: [
+        ...pathParams(params),
+        ...(r.query ? queryParams(js(r.query)) : []),
+        ...(r.headers ?? []).map((h) => ({
+          name: h.name,
+          in: 'header',
+          required: false,
+          description: h.description,
+          schema: { type: 'string' },
+        })),
+      ],
       responses: {
         [String(r.status ?? 200)]: {
           description: 'OK',
           content: { 'application/json': { schema: r.response ? js(r.response, 'output') : {} } },
         },
         // A replay of a state-changing request answers what the first answered (its status too).
-        ...(r.method !== 'GET' && (r.status ?? 200) !== 200 ? { '200': { description: 'OK' } } : {}),
-        ...errorResponsesFor({ auth: r.auth, method: r.method.toLowerCase(), body: Boolean(r.body) }),
+        ...(r.method !== 'GET' && r.idempotencyKey !== false && (r.status ?? 200) !== 200
+          ? { '200': { description: 'OK' } }
+          : {}),
+        ...errorResponsesFor({
+          auth: r.auth,
+          method: r.method.toLowerCase(),
+          body: Boolean(r.body),
+          idempotent: r.idempotencyKey !== false,
+          raw: Boolean(r.rawBody),
+        }),
+        ...Object.fromEntries(
+          Object.entries(r.responses ?? {}).map(([status, description]) => [
+            status,
+            Number(status) >= 400 ? errorResponse(description) : { description },
+          ]),
+        ),
         ...(r.url === '/healthz'
           ? {
               '503': errorResponse(
@@ -168,10 +201,16 @@ export function openApiDocument(): Record<string, unknown> {
       security: r.auth === 'none' ? [] : bearer,
       'x-cairn-auth': r.auth,
     };
-    if (r.method !== 'GET' && r.method !== 'DELETE') {
+    if (r.method !== 'GET' && r.method !== 'DELETE' && r.idempotencyKey !== false) {
       op.parameters = [...(op.parameters as unknown[]), IDEMPOTENCY_KEY];
     }
     if (r.body) op.requestBody = { required: false, content: { 'application/json': { schema: js(r.body) } } };
+    if (r.rawBody)
+      op.requestBody = {
+        required: false,
+        description: `The raw bytes, of any content type (at most ${r.rawBody.limit} bytes)`,
+        content: { '*/*': { schema: {} } },
+      };
     put(path, r.method.toLowerCase(), op);
   }
 

@@ -36,6 +36,15 @@ export interface RouteDef<B extends z.ZodType = z.ZodType, Q extends z.ZodType =
   status?: number;
   /** The body is the raw bytes (a file upload) of any content type, up to `limit` bytes; no body schema. */
   rawBody?: { limit: number };
+  /**
+   * false: the route does not honour Idempotency-Key (it deduplicates by itself, as a webhook does by
+   * its delivery id; a sender's own header must not change what it answers).
+   */
+  idempotencyKey?: false;
+  /** Statuses it answers beyond the usual ones (a public route's 401, a 202), with what each means. */
+  responses?: Record<string, string>;
+  /** Request headers it reads, documented as optional header parameters. */
+  headers?: { name: string; description: string }[];
   /** What the typed 400 for a body or query its schemas refuse suggests (default: fix the fields in details). */
   inputSuggestion?: string;
   handler(ctx: RouteCtx<z.output<B>, z.output<Q>>): Promise<unknown>;

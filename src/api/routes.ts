@@ -21,6 +21,7 @@ import { CONTROL_ROUTES, visibleRun } from './control-routes.js';
 import { RETENTION_ROUTES } from './retention-routes.js';
 import { WORKFLOW_ROUTES } from './workflow-routes.js';
 import { awaitingApproval } from '../store/workflow.js';
+import { HOOK_ROUTES } from './hook-routes.js';
 import { LINEAGE_ROUTES } from './lineage-routes.js';
 import { FILE_ROUTES } from './file-routes.js';
 import { DEGRADED_AFTER } from '../engine/health.js';
@@ -297,4 +298,5 @@ export const ROUTES: RouteDef[] = [
   ...WORKFLOW_ROUTES,
   ...LINEAGE_ROUTES,
   ...FILE_ROUTES,
+  ...HOOK_ROUTES,
 ];

@@ -7,6 +7,7 @@ import { tableType } from './table/index.js';
 import { workflowType } from './workflow/index.js';
 import { hitlType } from './hitl/index.js';
 import { scheduleType } from './schedule/index.js';
+import { webhookType } from './webhook/index.js';
 import { policyType } from './policy/index.js';
 import { upstreamType } from './upstream/index.js';
 import type { ElementTypeDecl, HttpMethod, OperationDecl, TypeLookup } from './types.js';
@@ -21,6 +22,7 @@ const TYPES: ElementTypeDecl[] = [
   workflowType,
   hitlType,
   scheduleType,
+  webhookType,
   policyType,
   upstreamType,
 ];

@@ -289,16 +289,19 @@ export async function upsertWebhook(q: Queryable, w: WebhookRow): Promise<void> 
   );
 }
 
-/** The hook at /hooks/{circle}/{slug}, when its element is ready. */
+/**
+ * The hook at /hooks/{circle}/{slug}, when its element is ready. By the element's slug: a slug
+ * is unique among a circle's live elements, and a deleted webhook's slug may be taken again.
+ */
 export async function findWebhook(
   q: Queryable,
   circleId: string,
   slug: string,
 ): Promise<WebhookRow | undefined> {
   const r = await q.query<WebhookRow>(
-    `SELECT w.element_id, w.circle_id, w.slug, w.signing, w.max_body_bytes, w.target, w.input
-       FROM cairn.webhooks w JOIN cairn.elements e ON e.id = w.element_id AND e.state = 'ready'
-      WHERE w.circle_id = $1 AND w.slug = $2`,
+    `SELECT w.element_id, w.circle_id, e.slug, w.signing, w.max_body_bytes, w.target, w.input
+       FROM cairn.elements e JOIN cairn.webhooks w ON w.element_id = e.id
+      WHERE e.circle_id = $1 AND e.slug = $2 AND e.state = 'ready' AND e.element_type = 'webhook'`,
     [circleId, slug],
   );
   return r.rows[0];
@@ -336,9 +339,14 @@ export async function validWebhookSecrets(q: Queryable, elementId: string): Prom
   return r.rows.map((x) => x.secret);
 }
 
+/** A claim whose run was never recorded is taken over after this (its process died while starting). */
+export const DELIVERY_CLAIM_LAPSES_MS = 60_000;
+
 /**
  * Claims a delivery id: true for the first delivery of it, false for a replay (whose run, once
- * recorded, `deliveryRun` answers).
+ * recorded, `deliveryRun` answers). One statement, so of any number of concurrent deliveries of
+ * an id exactly one claims it. A claim that recorded no run for DELIVERY_CLAIM_LAPSES_MS is
+ * claimed again (the run's idempotency key makes a second start answer the first's run).
  */
 export async function claimDelivery(
   q: Queryable,
@@ -348,11 +356,22 @@ export async function claimDelivery(
   bodySha256: string,
 ): Promise<boolean> {
   const r = await q.query(
-    `INSERT INTO cairn.webhook_deliveries (element_id, delivery_id, circle_id, body_sha256)
-     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
-    [elementId, deliveryId, circleId, bodySha256],
+    `INSERT INTO cairn.webhook_deliveries AS d (element_id, delivery_id, circle_id, body_sha256)
+     VALUES ($1, $2, $3, $4)
+     ON CONFLICT (element_id, delivery_id) DO UPDATE
+       SET received_at = clock_timestamp(), body_sha256 = EXCLUDED.body_sha256
+       WHERE d.run_id IS NULL AND d.received_at < clock_timestamp() - make_interval(secs => $5 / 1000.0)`,
+    [elementId, deliveryId, circleId, bodySha256, DELIVERY_CLAIM_LAPSES_MS],
   );
   return r.rowCount === 1;
+}
+
+/** Gives a claim up (its target did not start): the next delivery of the id claims it again. */
+export async function releaseDelivery(q: Queryable, elementId: string, deliveryId: string): Promise<void> {
+  await q.query(
+    `DELETE FROM cairn.webhook_deliveries WHERE element_id = $1 AND delivery_id = $2 AND run_id IS NULL`,
+    [elementId, deliveryId],
+  );
 }
 
 export async function setDeliveryRun(
@@ -362,7 +381,8 @@ export async function setDeliveryRun(
   runId: string,
 ): Promise<void> {
   await q.query(
-    `UPDATE cairn.webhook_deliveries SET run_id = $3 WHERE element_id = $1 AND delivery_id = $2`,
+    `UPDATE cairn.webhook_deliveries SET run_id = $3
+      WHERE element_id = $1 AND delivery_id = $2 AND run_id IS NULL`,
     [elementId, deliveryId, runId],
   );
 }

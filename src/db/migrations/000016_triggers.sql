@@ -48,9 +48,10 @@ CREATE TABLE cairn.webhooks (
   max_body_bytes int NOT NULL,
   target jsonb NOT NULL,
   input jsonb NOT NULL,
-  updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-  UNIQUE (circle_id, slug)
+  updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+-- Not unique: the hook route finds a webhook by its live element's slug (a deleted one frees it).
+CREATE INDEX webhooks_circle_slug ON cairn.webhooks (circle_id, slug);
 CREATE TABLE cairn.webhook_secrets (
   id uuid PRIMARY KEY,
   element_id uuid NOT NULL REFERENCES cairn.elements (id),
@@ -59,7 +60,8 @@ CREATE TABLE cairn.webhook_secrets (
   expires_at timestamptz
 );
 CREATE INDEX webhook_secrets_element ON cairn.webhook_secrets (element_id);
--- One row per delivery id: the first delivery of an id wins, replays answer its run.
+-- One row per delivery id: the first delivery of an id wins, replays answer its run. A claim whose
+-- target did not start is deleted (a retry of the delivery may start it later).
 CREATE TABLE cairn.webhook_deliveries (
   element_id uuid NOT NULL REFERENCES cairn.elements (id),
   delivery_id text NOT NULL,

@@ -1,0 +1,191 @@
+/**
+ * The public address of webhook elements (R-TRIGGERS): POST /hooks/{circle}/{slug}. No token:
+ * the signature is the authentication, verified on the raw bytes before anything of the request
+ * is parsed. A verified delivery starts one run of the webhook's target per delivery id and is
+ * answered 202 at once with the run's id; a replay of the id answers that same run.
+ */
+import { z } from 'zod';
+import { ExprError } from '../core/expr.js';
+import { sha256Hex } from '../core/hash.js';
+import { findUnstorable } from '../core/storable.js';
+import { HOOK_ROOTS } from '../elements/webhook/index.js';
+import {
+  HOOK_MAX_BODY_BYTES,
+  hookError,
+  parseHookBody,
+  redactHeaders,
+  verifyDelivery,
+} from '../elements/webhook/verify.js';
+import { mapInput } from '../elements/triggers/target.js';
+import type { CircleRow } from '../store/circles.js';
+import { getCircleBySlug } from '../store/circles.js';
+import { findByIdempotencyKey, getRun } from '../store/runs.js';
+import * as hooks from '../store/triggers.js';
+import type { Deps } from './context.js';
+import { defineRoute, type RouteDef } from './route.js';
+
+/** How long a replay waits for the run the first delivery of its id is starting. */
+const REPLAY_WAIT_MS = 2_000;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+const notFound = () =>
+  hookError('WEBHOOK_NOT_FOUND', 'No webhook at this address (or it is disabled or deleted).');
+
+interface Accepted {
+  run_id: string;
+  status: string;
+  run_url: string;
+  duplicate?: true;
+}
+
+/**
+ * Starts the delivery's run once, however many deliveries of its id arrive at once: the one that
+ * claims the id starts the target (under the key webhook:<element>:<id>, so even a second start
+ * answers the first run); the others answer that run, waiting up to REPLAY_WAIT_MS for it. When
+ * the start fails the claim is given up and the error answered, so a retry can start it later.
+ */
+async function startOnce(
+  deps: Deps,
+  circle: CircleRow,
+  hook: hooks.WebhookRow,
+  deliveryId: string,
+  bodySha256: string,
+  input: unknown,
+  headers: Record<string, string>,
+): Promise<{ runId: string; status: string; duplicate: boolean }> {
+  const db = deps.db;
+  const key = `webhook:${hook.element_id}:${deliveryId}`;
+  const deadline = Date.now() + REPLAY_WAIT_MS;
+  for (let wait = 10; ; wait = Math.min(wait * 2, 100)) {
+    if (await hooks.claimDelivery(db, hook.element_id, circle.id, deliveryId, bodySha256)) {
+      let started;
+      try {
+        started = await deps.engine.startTarget({
+          circle,
+          target: { element: hook.target.element, op: hook.target.op },
+          input,
+          trigger: {
+            type: 'webhook',
+            source: hook.slug,
+            actor: `webhook:${hook.slug}`,
+            webhook_id: deliveryId,
+            body_sha256: bodySha256,
+            headers,
+          },
+          idempotencyKey: key,
+        });
+      } catch (e) {
+        await hooks.releaseDelivery(db, hook.element_id, deliveryId).catch(() => undefined);
+        throw e;
+      }
+      await hooks.setDeliveryRun(db, hook.element_id, deliveryId, started.run_id);
+      return { runId: started.run_id, status: started.status, duplicate: false };
+    }
+    const recorded = await hooks.deliveryRun(db, hook.element_id, deliveryId);
+    if (recorded) {
+      const run = await getRun(db, recorded);
+      return { runId: recorded, status: run?.status ?? 'deleted', duplicate: true };
+    }
+    // The first delivery is still starting its run (or its process died after starting it).
+    const run = await findByIdempotencyKey(db, circle.id, key);
+    if (run) {
+      await hooks.setDeliveryRun(db, hook.element_id, deliveryId, run.id);
+      return { runId: run.id, status: run.status, duplicate: true };
+    }
+    if (Date.now() >= deadline)
+      throw hookError(
+        'WEBHOOK_DELIVERY_IN_PROGRESS',
+        `The first delivery of id "${deliveryId}" is still starting its run.`,
+        { delivery_id: deliveryId },
+      );
+    await sleep(wait);
+  }
+}
+
+export const HOOK_ROUTES: RouteDef[] = [
+  defineRoute({
+    method: 'POST',
+    url: '/hooks/:circle/:slug',
+    auth: 'none',
+    tag: 'webhooks',
+    summary:
+      'Deliver to a webhook element: verified by its signature (no token), it starts one run of the target per delivery id and answers 202 at once',
+    rawBody: { limit: HOOK_MAX_BODY_BYTES },
+    idempotencyKey: false,
+    status: 202,
+    headers: [
+      { name: 'webhook-id', description: 'standard: the delivery id (a replay of it starts nothing)' },
+      { name: 'webhook-timestamp', description: 'standard: Unix seconds, at most 5 minutes from now' },
+      {
+        name: 'webhook-signature',
+        description: 'standard: v1,<base64 HMAC-SHA256 of "id.timestamp.body">, space-separated',
+      },
+      { name: 'X-Hub-Signature-256', description: 'github: sha256=<hex HMAC-SHA256 of the body>' },
+      { name: 'X-GitHub-Delivery', description: 'github: the delivery id' },
+    ],
+    response: z.object({
+      run_id: z.string(),
+      status: z.string(),
+      run_url: z.string(),
+      duplicate: z
+        .literal(true)
+        .optional()
+        .describe('A replay of a delivery id: the run its first delivery started'),
+    }),
+    responses: {
+      '401': 'WEBHOOK_SIGNATURE_MISSING, WEBHOOK_SIGNATURE_INVALID or WEBHOOK_TIMESTAMP_STALE',
+      '402': 'The wallet cannot cover the run of the target',
+      '403': "A policy of the circle refuses the target's run (POLICY_DENIED, POLICY_ERROR)",
+      '409':
+        'The first delivery of this id is still starting (WEBHOOK_DELIVERY_IN_PROGRESS), or the target is disabled',
+      '413': "The body is larger than the webhook's max_body_bytes (WEBHOOK_BODY_TOO_LARGE)",
+    },
+    handler: async (ctx): Promise<Accepted> => {
+      const { deps, req, reply } = ctx;
+      const circle = await getCircleBySlug(deps.db, ctx.params.circle ?? '');
+      const hook = circle && (await hooks.findWebhook(deps.db, circle.id, ctx.params.slug ?? ''));
+      // An unknown circle and an unknown hook answer alike: which circles exist stays unknown.
+      if (!circle || !hook) throw notFound();
+      const raw: Buffer = Buffer.isBuffer(ctx.body) ? ctx.body : Buffer.alloc(0);
+      if (raw.length > hook.max_body_bytes)
+        throw hookError(
+          'WEBHOOK_BODY_TOO_LARGE',
+          `The body is ${raw.length} bytes; this webhook takes at most ${hook.max_body_bytes}.`,
+          { size: raw.length, max_body_bytes: hook.max_body_bytes },
+        );
+      // The signature first, on the raw bytes: nothing of an unverified request is parsed.
+      const secrets =
+        hook.signing === 'none' ? [] : await hooks.validWebhookSecrets(deps.db, hook.element_id);
+      const deliveryId = verifyDelivery(hook.signing, raw, req.headers, secrets);
+      const body = parseHookBody(raw);
+      const query: Record<string, unknown> = { ...(req.query as Record<string, unknown> | undefined) };
+      const bad = findUnstorable({ body, query });
+      if (bad)
+        throw hookError(
+          'WEBHOOK_BODY_UNSTORABLE',
+          `The delivery cannot be stored: at ${bad.path.replace(/^\$/, '')}, ${bad.reason}.`,
+          { path: bad.path },
+        );
+      const headers = redactHeaders(req.headers);
+      let input: unknown;
+      try {
+        input = mapInput(hook.input, HOOK_ROOTS, { body, headers, query });
+      } catch (e) {
+        if (e instanceof ExprError)
+          throw hookError(
+            'WEBHOOK_MAPPING_FAILED',
+            `The input mapping failed on this delivery: the expression "${e.expression}" ${e.message}.`,
+            { expression: e.expression },
+          );
+        throw e;
+      }
+      const s = await startOnce(deps, circle, hook, deliveryId, sha256Hex(raw), input, headers);
+      const run_url = `/api/runs/${s.runId}`;
+      reply.code(202).header('location', run_url);
+      return s.duplicate
+        ? { run_id: s.runId, status: s.status, run_url, duplicate: true }
+        : { run_id: s.runId, status: s.status, run_url };
+    },
+  }),
+];
