@@ -9,6 +9,13 @@ import { PgliteDb } from './db/pglite.js';
 import { PgDb } from './db/pg.js';
 import { lockDataDir, ManagedPostgres, pgliteDataDirError } from './db/managed-pg.js';
 import { existsSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { realpath } from 'node:fs/promises';
+import { promisify } from 'node:util';
+import { listTypes, operationsOf } from './elements/registry.js';
+
+const run = promisify(execFile);
 import { silentLogger } from './telemetry/log.js';
 import { migrate } from './db/migrate.js';
 import { createToken, hasInstanceAdmin } from './store/tokens.js';
@@ -143,9 +150,46 @@ export async function readBootstrapToken(config: Config): Promise<string | undef
   }
 }
 
+/** A tool's version line and the sha256 of its binary (null when it is not installed). */
+async function toolchain(bin: string, args: string[]) {
+  try {
+    const { stdout, stderr } = await run(bin, args, { timeout: 10_000 });
+    const path = (await run('sh', ['-c', `command -v ${bin}`])).stdout.trim();
+    const real = path ? await realpath(path) : '';
+    return {
+      version: (stdout || stderr).trim().split('\n')[0]!.slice(0, 200),
+      binary_sha256: real ? createHash('sha256').update(await readFile(real)).digest('hex') : null,
+    };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * What every run's snapshot pins beyond its definitions (the run's bill of materials): the
+ * database, the toolchains code is built and run with (versions and binary hashes), the sandbox,
+ * the Node.js that runs Cairn, and the price table of every metered op. Read once per process.
+ */
 export async function snapshotFacts(db: Db): Promise<Record<string, unknown>> {
   const r = await db.query<{ v: string }>('SELECT version() AS v');
-  return { toolchains: { database: { driver: db.kind, version: r.rows[0]?.v ?? 'unknown' } } };
+  const [go, python, bwrap] = await Promise.all([
+    toolchain('go', ['version']),
+    toolchain('python3', ['--version']),
+    toolchain('bwrap', ['--version']),
+  ]);
+  const prices: Record<string, number> = {};
+  for (const t of listTypes())
+    for (const op of operationsOf(t)) if (op.price) prices[`${t.type}.${op.name}`] = op.price;
+  return {
+    toolchains: {
+      database: { driver: db.kind, version: r.rows[0]?.v ?? 'unknown' },
+      node: { version: process.version },
+      ...(go ? { go } : {}),
+      ...(python ? { python } : {}),
+      ...(bwrap ? { bubblewrap: bwrap } : {}),
+    },
+    price_table: prices,
+  };
 }
 
 export interface Server {

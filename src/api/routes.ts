@@ -7,7 +7,7 @@ import { VERSION } from '../core/version.js';
 import { createCircle, listCircles, publicCircle, RESERVED_SLUGS } from '../store/circles.js';
 import { createToken, listTokens, revokeToken } from '../store/tokens.js';
 import { listElements } from '../store/elements.js';
-import { listRuns, runEvents, toRunView } from '../store/runs.js';
+import { listRuns, loadSnapshot, runEvents, toRunView } from '../store/runs.js';
 import { readLogs } from '../store/logs.js';
 import { applyElement, createElement, SLUG_RE } from '../elements/service.js';
 import { typeLookup } from '../elements/registry.js';
@@ -20,10 +20,10 @@ import { defineRoute, type RouteDef } from './route.js';
 import { CONTROL_ROUTES, visibleRun } from './control-routes.js';
 import { RETENTION_ROUTES } from './retention-routes.js';
 import { WORKFLOW_ROUTES } from './workflow-routes.js';
-import { awaitingApproval } from '../store/workflow.js';
-import { HOOK_ROUTES } from './hook-routes.js';
+import { awaitingApproval, getDefinition } from '../store/workflow.js';
 import { LINEAGE_ROUTES } from './lineage-routes.js';
 import { FILE_ROUTES } from './file-routes.js';
+import { HOOK_ROUTES } from './hook-routes.js';
 import { DEGRADED_AFTER } from '../engine/health.js';
 
 const slug = z.string().regex(SLUG_RE, 'lowercase letters, digits and dashes');
@@ -247,9 +247,31 @@ export const ROUTES: RouteDef[] = [
       'Get a run (every R-RUN field; a workflow run also says which tasks await approval, and for whom)',
     handler: async (ctx) => {
       const { run, circle } = await visibleRun(ctx, 'read');
-      const view = toRunView(run, circle.slug, baseUrlOf(ctx.deps));
+      const view = toRunView(run, circle.slug, baseUrlOf(ctx.deps), await loadSnapshot(ctx.deps.db, run));
       if (run.kind !== 'workflow') return view;
       return { ...view, awaiting_approval: await awaitingApproval(ctx.deps.db, run.id) };
+    },
+  }),
+  defineRoute({
+    method: 'GET',
+    url: '/api/runs/:id/snapshot',
+    auth: 'token',
+    tag: 'runs',
+    summary:
+      "The run's bill of materials: every definition it ran (a workflow's every step), the policy set, toolchains, engine version and prices — complete whatever was changed or deleted since",
+    handler: async (ctx) => {
+      const { run } = await visibleRun(ctx, 'read');
+      const snapshot = await loadSnapshot(ctx.deps.db, run);
+      const definition =
+        run.kind === 'workflow' && run.definition_hash
+          ? await getDefinition(ctx.deps.db, run.circle_id, run.definition_hash)
+          : undefined;
+      return {
+        run_id: run.id,
+        snapshot_hash: run.snapshot_hash ?? null,
+        snapshot,
+        ...(definition ? { workflow_definition: { hash: run.definition_hash, ...definition } } : {}),
+      };
     },
   }),
   defineRoute({

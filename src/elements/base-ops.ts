@@ -4,7 +4,7 @@ import { isUuid } from '../core/ids.js';
 import { normalizeStatus, type RunStatus } from '../core/status.js';
 import { qbool, qint } from '../core/zod.js';
 import * as store from '../store/elements.js';
-import { getRun, listRuns, toRunView, type RunRow } from '../store/runs.js';
+import { getRun, listRuns, loadSnapshot, toRunView, type RunRow } from '../store/runs.js';
 import { elementEvents, elementStats } from '../store/stats.js';
 import { updateElement } from './service.js';
 import { toElementView } from './view.js';
@@ -346,8 +346,10 @@ export const BASE_OPS: OperationDecl[] = [
     auth: 'read',
     summary: 'Get one run of this element',
     input: empty,
-    handler: async (ctx) =>
-      toRunView(await runOfElement(ctx, ctx.params.run_id ?? ''), ctx.circle.slug, ctx.baseUrl),
+    handler: async (ctx) => {
+      const run = await runOfElement(ctx, ctx.params.run_id ?? '');
+      return toRunView(run, ctx.circle.slug, ctx.baseUrl, await loadSnapshot(ctx.db, run));
+    },
   }),
   defineOp({
     name: 'run_cancel',

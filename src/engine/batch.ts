@@ -21,7 +21,7 @@ import {
   type ClaimedItem,
   type ItemSettlement,
 } from '../store/batch.js';
-import { getRunsStatus, snapshotOf } from '../store/runs.js';
+import { getRunsStatus, loadSnapshot } from '../store/runs.js';
 import type { Outcome } from '../store/queue.js';
 import { settleRound } from './settlement.js';
 import type { WorkerHealth } from './health.js';
@@ -119,7 +119,7 @@ export async function runBatch(
   control: BatchControl,
 ): Promise<void> {
   const { db, workerId } = host;
-  const snap = snapshotOf(run);
+  const snap = await loadSnapshot(db, run);
   const price = snap.operation?.price ?? 0;
   const cells = snap.batch?.cells ?? null;
   const concurrency = Math.max(1, run.concurrency);

@@ -11,7 +11,7 @@ import type { Db, Queryable } from '../db/types.js';
 import { pauseRun, resumeRun, retryFailed } from '../store/batch.js';
 import { decideOnRun } from './policy.js';
 import { getWallet } from '../store/ledger.js';
-import { cancelRun, getRun, listItems, snapshotOf, type RunRow } from '../store/runs.js';
+import { cancelRun, getRun, listItems, loadSnapshot, type RunRow } from '../store/runs.js';
 import { childrenLeft, getDefinition, retryableTasks, retryWorkflowTasks } from '../store/workflow.js';
 import { triggerWorkflow } from './workflow-submit.js';
 
@@ -175,13 +175,19 @@ async function retryOnLatest(
       `The element run ${runId} ran no longer exists, so there is no latest definition.`,
       'Retry on the pinned definition (leave out definition), or rerun after re-creating the element.',
     );
-  const pinned = snapshotOf(run).element;
+  const snap = await loadSnapshot(tx, run);
+  const pinned = snap.element;
   if (el.definition_hash !== run.definition_hash) {
+    // The new snapshot (stored content-addressed by the runs_snapshot trigger) keeps the old definition.
+    const next = {
+      ...snap,
+      element: snapshotElement(el),
+      earlier_definitions: [...(snap.earlier_definitions ?? []), snap.element],
+    };
     await tx.query(
       `WITH u AS (
          UPDATE cairn.runs SET element_version = $2::int, definition_hash = $3,
-           snapshot = jsonb_set(jsonb_set(snapshot, '{element}', $4::jsonb), '{earlier_definitions}',
-             coalesce(snapshot -> 'earlier_definitions', '[]'::jsonb) || jsonb_build_array(snapshot -> 'element'))
+           snapshot = $4::jsonb
          WHERE id = $1 AND status IN ('completed', 'failed') RETURNING id, circle_id)
        INSERT INTO cairn.run_events (run_id, circle_id, type, actor, data)
        SELECT u.id, u.circle_id, 'control', $5,
@@ -191,7 +197,7 @@ async function retryOnLatest(
         runId,
         el.version,
         el.definition_hash,
-        JSON.stringify(snapshotElement(el)),
+        JSON.stringify(next),
         actor,
         pinned?.version ?? run.element_version,
         pinned?.definition_hash ?? run.definition_hash,
@@ -250,7 +256,7 @@ async function retryPinned(
           : `Run ${runId} has no failed items; nothing to retry.`,
     };
   }
-  const price = Number(snapshotOf(run).operation?.price ?? 0);
+  const price = Number((await loadSnapshot(db, run)).operation?.price ?? 0);
   const r = await retryFailed(db, runId, actor, price, only);
   if (!r) {
     const now = await existing(db, runId);
@@ -275,7 +281,7 @@ async function remapFromRows(
   db: Queryable,
   run: RunRow,
 ): Promise<{ only: string[] | null; stillInvalid: number }> {
-  const b = snapshotOf(run).batch as
+  const b = (await loadSnapshot(db, run)).batch as
     { mapping?: Parameters<typeof mapRow>[0]; cells?: { schema: string; table: string } | null } | undefined;
   if (!b?.cells || !b.mapping) return { only: null, stillInvalid: 0 };
   const type = getType(run.element_type ?? '');
@@ -392,7 +398,7 @@ export async function rerun(
     budgetPolicy: run.budget_policy,
     trigger,
     input: run.input as Record<string, unknown>,
-    batch: snapshotOf(run).batch ?? {},
+    batch: (await loadSnapshot(db, run)).batch ?? {},
     snapshotExtra,
     idempotencyKey,
     rerunOf: run.id,

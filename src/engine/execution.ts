@@ -2,7 +2,7 @@ import { toCairnError, type ErrorBody } from '../core/errors.js';
 import { findUnstorable, storable, unstorableOutputMessage } from '../core/storable.js';
 import { getCircleById, type CircleRow } from '../store/circles.js';
 import type { Outcome, Settlement } from '../store/queue.js';
-import { snapshotOf, type RunRow } from '../store/runs.js';
+import { loadSnapshot, type RunRow } from '../store/runs.js';
 import { getType, getTypeOrUndefined, operationsOf } from '../elements/registry.js';
 import { recordInvocation } from '../telemetry/metrics.js';
 import type { EngineResources } from './resources.js';
@@ -78,7 +78,7 @@ export class ExecutionSystem {
       const exec = type.executors[run.operation];
       if (!op || !exec) throw new Error(`type ${type.type} has no executor for ${run.operation}`);
       // The run executes the definition it was created with (its snapshot), not whatever is current.
-      const snap = snapshotOf(run);
+      const snap = await loadSnapshot(this.r.db, run);
       const spec = snap.element?.spec ?? {};
       const circle = await this.circle(run.circle_id);
       const store = new PgFileStore(this.r.db);

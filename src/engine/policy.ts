@@ -18,7 +18,7 @@ import type { ElementRow } from '../store/elements.js';
 import { policySet } from '../store/policies.js';
 import { getCircleById } from '../store/circles.js';
 import { getElementById } from '../store/elements.js';
-import { snapshotOf, type RunRow } from '../store/runs.js';
+import { loadSnapshot, type RunRow } from '../store/runs.js';
 import { getTypeOrUndefined, operationsOf } from '../elements/registry.js';
 
 /** Triggers whose runs a token started; the others are Cairn's own (schedule, webhook, upstream…). */
@@ -186,7 +186,8 @@ export async function decideOnRun(
   context: Record<string, unknown> = {},
 ): Promise<PolicyOutcome> {
   const circle = await getCircleById(db, run.circle_id);
-  const pinned = (snapshotOf(run).element ?? snapshotOf(run).workflow ?? {}) as {
+  const snap = await loadSnapshot(db, run);
+  const pinned = (snap.element ?? snap.workflow ?? {}) as {
     spec?: Record<string, unknown>;
   };
   const current = run.element_id ? await getElementById(db, run.element_id) : undefined;

@@ -20,7 +20,7 @@ import { workflowSpec } from '../elements/workflow/spec.js';
 import type { Logger } from '../telemetry/log.js';
 import { fileRefOf, PgFileStore, type FileRef } from '../store/files.js';
 import { letGoPaused } from '../store/batch.js';
-import { getRunsStatus, type RunRow } from '../store/runs.js';
+import { getRunsStatus, loadSnapshot, type RunRow } from '../store/runs.js';
 import {
   decideTask,
   endedChildren,
@@ -774,6 +774,8 @@ export async function runWorkflow(
   const onAbort = () => control.wakeAll();
   signal.addEventListener('abort', onAbort);
   try {
+    // The run's snapshot (stored content-addressed): its children pin the same toolchains and policies.
+    run = { ...run, snapshot: (await loadSnapshot(h.db, run)) as Record<string, unknown> };
     const def = await getDefinition(h.db, run.circle_id, run.definition_hash ?? '');
     let plan: Plan;
     let concurrency = 50;

@@ -243,7 +243,28 @@ export async function collectExpired(
       'idempotency',
       (await tx.query<{ circle_id: string; n: number }>(DELETE_IDEMPOTENCY, [ids, circleIds])).rows,
     );
+    const hashes = (
+      await tx.query<{ h: string }>(
+        `SELECT DISTINCT snapshot_hash AS h FROM cairn.runs WHERE id = ANY($1::uuid[]) AND snapshot_hash IS NOT NULL`,
+        [ids],
+      )
+    ).rows.map((x) => x.h);
     add('runs', (await tx.query<{ circle_id: string; n: number }>(deleteOf('runs', 'id'), [ids])).rows);
+    // Snapshots no run refers to any more go too. A run being created with one of them right now
+    // holds it (its foreign key), so that delete fails alone (a savepoint) and the snapshot stays.
+    if (hashes.length > 0) {
+      await tx.query('SAVEPOINT snapshots');
+      try {
+        await tx.query(
+          `DELETE FROM cairn.snapshots s WHERE s.hash = ANY($1::text[])
+             AND NOT EXISTS (SELECT 1 FROM cairn.runs r WHERE r.snapshot_hash = s.hash)`,
+          [hashes],
+        );
+        await tx.query('RELEASE SAVEPOINT snapshots');
+      } catch {
+        await tx.query('ROLLBACK TO SAVEPOINT snapshots');
+      }
+    }
     for (const id of [...batch.circles.keys()].sort()) {
       const c = batch.circles.get(id)!;
       await tx.query(LOG, [id, ...COUNT_KEYS.map((k) => c[k])]);

@@ -32,9 +32,31 @@ export interface RunSnapshot {
   [k: string]: unknown;
 }
 
-/** The run's snapshot, typed (every field optional: old runs may lack newer ones). */
-export function snapshotOf(run: Pick<RunRow, 'snapshot'>): RunSnapshot {
-  return run.snapshot as RunSnapshot;
+/** Snapshots by hash: immutable content, so a process may keep them as long as it likes. */
+const SNAPSHOT_CACHE_SIZE = 512;
+const snapshots = new Map<string, RunSnapshot>();
+
+/**
+ * The run's snapshot, typed (every field optional: old runs may lack newer ones). It is stored
+ * content-addressed (cairn.snapshots, by `snapshot_hash`); runs written before that hold it inline.
+ */
+export async function loadSnapshot(
+  q: Queryable,
+  run: Pick<RunRow, 'snapshot' | 'snapshot_hash'>,
+): Promise<RunSnapshot> {
+  const h = run.snapshot_hash;
+  if (!h) return (run.snapshot ?? {}) as RunSnapshot;
+  const hit = snapshots.get(h);
+  if (hit) {
+    snapshots.delete(h);
+    snapshots.set(h, hit);
+    return hit;
+  }
+  const r = await q.query<{ body: RunSnapshot }>('SELECT body FROM cairn.snapshots WHERE hash = $1', [h]);
+  const body = r.rows[0]?.body ?? {};
+  snapshots.set(h, body);
+  if (snapshots.size > SNAPSHOT_CACHE_SIZE) snapshots.delete(snapshots.keys().next().value!);
+  return body;
 }
 
 export interface RunRow {
@@ -77,7 +99,9 @@ export interface RunRow {
   credits_used: number;
   budget: number | null;
   flags: string[];
+  /** Empty for runs stored content-addressed: loadSnapshot() reads it by `snapshot_hash`. */
   snapshot: Record<string, unknown>;
+  snapshot_hash: string | null;
   trace_id: string;
   idempotency_key: string | null;
   timeout_ms: number;
@@ -147,6 +171,7 @@ export interface RunView {
   concurrency: number;
   flags: string[];
   snapshot: Record<string, unknown>;
+  snapshot_hash: string | null;
   trace_id: string;
   idempotency_key: string | null;
   pinned: boolean;
@@ -155,7 +180,13 @@ export interface RunView {
   web_url: string;
 }
 
-export function toRunView(r: RunRow, circleSlug: string, baseUrl: string): RunView {
+/** The run as the API shows it; `snapshot` is the loaded one when given (else what the row holds). */
+export function toRunView(
+  r: RunRow,
+  circleSlug: string,
+  baseUrl: string,
+  snapshot?: Record<string, unknown>,
+): RunView {
   return {
     id: r.id,
     circle: { id: r.circle_id, slug: circleSlug },
@@ -199,7 +230,8 @@ export function toRunView(r: RunRow, circleSlug: string, baseUrl: string): RunVi
     budget_policy: r.budget_policy,
     concurrency: r.concurrency,
     flags: r.flags,
-    snapshot: r.snapshot,
+    snapshot: snapshot ?? r.snapshot,
+    snapshot_hash: r.snapshot_hash ?? null,
     trace_id: r.trace_id,
     idempotency_key: r.idempotency_key,
     pinned: r.pinned ?? false,
