@@ -14,6 +14,7 @@ import { getRun, listItems, toRunView, type RunRow } from '../store/runs.js';
 import { GRANT_CATEGORIES, getWallet, grant, listGrants, listTransfers, runLedger } from '../store/ledger.js';
 import { listFailures, providerSummary } from '../store/summary.js';
 import { pause, resume, retryFailedItems, rerun } from '../engine/control.js';
+import { replay } from '../engine/replay.js';
 import { actorOf, authorize } from './auth.js';
 import { baseUrlOf } from './context.js';
 import { idempotencyKeyOf } from './idempotency.js';
@@ -105,6 +106,55 @@ export const CONTROL_ROUTES: RouteDef[] = [
   controlRoute('resume', 'Resume a paused run'),
   controlRoute('retry-failed', 'Run only the failed items again, in the same run'),
   controlRoute('rerun', 'Start a new run with the same inputs', 201),
+  defineRoute({
+    method: 'POST',
+    url: '/api/runs/:id/replay',
+    auth: 'token',
+    tag: 'runs',
+    summary:
+      'Replay a finished run: a new run (trigger replay) re-executing its recorded input with the definitions of its snapshot, gated by policy (strict refuses to repeat side effects unless a policy permits it)',
+    status: 202,
+    body: z
+      .object({
+        policy: z
+          .enum(['strict', 'permissive'])
+          .default('strict')
+          .describe('strict: refuse to repeat a side effect unless a policy explicitly permits the replay'),
+        from_task: z
+          .string()
+          .min(1)
+          .max(200)
+          .optional()
+          .describe(
+            'A workflow run: re-execute from this step on, reusing the recorded outputs of the steps before it',
+          ),
+      })
+      .strict(),
+    handler: async (ctx) => {
+      const { run, circle } = await visibleRun(ctx, 'execute');
+      const body = ctx.body as { policy: 'strict' | 'permissive'; from_task?: string };
+      const r = await replay(ctx.deps.db, {
+        runId: run.id,
+        policy: body.policy,
+        fromTask: body.from_task,
+        actor: actorOf(ctx.principal!),
+        role: ctx.principal!.role,
+        circle,
+        snapshotExtra: ctx.deps.snapshotExtra,
+        idempotencyKey: idempotencyKeyOf(ctx),
+      });
+      ctx.deps.engine.kick();
+      ctx.reply.header('Location', `/api/runs/${r.run.id}`);
+      return {
+        run_id: r.run.id,
+        status: r.run.status,
+        replay_of: run.id,
+        side_effect_tasks: r.side_effect_tasks,
+        reused_tasks: r.reused_tasks,
+        run_url: `/api/runs/${r.run.id}`,
+      };
+    },
+  }),
   defineRoute({
     method: 'GET',
     url: '/api/runs/:id/items',

@@ -5,6 +5,7 @@ import type { Db, Queryable } from '../db/types.js';
 import type { CircleRow } from '../store/circles.js';
 import type { ElementRow } from '../store/elements.js';
 import type { RunRow } from '../store/runs.js';
+import type { ReusedTask } from '../store/workflow.js';
 import type { Sandbox } from '../sandbox/runner.js';
 import type { FileRef } from '../store/files.js';
 
@@ -101,6 +102,8 @@ export interface WorkflowTriggerRequest {
   action?: 'run' | 'replay' | 'retry';
   policyContext?: Record<string, unknown>;
   replayOf?: string | null;
+  /** A replay from a task: the tasks before it, done as the original run recorded them. */
+  reuse?: (ReusedTask & { key: string; ord: number })[];
 }
 
 export interface WorkflowTriggered {

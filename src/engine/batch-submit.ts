@@ -114,6 +114,7 @@ export async function submitBatch(db: Db, req: BatchRequest): Promise<BatchSubmi
           }
         : undefined,
       rerunOf: req.rerunOf ?? null,
+      replayOf: req.replayOf ?? null,
       retryableOnLoss: retry,
       engineVersion: ENGINE_VERSION,
       reserve,

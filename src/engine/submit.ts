@@ -161,6 +161,7 @@ export async function submitRun(
       parentRunId: req.parentRunId ?? null,
       rootRunId: req.rootRunId ?? null,
       rerunOf: req.rerunOf ?? null,
+      replayOf: req.replayOf ?? null,
       maxAttempts: retry ? (op.maxAttempts ?? 3) : 1,
       retryableOnLoss: retry,
       engineVersion: ENGINE_VERSION,

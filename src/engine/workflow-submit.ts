@@ -130,6 +130,7 @@ export async function triggerWorkflow(db: Db, req: WorkflowTriggerRequest): Prom
       };
   }
   if (!req.definitionHash) await saveDefinition(db, circle.id, hash, def);
+  const reusedSteps = new Set((req.reuse ?? []).map((t) => t.key.replace(/\[\d+\]$/, '')));
   const id = newId();
   try {
     const run = await insertWorkflowRun(db, {
@@ -145,6 +146,7 @@ export async function triggerWorkflow(db: Db, req: WorkflowTriggerRequest): Prom
       trigger: req.trigger,
       input: { parameters },
       rerunOf: req.rerunOf ?? null,
+      replayOf: req.replayOf ?? null,
       engineVersion: ENGINE_VERSION,
       reserve: estimate,
       concurrency: spec.concurrency,
@@ -158,7 +160,13 @@ export async function triggerWorkflow(db: Db, req: WorkflowTriggerRequest): Prom
       policy: pol.record,
       traceId: randomBytes(16).toString('hex'),
       idempotencyKey: req.idempotencyKey ?? null,
-      tasks: plan.steps.map((p) => ({ id: newId(), key: p.step.name, ord: p.index * TASK_ORD_STRIDE })),
+      // A replay from a task: the tasks before it come done, as the original run recorded them.
+      tasks: [
+        ...plan.steps
+          .filter((p) => !reusedSteps.has(p.step.name))
+          .map((p) => ({ id: newId(), key: p.step.name, ord: p.index * TASK_ORD_STRIDE })),
+        ...(req.reuse ?? []).map((t) => ({ ...t, id: newId() })),
+      ],
     });
     if (!run) {
       const w = await getWallet(db, circle.id);

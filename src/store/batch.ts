@@ -43,6 +43,7 @@ export interface NewBatchRun {
   timeoutMs: number;
   items: NewBatchItem[];
   policy?: unknown;
+  replayOf?: string | null;
 }
 
 const INSERT_BATCH = `
@@ -60,13 +61,13 @@ r AS (
     definition_hash, operation, status, mode, trigger, input, output, root_run_id, rerun_of, max_attempts,
     retryable_on_loss, engine_version, items_total, items_pending, items_failed, credits_reserved, budget,
     budget_policy, concurrency, item_max_attempts, snapshot, trace_id, idempotency_key, timeout_ms,
-    started_at, finished_at, duration_ms, policy)
+    started_at, finished_at, duration_ms, policy, replay_of)
   SELECT $1::uuid, $2::uuid, 'batch', $3::uuid, $4, $5, $6::int, $7, $8, $9, $10, $11::jsonb, $12::jsonb,
     $13::jsonb, $1::uuid, $14::uuid, 1000000, $16::boolean, $17, cnt.total, cnt.pending, cnt.failed, $15::bigint,
     $18::bigint, $19, $20::int, $21::int, $22::jsonb, $23, $26, $27::int,
     CASE WHEN $9 = 'queued' THEN NULL ELSE clock_timestamp() END,
     CASE WHEN $9 = 'queued' THEN NULL ELSE clock_timestamp() END,
-    CASE WHEN $9 = 'queued' THEN NULL ELSE 0 END, $28::jsonb
+    CASE WHEN $9 = 'queued' THEN NULL ELSE 0 END, $28::jsonb, $29::uuid
   FROM res, cnt WHERE res.ok
   RETURNING *),
 i AS (
@@ -120,6 +121,7 @@ export async function insertBatchRun(q: Queryable, n: NewBatchRun): Promise<RunR
     n.idempotencyKey,
     n.timeoutMs,
     n.policy === undefined || n.policy === null ? null : JSON.stringify(n.policy),
+    n.replayOf ?? null,
   ]);
   return r.rows[0] && runRow(r.rows[0]);
 }

@@ -34,6 +34,8 @@ export interface NewRun {
   claim?: { workerId: string; host: string; leaseMs: number } | null;
   /** The policy decision it was started under (R-POLICY). */
   policy?: unknown;
+  /** The run it replays. */
+  replayOf?: string | null;
 }
 
 /**
@@ -51,14 +53,14 @@ r AS (
     definition_hash, operation, status, mode, trigger, input, parent_run_id, root_run_id, max_attempts,
     retryable_on_loss, engine_version, items_total, items_pending, credits_reserved, budget, snapshot,
     trace_id, idempotency_key, timeout_ms, rerun_of, worker_id, host, attempt, queued_at, run_after, started_at,
-    lease_expires_at, policy)
+    lease_expires_at, policy, replay_of)
   SELECT $1::uuid, $2::uuid, $3, $4::uuid, $5, $6, $7::int, $8, $9,
     CASE WHEN $27::text IS NULL THEN 'queued' ELSE 'running' END, $10, $11::jsonb, $12::jsonb,
     $13::uuid, COALESCE($14::uuid, $1::uuid), $15::int, $16::boolean, $17, 1, 1, $18::bigint, $19::bigint, $20::jsonb,
     $21, $22, $23::int, $26::uuid, $27::text, $28::text, CASE WHEN $27::text IS NULL THEN 0 ELSE 1 END,
     res.t, res.t, CASE WHEN $27::text IS NOT NULL THEN res.t END,
     CASE WHEN $27::text IS NOT NULL THEN res.t + make_interval(secs => $29::double precision / 1000) END,
-    $30::jsonb
+    $30::jsonb, $31::uuid
   FROM res WHERE res.ok
   RETURNING *),
 i AS (
@@ -112,6 +114,7 @@ export async function insertRun(q: Queryable, n: NewRun): Promise<RunRow | undef
     n.claim?.host ?? null,
     n.claim?.leaseMs ?? null,
     n.policy === undefined || n.policy === null ? null : JSON.stringify(n.policy),
+    n.replayOf ?? null,
   ]);
   return res.rows[0] && runRow(res.rows[0]);
 }

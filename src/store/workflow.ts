@@ -77,28 +77,48 @@ export interface NewWorkflowRun {
   snapshot: unknown;
   traceId: string;
   idempotencyKey: string | null;
-  tasks: { id: string; key: string; ord: number }[];
+  /** One per step; a replay from a task also gives the tasks before it, done, with their recorded outputs. */
+  tasks: ({ id: string; key: string; ord: number } & Partial<ReusedTask>)[];
   policy?: unknown;
+  replayOf?: string | null;
+}
+
+/** A task a replay (from_task) reuses: recorded as it ended in the original run. */
+export interface ReusedTask {
+  status: 'succeeded' | 'skipped';
+  inputs: unknown;
+  outputs: unknown;
+  evidence: Record<string, unknown>;
+  child_run_id: string | null;
+  started_at: string | null;
+  finished_at: string | null;
+  duration_ms: number | null;
 }
 
 const INSERT_WORKFLOW = `
 WITH res AS (
   SELECT CASE WHEN $11::bigint = 0 THEN true
     ELSE cairn.ledger_reserve($1::text || ':reserve:0', $2::uuid, $1::uuid, $11::bigint, $12::text) END AS ok),
-src AS (SELECT * FROM jsonb_to_recordset($13::jsonb) AS x(id uuid, key text, ord int)),
+src AS (SELECT * FROM jsonb_to_recordset($13::jsonb)
+  AS x(id uuid, key text, ord int, status text, inputs jsonb, outputs jsonb, evidence jsonb, child_run_id uuid,
+       started_at timestamptz, finished_at timestamptz, duration_ms float8)),
 r AS (
   INSERT INTO cairn.runs (id, circle_id, kind, element_id, element_slug, element_type, element_version,
     definition_hash, operation, status, mode, trigger, input, root_run_id, rerun_of, max_attempts,
     retryable_on_loss, engine_version, items_total, items_pending, credits_reserved, concurrency, snapshot,
-    trace_id, idempotency_key, timeout_ms, policy)
+    trace_id, idempotency_key, timeout_ms, policy, replay_of)
   SELECT $1::uuid, $2::uuid, 'workflow', $3::uuid, $4, $5, $6::int, $7, 'trigger', 'queued', 'live', $8::jsonb,
-    $9::jsonb, $1::uuid, $10::uuid, 1000000, true, $14, (SELECT count(*) FROM src), (SELECT count(*) FROM src),
-    $11::bigint, $15::int, $16::jsonb, $17, $18, 0, $19::jsonb
+    $9::jsonb, $1::uuid, $10::uuid, 1000000, true, $14, (SELECT count(*) FROM src),
+    (SELECT count(*) FROM src WHERE coalesce(status, 'pending') = 'pending'),
+    $11::bigint, $15::int, $16::jsonb, $17, $18, 0, $19::jsonb, $20::uuid
   FROM res WHERE res.ok
   RETURNING *),
 i AS (
-  INSERT INTO cairn.items (id, run_id, circle_id, key, ord, status)
-  SELECT src.id, r.id, r.circle_id, src.key, src.ord, 'pending' FROM r, src),
+  INSERT INTO cairn.items (id, run_id, circle_id, key, ord, status, inputs, outputs, evidence, child_run_id,
+    attempt_count, started_at, finished_at, duration_ms)
+  SELECT src.id, r.id, r.circle_id, src.key, src.ord, coalesce(src.status, 'pending'), coalesce(src.inputs, '{}'),
+    src.outputs, coalesce(src.evidence, '{}'), src.child_run_id, CASE WHEN src.status IS NULL THEN 0 ELSE 1 END,
+    src.started_at, src.finished_at, src.duration_ms FROM r, src),
 e AS (
   INSERT INTO cairn.run_events (run_id, circle_id, type, from_status, to_status, actor, data)
   SELECT r.id, r.circle_id, 'status', NULL, 'queued', $12::text,
@@ -132,6 +152,7 @@ export async function insertWorkflowRun(q: Queryable, n: NewWorkflowRun): Promis
     n.traceId,
     n.idempotencyKey,
     n.policy === undefined || n.policy === null ? null : JSON.stringify(n.policy),
+    n.replayOf ?? null,
   ]);
   const row = r.rows[0];
   if (!row) return undefined;

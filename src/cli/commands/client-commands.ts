@@ -322,6 +322,39 @@ export function registerClientCommands(program: Command): void {
     }),
   );
 
+  addGlobalOptions(
+    runs
+      .command('replay <id>')
+      .description(
+        "Replay a finished run: a new run of its recorded input on its snapshot's definitions, gated by policy",
+      )
+      .option(
+        '--policy <p>',
+        'strict (refuse to repeat side effects unless a policy permits it) or permissive',
+        'strict',
+      )
+      .option(
+        '--from-task <step>',
+        'a workflow run: re-execute from this step on, reusing the steps before it',
+      ),
+  ).action(
+    action(async (ctx, id: string, o: { policy: string; fromTask?: string }) => {
+      const r = await ctx.client.request<{ run_id: string; status: string; side_effect_tasks: string[] }>(
+        'POST',
+        `/api/runs/${encodeURIComponent(id)}/replay`,
+        { policy: o.policy, ...(o.fromTask ? { from_task: o.fromTask } : {}) },
+      );
+      ctx.out.print(
+        ctx.out.json
+          ? JSON.stringify(r.body, null, 2)
+          : `${statusMark(r.body.status)}  run ${r.body.run_id} replays ${id}` +
+              (r.body.side_effect_tasks.length
+                ? ` (repeats side effects: ${r.body.side_effect_tasks.join(', ')})`
+                : ''),
+      );
+    }),
+  );
+
   for (const [name, what] of [
     ['pin', 'Pin a run: retention never deletes it (nor the runs it points at)'],
     ['unpin', 'Unpin a run: it expires again with its circle’s retention'],
