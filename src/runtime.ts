@@ -158,7 +158,11 @@ async function toolchain(bin: string, args: string[]) {
     const real = path ? await realpath(path) : '';
     return {
       version: (stdout || stderr).trim().split('\n')[0]!.slice(0, 200),
-      binary_sha256: real ? createHash('sha256').update(await readFile(real)).digest('hex') : null,
+      binary_sha256: real
+        ? createHash('sha256')
+            .update(await readFile(real))
+            .digest('hex')
+        : null,
     };
   } catch {
     return null;
@@ -309,24 +313,29 @@ export async function startWorker(
   const opened = await openDatabase(config, log);
   const { db } = opened;
   const sandbox = new Sandbox();
-  const worker = new Worker({
+  // The engine, not a bare worker: a worker process also fires schedules and hands off upstream runs.
+  const engine = new Engine({
     db,
-    sandbox,
-    concurrency: config.workerConcurrency,
-    leaseMs: config.leaseMs,
-    pollMs: config.pollMs,
-    retentionMs: config.retentionIntervalMs,
-    retentionDays: config.retentionDays,
     log,
+    sandbox,
+    snapshotExtra: await snapshotFacts(db),
+    worker: {
+      concurrency: config.workerConcurrency,
+      leaseMs: config.leaseMs,
+      pollMs: config.pollMs,
+      retentionMs: config.retentionIntervalMs,
+      retentionDays: config.retentionDays,
+    },
   });
   warnIfUnsandboxed(log, sandbox);
   prewarm(log, sandbox);
-  await worker.start();
+  await engine.start();
+  const worker = engine.worker!;
   return {
     worker,
     db,
     async stop() {
-      await worker.stop(config.shutdownGraceMs);
+      await engine.stop(config.shutdownGraceMs);
       sandbox.close();
       await opened.close();
     },

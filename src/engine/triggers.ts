@@ -31,6 +31,8 @@ const STALE_FIRING_MS = 15_000;
 const HANDOFF_LEASE_MS = 30_000;
 /** Upper bound of the scheduler's sleep (it also wakes for the soonest due schedule). */
 const IDLE_MS = 500;
+/** A handoff that failed for a passing reason is tried again after this long. */
+const RETRY_AFTER_MS = 5_000;
 
 export interface TriggerEnv {
   db: Db;
@@ -226,7 +228,13 @@ export class TriggerSystem {
       await store.finishHandoff(db, h.id, started.run_id, null);
     } catch (e) {
       const err = toCairnError(e);
-      if (err.code === 'INTERNAL') this.env.log.warn({ err: e, upstream: h.upstream_slug }, 'handoff failed');
+      // A passing failure (the database, an internal error) is not an answer: the row stays open and
+      // comes back when its claim lapses. Only a definite refusal (depth, target gone, credits, policy) is final.
+      if (transient(err)) {
+        this.env.log.warn({ err: e, upstream: h.upstream_slug }, 'handoff failed; it will be retried');
+        await store.releaseHandoff(db, h.id, RETRY_AFTER_MS).catch(() => undefined);
+        return;
+      }
       await store.finishHandoff(db, h.id, null, err.toBody());
     }
   }
@@ -310,7 +318,14 @@ export async function fireOccurrence(
     await store.markFired(env.db, s.element_id, nominal, started.run_id);
     return started;
   } catch (e) {
-    await store.markFailed(env.db, s.element_id, nominal, toCairnError(e).toBody());
+    const err = toCairnError(e);
+    // A passing failure leaves the occurrence firing: the stale sweep starts it again (once, by its key).
+    if (!transient(err)) await store.markFailed(env.db, s.element_id, nominal, err.toBody());
     return undefined;
   }
+}
+
+/** A failure that says nothing about the request (the database, an internal error): try again later. */
+function transient(e: CairnError): boolean {
+  return e.errorClass === 'internal' || e.errorClass === 'unavailable' || e.errorClass === 'timeout';
 }

@@ -155,7 +155,7 @@ export async function markFired(
 ): Promise<void> {
   await q.query(
     `UPDATE cairn.schedule_occurrences
-        SET status = CASE WHEN recorded_at - nominal_at > interval '1 second' AND NOT backfill
+        SET status = CASE WHEN clock_timestamp() - nominal_at > interval '1 second' AND NOT backfill
                           THEN 'caught_up' ELSE 'fired' END,
             run_id = $3, fired_at = clock_timestamp()
       WHERE schedule_id = $1 AND nominal_at = $2::timestamptz AND status IN ('firing', 'failed')`,
@@ -485,6 +485,15 @@ export async function finishHandoff(
   await q.query(
     `UPDATE cairn.run_outbox SET done_at = clock_timestamp(), run_id = $2, error = $3 WHERE id = $1::bigint`,
     [id, runId, error === null ? null : JSON.stringify(error)],
+  );
+}
+
+/** Gives a claimed outbox row back, to be claimed again after `afterMs`. */
+export async function releaseHandoff(q: Queryable, id: string, afterMs: number): Promise<void> {
+  await q.query(
+    `UPDATE cairn.run_outbox SET claimed_until = clock_timestamp() + make_interval(secs => $2 / 1000.0)
+      WHERE id = $1::bigint AND done_at IS NULL`,
+    [id, afterMs],
   );
 }
 
