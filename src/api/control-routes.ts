@@ -11,7 +11,15 @@ import { qint } from '../core/zod.js';
 import { ITEM_STATUSES, type Role } from '../core/status.js';
 import { getCircleById, type CircleRow } from '../store/circles.js';
 import { getRun, listItems, toRunView, type RunRow } from '../store/runs.js';
-import { GRANT_CATEGORIES, getWallet, grant, listGrants, listTransfers, runLedger } from '../store/ledger.js';
+import {
+  GRANT_CATEGORIES,
+  getWallet,
+  grant,
+  listGrants,
+  listTransfers,
+  runLedger,
+  setSpendLimit,
+} from '../store/ledger.js';
 import { listFailures, providerSummary } from '../store/summary.js';
 import { pause, resume, retryFailedItems, rerun } from '../engine/control.js';
 import { replay } from '../engine/replay.js';
@@ -254,6 +262,35 @@ export const CONTROL_ROUTES: RouteDef[] = [
       circle: circle!.slug,
       ...(await getWallet(deps.db, circle!.id)),
     }),
+  }),
+  defineRoute({
+    method: 'PUT',
+    url: '/api/:circle/wallet/spend-limit',
+    auth: 'admin',
+    tag: 'wallet',
+    summary:
+      "Set the circle's spending limit per UTC day or month (credits: null removes it); a run past it answers 402 SPEND_LIMIT_REACHED",
+    body: z
+      .object({
+        period: z.enum(['day', 'month']).default('day'),
+        credits: z
+          .number()
+          .int()
+          .min(0)
+          .nullable()
+          .describe('Micro-credits captured or held per period; null: no limit'),
+      })
+      .strict(),
+    handler: async (ctx) => {
+      const c = ctx.circle!;
+      const b = ctx.body as { period: 'day' | 'month'; credits: number | null };
+      await setSpendLimit(
+        ctx.deps.db,
+        c.id,
+        b.credits === null ? null : { period: b.period, credits: b.credits },
+      );
+      return { circle: c.slug, ...(await getWallet(ctx.deps.db, c.id)) };
+    },
   }),
   defineRoute({
     method: 'GET',

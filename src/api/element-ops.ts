@@ -1,4 +1,4 @@
-import { CairnError } from '../core/errors.js';
+import { CairnError, errors } from '../core/errors.js';
 import { parseInput } from '../core/zod.js';
 import { isPlainObject } from '../core/json.js';
 import type { ElementTypeDecl, HttpMethod, OperationDecl } from '../elements/types.js';
@@ -33,6 +33,32 @@ function modeOf<M extends Mode>(ctx: RouteCtx, allowed: readonly M[]): M | 'live
         'Use ?mode=dry_run to validate and estimate without executing or charging, or leave mode out to run it.',
     });
   return m as M;
+}
+
+/** `?budget=<micro-credits>&on_budget_exceeded=flag|stop` of a run-creating op (typed 400 otherwise). */
+function budgetOf(ctx: RouteCtx): { budget?: number; budgetPolicy?: 'flag' | 'stop' } {
+  const q = queryOf(ctx);
+  const out: { budget?: number; budgetPolicy?: 'flag' | 'stop' } = {};
+  if (q.budget !== undefined) {
+    const n = Number(q.budget);
+    if (!Number.isSafeInteger(n) || n < 0)
+      throw errors.invalidInput(
+        `budget must be a whole number of micro-credits ≥ 0, not ${JSON.stringify(q.budget)}.`,
+        { field: 'budget' },
+        'Send ?budget=<micro-credits> (1 credit = 1,000,000).',
+      );
+    out.budget = n;
+  }
+  if (q.on_budget_exceeded !== undefined) {
+    if (q.on_budget_exceeded !== 'flag' && q.on_budget_exceeded !== 'stop')
+      throw errors.invalidInput(
+        'on_budget_exceeded is flag or stop.',
+        { field: 'on_budget_exceeded' },
+        'Send ?on_budget_exceeded=stop (the default) or flag.',
+      );
+    out.budgetPolicy = q.on_budget_exceeded;
+  }
+  return out;
 }
 
 function wantsAsync(ctx: RouteCtx): boolean {
@@ -105,6 +131,7 @@ async function createRun(
       trigger: requestTrigger(ctx.req.headers, actor, ctx.principal!.role),
       idempotencyKey: idempotencyKeyOf(ctx),
       mode: modeOf(ctx, ['live', 'dry_run'] as const),
+      ...budgetOf(ctx),
     },
     { waitMs: deps.config.syncWaitMs, async: wantsAsync(ctx) },
   );

@@ -104,6 +104,9 @@ export interface WorkflowTriggerRequest {
   replayOf?: string | null;
   /** A replay from a task: the tasks before it, done as the original run recorded them. */
   reuse?: (ReusedTask & { key: string; ord: number })[];
+  /** At most this many micro-credits (null: the workflow's own budget, if any). */
+  budget?: number | null;
+  budgetPolicy?: 'flag' | 'stop';
 }
 
 export interface WorkflowTriggered {

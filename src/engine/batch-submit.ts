@@ -1,12 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { errors, type ErrorBody, sourceGone, thrown } from '../core/errors.js';
+import { type ErrorBody, sourceGone, thrown } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { ENGINE_VERSION } from '../core/version.js';
 import { describeIssues } from '../core/zod.js';
 import type { Db } from '../db/types.js';
 import type { BatchRequest, BatchSubmitted, OperationDecl } from '../elements/types.js';
 import { insertBatchRun, type NewBatchItem } from '../store/batch.js';
-import { getWallet } from '../store/ledger.js';
+import { getWallet, reservationRefused } from '../store/ledger.js';
 import { findByIdempotencyKey, type RunRow } from '../store/runs.js';
 import { applyPatch } from '../core/json-patch.js';
 import { decide } from './policy.js';
@@ -129,10 +129,7 @@ export async function submitBatch(db: Db, req: BatchRequest): Promise<BatchSubmi
       timeoutMs: type.timeoutMs?.(el.spec) ?? 60_000,
       items,
     });
-    if (!run) {
-      const w = await getWallet(db, req.circle.id);
-      throw errors.insufficientCredits(req.circle.slug, reserve, w.available);
-    }
+    if (!run) throw await reservationRefused(db, req.circle, reserve);
     return { run, created: true, valid, invalid, estimated_credits: estimate };
   } catch (caught) {
     const e = thrown(caught);

@@ -6,8 +6,9 @@ import type { Db } from '../db/types.js';
 import type { CircleRow } from '../store/circles.js';
 import type { ElementRow } from '../store/elements.js';
 import { insertDryRun, insertRun } from '../store/queue.js';
+import { flagRun } from '../store/batch.js';
 import { findByIdempotencyKey, type RunRow } from '../store/runs.js';
-import { getWallet } from '../store/ledger.js';
+import { getWallet, reservationRefused } from '../store/ledger.js';
 import type { ElementTypeDecl, OperationDecl, RunTrigger } from '../elements/types.js';
 import { retryOnLoss, snapshotElement } from '../elements/pinning.js';
 import { decide, type PolicyOutcome } from './policy.js';
@@ -34,6 +35,9 @@ export interface SubmitRequest {
   action?: 'run' | 'replay' | 'retry';
   policyContext?: Record<string, unknown>;
   replayOf?: string | null;
+  /** At most this many micro-credits: stop refuses a run whose price passes it, flag flags it. */
+  budget?: number | null;
+  budgetPolicy?: 'flag' | 'stop';
 }
 
 export interface Submitted {
@@ -119,6 +123,16 @@ export async function submitRun(
     );
   const retry = retryOnLoss(op, el);
   const id = newId();
+  const budget = req.budget ?? null;
+  const overBudget = budget !== null && (op.price ?? 0) > budget;
+  if (overBudget && (req.budgetPolicy ?? 'stop') === 'stop')
+    throw new CairnError({
+      code: 'BUDGET_EXCEEDED',
+      class: 'payment',
+      message: `${type.type}.${op.name} costs ${op.price} micro-credits; the run's budget is ${budget} (on_exceeded: stop), so it did not start.`,
+      details: { budget, price: op.price ?? 0 },
+      suggestion: 'Raise the budget, or send on_budget_exceeded=flag to run it and flag it.',
+    });
   if (req.mode === 'dry_run') {
     const wallet = await getWallet(db, req.circle.id);
     const estimate = op.price ?? 0;
@@ -166,7 +180,7 @@ export async function submitRun(
       retryableOnLoss: retry,
       engineVersion: ENGINE_VERSION,
       creditsReserved: op.price ?? 0,
-      budget: null,
+      budget,
       snapshot: runSnapshot(el, op, retry, snapshotExtra, pol.snapshot),
       policy: pol.record,
       traceId: randomBytes(16).toString('hex'),
@@ -174,11 +188,14 @@ export async function submitRun(
       timeoutMs: type.timeoutMs?.(el.spec) ?? 60_000,
       claim: req.claim ?? null,
     });
-    if (!run) {
-      const w = await getWallet(db, req.circle.id);
-      throw errors.insufficientCredits(req.circle.slug, op.price ?? 0, w.available);
-    }
-    return { run, created: true };
+    if (!run) throw await reservationRefused(db, req.circle, op.price ?? 0);
+    if (overBudget)
+      await flagRun(db, run.id, 'budget_exceeded', req.trigger.actor, {
+        budget,
+        committed: op.price ?? 0,
+        policy: 'flag',
+      });
+    return { run: overBudget ? { ...run, flags: [...run.flags, 'budget_exceeded'] } : run, created: true };
   } catch (caught) {
     const e = thrown(caught);
     // Two requests with the same key raced: the loser answers with the winner's run.

@@ -17,7 +17,7 @@ import { estimateOf, resolveDefinition, workflowHash } from '../elements/workflo
 import type { WorkflowTriggered, WorkflowTriggerRequest } from '../elements/types.js';
 import { compilePlan } from '../elements/workflow/plan.js';
 import { workflowSpec } from '../elements/workflow/spec.js';
-import { getWallet } from '../store/ledger.js';
+import { reservationRefused } from '../store/ledger.js';
 import { findByIdempotencyKey } from '../store/runs.js';
 import { fileRefsIn, PgFileStore, SHA256_RE } from '../store/files.js';
 import {
@@ -130,6 +130,10 @@ export async function triggerWorkflow(db: Db, req: WorkflowTriggerRequest): Prom
       };
   }
   if (!req.definitionHash) await saveDefinition(db, circle.id, hash, def);
+  // A budget (the trigger's, else the workflow's): stop never reserves, so never spends, past it.
+  const budget = req.budget ?? spec.budget?.credits ?? null;
+  const budgetPolicy = req.budgetPolicy ?? spec.budget?.on_exceeded ?? 'stop';
+  const reserve = budget !== null && budgetPolicy === 'stop' ? Math.min(estimate, budget) : estimate;
   const reusedSteps = new Set((req.reuse ?? []).map((t) => t.key.replace(/\[\d+\]$/, '')));
   const id = newId();
   try {
@@ -148,7 +152,9 @@ export async function triggerWorkflow(db: Db, req: WorkflowTriggerRequest): Prom
       rerunOf: req.rerunOf ?? null,
       replayOf: req.replayOf ?? null,
       engineVersion: ENGINE_VERSION,
-      reserve: estimate,
+      reserve,
+      budget,
+      budgetPolicy,
       concurrency: spec.concurrency,
       snapshot: {
         workflow_definition: hash,
@@ -168,10 +174,7 @@ export async function triggerWorkflow(db: Db, req: WorkflowTriggerRequest): Prom
         ...(req.reuse ?? []).map((t) => ({ ...t, id: newId() })),
       ],
     });
-    if (!run) {
-      const w = await getWallet(db, circle.id);
-      throw errors.insufficientCredits(circle.slug, estimate, w.available);
-    }
+    if (!run) throw await reservationRefused(db, circle, reserve);
     return { run, created: true, definition_hash: hash, estimated_credits: estimate };
   } catch (caught) {
     const e = thrown(caught);

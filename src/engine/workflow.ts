@@ -19,7 +19,7 @@ import { compilePlan, type Plan, type StepPlan } from '../elements/workflow/plan
 import { workflowSpec } from '../elements/workflow/spec.js';
 import type { Logger } from '../telemetry/log.js';
 import { fileRefOf, PgFileStore, type FileRef } from '../store/files.js';
-import { letGoPaused } from '../store/batch.js';
+import { flagRun, letGoPaused } from '../store/batch.js';
 import { getRunsStatus, loadSnapshot, type RunRow } from '../store/runs.js';
 import {
   decideTask,
@@ -36,6 +36,7 @@ import {
 } from '../store/workflow.js';
 import type { BatchControl, ChildEnd } from './batch.js';
 import { TASK_ORD_STRIDE } from './workflow-submit.js';
+import { cancel } from './control.js';
 
 export interface WorkflowHost {
   db: Db;
@@ -76,6 +77,11 @@ class Orchestration {
   private readonly toStart: NewChild[] = [];
   private readonly fan = new Map<string, string[]>();
   private paused = false;
+  /** The budget stopped the run (on_exceeded: stop): why, and the running children to cancel. */
+  private budgetStop: ErrorBody | null = null;
+  private readonly toCancel: string[] = [];
+  /** The budget was passed (on_exceeded: flag): flag the run once. */
+  private flagBudget: { budget: number; committed: number } | null | 'done' = null;
 
   constructor(
     private readonly h: WorkflowHost,
@@ -356,9 +362,79 @@ class Orchestration {
     return this.busy;
   }
 
+  /**
+   * What the run has spent or may still spend: the credits its tasks captured plus the price of
+   * each task executing now. A task starts only while this plus its price fits the budget, so a
+   * stopped run never captures more than its budget, at any concurrency.
+   */
+  private committed(): number {
+    let c = 0;
+    for (const t of this.tasks.values()) {
+      c += Number(t.credits_used ?? 0);
+      if (t.status === 'running' && t.child_run_id && !this.fan.has(t.key))
+        c += this.def.steps[this.stepOf(t.key).step.name]?.price ?? 0;
+    }
+    return c;
+  }
+
+  /** May a task of this price start? (stop: no, once it would pass the budget; flag: yes, flagged.) */
+  private fits(t: TaskRow, price: number): boolean {
+    const budget = this.run.budget;
+    if (budget === null || budget === undefined || price <= 0) return true;
+    const committed = this.committed();
+    if (committed + price <= budget) return true;
+    if (this.run.budget_policy !== 'stop') {
+      if (this.flagBudget === null) this.flagBudget = { budget, committed: committed + price };
+      return true;
+    }
+    this.budgetStop = {
+      code: 'BUDGET_EXCEEDED',
+      class: 'payment',
+      message: `Task ${t.key} (${price} micro-credits) would take the run past its budget of ${budget} (${committed} spent or committed); the run stopped (on_exceeded: stop).`,
+      retryable: false,
+      _suggestion:
+        'Raise the budget (the trigger’s budget, or the workflow’s spec.budget), then rerun or retry-failed.',
+      details: { budget, committed, price, task: t.key },
+    };
+    for (const r of this.tasks.values())
+      if (r.status === 'running' && r.child_run_id && !this.fan.has(r.key) && !this.isAwaiting(r))
+        this.toCancel.push(r.child_run_id);
+    return false;
+  }
+
+  /** The budget stopped the run: nothing more starts; what waits is skipped. */
+  private stopAll(): void {
+    for (const t of this.tasks.values()) {
+      if (t.status === 'pending' || t.status === 'retrying' || this.isAwaiting(t))
+        this.set(t, {
+          status: 'skipped',
+          reason: 'budget_exceeded',
+          evidence: { skipped_because: 'budget_exceeded' },
+        });
+      else if (t.status === 'running' && this.fan.has(t.key)) {
+        const open = (this.fan.get(t.key) ?? []).some((k) => !TERMINAL.has(this.tasks.get(k)!.status));
+        if (!open) this.set(t, { status: 'failed', error: this.budgetStop });
+      }
+    }
+  }
+
+  /** Children to cancel (the budget stopped the run), once. */
+  takeCancels(): string[] {
+    return this.toCancel.splice(0);
+  }
+
+  /** The budget was passed under on_exceeded: flag — what to flag the run with, once. */
+  takeFlag(): { budget: number; committed: number } | null {
+    const f = this.flagBudget;
+    if (f === null || f === 'done') return null;
+    this.flagBudget = 'done';
+    return f;
+  }
+
   /** Starts what is ready, up to the concurrency. */
   advance(): void {
     if (this.paused) return;
+    if (this.budgetStop) return this.stopAll();
     this.busy = this.countRunning();
     for (const p of this.plan.steps) {
       const t = this.tasks.get(p.step.name);
@@ -441,6 +517,7 @@ class Orchestration {
       t.evidence = { ...t.evidence, awaiting };
       return;
     }
+    if (!this.fits(t, pinned.price)) return this.stopAll();
     const c = this.child(t, p, input);
     if ('code' in c) {
       this.set(t, { status: 'failed', error: c, inputs: input });
@@ -736,6 +813,7 @@ class Orchestration {
 
   /** The run's end: succeeded (outputs rendered) or failed (the first failure that fails it). */
   outcome(): { status: 'succeeded' | 'failed'; output: unknown; error: ErrorBody | null } {
+    if (this.budgetStop) return { status: 'failed', output: null, error: this.budgetStop };
     const failures = [...this.tasks.values()].filter((t) => this.blocks(t) && !this.isFanChild(t));
     if (failures.length > 0) {
       const f = failures[0]!;
@@ -826,6 +904,15 @@ export async function runWorkflow(
         if (awaiting.length > 0) o.absorbDecisions(await loadTasks(h.db, run.id, awaiting));
         o.advance();
         if (!(await o.flush())) return; // the lease is gone
+        // The budget stopped it: the children still executing are cancelled (their sandboxes killed).
+        for (const child of o.takeCancels())
+          await cancel(h.db, child, `worker:${h.workerId}`, 'budget_exceeded').catch(() => undefined);
+        const flag = o.takeFlag();
+        if (flag)
+          await flagRun(h.db, run.id, 'budget_exceeded', `worker:${h.workerId}`, {
+            ...flag,
+            policy: 'flag',
+          });
         if (o.done()) {
           const end = o.outcome();
           // Paused meanwhile (a paused run cannot end): let go; the resume ends it.

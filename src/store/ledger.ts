@@ -4,7 +4,7 @@
  * the wallet row's CHECK keeps the balance above its floor under any concurrency.
  */
 import type { Queryable } from '../db/types.js';
-import { errors } from '../core/errors.js';
+import { CairnError, errors } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { isoFields } from './rows.js';
 
@@ -24,6 +24,8 @@ export interface Wallet {
   balance: number;
   /** balance − debits_pending − floor: what a new reservation may take. */
   available: number;
+  /** The circle's spending limit per period (null: none), and what it spent in the current one. */
+  spend_limit: { period: 'day' | 'month'; credits: number; spent: number } | null;
   updated_at: string;
 }
 
@@ -37,17 +39,60 @@ function toWallet(r: Record<string, unknown>): Wallet {
     floor: n('floor'),
     balance: n('credits_posted') - n('debits_posted'),
     available: n('credits_posted') - n('debits_posted') - n('debits_pending') - n('floor'),
+    spend_limit:
+      r.spend_limit === null || r.spend_limit === undefined
+        ? null
+        : {
+            period: r.spend_period as 'day' | 'month',
+            credits: n('spend_limit'),
+            spent: n('period_spent') + n('debits_pending'),
+          },
     updated_at: isoFields(r as { updated_at: string }, ['updated_at']).updated_at,
   };
 }
 
 export async function getWallet(q: Queryable, circleId: string): Promise<Wallet> {
-  const r = await q.query('SELECT * FROM cairn.wallets WHERE circle_id = $1', [circleId]);
+  const r = await q.query(
+    `SELECT w.*, CASE WHEN w.spend_limit IS NULL THEN 0 ELSE cairn.period_spent(w.circle_id, w.spend_period) END
+       AS period_spent FROM cairn.wallets w WHERE w.circle_id = $1`,
+    [circleId],
+  );
   if (!r.rows[0]) {
     await q.query('INSERT INTO cairn.wallets (circle_id) VALUES ($1) ON CONFLICT DO NOTHING', [circleId]);
     return getWallet(q, circleId);
   }
   return toWallet(r.rows[0]);
+}
+
+/** Sets (or, with null, removes) the circle's spending limit per day or month. */
+export async function setSpendLimit(
+  q: Queryable,
+  circleId: string,
+  limit: { period: 'day' | 'month'; credits: number } | null,
+): Promise<void> {
+  await q.query(
+    `UPDATE cairn.wallets SET spend_limit = $2, spend_period = $3, updated_at = clock_timestamp() WHERE circle_id = $1`,
+    [circleId, limit?.credits ?? null, limit?.period ?? null],
+  );
+}
+
+/** Why a reservation of `amount` was refused: the spending limit, or the wallet's balance. */
+export async function reservationRefused(
+  q: Queryable,
+  circle: { id: string; slug: string },
+  amount: number,
+): Promise<CairnError> {
+  const w = await getWallet(q, circle.id);
+  const l = w.spend_limit;
+  if (l && l.spent + amount > l.credits)
+    return new CairnError({
+      code: 'SPEND_LIMIT_REACHED',
+      class: 'payment',
+      message: `This run needs ${amount} micro-credits; circle "${circle.slug}" has spent ${l.spent} of its ${l.credits} limit this ${l.period}.`,
+      details: { needed: amount, spent: l.spent, limit: l.credits, period: l.period },
+      suggestion: `Wait for the next ${l.period} (UTC), or raise the limit (PUT /api/${circle.slug}/wallet/spend-limit, circle admin).`,
+    });
+  return errors.insufficientCredits(circle.slug, amount, w.available);
 }
 
 export interface GrantRow {

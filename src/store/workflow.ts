@@ -81,6 +81,8 @@ export interface NewWorkflowRun {
   tasks: ({ id: string; key: string; ord: number } & Partial<ReusedTask>)[];
   policy?: unknown;
   replayOf?: string | null;
+  budget?: number | null;
+  budgetPolicy?: 'flag' | 'stop';
 }
 
 /** A task a replay (from_task) reuses: recorded as it ended in the original run. */
@@ -106,11 +108,11 @@ r AS (
   INSERT INTO cairn.runs (id, circle_id, kind, element_id, element_slug, element_type, element_version,
     definition_hash, operation, status, mode, trigger, input, root_run_id, rerun_of, max_attempts,
     retryable_on_loss, engine_version, items_total, items_pending, credits_reserved, concurrency, snapshot,
-    trace_id, idempotency_key, timeout_ms, policy, replay_of)
+    trace_id, idempotency_key, timeout_ms, policy, replay_of, budget, budget_policy)
   SELECT $1::uuid, $2::uuid, 'workflow', $3::uuid, $4, $5, $6::int, $7, 'trigger', 'queued', 'live', $8::jsonb,
     $9::jsonb, $1::uuid, $10::uuid, 1000000, true, $14, (SELECT count(*) FROM src),
     (SELECT count(*) FROM src WHERE coalesce(status, 'pending') = 'pending'),
-    $11::bigint, $15::int, $16::jsonb, $17, $18, 0, $19::jsonb, $20::uuid
+    $11::bigint, $15::int, $16::jsonb, $17, $18, 0, $19::jsonb, $20::uuid, $21::bigint, $22
   FROM res WHERE res.ok
   RETURNING *),
 i AS (
@@ -153,6 +155,8 @@ export async function insertWorkflowRun(q: Queryable, n: NewWorkflowRun): Promis
     n.idempotencyKey,
     n.policy === undefined || n.policy === null ? null : JSON.stringify(n.policy),
     n.replayOf ?? null,
+    n.budget ?? null,
+    n.budgetPolicy ?? 'stop',
   ]);
   const row = r.rows[0];
   if (!row) return undefined;

@@ -16,9 +16,9 @@ describeEachDriver('run snapshots', ({ db, driver }) => {
   beforeAll(async () => {
     t = await testApp(db());
     A = (await t.circle(slug)).tokens.admin;
-    expect((await post('ops/create', { element_type: 'sql', slug: 'q', spec: { query: 'select 1 as n' } })).status).toBe(
-      201,
-    );
+    expect(
+      (await post('ops/create', { element_type: 'sql', slug: 'q', spec: { query: 'select 1 as n' } })).status,
+    ).toBe(201);
   });
   afterAll(() => t?.close());
 
@@ -41,12 +41,17 @@ describeEachDriver('run snapshots', ({ db, driver }) => {
       engine_version: expect.any(String),
       policies: [],
       price_table: expect.objectContaining({ 'sql.invoke': 1000, 'go-fn.invoke': 10000 }),
-      toolchains: expect.objectContaining({ database: expect.any(Object), node: { version: process.version } }),
+      toolchains: expect.objectContaining({
+        database: expect.any(Object),
+        node: { version: process.version },
+      }),
     });
     if (ra.snapshot.toolchains.go) expect(ra.snapshot.toolchains.go.binary_sha256).toMatch(/^[0-9a-f]{64}$/);
 
     // Updated, then deleted: the run's bill of materials still names exactly what it ran.
-    expect((await t.call('PATCH', `/api/${slug}/q/ops/update`, { spec: { query: 'select 2 as n' } }, A)).status).toBe(200);
+    expect(
+      (await t.call('PATCH', `/api/${slug}/q/ops/update`, { spec: { query: 'select 2 as n' } }, A)).status,
+    ).toBe(200);
     const c = await post('q/ops/invoke', {});
     const rc = (await t.call('GET', `/api/runs/${c.body.run_id}/snapshot`, undefined, A)).body;
     expect(rc.snapshot_hash).not.toBe(ra.snapshot_hash);
@@ -68,7 +73,9 @@ describeEachDriver('run snapshots', ({ db, driver }) => {
     const tr = await post('wf/ops/trigger', { parameters: {} });
     expect(tr.status).toBe(202);
     expect((await waitRun(t, tr.body.run_id, A)).status).toBe('succeeded');
-    expect((await t.call('PATCH', `/api/${slug}/one/ops/update`, { spec: { query: 'select 9 as n' } }, A)).status).toBe(200);
+    expect(
+      (await t.call('PATCH', `/api/${slug}/one/ops/update`, { spec: { query: 'select 9 as n' } }, A)).status,
+    ).toBe(200);
     const s = (await t.call('GET', `/api/runs/${tr.body.run_id}/snapshot`, undefined, A)).body;
     expect(s.workflow_definition.hash).toBe(tr.body.definition_hash);
     expect(JSON.stringify(s.workflow_definition)).toContain('select 1 as n');

@@ -144,6 +144,8 @@ const triggerOp = defineOp({
       element: ctx.element,
       parameters: ctx.input.parameters,
       definitionHash: ctx.input.definition_hash,
+      budget: ctx.input.budget,
+      budgetPolicy: ctx.input.on_budget_exceeded,
       trigger: ctx.trigger,
       idempotencyKey: ctx.idempotencyKey,
       snapshotExtra: ctx.snapshotExtra,

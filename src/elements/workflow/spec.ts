@@ -67,6 +67,14 @@ export const workflowStep = z
   })
   .strict();
 
+/** A run's budget: at most `credits`; on reaching it, stop (no task starts past it) or flag. */
+export const budgetSpec = z
+  .object({
+    credits: z.number().int().min(0).describe('Micro-credits a run may spend'),
+    on_exceeded: z.enum(['flag', 'stop']).default('stop'),
+  })
+  .strict();
+
 export const workflowSpec = z
   .object({
     description: z.string().max(2_000).optional(),
@@ -86,6 +94,7 @@ export const workflowSpec = z
       .max(1_000)
       .default(50)
       .describe('Tasks of one run executing at once'),
+    budget: budgetSpec.optional().describe('Default budget of a run (a trigger may set its own)'),
   })
   .strict();
 
@@ -95,6 +104,13 @@ export type WorkflowStep = z.output<typeof workflowStep>;
 export const triggerInput = z
   .object({
     parameters: z.record(z.string(), z.json()).default({}),
+    budget: z.number().int().min(0).optional().describe('Micro-credits this run may spend'),
+    on_budget_exceeded: z
+      .enum(['flag', 'stop'])
+      .optional()
+      .describe(
+        'stop: no task starts past the budget, running ones are cancelled; flag: flagged, it goes on',
+      ),
     definition_hash: z
       .string()
       .regex(/^[0-9a-f]{64}$/, 'a definition hash is 64 lowercase hex digits')
