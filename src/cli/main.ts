@@ -6,6 +6,7 @@ import { registerServe } from './commands/serve.js';
 import { registerClientCommands } from './commands/client-commands.js';
 import { registerBatchCommands } from './commands/batch-commands.js';
 import { registerWorkflowCommands } from './commands/workflow-commands.js';
+import { registerTriggerCommands } from './commands/trigger-commands.js';
 import { renderError } from './output.js';
 
 // A closed stdout (`cairn wallet | head -1`) ends the CLI quietly, as SIGPIPE would: status 128 + 13.
@@ -25,6 +26,7 @@ registerServe(program);
 registerClientCommands(program);
 registerBatchCommands(program);
 registerWorkflowCommands(program);
+registerTriggerCommands(program);
 
 try {
   await program.parseAsync(process.argv);

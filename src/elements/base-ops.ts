@@ -147,6 +147,7 @@ export const BASE_OPS: OperationDecl[] = [
           );
         }
         const { spec } = checkSpec(ctx.type, target.spec);
+        await ctx.type.validateInCircle?.(tx, ctx.circle, spec, ctx.types);
         const snap = await store.writeVersion(
           tx,
           el,
@@ -166,6 +167,8 @@ export const BASE_OPS: OperationDecl[] = [
           `Restored from v${target.version}`,
           ctx.actor,
         );
+        // A trigger or policy type keeps what the engine reads in step with the restored version.
+        await ctx.type.afterSave?.(tx, ctx.circle, restored, false, ctx.types);
         return toElementView(restored, ctx.circle);
       }),
   }),

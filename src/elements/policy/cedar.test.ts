@@ -287,6 +287,22 @@ describe('authorize', () => {
     expect(authorize(set, request({ action: 'retry' })).decision).toBe('allow');
   });
 
+  it("puts a token in its role and every role below it (read < write < execute < admin)", () => {
+    const set = [
+      element(
+        'roles',
+        `@id("execute-or-more") @reason("run needs execute")
+         forbid(principal, action == Cairn::Action::"run", resource) unless { principal in Cairn::Role::"execute" };`,
+      ),
+    ];
+    const as = (role: string) =>
+      authorize(set, request({ principal: { kind: 'token', name: `t-${role}`, role } })).decision;
+    expect(as('admin')).toBe('allow');
+    expect(as('execute')).toBe('allow');
+    expect(as('write')).toBe('deny');
+    expect(as('read')).toBe('deny');
+  });
+
   it('answers the patches of the deciding permits in id order, and explicit_permit', () => {
     const set = [
       element('z-limits', '@id("cap") permit(principal, action, resource) when { context.mode == "live" };', {

@@ -27,6 +27,7 @@ import type {
   TypeOfAttribute,
 } from '@cedar-policy/cedar-wasm/nodejs';
 import { CairnError } from '../../core/errors.js';
+import { ROLES, type Role } from '../../core/status.js';
 import { canonicalJson, sha256Hex } from '../../core/hash.js';
 import { checkPatch, type JsonPatchOp } from '../../core/json-patch.js';
 
@@ -595,10 +596,13 @@ function requestParts(req: AuthzRequest): {
   const p = req.principal;
   if (p.kind === 'token') {
     principal = uid('Token', p.name);
-    const role = uid('Role', p.role);
+    // A token is in its role and every role below it: `principal in Cairn::Role::"execute"` holds
+    // for execute, write… and admin tokens (roles are ordered read < write < execute < admin).
+    const at = ROLES.indexOf(p.role as Role);
+    const roles = (at < 0 ? [p.role] : ROLES.slice(0, at + 1)).map((r) => uid('Role', r));
     entities.push(
-      { uid: principal, attrs: { name: p.name, role: p.role }, parents: [role] },
-      { uid: role, attrs: {}, parents: [] },
+      { uid: principal, attrs: { name: p.name, role: p.role }, parents: roles },
+      ...roles.map((role) => ({ uid: role, attrs: {}, parents: [] })),
     );
   } else {
     principal = uid('Trigger', `${p.type}:${p.source}`);
