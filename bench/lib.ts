@@ -46,6 +46,7 @@ export function writeSection(name: string, markdown: string): void {
     'run-record',
     'batch-ledger',
     'workflow',
+    'triggers',
   ];
   // A section not measured on this machine yet keeps what results.md has for it (by its heading).
   const headings: Record<string, string> = {
@@ -57,6 +58,7 @@ export function writeSection(name: string, markdown: string): void {
     'run-record': '## Run record',
     'batch-ledger': '## Batch runs and the ledger',
     workflow: '## Workflows against invoke runs',
+    triggers: '## Triggers and policies',
   };
   const current = existsSync(RESULTS) ? readFileSync(RESULTS, 'utf8') : '';
   const kept = (n: string): string | undefined => {

@@ -19,15 +19,9 @@ import {
 import { mapInput } from '../elements/triggers/target.js';
 import type { CircleRow } from '../store/circles.js';
 import { getCircleBySlug } from '../store/circles.js';
-import { findByIdempotencyKey, getRun } from '../store/runs.js';
 import * as hooks from '../store/triggers.js';
 import type { Deps } from './context.js';
 import { defineRoute, type RouteDef } from './route.js';
-
-/** How long a replay waits for the run the first delivery of its id is starting. */
-const REPLAY_WAIT_MS = 2_000;
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const notFound = () =>
   hookError('WEBHOOK_NOT_FOUND', 'No webhook at this address (or it is disabled or deleted).');
@@ -40,10 +34,11 @@ interface Accepted {
 }
 
 /**
- * Starts the delivery's run once, however many deliveries of its id arrive at once: the one that
- * claims the id starts the target (under the key webhook:<element>:<id>, so even a second start
- * answers the first run); the others answer that run, waiting up to REPLAY_WAIT_MS for it. When
- * the start fails the claim is given up and the error answered, so a retry can start it later.
+ * Starts the delivery's run once, however many deliveries of its id arrive, and at once: the run's
+ * idempotency key (webhook:<element>:<id>) is the deduplication — of any number of concurrent
+ * starts one inserts the run and the others answer it (its unique index) — and the delivery is
+ * recorded after, with its run. The first record of an id is the delivery; later ones are
+ * replays (`duplicate`). A start that failed records nothing, so a retry may start it later.
  */
 async function startOnce(
   deps: Deps,
@@ -54,53 +49,31 @@ async function startOnce(
   input: unknown,
   headers: Record<string, string>,
 ): Promise<{ runId: string; status: string; duplicate: boolean }> {
-  const db = deps.db;
-  const key = `webhook:${hook.element_id}:${deliveryId}`;
-  const deadline = Date.now() + REPLAY_WAIT_MS;
-  for (let wait = 10; ; wait = Math.min(wait * 2, 100)) {
-    if (await hooks.claimDelivery(db, hook.element_id, circle.id, deliveryId, bodySha256)) {
-      let started;
-      try {
-        started = await deps.engine.startTarget({
-          circle,
-          target: { element: hook.target.element, op: hook.target.op },
-          input,
-          trigger: {
-            type: 'webhook',
-            source: hook.slug,
-            actor: `webhook:${hook.slug}`,
-            webhook_id: deliveryId,
-            body_sha256: bodySha256,
-            headers,
-          },
-          idempotencyKey: key,
-        });
-      } catch (e) {
-        await hooks.releaseDelivery(db, hook.element_id, deliveryId).catch(() => undefined);
-        throw e;
-      }
-      await hooks.setDeliveryRun(db, hook.element_id, deliveryId, started.run_id);
-      return { runId: started.run_id, status: started.status, duplicate: false };
-    }
-    const recorded = await hooks.deliveryRun(db, hook.element_id, deliveryId);
-    if (recorded) {
-      const run = await getRun(db, recorded);
-      return { runId: recorded, status: run?.status ?? 'deleted', duplicate: true };
-    }
-    // The first delivery is still starting its run (or its process died after starting it).
-    const run = await findByIdempotencyKey(db, circle.id, key);
-    if (run) {
-      await hooks.setDeliveryRun(db, hook.element_id, deliveryId, run.id);
-      return { runId: run.id, status: run.status, duplicate: true };
-    }
-    if (Date.now() >= deadline)
-      throw hookError(
-        'WEBHOOK_DELIVERY_IN_PROGRESS',
-        `The first delivery of id "${deliveryId}" is still starting its run.`,
-        { delivery_id: deliveryId },
-      );
-    await sleep(wait);
-  }
+  const started = await deps.engine.startTarget({
+    circle,
+    target: { element: hook.target.element, op: hook.target.op },
+    input,
+    trigger: {
+      type: 'webhook',
+      source: hook.slug,
+      actor: `webhook:${hook.slug}`,
+      webhook_id: deliveryId,
+      body_sha256: bodySha256,
+      headers,
+    },
+    idempotencyKey: `webhook:${hook.element_id}:${deliveryId}`,
+    // Nearly every delivery is a new one: insert at once (a replay still meets the key's index).
+    fresh: true,
+  });
+  const first = await hooks.recordDelivery(
+    deps.db,
+    hook.element_id,
+    circle.id,
+    deliveryId,
+    bodySha256,
+    started.run_id,
+  );
+  return { runId: started.run_id, status: started.status, duplicate: !first };
 }
 
 export const HOOK_ROUTES: RouteDef[] = [
@@ -137,8 +110,7 @@ export const HOOK_ROUTES: RouteDef[] = [
       '401': 'WEBHOOK_SIGNATURE_MISSING, WEBHOOK_SIGNATURE_INVALID or WEBHOOK_TIMESTAMP_STALE',
       '402': 'The wallet cannot cover the run of the target',
       '403': "A policy of the circle refuses the target's run (POLICY_DENIED, POLICY_ERROR)",
-      '409':
-        'The first delivery of this id is still starting (WEBHOOK_DELIVERY_IN_PROGRESS), or the target is disabled',
+      '409': 'The target is disabled',
       '413': "The body is larger than the webhook's max_body_bytes (WEBHOOK_BODY_TOO_LARGE)",
     },
     handler: async (ctx): Promise<Accepted> => {
@@ -155,9 +127,7 @@ export const HOOK_ROUTES: RouteDef[] = [
           { size: raw.length, max_body_bytes: hook.max_body_bytes },
         );
       // The signature first, on the raw bytes: nothing of an unverified request is parsed.
-      const secrets =
-        hook.signing === 'none' ? [] : await hooks.validWebhookSecrets(deps.db, hook.element_id);
-      const deliveryId = verifyDelivery(hook.signing, raw, req.headers, secrets);
+      const deliveryId = verifyDelivery(hook.signing, raw, req.headers, hook.secrets);
       const body = parseHookBody(raw);
       const query: Record<string, unknown> = { ...(req.query as Record<string, unknown> | undefined) };
       const bad = findUnstorable({ body, query });

@@ -24,6 +24,7 @@ import { awaitingApproval, getDefinition } from '../store/workflow.js';
 import { LINEAGE_ROUTES } from './lineage-routes.js';
 import { FILE_ROUTES } from './file-routes.js';
 import { HOOK_ROUTES } from './hook-routes.js';
+import { pinnedPolicySet } from '../engine/policy.js';
 import { DEGRADED_AFTER } from '../engine/health.js';
 
 const slug = z.string().regex(SLUG_RE, 'lowercase letters, digits and dashes');
@@ -266,10 +267,12 @@ export const ROUTES: RouteDef[] = [
         run.kind === 'workflow' && run.definition_hash
           ? await getDefinition(ctx.deps.db, run.circle_id, run.definition_hash)
           : undefined;
+      const policySet = await pinnedPolicySet(ctx.deps.db, snapshot.policy_set_hash as string | undefined);
       return {
         run_id: run.id,
         snapshot_hash: run.snapshot_hash ?? null,
         snapshot,
+        ...(policySet ? { policy_set: { hash: snapshot.policy_set_hash, ...(policySet as object) } } : {}),
         ...(definition ? { workflow_definition: { hash: run.definition_hash, ...definition } } : {}),
       };
     },

@@ -153,6 +153,8 @@ export interface StartRequest {
   trigger: RunTrigger;
   /** Makes the start happen once however often it is asked (an occurrence, a delivery, a handoff). */
   idempotencyKey: string;
+  /** Most starts under this key are the first: insert at once (a repeat still meets the key's unique index). */
+  fresh?: boolean;
 }
 
 export interface Started {

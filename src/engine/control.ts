@@ -378,13 +378,28 @@ export async function rerun(
     );
     return next;
   }
-  const items = await listItems(db, run.id);
-  const problem = (e: ErrorBody | null) => (e?.code === 'INVALID_INPUT' ? e.message : undefined);
   const s = await submitBatch(db, {
+    ...(await batchAgain(db, run)),
     circle,
     target: element,
     type,
     op,
+    trigger,
+    snapshotExtra,
+    idempotencyKey,
+    rerunOf: run.id,
+  });
+  return s.run;
+}
+
+/**
+ * A batch run's items and settings, to run them again in a new run (a rerun, a replay): the same
+ * keys and inputs, a row that never mapped to an input failing again with its problem.
+ */
+export async function batchAgain(db: Db, run: RunRow) {
+  const items = await listItems(db, run.id);
+  const problem = (e: ErrorBody | null) => (e?.code === 'INVALID_INPUT' ? e.message : undefined);
+  return {
     units: items.map((i) => ({
       key: i.key,
       input: i.inputs,
@@ -396,12 +411,7 @@ export async function rerun(
     itemMaxAttempts: run.item_max_attempts,
     budget: run.budget,
     budgetPolicy: run.budget_policy,
-    trigger,
     input: run.input as Record<string, unknown>,
     batch: (await loadSnapshot(db, run)).batch ?? {},
-    snapshotExtra,
-    idempotencyKey,
-    rerunOf: run.id,
-  });
-  return s.run;
+  };
 }

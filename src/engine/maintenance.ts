@@ -21,6 +21,12 @@ const CHURNED = [
   'run_events',
   'events',
   'ledger_transfers',
+  'schedules',
+  'schedule_occurrences',
+  'run_outbox',
+  'webhook_deliveries',
+  'policies',
+  'policy_versions',
 ];
 
 /**

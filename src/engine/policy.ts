@@ -10,12 +10,12 @@ import { CairnError } from '../core/errors.js';
 import { canonicalJson, sha256Hex } from '../core/hash.js';
 import { applyPatch, checkPatch, type JsonPatchOp } from '../core/json-patch.js';
 import type { Queryable } from '../db/types.js';
-import { authorize, type AuthzRequest, type PolicyInput } from '../elements/policy/cedar.js';
+import { authorize, policySetHash, type AuthzRequest, type PolicyInput } from '../elements/policy/cedar.js';
 import { sideEffects } from '../elements/pinning.js';
 import type { OperationDecl, RunTrigger } from '../elements/types.js';
 import type { CircleRow } from '../store/circles.js';
 import type { ElementRow } from '../store/elements.js';
-import { policySet } from '../store/policies.js';
+import { getPolicySet, policySet, policyVersion, savePolicySet } from '../store/policies.js';
 import { getCircleById } from '../store/circles.js';
 import { getElementById } from '../store/elements.js';
 import { loadSnapshot, type RunRow } from '../store/runs.js';
@@ -54,8 +54,8 @@ export interface PolicyOutcome {
   input: unknown;
   /** null when the circle has no policy: nothing was evaluated. */
   record: PolicyRecord | null;
-  /** What the run's snapshot pins: the set's hash and texts. */
-  snapshot: { policy_set_hash: string | null; policies: unknown[] };
+  /** What the run's snapshot pins: the set's hash and its policy elements' versions (texts by hash). */
+  snapshot: { policy_set_hash: string | null };
 }
 
 const inputHash = (v: unknown) => sha256Hex(canonicalJson(v ?? null));
@@ -72,54 +72,95 @@ function policyError(message: string, details: unknown): CairnError {
   });
 }
 
+/** A circle's compiled policy set, as of a version of it. */
+interface CachedSet {
+  version: number;
+  set: PolicyInput[];
+  hash: string;
+}
+
+/** The sets this process compiled, by circle (bounded; checked against the version before each use). */
+const CACHE_SIZE = 1_000;
+const cache = new Map<string, CachedSet>();
+
+/**
+ * The circle's policy set now. One primary-key read (its version) per run; the set itself is read,
+ * checked, hashed and stored (content-addressed) only when it changed since this process last
+ * compiled it. Reading the version first makes a cached set at most as old as that read.
+ */
+async function currentSet(db: Queryable, circleId: string): Promise<CachedSet | null> {
+  const version = await policyVersion(db, circleId);
+  if (version === null) return null;
+  const hit = cache.get(circleId);
+  if (hit && hit.version === version) {
+    cache.delete(circleId);
+    cache.set(circleId, hit);
+    return hit;
+  }
+  const rows = await policySet(db, circleId);
+  const set: PolicyInput[] = rows.map((r) => ({
+    element: r.slug,
+    text: r.cedar,
+    patches: Object.fromEntries(Object.entries(r.patches ?? {}).map(([k, v]) => [k, checkPatch(v)])),
+  }));
+  const hash = policySetHash(set);
+  if (rows.length > 0)
+    await savePolicySet(db, hash, circleId, {
+      policies: rows.map((r) => ({
+        element: r.slug,
+        version: r.version,
+        cedar: r.cedar,
+        patches: r.patches,
+      })),
+    });
+  const entry = { version, set, hash };
+  cache.set(circleId, entry);
+  if (cache.size > CACHE_SIZE) cache.delete(cache.keys().next().value!);
+  return entry;
+}
+
 /** Evaluates the circle's policy set for one run about to start; throws the 403 of a deny. */
 export async function decide(db: Queryable, ask: PolicyAsk): Promise<PolicyOutcome> {
-  let rows;
+  let current: CachedSet | null;
   try {
-    rows = await policySet(db, ask.circle.id);
+    current = await currentSet(db, ask.circle.id);
   } catch (e) {
     throw policyError('The policy set could not be read', { cause: (e as Error).message });
   }
-  if (rows.length === 0)
-    return { input: ask.input, record: null, snapshot: { policy_set_hash: null, policies: [] } };
-  let set: PolicyInput[];
-  try {
-    set = rows.map((r) => ({
-      element: r.slug,
-      text: r.cedar,
-      patches: Object.fromEntries(Object.entries(r.patches ?? {}).map(([k, v]) => [k, checkPatch(v)])),
-    }));
-  } catch (e) {
-    throw policyError('A stored patch is not valid', { cause: (e as Error).message });
-  }
+  if (!current || current.set.length === 0)
+    return { input: ask.input, record: null, snapshot: { policy_set_hash: null } };
+  const set = current.set;
   const t = ask.trigger;
   const role = typeof t.role === 'string' ? t.role : 'execute';
-  const res = authorize(set, {
-    principal: TOKEN_TRIGGERS.has(t.type)
-      ? { kind: 'token', name: t.actor, role }
-      : { kind: 'trigger', type: t.type, source: t.source ?? '' },
-    action: ask.action,
-    resource: {
-      circle: ask.circle.slug,
-      type: ask.element.element_type,
-      slug: ask.element.slug,
-      category: ask.element.category,
-      price: ask.op.price ?? 0,
-      side_effects: sideEffects(ask.op, ask.element),
+  const res = authorize(
+    set,
+    {
+      principal: TOKEN_TRIGGERS.has(t.type)
+        ? { kind: 'token', name: t.actor, role }
+        : { kind: 'trigger', type: t.type, source: t.source ?? '' },
+      action: ask.action,
+      resource: {
+        circle: ask.circle.slug,
+        type: ask.element.element_type,
+        slug: ask.element.slug,
+        category: ask.element.category,
+        price: ask.op.price ?? 0,
+        side_effects: sideEffects(ask.op, ask.element),
+      },
+      context: {
+        trigger: t.type,
+        mode: ask.mode,
+        operation: ask.op.name,
+        estimated_cost: ask.estimatedCost,
+        input: ask.input,
+        ...ask.context,
+      },
     },
-    context: {
-      trigger: t.type,
-      mode: ask.mode,
-      operation: ask.op.name,
-      estimated_cost: ask.estimatedCost,
-      input: ask.input,
-      ...ask.context,
-    },
-  });
-  const snapshot = {
-    policy_set_hash: res.policy_set_hash,
-    policies: rows.map((r) => ({ element: r.slug, version: r.version, cedar: r.cedar, patches: r.patches })),
-  };
+    current.hash,
+  );
+  // The run's snapshot names the set by its hash: its policies (element, version, text, patches)
+  // are stored once, in cairn.policy_sets, and served with the snapshot.
+  const snapshot = { policy_set_hash: current.hash };
   const deciding = res.deciding.map((d) => ({
     id: d.id,
     effect: d.effect,
@@ -212,4 +253,9 @@ export async function decideOnRun(
     estimatedCost: run.credits_reserved,
     context,
   });
+}
+
+/** The policy set a snapshot names, with its texts (GET /api/runs/{id}/snapshot). */
+export async function pinnedPolicySet(db: Queryable, hash: string | null | undefined): Promise<unknown> {
+  return hash ? ((await getPolicySet(db, hash)) ?? null) : null;
 }

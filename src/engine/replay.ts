@@ -9,19 +9,19 @@
  * that would repeat a side effect is refused (409 REPLAY_HAS_SIDE_EFFECTS, naming the tasks) unless
  * a policy explicitly permits it. `permissive` lets the circle's policies alone decide.
  */
-import { CairnError, errors, type ErrorBody } from '../core/errors.js';
+import { CairnError, errors } from '../core/errors.js';
 import { isTerminal } from '../core/status.js';
 import type { Db } from '../db/types.js';
 import { sideEffects } from '../elements/pinning.js';
 import { getType, operationsOf, typeLookup } from '../elements/registry.js';
-import type { RunMode } from '../elements/types.js';
 import { compilePlan } from '../elements/workflow/plan.js';
 import { workflowSpec } from '../elements/workflow/spec.js';
 import type { CircleRow } from '../store/circles.js';
 import { getElementById, type ElementRow } from '../store/elements.js';
-import { getRun, listItems, loadSnapshot, type RunRow } from '../store/runs.js';
+import { getRun, loadSnapshot, type RunRow } from '../store/runs.js';
 import { getDefinition, loadTasks, type ReusedTask } from '../store/workflow.js';
 import { submitBatch } from './batch-submit.js';
+import { batchAgain } from './control.js';
 import { decideOnRun } from './policy.js';
 import { submitRun } from './submit.js';
 import { triggerWorkflow } from './workflow-submit.js';
@@ -262,26 +262,12 @@ export async function replay(db: Db, req: ReplayRequest): Promise<Replayed> {
     );
     return done(next);
   }
-  const items = await listItems(db, run.id);
-  const problem = (e: ErrorBody | null) => (e?.code === 'INVALID_INPUT' ? e.message : undefined);
   const s = await submitBatch(db, {
+    ...(await batchAgain(db, run)),
     circle: req.circle,
     target: element,
     type,
     op,
-    units: items.map((i) => ({
-      key: i.key,
-      input: i.inputs,
-      problem: i.attempt_count === 0 ? problem(i.error) : undefined,
-    })),
-    mode: run.mode as RunMode,
-    sample: run.items_total,
-    concurrency: run.concurrency,
-    itemMaxAttempts: run.item_max_attempts,
-    budget: run.budget,
-    budgetPolicy: run.budget_policy,
-    input: run.input as Record<string, unknown>,
-    batch: snap.batch ?? {},
     snapshotExtra: req.snapshotExtra,
     ...common,
   });

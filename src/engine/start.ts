@@ -49,6 +49,7 @@ export async function startTarget(env: StartEnv, req: StartRequest): Promise<Sta
         input: req.input,
         trigger: req.trigger,
         idempotencyKey: req.idempotencyKey,
+        fresh: req.fresh,
       },
       env.snapshotExtra,
     );

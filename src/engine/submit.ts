@@ -35,6 +35,8 @@ export interface SubmitRequest {
   action?: 'run' | 'replay' | 'retry';
   policyContext?: Record<string, unknown>;
   replayOf?: string | null;
+  /** Skip looking the idempotency key up first (a repeat still meets its unique index and answers the first run). */
+  fresh?: boolean;
   /** At most this many micro-credits: stop refuses a run whose price passes it, flag flags it. */
   budget?: number | null;
   budgetPolicy?: 'flag' | 'stop';
@@ -71,7 +73,7 @@ export function runSnapshot(
   op: OperationDecl,
   retry: boolean,
   extra: Record<string, unknown>,
-  policies: PolicyOutcome['snapshot'] = { policy_set_hash: null, policies: [] },
+  policies: PolicyOutcome['snapshot'] = { policy_set_hash: null },
 ): Record<string, unknown> {
   return {
     element: snapshotElement(el),
@@ -99,7 +101,7 @@ export async function submitRun(
     `The input does not match ${type.type}.${op.name}`,
     `GET /api/${req.circle.slug}/${el.slug}/ops/schema shows the input schema.`,
   );
-  if (req.idempotencyKey) {
+  if (req.idempotencyKey && !req.fresh) {
     const prior = await findByIdempotencyKey(db, req.circle.id, req.idempotencyKey);
     if (prior) return { run: prior, created: false };
   }

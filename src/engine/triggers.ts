@@ -16,7 +16,8 @@ import { CairnError, toCairnError } from '../core/errors.js';
 import { cronClock } from '../core/cron.js';
 import type { Db } from '../db/types.js';
 import type { Started, StartRequest } from '../elements/types.js';
-import { mapInput } from '../elements/triggers/target.js';
+import { fireOccurrence } from '../elements/schedule/fire.js';
+import { mapInput, transient } from '../elements/triggers/target.js';
 import { getCircleById } from '../store/circles.js';
 import { getRun } from '../store/runs.js';
 import * as store from '../store/triggers.js';
@@ -46,6 +47,7 @@ export class TriggerSystem {
   private loops: Promise<void>[] = [];
   private unlisten: (() => Promise<void>)[] = [];
   private outboxSignal = 0;
+  private scheduleSignal = 0;
   private outboxWake: (() => void) | undefined;
   private lastSweep = 0;
 
@@ -55,6 +57,7 @@ export class TriggerSystem {
     if (this.running) return;
     this.running = true;
     this.unlisten.push(await this.env.db.listen('cairn_outbox', () => this.kickOutbox()));
+    this.unlisten.push(await this.env.db.listen('cairn_schedule', () => this.kickScheduler()));
     this.loops.push(this.schedulerLoop(), this.outboxLoop());
   }
 
@@ -68,6 +71,7 @@ export class TriggerSystem {
 
   /** A schedule changed here: look again now. */
   kickScheduler(): void {
+    this.scheduleSignal++;
     this.wake?.();
   }
 
@@ -91,6 +95,7 @@ export class TriggerSystem {
 
   private async schedulerLoop(): Promise<void> {
     while (this.running) {
+      const seen = this.scheduleSignal;
       let wait = IDLE_MS;
       try {
         await this.schedulerPass();
@@ -100,7 +105,8 @@ export class TriggerSystem {
         if (this.running) this.env.log.warn({ err: e }, 'scheduler pass failed');
       }
       if (!this.running) break;
-      await this.sleep(wait, (w) => (this.wake = w));
+      // A change that arrived during the pass is not slept through.
+      if (seen === this.scheduleSignal) await this.sleep(wait, (w) => (this.wake = w));
     }
   }
 
@@ -159,7 +165,7 @@ export class TriggerSystem {
 
   /** Starts the run of one recorded occurrence and records which it is (or why none started). */
   async fire(s: store.ScheduleRow, nominal: string, backfill: boolean): Promise<Started | undefined> {
-    return fireOccurrence(this.env, s, nominal, backfill);
+    return fireOccurrence(this.env, s, nominal, backfill, `schedule:${s.slug}`);
   }
 
   // ---- the upstream outbox ----------------------------------------------------------------------
@@ -287,45 +293,4 @@ export function planOccurrences(
     });
   }
   return plan;
-}
-
-/** Starts an occurrence's run (its key makes it once) and records the run, or the refusal. */
-export async function fireOccurrence(
-  env: Pick<TriggerEnv, 'db' | 'start'>,
-  s: store.ScheduleRow,
-  nominal: string,
-  backfill: boolean,
-): Promise<Started | undefined> {
-  try {
-    const circle = await getCircleById(env.db, s.circle_id);
-    if (!circle) return undefined;
-    const input = mapInput(s.target.input ?? {}, ['schedule'], {
-      schedule: { nominal_time: nominal, element: s.slug, backfill },
-    });
-    const started = await env.start({
-      circle,
-      target: { element: s.target.element, op: s.target.op },
-      input,
-      trigger: {
-        type: 'schedule',
-        source: s.slug,
-        actor: `schedule:${s.slug}`,
-        nominal_time: nominal,
-        ...(backfill ? { backfill: true } : {}),
-      },
-      idempotencyKey: `schedule:${s.element_id}:${nominal}`,
-    });
-    await store.markFired(env.db, s.element_id, nominal, started.run_id);
-    return started;
-  } catch (e) {
-    const err = toCairnError(e);
-    // A passing failure leaves the occurrence firing: the stale sweep starts it again (once, by its key).
-    if (!transient(err)) await store.markFailed(env.db, s.element_id, nominal, err.toBody());
-    return undefined;
-  }
-}
-
-/** A failure that says nothing about the request (the database, an internal error): try again later. */
-function transient(e: CairnError): boolean {
-  return e.errorClass === 'internal' || e.errorClass === 'unavailable' || e.errorClass === 'timeout';
 }

@@ -1,4 +1,4 @@
-import { ident, literal, type Db, type Queryable, type CircleIdentity } from '../db/types.js';
+import { ident, literal, prepared, type Db, type Queryable, type CircleIdentity } from '../db/types.js';
 import { newId, randomSecret } from '../core/ids.js';
 import { errors, thrown } from '../core/errors.js';
 import { isoFields } from './rows.js';
@@ -86,8 +86,10 @@ export async function createCircle(db: Db, slug: string, welcomeCredits = 0): Pr
   }
 }
 
+const BY_SLUG = prepared(`SELECT ${COLS} FROM cairn.circles WHERE slug = $1`);
+
 export async function getCircleBySlug(q: Queryable, slug: string): Promise<CircleRow | undefined> {
-  const r = await q.query<CircleRow>(`SELECT ${COLS} FROM cairn.circles WHERE slug = $1`, [slug]);
+  const r = await q.query<CircleRow>(BY_SLUG, [slug]);
   return r.rows[0] && isoFields(r.rows[0], ['created_at']);
 }
 

@@ -1,5 +1,5 @@
 /** The circles' policy sets (migration 000017): written by the policy type, read before each run starts. */
-import type { Queryable } from '../db/types.js';
+import { prepared, type Queryable } from '../db/types.js';
 
 export interface PolicyDef {
   elementId: string;
@@ -38,4 +38,32 @@ export async function policySet(q: Queryable, circleId: string): Promise<PolicyR
     [circleId],
   );
   return r.rows;
+}
+
+const POLICY_VERSION = prepared(
+  'SELECT version::float8 AS v FROM cairn.policy_versions WHERE circle_id = $1',
+);
+
+/** The version of the circle's policy set (null: it never had a policy). */
+export async function policyVersion(q: Queryable, circleId: string): Promise<number | null> {
+  const r = await q.query<{ v: number }>(POLICY_VERSION, [circleId]);
+  return r.rows[0]?.v ?? null;
+}
+
+/** Stores a policy set once, by its hash (what the snapshots of the runs it decided name). */
+export async function savePolicySet(
+  q: Queryable,
+  hash: string,
+  circleId: string,
+  body: unknown,
+): Promise<void> {
+  await q.query(
+    `INSERT INTO cairn.policy_sets (hash, circle_id, body) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
+    [hash, circleId, JSON.stringify(body)],
+  );
+}
+
+export async function getPolicySet(q: Queryable, hash: string): Promise<unknown> {
+  const r = await q.query<{ body: unknown }>('SELECT body FROM cairn.policy_sets WHERE hash = $1', [hash]);
+  return r.rows[0]?.body;
 }

@@ -282,15 +282,17 @@ export async function getRunsStatus(
   return r.rows;
 }
 
+// Not a named prepared statement: a generic plan cannot prove `$2 IS NOT NULL`, so it would not use
+// the partial index runs_idempotency (the predicate below lets a custom plan use it for sure).
+const BY_KEY =
+  'SELECT * FROM cairn.runs WHERE circle_id = $1 AND idempotency_key = $2 AND idempotency_key IS NOT NULL';
+
 export async function findByIdempotencyKey(
   q: Queryable,
   circleId: string,
   key: string,
 ): Promise<RunRow | undefined> {
-  const r = await q.query<RunRow>('SELECT * FROM cairn.runs WHERE circle_id = $1 AND idempotency_key = $2', [
-    circleId,
-    key,
-  ]);
+  const r = await q.query<RunRow>(BY_KEY, [circleId, key]);
   return r.rows[0] && runRow(r.rows[0]);
 }
 

@@ -3,7 +3,7 @@
  * secrets and deliveries, upstream links and the run outbox. SQL only; the scheduler, the hook
  * route and the outbox dispatcher decide.
  */
-import type { Queryable } from '../db/types.js';
+import { prepared, type Queryable } from '../db/types.js';
 import { newId } from '../core/ids.js';
 import { isoFields } from './rows.js';
 
@@ -289,21 +289,28 @@ export async function upsertWebhook(q: Queryable, w: WebhookRow): Promise<void> 
   );
 }
 
+// Not a named prepared statement: the plan must see the literal state to use the partial index
+// elements_circle_slug (WHERE state <> 'deleted').
+const FIND_WEBHOOK = `
+SELECT w.element_id, w.circle_id, e.slug, w.signing, w.max_body_bytes, w.target, w.input,
+       coalesce((SELECT array_agg(x.secret ORDER BY x.created_at DESC) FROM (
+          SELECT s.secret, s.created_at FROM cairn.webhook_secrets s
+           WHERE s.element_id = w.element_id AND (s.expires_at IS NULL OR s.expires_at > clock_timestamp())
+           ORDER BY s.created_at DESC LIMIT 8) x), '{}') AS secrets
+  FROM cairn.elements e JOIN cairn.webhooks w ON w.element_id = e.id
+ WHERE e.circle_id = $1 AND e.slug = $2 AND e.state = 'ready' AND e.element_type = 'webhook'`;
+
 /**
- * The hook at /hooks/{circle}/{slug}, when its element is ready. By the element's slug: a slug
- * is unique among a circle's live elements, and a deleted webhook's slug may be taken again.
+ * The hook at /hooks/{circle}/{slug}, when its element is ready, with the secrets valid now
+ * (newest first), in one statement. By the element's slug: a slug is unique among a circle's
+ * live elements, and a deleted webhook's slug may be taken again.
  */
 export async function findWebhook(
   q: Queryable,
   circleId: string,
   slug: string,
-): Promise<WebhookRow | undefined> {
-  const r = await q.query<WebhookRow>(
-    `SELECT w.element_id, w.circle_id, e.slug, w.signing, w.max_body_bytes, w.target, w.input
-       FROM cairn.elements e JOIN cairn.webhooks w ON w.element_id = e.id
-      WHERE e.circle_id = $1 AND e.slug = $2 AND e.state = 'ready' AND e.element_type = 'webhook'`,
-    [circleId, slug],
-  );
+): Promise<(WebhookRow & { secrets: string[] }) | undefined> {
+  const r = await q.query<WebhookRow & { secrets: string[] }>(FIND_WEBHOOK, [circleId, slug]);
   return r.rows[0];
 }
 
@@ -328,76 +335,24 @@ export async function addWebhookSecret(
   return { previous_valid_until: until === null ? null : new Date(until).toISOString() };
 }
 
-/** The secrets valid now, newest first. */
-export async function validWebhookSecrets(q: Queryable, elementId: string): Promise<string[]> {
-  const r = await q.query<{ secret: string }>(
-    `SELECT secret FROM cairn.webhook_secrets
-      WHERE element_id = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())
-      ORDER BY created_at DESC LIMIT 8`,
-    [elementId],
-  );
-  return r.rows.map((x) => x.secret);
-}
-
-/** A claim whose run was never recorded is taken over after this (its process died while starting). */
-export const DELIVERY_CLAIM_LAPSES_MS = 60_000;
-
 /**
- * Claims a delivery id: true for the first delivery of it, false for a replay (whose run, once
- * recorded, `deliveryRun` answers). One statement, so of any number of concurrent deliveries of
- * an id exactly one claims it. A claim that recorded no run for DELIVERY_CLAIM_LAPSES_MS is
- * claimed again (the run's idempotency key makes a second start answer the first's run).
+ * Records a delivery and the run it started: true for the first record of its id, false for a
+ * replay (the run is the same: its idempotency key made it once).
  */
-export async function claimDelivery(
+export async function recordDelivery(
   q: Queryable,
   elementId: string,
   circleId: string,
   deliveryId: string,
   bodySha256: string,
+  runId: string,
 ): Promise<boolean> {
-  const r = await q.query(
-    `INSERT INTO cairn.webhook_deliveries AS d (element_id, delivery_id, circle_id, body_sha256)
-     VALUES ($1, $2, $3, $4)
-     ON CONFLICT (element_id, delivery_id) DO UPDATE
-       SET received_at = clock_timestamp(), body_sha256 = EXCLUDED.body_sha256
-       WHERE d.run_id IS NULL AND d.received_at < clock_timestamp() - make_interval(secs => $5 / 1000.0)`,
-    [elementId, deliveryId, circleId, bodySha256, DELIVERY_CLAIM_LAPSES_MS],
-  );
+  const r = await q.query(RECORD_DELIVERY, [elementId, deliveryId, circleId, bodySha256, runId]);
   return r.rowCount === 1;
 }
-
-/** Gives a claim up (its target did not start): the next delivery of the id claims it again. */
-export async function releaseDelivery(q: Queryable, elementId: string, deliveryId: string): Promise<void> {
-  await q.query(
-    `DELETE FROM cairn.webhook_deliveries WHERE element_id = $1 AND delivery_id = $2 AND run_id IS NULL`,
-    [elementId, deliveryId],
-  );
-}
-
-export async function setDeliveryRun(
-  q: Queryable,
-  elementId: string,
-  deliveryId: string,
-  runId: string,
-): Promise<void> {
-  await q.query(
-    `UPDATE cairn.webhook_deliveries SET run_id = $3
-      WHERE element_id = $1 AND delivery_id = $2 AND run_id IS NULL`,
-    [elementId, deliveryId, runId],
-  );
-}
-
-export async function deliveryRun(
-  q: Queryable,
-  elementId: string,
-  deliveryId: string,
-): Promise<string | null> {
-  const r = await q.query<{ run_id: string | null }>(
-    `SELECT run_id FROM cairn.webhook_deliveries WHERE element_id = $1 AND delivery_id = $2`,
-    [elementId, deliveryId],
-  );
-  return r.rows[0]?.run_id ?? null;
-}
+const RECORD_DELIVERY =
+  prepared(`INSERT INTO cairn.webhook_deliveries (element_id, delivery_id, circle_id, body_sha256, run_id)
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`);
 
 export async function listDeliveries(q: Queryable, elementId: string, limit: number) {
   const r = await q.query<{

@@ -39,7 +39,7 @@ describeEachDriver('run snapshots', ({ db, driver }) => {
       element: { slug: 'q', version: 1, spec: { query: 'select 1 as n' } },
       operation: { name: 'invoke', price: 1000 },
       engine_version: expect.any(String),
-      policies: [],
+      policy_set_hash: null,
       price_table: expect.objectContaining({ 'sql.invoke': 1000, 'go-fn.invoke': 10000 }),
       toolchains: expect.objectContaining({
         database: expect.any(Object),

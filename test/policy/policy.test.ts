@@ -80,7 +80,7 @@ describeEachDriver('policy hooks', ({ db, driver }) => {
     expect(r.status, JSON.stringify(r.body)).toBe(200);
     const run = (await t.call('GET', `/api/runs/${r.body.run_id}`, undefined, A)).body;
     expect(run.policy).toBeNull();
-    expect(run.snapshot.policies).toEqual([]);
+    expect(run.snapshot.policy_set_hash).toBeNull();
   });
 
   it('denies by a forbid (403 POLICY_DENIED with its id and reason) and starts no run', async () => {
@@ -112,7 +112,10 @@ describeEachDriver('policy hooks', ({ db, driver }) => {
     expect(run.policy.policy_set_hash).toMatch(/^[0-9a-f]{64}$/);
     expect(run.policy.input_sha256_before).toBe(run.policy.input_sha256_after);
     expect(run.snapshot.policy_set_hash).toBe(run.policy.policy_set_hash);
-    expect(run.snapshot.policies).toEqual([
+    // The texts are stored once, by the set's hash, and served with the run's bill of materials.
+    const bom = (await t.call('GET', `/api/runs/${ok.body.run_id}/snapshot`, undefined, A)).body;
+    expect(bom.policy_set.hash).toBe(run.policy.policy_set_hash);
+    expect(bom.policy_set.policies).toEqual([
       expect.objectContaining({ element: 'freeze', version: 1, cedar: expect.stringContaining('no-risky') }),
     ]);
     const audit = (await t.call('GET', `/api/runs/${ok.body.run_id}/audit`, undefined, A)).body;

@@ -110,6 +110,46 @@ describeEachDriver('replay', ({ db, driver }) => {
     ).toBe(200);
   });
 
+  it('replays a batch run: its items, on the definition the original pinned', async () => {
+    expect(
+      (
+        await post('ops/create', {
+          element_type: 'sql',
+          slug: 'tenx',
+          spec: { query: 'select $1::int * 10 as n' },
+        })
+      ).status,
+    ).toBe(201);
+    const tb = await post('ops/create', {
+      element_type: 'table',
+      slug: 'nums',
+      spec: {
+        fields: { k: { type: 'integer', required: true } },
+        columns: { out: { element: 'tenx', input: { params: ['k'] } } },
+      },
+    });
+    expect(tb.status, JSON.stringify(tb.body)).toBe(201);
+    expect((await post('nums/ops/rows', { rows: [{ k: 1 }, { k: 2 }, { k: 3 }] })).status).toBe(201);
+    const col = await post('nums/ops/columns/out/run', {});
+    expect(col.status, JSON.stringify(col.body)).toBe(202);
+    const orig = await waitRun(t, col.body.run_id, A);
+    expect(orig.status).toBe('succeeded');
+    expect((await patch('tenx/ops/update', { spec: { query: 'select $1::int * 1000 as n' } })).status).toBe(
+      200,
+    );
+    const r = await replay(orig.id, { policy: 'strict' });
+    expect(r.status, JSON.stringify(r.body)).toBe(202);
+    const run = await waitRun(t, r.body.run_id, A);
+    expect(run.kind).toBe('batch');
+    expect(run.status).toBe('succeeded');
+    expect(run.replay_of).toBe(orig.id);
+    expect(run.items_total).toBe(3);
+    const items = (await t.call('GET', `/api/runs/${run.id}/items`, undefined, A)).body.items;
+    expect(items.map((i: any) => i.outputs.rows[0].n).sort((a: number, b: number) => a - b)).toEqual([
+      10, 20, 30,
+    ]);
+  });
+
   it('answers a typed error for a run that cannot be replayed', async () => {
     const dry = await t.call('POST', `/api/${slug}/one/ops/invoke?mode=dry_run`, {}, A);
     const r = await replay(dry.body.run_id, { policy: 'strict' });

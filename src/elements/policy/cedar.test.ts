@@ -287,7 +287,7 @@ describe('authorize', () => {
     expect(authorize(set, request({ action: 'retry' })).decision).toBe('allow');
   });
 
-  it("puts a token in its role and every role below it (read < write < execute < admin)", () => {
+  it('puts a token in its role and every role below it (read < write < execute < admin)', () => {
     const set = [
       element(
         'roles',

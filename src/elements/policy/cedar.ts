@@ -633,8 +633,9 @@ function requestParts(req: AuthzRequest): {
  * throws: any Cedar error, in the evaluation of a policy or of the request,
  * answers decision 'error' (fail closed: the caller denies).
  */
-export function authorize(set: PolicyInput[], req: AuthzRequest): AuthzResult {
-  let hash = '';
+/** `knownHash`: the set's policySetHash, when the caller already has it (it is cached by it). */
+export function authorize(set: PolicyInput[], req: AuthzRequest, knownHash?: string): AuthzResult {
+  let hash = knownHash ?? '';
   const failure = (message: string): AuthzResult => ({
     decision: 'error',
     deciding: [],
@@ -644,7 +645,7 @@ export function authorize(set: PolicyInput[], req: AuthzRequest): AuthzResult {
     policy_set_hash: hash,
   });
   try {
-    hash = policySetHash(set);
+    hash = knownHash ?? policySetHash(set);
     const compiled = compile(set, hash);
     const { principal, resource, entities } = requestParts(req);
     const answer = cedar.statefulIsAuthorized({

@@ -5,18 +5,12 @@
  * time across any number of processes, recording every occurrence, also those that started no run.
  */
 import { z } from 'zod';
-import { errors, toCairnError } from '../../core/errors.js';
+import { errors } from '../../core/errors.js';
 import { cronClock, nextTimes } from '../../core/cron.js';
 import * as store from '../../store/triggers.js';
 import { updateElement } from '../service.js';
-import {
-  checkMapping,
-  mapInput,
-  missingTarget,
-  resolveTarget,
-  targetInput,
-  targetSchema,
-} from '../triggers/target.js';
+import { checkMapping, missingTarget, resolveTarget, targetInput, targetSchema } from '../triggers/target.js';
+import { fireOccurrence } from './fire.js';
 import { defineOp, defineType, type OpContext } from '../types.js';
 
 const DAY = 86_400_000;
@@ -190,31 +184,14 @@ const backfillOp = defineOp({
     const row = (await store.getSchedule(ctx.db, ctx.element.id))!;
     const fired: { nominal_time: string; run_id: string | null }[] = [];
     for (const nominal of fresh) {
-      // The same start and record as the scheduler's (the engine's port): once per nominal time.
-      let runId: string | null = null;
-      try {
-        const input = mapInput(row.target.input ?? {}, ['schedule'], {
-          schedule: { nominal_time: nominal, element: row.slug, backfill: true },
-        });
-        const s = await ctx.engine.start({
-          circle: ctx.circle,
-          target: { element: row.target.element, op: row.target.op },
-          input,
-          trigger: {
-            type: 'schedule',
-            source: row.slug,
-            actor: ctx.actor,
-            nominal_time: nominal,
-            backfill: true,
-          },
-          idempotencyKey: `schedule:${row.element_id}:${nominal}`,
-        });
-        runId = s.run_id;
-        await store.markFired(ctx.db, row.element_id, nominal, s.run_id);
-      } catch (e) {
-        await store.markFailed(ctx.db, row.element_id, nominal, toCairnError(e).toBody());
-      }
-      fired.push({ nominal_time: nominal, run_id: runId });
+      const started = await fireOccurrence(
+        { db: ctx.db, start: (r) => ctx.engine.start(r) },
+        row,
+        nominal,
+        true,
+        ctx.actor,
+      );
+      fired.push({ nominal_time: nominal, run_id: started?.run_id ?? null });
     }
     return { occurrences: times.length, already_recorded: times.length - fresh.length, fired };
   },

@@ -5,7 +5,14 @@
  */
 import { z } from 'zod';
 import { CairnError } from '../../core/errors.js';
-import { compileTemplate, ExprError, renderTemplate, type ExprScope, type Root } from '../../core/expr.js';
+import {
+  compileTemplate,
+  ExprError,
+  renderTemplate,
+  type ExprScope,
+  type Root,
+  type Template,
+} from '../../core/expr.js';
 import type { Queryable } from '../../db/types.js';
 import type { CircleRow } from '../../store/circles.js';
 import { getElement } from '../../store/elements.js';
@@ -70,9 +77,20 @@ export function checkMapping(template: unknown, roots: readonly Root[], where: s
   }
 }
 
+/** Compiled mappings by their JSON and roots: a hook or a schedule fires its one mapping again and again. */
+const COMPILED_SIZE = 256;
+const compiled = new Map<string, Template>();
+
 /** The input for one firing: the template rendered over what the trigger received. */
 export function mapInput(template: unknown, roots: readonly Root[], scope: ExprScope): unknown {
-  return renderTemplate(compileTemplate(template, roots), scope);
+  const key = `${roots.join(',')}|${JSON.stringify(template)}`;
+  let t = compiled.get(key);
+  if (!t) {
+    t = compileTemplate(template, roots);
+    compiled.set(key, t);
+    if (compiled.size > COMPILED_SIZE) compiled.delete(compiled.keys().next().value!);
+  }
+  return renderTemplate(t, scope);
 }
 
 /**
@@ -109,4 +127,12 @@ export async function resolveTarget(
       { element: el.slug, op: t.op ?? null, ops: starting.map((o) => o.name) },
     );
   return { element: el.slug, op: op.name };
+}
+
+/**
+ * A failure that says nothing about the request (the database away, an internal error): a trigger
+ * tries it again later instead of recording it as the answer.
+ */
+export function transient(e: CairnError): boolean {
+  return e.errorClass === 'internal' || e.errorClass === 'unavailable' || e.errorClass === 'timeout';
 }

@@ -71,14 +71,6 @@ export const WEBHOOK_ERRORS: readonly (ErrorCodeDecl & { status: number })[] = [
     suggestion: 'Use the url shown when the webhook was created; a disabled or deleted webhook answers 404.',
   },
   {
-    code: 'WEBHOOK_DELIVERY_IN_PROGRESS',
-    class: 'conflict',
-    status: 409,
-    retryable: true,
-    description: 'The first delivery of this id is still starting its run.',
-    suggestion: 'Send it again in a moment: it answers the run the first delivery started.',
-  },
-  {
     code: 'MISSING_TARGET',
     class: 'validation',
     status: 400,
