@@ -45,7 +45,8 @@ describeEachDriver('circle names cannot be enumerated', ({ db }) => {
 
   /** Every circle-scoped platform route (from the route table itself) and a spread of element op routes. */
   function probes(circle: string): [string, string, unknown?][] {
-    const platform = ROUTES.filter((r) => r.url.includes(':circle')).map(
+    // The public routes (a webhook's address) take no token: they are checked on their own below.
+    const platform = ROUTES.filter((r) => r.url.includes(':circle') && r.auth !== 'none').map(
       (r) =>
         [
           r.method,
@@ -89,6 +90,17 @@ describeEachDriver('circle names cannot be enumerated', ({ db }) => {
         for (const a of answers.slice(1)) expect(a, `${m} ${url}`).toEqual(answers[0]);
       }
     }
+    // A webhook's public address: an existing circle without that hook, a missing circle and any
+    // casing answer the same 404, byte for byte.
+    const hook = [];
+    for (const name of ['victim', 'Victim', 'no-such-circle', 'VICTIM', 'victim-']) {
+      const r = await t.call('POST', `/hooks/${name}/read`, '{}', '', { 'content-type': 'application/json' });
+      hook.push({ status: r.status, body: r.body });
+    }
+    expect(hook[0]!.status).toBe(404);
+    expectTypedError(hook[0]!.body);
+    expect(hook[0]!.body.error.message).not.toMatch(/victim/i);
+    for (const a of hook.slice(1)) expect(a).toEqual(hook[0]);
     // Nothing was done to the victim's circle by any of those requests.
     const els = (await t.call('GET', '/api/victim/elements', undefined, victim.tokens.read)).body.elements;
     expect(els.map((e: any) => [e.slug, e.version]).sort()).toEqual([
