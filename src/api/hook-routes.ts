@@ -18,7 +18,6 @@ import {
 } from '../elements/webhook/verify.js';
 import { mapInput } from '../elements/triggers/target.js';
 import type { CircleRow } from '../store/circles.js';
-import { getCircleBySlug } from '../store/circles.js';
 import * as hooks from '../store/triggers.js';
 import type { Deps } from './context.js';
 import { defineRoute, type RouteDef } from './route.js';
@@ -115,10 +114,10 @@ export const HOOK_ROUTES: RouteDef[] = [
     },
     handler: async (ctx): Promise<Accepted> => {
       const { deps, req, reply } = ctx;
-      const circle = await getCircleBySlug(deps.db, ctx.params.circle ?? '');
-      const hook = circle && (await hooks.findWebhook(deps.db, circle.id, ctx.params.slug ?? ''));
+      const hook = await hooks.findWebhook(deps.db, ctx.params.circle ?? '', ctx.params.slug ?? '');
       // An unknown circle and an unknown hook answer alike: which circles exist stays unknown.
-      if (!circle || !hook) throw notFound();
+      if (!hook) throw notFound();
+      const circle = hook.circle;
       const raw: Buffer = Buffer.isBuffer(ctx.body) ? ctx.body : Buffer.alloc(0);
       if (raw.length > hook.max_body_bytes)
         throw hookError(

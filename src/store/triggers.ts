@@ -6,6 +6,7 @@
 import { prepared, type Queryable } from '../db/types.js';
 import { newId } from '../core/ids.js';
 import { isoFields } from './rows.js';
+import type { CircleRow } from './circles.js';
 
 /** A timestamptz as exact milliseconds in ISO form (what the scheduler compares and writes back). */
 const MS = (col: string) => `to_char(${col} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
@@ -296,22 +297,31 @@ SELECT w.element_id, w.circle_id, e.slug, w.signing, w.max_body_bytes, w.target,
        coalesce((SELECT array_agg(x.secret ORDER BY x.created_at DESC) FROM (
           SELECT s.secret, s.created_at FROM cairn.webhook_secrets s
            WHERE s.element_id = w.element_id AND (s.expires_at IS NULL OR s.expires_at > clock_timestamp())
-           ORDER BY s.created_at DESC LIMIT 8) x), '{}') AS secrets
-  FROM cairn.elements e JOIN cairn.webhooks w ON w.element_id = e.id
- WHERE e.circle_id = $1 AND e.slug = $2 AND e.state = 'ready' AND e.element_type = 'webhook'`;
+           ORDER BY s.created_at DESC LIMIT 8) x), '{}') AS secrets,
+       jsonb_build_object('id', c.id, 'slug', c.slug, 'schema', c.schema_name, 'role_name', c.role_name,
+         'role_password', c.role_password, 'created_at', c.created_at) AS circle
+  FROM cairn.circles c
+  JOIN cairn.elements e ON e.circle_id = c.id AND e.slug = $2 AND e.state = 'ready' AND e.element_type = 'webhook'
+  JOIN cairn.webhooks w ON w.element_id = e.id
+ WHERE c.slug = $1`;
 
 /**
- * The hook at /hooks/{circle}/{slug}, when its element is ready, with the secrets valid now
- * (newest first), in one statement. By the element's slug: a slug is unique among a circle's
- * live elements, and a deleted webhook's slug may be taken again.
+ * The hook at /hooks/{circle}/{slug} when its element is ready, with its circle and the secrets
+ * valid now (newest first), in one statement; nothing for an unknown circle or hook alike. By the
+ * element's slug: a slug is unique among a circle's live elements, and a deleted webhook's slug
+ * may be taken again.
  */
 export async function findWebhook(
   q: Queryable,
-  circleId: string,
+  circleSlug: string,
   slug: string,
-): Promise<(WebhookRow & { secrets: string[] }) | undefined> {
-  const r = await q.query<WebhookRow & { secrets: string[] }>(FIND_WEBHOOK, [circleId, slug]);
-  return r.rows[0];
+): Promise<(WebhookRow & { secrets: string[]; circle: CircleRow }) | undefined> {
+  const r = await q.query<WebhookRow & { secrets: string[]; circle: CircleRow }>(FIND_WEBHOOK, [
+    circleSlug,
+    slug,
+  ]);
+  const row = r.rows[0];
+  return row && { ...row, circle: isoFields(row.circle, ['created_at']) };
 }
 
 /** Adds a secret; the ones before it stay valid for `overlapMs` (0: they end now). */
