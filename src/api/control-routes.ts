@@ -92,7 +92,15 @@ function controlRoute(
         ctx.deps.engine.kick();
         return { retried: r.retried, message: r.message, run: view(r.run) };
       }
-      const next = await rerun(db, run.id, actor, circle, ctx.deps.snapshotExtra, idempotencyKeyOf(ctx));
+      const next = await rerun(
+        db,
+        run.id,
+        actor,
+        circle,
+        ctx.deps.snapshotExtra,
+        idempotencyKeyOf(ctx),
+        ctx.principal!.role,
+      );
       ctx.deps.engine.kick();
       ctx.reply.header('Location', `/api/runs/${next.id}`);
       return view(next);

@@ -14,6 +14,9 @@ import { idempotencyKeyOf, idempotent } from './idempotency.js';
 
 type Mode = 'live' | 'dry_run' | 'smoke_test';
 
+/** The base ops that change an element's definition or state. */
+const DEFINITION_OPS = new Set(['update', 'restore', 'enable', 'disable', 'delete']);
+
 /** `?mode=`: live (the default), dry_run, or (batch runs) smoke_test; anything else is a typed 400. */
 /** The element-op route's query string: field by field, untyped (each op's own schema parses it). */
 function queryOf(ctx: RouteCtx): Record<string, unknown> {
@@ -97,6 +100,8 @@ export async function dispatchElementOp(ctx: RouteCtx, method: HttpMethod): Prom
   const type = getType(element.element_type);
   const { op, params } = resolveOperation(type, method, path);
   authorize(ctx.principal!, circle, op.auth);
+  // Changing the definition of a type that needs more than write (a policy, a trigger) needs that role.
+  if (type.writeAuth && DEFINITION_OPS.has(op.name)) authorize(ctx.principal!, circle, type.writeAuth);
   const actor = actorOf(ctx.principal!);
 
   if (op.createsRun) {

@@ -19,6 +19,7 @@ import {
 import { mapInput } from '../elements/triggers/target.js';
 import type { CircleRow } from '../store/circles.js';
 import * as hooks from '../store/triggers.js';
+import { findByIdempotencyKey, getRunsStatus } from '../store/runs.js';
 import type { Deps } from './context.js';
 import { defineRoute, type RouteDef } from './route.js';
 
@@ -37,7 +38,8 @@ interface Accepted {
  * idempotency key (webhook:<element>:<id>) is the deduplication — of any number of concurrent
  * starts one inserts the run and the others answer it (its unique index) — and the delivery is
  * recorded after, with its run. The first record of an id is the delivery; later ones are
- * replays (`duplicate`). A start that failed records nothing, so a retry may start it later.
+ * replays (`duplicate`: the key answered an earlier run). A start that failed records nothing,
+ * so a retry may start it later.
  */
 async function startOnce(
   deps: Deps,
@@ -48,23 +50,33 @@ async function startOnce(
   input: unknown,
   headers: Record<string, string>,
 ): Promise<{ runId: string; status: string; duplicate: boolean }> {
-  const started = await deps.engine.startTarget({
-    circle,
-    target: { element: hook.target.element, op: hook.target.op },
-    input,
-    trigger: {
-      type: 'webhook',
-      source: hook.slug,
-      actor: `webhook:${hook.slug}`,
-      webhook_id: deliveryId,
-      body_sha256: bodySha256,
-      headers,
-    },
-    idempotencyKey: `webhook:${hook.element_id}:${deliveryId}`,
-    // Nearly every delivery is a new one: insert at once (a replay still meets the key's index).
-    fresh: true,
-  });
-  const first = await hooks.recordDelivery(
+  const key = `webhook:${hook.element_id}:${deliveryId}`;
+  let started;
+  try {
+    started = await deps.engine.startTarget({
+      circle,
+      target: { element: hook.target.element, op: hook.target.op },
+      input,
+      trigger: {
+        type: 'webhook',
+        source: hook.slug,
+        actor: `webhook:${hook.slug}`,
+        webhook_id: deliveryId,
+        body_sha256: bodySha256,
+        headers,
+      },
+      idempotencyKey: key,
+      // Nearly every delivery is a new one: insert at once (a replay still meets the key's index).
+      fresh: true,
+    });
+  } catch (e) {
+    // A replay racing its first delivery may be refused before it meets the key (the wallet holds
+    // no second reservation, a policy changed): when the first run exists, that is the answer.
+    const prior = await findByIdempotencyKey(deps.db, circle.id, key);
+    if (!prior) throw e;
+    started = { run_id: prior.id, status: prior.status, created: false };
+  }
+  const record = hooks.recordDelivery(
     deps.db,
     hook.element_id,
     circle.id,
@@ -72,7 +84,20 @@ async function startOnce(
     bodySha256,
     started.run_id,
   );
-  return { runId: started.run_id, status: started.status, duplicate: !first };
+  if (started.created === undefined) {
+    // A handler op's run (a workflow trigger) does not say whether the key found an earlier one:
+    // the first record of the id tells.
+    const first = await record;
+    return { runId: started.run_id, status: started.status, duplicate: !first };
+  }
+  // The answer does not wait for the record (the run's key already made the delivery once).
+  record.catch((e: unknown) => deps.log.warn({ err: e, webhook: hook.slug }, 'delivery not recorded'));
+  return { runId: started.run_id, status: started.status, duplicate: !started.created };
+}
+
+async function runStatus(deps: Deps, runId: string): Promise<string> {
+  const [s] = await getRunsStatus(deps.db, [runId]);
+  return s?.status ?? 'deleted';
 }
 
 export const HOOK_ROUTES: RouteDef[] = [
@@ -114,11 +139,20 @@ export const HOOK_ROUTES: RouteDef[] = [
     },
     handler: async (ctx): Promise<Accepted> => {
       const { deps, req, reply } = ctx;
-      const hook = await hooks.findWebhook(deps.db, ctx.params.circle ?? '', ctx.params.slug ?? '');
+      const raw0: Buffer = Buffer.isBuffer(ctx.body) ? ctx.body : Buffer.alloc(0);
+      const one = (h: string) => {
+        const v = req.headers[h];
+        return (Array.isArray(v) ? v[0] : v) ?? null;
+      };
+      const hook = await hooks.findWebhook(deps.db, ctx.params.circle ?? '', ctx.params.slug ?? '', {
+        webhookId: one('webhook-id'),
+        githubDelivery: one('x-github-delivery'),
+        bodyId: `sha256:${sha256Hex(raw0)}`,
+      });
       // An unknown circle and an unknown hook answer alike: which circles exist stays unknown.
       if (!hook) throw notFound();
       const circle = hook.circle;
-      const raw: Buffer = Buffer.isBuffer(ctx.body) ? ctx.body : Buffer.alloc(0);
+      const raw = raw0;
       if (raw.length > hook.max_body_bytes)
         throw hookError(
           'WEBHOOK_BODY_TOO_LARGE',
@@ -149,7 +183,11 @@ export const HOOK_ROUTES: RouteDef[] = [
           );
         throw e;
       }
-      const s = await startOnce(deps, circle, hook, deliveryId, sha256Hex(raw), input, headers);
+      // A delivery recorded already (a replay; its run may even be gone to retention): its run, nothing new.
+      const s =
+        hook.recorded_delivery === deliveryId && hook.recorded_run
+          ? { runId: hook.recorded_run, status: await runStatus(deps, hook.recorded_run), duplicate: true }
+          : await startOnce(deps, circle, hook, deliveryId, sha256Hex(raw), input, headers);
       const run_url = `/api/runs/${s.runId}`;
       reply.code(202).header('location', run_url);
       return s.duplicate

@@ -12,6 +12,14 @@ export function idempotencyKeyOf(ctx: RouteCtx): string | undefined {
       'Send one short unique key per logical request.',
     );
   }
+  // The keys Cairn gives the runs its triggers start name their occurrence; a caller may not take
+  // one (it would answer an occurrence with the caller's run).
+  if (key !== undefined && /^(schedule|webhook|upstream):/i.test(key))
+    throw errors.invalidInput(
+      `Idempotency-Key "${key.slice(0, 40)}" uses a prefix Cairn keeps for its triggers.`,
+      { reserved: ['schedule:', 'webhook:', 'upstream:'] },
+      'Use a key without the schedule:, webhook: or upstream: prefix.',
+    );
   return key;
 }
 
@@ -110,7 +118,19 @@ export async function idempotent(
   }
   await db.query(
     'UPDATE cairn.idempotency SET answer = $3::jsonb, status = $4 WHERE circle_id = $1 AND key = $2',
-    [circleId, key, JSON.stringify(answer ?? null), ctx.reply.statusCode || 200],
+    [circleId, key, JSON.stringify(storable(answer) ?? null), ctx.reply.statusCode || 200],
   );
   return answer;
+}
+
+/**
+ * What is kept of an answer to replay it: everything but what is shown once (a webhook's secret,
+ * in a create answer's `shown_once` or a rotate_secret answer). A replay says it was left out.
+ */
+function storable(answer: unknown): unknown {
+  if (answer === null || typeof answer !== 'object' || Array.isArray(answer)) return answer;
+  const a = answer as Record<string, unknown>;
+  if (!('shown_once' in a) && !('secret' in a)) return answer;
+  const { shown_once: _once, secret: _secret, ...rest } = a;
+  return { ...rest, shown_once_withheld: 'shown in the first answer only; a replay does not repeat it' };
 }

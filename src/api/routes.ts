@@ -4,17 +4,17 @@ import { isUuid } from '../core/ids.js';
 import { ROLES, RUN_KINDS, TRIGGER_TYPES } from '../core/status.js';
 import { qint } from '../core/zod.js';
 import { VERSION } from '../core/version.js';
-import { createCircle, listCircles, publicCircle, RESERVED_SLUGS } from '../store/circles.js';
-import { createToken, listTokens, revokeToken } from '../store/tokens.js';
+import { createCircle, listCircles, publicCircle, RESERVED_SLUGS, type CircleRow } from '../store/circles.js';
+import { createToken, listTokens, revokeToken, type Principal } from '../store/tokens.js';
 import { listElements } from '../store/elements.js';
 import { listRuns, loadSnapshot, runEvents, toRunView } from '../store/runs.js';
 import { readLogs } from '../store/logs.js';
 import { applyElement, createElement, SLUG_RE } from '../elements/service.js';
-import { typeLookup } from '../elements/registry.js';
+import { getTypeOrUndefined, typeLookup } from '../elements/registry.js';
 import { toElementView } from '../elements/view.js';
 import { cursorCodec, parseStatuses, runPage } from '../elements/base-ops.js';
 import { cancel } from '../engine/control.js';
-import { actorOf } from './auth.js';
+import { actorOf, authorize } from './auth.js';
 import { baseUrlOf } from './context.js';
 import { defineRoute, type RouteDef } from './route.js';
 import { CONTROL_ROUTES, visibleRun } from './control-routes.js';
@@ -63,6 +63,12 @@ function listOf<T extends string>(
     }
     return x as T;
   });
+}
+
+/** A type may need more than write to be defined (a policy: admin; a trigger: execute). */
+function authorizeDefinition(principal: Principal, circle: CircleRow, elementType: string): void {
+  const need = getTypeOrUndefined(elementType)?.writeAuth;
+  if (need) authorize(principal, circle, need);
 }
 
 export const ROUTES: RouteDef[] = [
@@ -193,8 +199,10 @@ export const ROUTES: RouteDef[] = [
     summary: 'Create an element (element_type and slug in the body)',
     body: elementBody,
     status: 201,
-    handler: ({ deps, circle, body, principal }) =>
-      createElement(deps.db, circle!, body, actorOf(principal!), typeLookup),
+    handler: ({ deps, circle, body, principal }) => {
+      authorizeDefinition(principal!, circle!, body.element_type);
+      return createElement(deps.db, circle!, body, actorOf(principal!), typeLookup);
+    },
   }),
   defineRoute({
     method: 'POST',
@@ -203,8 +211,10 @@ export const ROUTES: RouteDef[] = [
     tag: 'elements',
     summary: 'Create or converge an element to this definition (idempotent; used by `cairn apply`)',
     body: elementBody,
-    handler: ({ deps, circle, body, principal }) =>
-      applyElement(deps.db, circle!, body, actorOf(principal!), typeLookup),
+    handler: ({ deps, circle, body, principal }) => {
+      authorizeDefinition(principal!, circle!, body.element_type);
+      return applyElement(deps.db, circle!, body, actorOf(principal!), typeLookup);
+    },
   }),
   defineRoute({
     method: 'GET',

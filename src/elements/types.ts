@@ -160,6 +160,8 @@ export interface StartRequest {
 export interface Started {
   run_id: string;
   status: string;
+  /** False when the key answered an earlier run; unknown (undefined) for a handler op's run. */
+  created?: boolean;
 }
 
 /** The element types as element code looks them up (the registry implements it). */
@@ -293,6 +295,12 @@ export interface ElementTypeDecl<S extends z.ZodType = z.ZodType> {
   description: string;
   /** The spec schema, with defaults; parsed on create/update. Every spec the type's code sees is its output. */
   spec: S;
+  /**
+   * The least role that may define an element of this type (create, apply, update, restore, enable,
+   * disable, delete); default write. A policy needs admin (the tokens it constrains must not rewrite
+   * it); a trigger execute (it starts runs).
+   */
+  writeAuth?: Role;
   /** The type's own ops; the base ops (get, update, …) are added by the registry. */
   operations: OperationDecl[];
   errors: readonly ErrorCodeDecl[];

@@ -10,7 +10,7 @@ import { isTerminal } from '../core/status.js';
 import type { Db, Queryable } from '../db/types.js';
 import { pauseRun, resumeRun, retryFailed } from '../store/batch.js';
 import { decideOnRun } from './policy.js';
-import { getWallet } from '../store/ledger.js';
+import { reservationRefused } from '../store/ledger.js';
 import { cancelRun, getRun, listItems, loadSnapshot, type RunRow } from '../store/runs.js';
 import { childrenLeft, getDefinition, retryableTasks, retryWorkflowTasks } from '../store/workflow.js';
 import { triggerWorkflow } from './workflow-submit.js';
@@ -150,7 +150,7 @@ async function retryWorkflow(db: Db, run: RunRow, actor: string, circleSlug: str
   if (!r) {
     const now = await existing(db, run.id);
     if (now.status !== run.status) return retryWorkflow(db, now, actor, circleSlug);
-    throw errors.insufficientCredits(circleSlug, reserve, (await getWallet(db, run.circle_id)).available);
+    throw await reservationRefused(db, { id: run.circle_id, slug: circleSlug }, reserve);
   }
   return { ...r, message: `${r.retried} task(s) queued again in run ${run.id}: ${keys.join(', ')}.` };
 }
@@ -261,7 +261,7 @@ async function retryPinned(
   if (!r) {
     const now = await existing(db, runId);
     if (now.status !== run.status) return retryPinned(db, runId, actor, circleSlug); // raced: answer for the new state
-    throw errors.insufficientCredits(circleSlug, n * price, (await getWallet(db, run.circle_id)).available);
+    throw await reservationRefused(db, { id: run.circle_id, slug: circleSlug }, n * price);
   }
   if (stillInvalid > 0) {
     return {
@@ -326,10 +326,11 @@ export async function rerun(
   circle: CircleRow,
   snapshotExtra: Record<string, unknown>,
   idempotencyKey?: string,
+  role?: string,
 ): Promise<RunRow> {
   const run = await existing(db, runId);
   const element = run.element_id ? await getElementById(db, run.element_id) : undefined;
-  const trigger = { type: 'rerun', source: run.id, actor };
+  const trigger = { type: 'rerun', source: run.id, actor, ...(role ? { role } : {}) };
   if (run.kind === 'workflow') {
     // The same parameters, on the same pinned definition (the workflow and its step versions).
     const t = await triggerWorkflow(db, {

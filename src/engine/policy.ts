@@ -21,9 +21,6 @@ import { getElementById } from '../store/elements.js';
 import { loadSnapshot, type RunRow } from '../store/runs.js';
 import { getTypeOrUndefined, operationsOf } from '../elements/registry.js';
 
-/** Triggers whose runs a token started; the others are Cairn's own (schedule, webhook, upstream…). */
-const TOKEN_TRIGGERS = new Set(['api', 'manual']);
-
 export interface PolicyAsk {
   circle: CircleRow;
   element: Pick<ElementRow, 'element_type' | 'slug' | 'category' | 'spec'>;
@@ -131,11 +128,13 @@ export async function decide(db: Queryable, ask: PolicyAsk): Promise<PolicyOutco
     return { input: ask.input, record: null, snapshot: { policy_set_hash: null } };
   const set = current.set;
   const t = ask.trigger;
-  const role = typeof t.role === 'string' ? t.role : 'execute';
+  // A run a token asked for (api, manual, a rerun, a replay, a backfill) is decided as that token
+  // with its role; one Cairn starts by itself (a schedule's clock, a webhook, an upstream) as its trigger.
+  const role = typeof t.role === 'string' ? t.role : null;
   const res = authorize(
     set,
     {
-      principal: TOKEN_TRIGGERS.has(t.type)
+      principal: role
         ? { kind: 'token', name: t.actor, role }
         : { kind: 'trigger', type: t.type, source: t.source ?? '' },
       action: ask.action,

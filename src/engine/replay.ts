@@ -23,7 +23,7 @@ import { getDefinition, loadTasks, type ReusedTask } from '../store/workflow.js'
 import { submitBatch } from './batch-submit.js';
 import { batchAgain } from './control.js';
 import { decideOnRun } from './policy.js';
-import { submitRun } from './submit.js';
+import { elementDisabled, submitRun } from './submit.js';
 import { triggerWorkflow } from './workflow-submit.js';
 
 export interface ReplayRequest {
@@ -86,6 +86,15 @@ async function planWorkflow(db: Db, run: RunRow, fromTask: string | undefined): 
       ended.set(s, (ended.get(s) ?? true) && ok);
     }
     for (const [s, ok] of ended) if (!ok) again.add(s); // a task before it that did not end well runs again
+    // …and so does everything downstream of what runs again (to a fixpoint).
+    for (let grew = true; grew;) {
+      grew = false;
+      for (const p of plan.steps)
+        if (!again.has(p.step.name) && p.deps.some((d) => again.has(d))) {
+          again.add(p.step.name);
+          grew = true;
+        }
+    }
     for (const t of tasks) {
       if (again.has(stepOf(t.key))) continue;
       reuse.push({
@@ -235,6 +244,9 @@ export async function replay(db: Db, req: ReplayRequest): Promise<Replayed> {
     reused_tasks: [...new Set(plan.reuse.map((t) => t.key))],
   });
   if (run.kind === 'workflow') {
+    // A workflow disabled on purpose is not replayed (a deleted one is: its definition is pinned).
+    const wf = run.element_id ? await getElementById(db, run.element_id) : undefined;
+    if (wf?.state === 'disabled') throw elementDisabled(wf);
     const t = await triggerWorkflow(db, {
       circle: req.circle,
       parameters: (run.input as { parameters?: Record<string, unknown> } | null)?.parameters ?? {},

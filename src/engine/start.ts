@@ -39,7 +39,7 @@ export async function startTarget(env: StartEnv, req: StartRequest): Promise<Sta
   const op = operationsOf(type).find((o) => o.name === req.target.op && (o.createsRun || o.startsRun));
   if (!op) throw targetGone(req.target.element, req.target.op);
   if (op.createsRun) {
-    const { run } = await submitRun(
+    const { run, created } = await submitRun(
       db,
       {
         circle,
@@ -54,7 +54,7 @@ export async function startTarget(env: StartEnv, req: StartRequest): Promise<Sta
       env.snapshotExtra,
     );
     env.kick();
-    return { run_id: run.id, status: run.status };
+    return { run_id: run.id, status: run.status, created };
   }
   const input = parseInput(
     op.input,

@@ -17,7 +17,7 @@ import { cronClock } from '../core/cron.js';
 import type { Db } from '../db/types.js';
 import type { Started, StartRequest } from '../elements/types.js';
 import { fireOccurrence } from '../elements/schedule/fire.js';
-import { mapInput, transient } from '../elements/triggers/target.js';
+import { mapTriggerInput, transient } from '../elements/triggers/target.js';
 import { getCircleById } from '../store/circles.js';
 import { getRun } from '../store/runs.js';
 import * as store from '../store/triggers.js';
@@ -129,15 +129,17 @@ export class TriggerSystem {
     }
   }
 
-  private async advance(s: store.ScheduleRow): Promise<void> {
+  private async advance(s: store.ScheduleRow & { db_now: number }): Promise<void> {
     const clock = cronClock(s.cron, s.timezone);
-    const now = Date.now();
+    // The database's clock, not this host's: every process agrees on what is due.
+    const now = s.db_now;
     const times: Date[] = [];
     let t: Date | null = new Date(s.next_at!);
     while (t && t.getTime() <= now && times.length < MAX_OCCURRENCES_PER_PASS) {
       times.push(t);
       t = clock.next(t);
     }
+    if (times.length === 0) return; // not due after all (a clock edge): nothing to record
     const active =
       s.paused || s.overlap === 'allow_all'
         ? { busy: false, run_id: null, buffered: false }
@@ -165,7 +167,7 @@ export class TriggerSystem {
 
   /** Starts the run of one recorded occurrence and records which it is (or why none started). */
   async fire(s: store.ScheduleRow, nominal: string, backfill: boolean): Promise<Started | undefined> {
-    return fireOccurrence(this.env, s, nominal, backfill, `schedule:${s.slug}`);
+    return fireOccurrence(this.env, s, nominal, backfill, { actor: `schedule:${s.slug}` });
   }
 
   // ---- the upstream outbox ----------------------------------------------------------------------
@@ -207,7 +209,7 @@ export class TriggerSystem {
           suggestion:
             'A chain this deep is usually a loop (a target that is its own source); break it, or raise max_depth.',
         });
-      const input = mapInput(h.input, ['upstream'], {
+      const input = mapTriggerInput(h.input, ['upstream'], {
         upstream: {
           run_id: source.id,
           status: source.status,

@@ -91,6 +91,25 @@ export async function triggerWorkflow(db: Db, req: WorkflowTriggerRequest): Prom
     context: req.policyContext,
   });
   const parameters = (pol.input as { parameters: Record<string, unknown> }).parameters ?? {};
+  // Every step is asked too, as the run of its element it will start (by the same principal, with
+  // the workflow's parameters as what is known of its input): a forbid on a step's element refuses
+  // the whole workflow before anything starts. (A step's decision patches nothing.)
+  if (pol.record)
+    for (const [name, step] of Object.entries(def.steps)) {
+      const type = typeLookup.get(step.element.element_type);
+      const op = typeLookup.operationsOf(type).find((o) => o.name === step.op);
+      await decide(db, {
+        circle,
+        element: { ...step.element, category: type.category },
+        op: op ?? { name: step.op, price: step.price },
+        action: req.action ?? 'run',
+        trigger: req.trigger,
+        mode: 'live',
+        input: { parameters, step: name },
+        estimatedCost: step.price,
+        context: req.policyContext,
+      });
+    }
   const validate = validatorOf(spec.parameters);
   if (!validate(parameters))
     throw new CairnError({

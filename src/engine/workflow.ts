@@ -93,6 +93,21 @@ class Orchestration {
 
   load(rows: TaskRow[]): void {
     for (const t of rows) this.tasks.set(t.key, t);
+    // A budget stop recorded by an earlier orchestration (another worker, a reload) still holds:
+    // nothing more starts, and what it had not cancelled yet is cancelled now.
+    const stopped = rows.find((t) => t.evidence?.skipped_because === 'budget_exceeded');
+    if (stopped && !this.budgetStop) {
+      this.budgetStop = {
+        code: 'BUDGET_EXCEEDED',
+        class: 'payment',
+        message: `The run reached its budget of ${this.run.budget}; it stopped (on_exceeded: stop).`,
+        retryable: false,
+        _suggestion:
+          'Raise the budget (the trigger’s budget, or the workflow’s spec.budget), then rerun or retry-failed.',
+        details: { budget: this.run.budget, task: stopped.key },
+      };
+      for (const r of rows) if (r.status === 'running' && r.child_run_id) this.toCancel.push(r.child_run_id);
+    }
     for (const t of rows) {
       const m = /^(.*)\[(\d+)\]$/.exec(t.key);
       if (m && this.plan.byName.has(m[1]!)) {

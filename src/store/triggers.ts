@@ -74,10 +74,17 @@ export async function upsertSchedule(q: Queryable, d: ScheduleDef): Promise<void
 const SCHEDULE_COLS = `s.element_id, s.circle_id, e.slug, s.cron, s.timezone, s.overlap,
   s.catchup_window_ms::float8 AS catchup_window_ms, s.paused, s.target, ${MS('s.next_at')} AS next_at`;
 
-/** Schedules whose next time has come (ready elements only), oldest first. */
-export async function dueSchedules(q: Queryable, limit: number): Promise<ScheduleRow[]> {
-  const r = await q.query<ScheduleRow>(
-    `SELECT ${SCHEDULE_COLS} FROM cairn.schedules s JOIN cairn.elements e ON e.id = s.element_id AND e.state = 'ready'
+/**
+ * Schedules whose next time has come (ready elements only), oldest first, with the database's
+ * clock (`db_now`, epoch ms): the one every process compares nominal times with.
+ */
+export async function dueSchedules(
+  q: Queryable,
+  limit: number,
+): Promise<(ScheduleRow & { db_now: number })[]> {
+  const r = await q.query<ScheduleRow & { db_now: number }>(
+    `SELECT ${SCHEDULE_COLS}, (extract(epoch FROM clock_timestamp()) * 1000)::float8 AS db_now
+       FROM cairn.schedules s JOIN cairn.elements e ON e.id = s.element_id AND e.state = 'ready'
       WHERE s.next_at <= clock_timestamp() ORDER BY s.next_at LIMIT $1`,
     [limit],
   );
@@ -218,15 +225,22 @@ export async function claimBuffered(q: Queryable): Promise<{ schedule_id: string
   return r.rows;
 }
 
-/** Occurrences left `firing` by a process that died before it recorded their run. */
+/**
+ * Occurrences left `firing` by a process that died before it recorded their run, taken for another
+ * try (their recorded_at moves on, so one that keeps failing does not hold back the others).
+ */
 export async function staleFiring(
   q: Queryable,
   olderThanMs: number,
 ): Promise<{ schedule_id: string; nominal: string; backfill: boolean }[]> {
   const r = await q.query<{ schedule_id: string; nominal: string; backfill: boolean }>(
-    `SELECT schedule_id, ${MS('nominal_at')} AS nominal, backfill FROM cairn.schedule_occurrences
-      WHERE status = 'firing' AND recorded_at < clock_timestamp() - make_interval(secs => $1 / 1000.0)
-      ORDER BY recorded_at LIMIT 100`,
+    `WITH s AS (
+       SELECT schedule_id, nominal_at FROM cairn.schedule_occurrences
+        WHERE status = 'firing' AND recorded_at < clock_timestamp() - make_interval(secs => $1 / 1000.0)
+        ORDER BY recorded_at LIMIT 100 FOR UPDATE SKIP LOCKED)
+     UPDATE cairn.schedule_occurrences o SET recorded_at = clock_timestamp()
+       FROM s WHERE o.schedule_id = s.schedule_id AND o.nominal_at = s.nominal_at
+     RETURNING o.schedule_id, ${MS('o.nominal_at')} AS nominal, o.backfill`,
     [olderThanMs],
   );
   return r.rows;
@@ -290,35 +304,52 @@ export async function upsertWebhook(q: Queryable, w: WebhookRow): Promise<void> 
   );
 }
 
-// Not a named prepared statement: the plan must see the literal state to use the partial index
-// elements_circle_slug (WHERE state <> 'deleted').
-const FIND_WEBHOOK = `
+// Prepared (planned once per connection): the partial index elements_circle_slug (WHERE state <>
+// 'deleted') stays usable, the state being a literal of the text, not a parameter.
+const FIND_WEBHOOK = prepared(`
 SELECT w.element_id, w.circle_id, e.slug, w.signing, w.max_body_bytes, w.target, w.input,
        coalesce((SELECT array_agg(x.secret ORDER BY x.created_at DESC) FROM (
           SELECT s.secret, s.created_at FROM cairn.webhook_secrets s
            WHERE s.element_id = w.element_id AND (s.expires_at IS NULL OR s.expires_at > clock_timestamp())
            ORDER BY s.created_at DESC LIMIT 8) x), '{}') AS secrets,
        jsonb_build_object('id', c.id, 'slug', c.slug, 'schema', c.schema_name, 'role_name', c.role_name,
-         'role_password', c.role_password, 'created_at', c.created_at) AS circle
+         'role_password', c.role_password, 'created_at', c.created_at) AS circle,
+       d.delivery_id AS recorded_delivery, d.run_id AS recorded_run
   FROM cairn.circles c
   JOIN cairn.elements e ON e.circle_id = c.id AND e.slug = $2 AND e.state = 'ready' AND e.element_type = 'webhook'
   JOIN cairn.webhooks w ON w.element_id = e.id
- WHERE c.slug = $1`;
+  LEFT JOIN cairn.webhook_deliveries d ON d.element_id = w.element_id
+   AND d.delivery_id = CASE w.signing WHEN 'github' THEN $4 WHEN 'none' THEN coalesce($3, $5) ELSE $3 END
+ WHERE c.slug = $1`);
+
+export interface FoundWebhook extends WebhookRow {
+  /** The secrets valid now, newest first. */
+  secrets: string[];
+  circle: CircleRow;
+  /** The delivery the request names (its id header), when it was recorded already, and its run. */
+  recorded_delivery: string | null;
+  recorded_run: string | null;
+}
 
 /**
- * The hook at /hooks/{circle}/{slug} when its element is ready, with its circle and the secrets
- * valid now (newest first), in one statement; nothing for an unknown circle or hook alike. By the
- * element's slug: a slug is unique among a circle's live elements, and a deleted webhook's slug
- * may be taken again.
+ * The hook at /hooks/{circle}/{slug} when its element is ready, with its circle, the secrets
+ * valid now, and the record of the delivery the request's id header names (a replay), in one
+ * statement; nothing for an unknown circle or hook alike. By the element's slug: a slug is unique
+ * among a circle's live elements, and a deleted webhook's slug may be taken again. The ids are
+ * only read here: the caller trusts a recorded delivery only once the signature verified.
  */
 export async function findWebhook(
   q: Queryable,
   circleSlug: string,
   slug: string,
-): Promise<(WebhookRow & { secrets: string[]; circle: CircleRow }) | undefined> {
-  const r = await q.query<WebhookRow & { secrets: string[]; circle: CircleRow }>(FIND_WEBHOOK, [
+  ids: { webhookId: string | null; githubDelivery: string | null; bodyId: string },
+): Promise<FoundWebhook | undefined> {
+  const r = await q.query<FoundWebhook>(FIND_WEBHOOK, [
     circleSlug,
     slug,
+    ids.webhookId,
+    ids.githubDelivery,
+    ids.bodyId,
   ]);
   const row = r.rows[0];
   return row && { ...row, circle: isoFields(row.circle, ['created_at']) };

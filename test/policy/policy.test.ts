@@ -168,6 +168,82 @@ describeEachDriver('policy hooks', ({ db, driver }) => {
     expect((await post('add-one/ops/invoke', { params: [1] }, X)).status).toBe(200);
   });
 
+  it('refuses a workflow whose step a policy forbids, and lets only admins define policies', async () => {
+    const p = await policy(
+      'steps',
+      `@id("no-risky-step") @reason("risky runs in no workflow")
+       forbid(principal, action == Cairn::Action::"run", resource == Cairn::Sql::"risky");`,
+    );
+    expect(p.status, JSON.stringify(p.body)).toBe(201);
+    expect(
+      (
+        await post('ops/create', {
+          element_type: 'workflow',
+          slug: 'uses-risky',
+          spec: { steps: [{ name: 'r', element: 'risky' }] },
+        })
+      ).status,
+    ).toBe(201);
+    const before = await runCount('uses-risky');
+    const tr = await post('uses-risky/ops/trigger', { parameters: {} }, X);
+    expect(tr.status, JSON.stringify(tr.body)).toBe(403);
+    expect(tr.body.error.code).toBe('POLICY_DENIED');
+    expect(tr.body.error.message).toContain('risky runs in no workflow');
+    expect(await runCount('uses-risky')).toBe(before);
+    // The tokens a policy constrains cannot rewrite it: write and execute tokens may not define one.
+    const W = (await t.call('POST', `/api/${slug}/tokens`, { role: 'write' }, A)).body.token;
+    for (const token of [W, X]) {
+      const c = await t.call(
+        'POST',
+        `/api/${slug}/ops/create`,
+        {
+          element_type: 'policy',
+          slug: 'mine',
+          spec: { cedar: '@id("p") permit(principal, action, resource);' },
+        },
+        token,
+      );
+      expect(c.status).toBe(403);
+      expectTypedError(c.body);
+      const u = await t.call('PATCH', `/api/${slug}/steps/ops/update`, { spec: { enabled: false } }, token);
+      expect(u.status).toBe(403);
+    }
+    // A write token may not start runs through a trigger either (a schedule needs execute).
+    const sch = await t.call(
+      'POST',
+      `/api/${slug}/ops/create`,
+      {
+        element_type: 'schedule',
+        slug: 'sneaky',
+        spec: { cron: '* * * * *', target: { element: 'add-one' } },
+      },
+      W,
+    );
+    expect(sch.status).toBe(403);
+    expect((await t.call('DELETE', `/api/${slug}/steps/ops/delete?confirm=true`, undefined, A)).status).toBe(
+      200,
+    );
+  });
+
+  it('decides a rerun as the token that asked, with its role', async () => {
+    const p = await policy(
+      'reruns',
+      `@id("admins-rerun") @reason("only admins rerun")
+       forbid(principal, action == Cairn::Action::"run", resource) when { context.trigger == "rerun" }
+         unless { principal in Cairn::Role::"admin" };`,
+    );
+    expect(p.status, JSON.stringify(p.body)).toBe(201);
+    const r = await post('add-one/ops/invoke', { params: [1] }, X);
+    expect(r.status).toBe(200);
+    const denied = await t.call('POST', `/api/runs/${r.body.run_id}/rerun`, {}, X);
+    expect(denied.status).toBe(403);
+    expect(denied.body.error.code).toBe('POLICY_DENIED');
+    expect((await t.call('POST', `/api/runs/${r.body.run_id}/rerun`, {}, A)).status).toBe(201);
+    expect((await t.call('DELETE', `/api/${slug}/reruns/ops/delete?confirm=true`, undefined, A)).status).toBe(
+      200,
+    );
+  });
+
   it('decides workflow triggers (with a patch of the parameters), scheduled runs and retry-failed', async () => {
     const p = await policy(
       'flows',

@@ -139,6 +139,35 @@ describeEachDriver('schedule element', ({ db, driver }) => {
     }
   });
 
+  it('records an occurrence whose mapping fails on what it got as failed, and goes on', async () => {
+    const r = await post('ops/create', {
+      element_type: 'schedule',
+      slug: 'bad-mapping',
+      spec: {
+        cron: '* * * * * *',
+        overlap: 'skip',
+        target: { element: 'tick', input: { params: ['${{ schedule.nope.x }}'] } },
+      },
+    });
+    expect(r.status, JSON.stringify(r.body)).toBe(201);
+    await sleep(2_500);
+    await post('bad-mapping/ops/pause', {});
+    const occ = await occurrences('bad-mapping');
+    const failed = occ.filter((o: any) => o.status === 'failed');
+    // Each second is its own failed occurrence (none left firing, none skipped behind a stuck one).
+    expect(failed.length).toBeGreaterThanOrEqual(2);
+    expect(occ.some((o: any) => o.status === 'firing' || o.status === 'skipped_overlap')).toBe(false);
+    expect(failed[0].error.code).toBe('TRIGGER_MAPPING_FAILED');
+  });
+
+  it("refuses a caller's Idempotency-Key in the namespace Cairn keeps for its triggers", async () => {
+    const r = await t.call('POST', `/api/${slug}/tick/ops/invoke`, {}, A, {
+      'idempotency-key': 'schedule:x:y',
+    });
+    expect(r.status).toBe(400);
+    expectTypedError(r.body);
+  });
+
   it('backfills the never-recorded occurrences of a past range, once', async () => {
     const r = await post('ops/create', {
       element_type: 'schedule',

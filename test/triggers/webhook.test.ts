@@ -87,6 +87,27 @@ describeEachDriver('webhook element', ({ db, driver }) => {
       signing: 'standard',
       max_body_bytes: 1048576,
     });
+    // A create sent with an Idempotency-Key is replayable, but its replay does not repeat the secret
+    // (and the stored answer does not hold it).
+    const body = {
+      element_type: 'webhook',
+      slug: 'keyed',
+      spec: { target: { element: 'add', input: { params: [1] } } },
+    };
+    const first = await t.call('POST', `/api/${slug}/ops/create`, body, A, {
+      'idempotency-key': `k-${slug}`,
+    });
+    expect(first.status).toBe(201);
+    expect(first.body.shown_once.secret).toMatch(/^whsec_/);
+    const replay = await t.call('POST', `/api/${slug}/ops/create`, body, A, {
+      'idempotency-key': `k-${slug}`,
+    });
+    expect(replay.body.id).toBe(first.body.id);
+    expect(JSON.stringify(replay.body)).not.toContain(first.body.shown_once.secret);
+    const stored = await db().query(`SELECT answer::text AS a FROM cairn.idempotency WHERE key = $1`, [
+      `k-${slug}`,
+    ]);
+    expect(stored.rows[0]!.a).not.toContain(first.body.shown_once.secret.slice(6));
   });
 
   it('refuses bad definitions with typed errors and creates nothing', async () => {

@@ -40,6 +40,7 @@ const schemaOp = defineOp({
 export const policyType = defineType({
   type: 'policy',
   category: 'flows',
+  writeAuth: 'admin',
   title: 'Policy (Cedar)',
   description:
     'Cedar policies evaluated before every run of the circle starts (invoke, trigger, batch, schedule, webhook, upstream, rerun, replay, retry-failed): allow, deny with a reason, or allow with a JSON Patch of the input. Fail closed: an evaluation error denies.',

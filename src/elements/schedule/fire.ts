@@ -7,7 +7,7 @@ import { toCairnError } from '../../core/errors.js';
 import type { Queryable } from '../../db/types.js';
 import { getCircleById } from '../../store/circles.js';
 import * as store from '../../store/triggers.js';
-import { mapInput, transient } from '../triggers/target.js';
+import { mapTriggerInput, transient } from '../triggers/target.js';
 import type { StartRequest, Started } from '../types.js';
 
 export async function fireOccurrence(
@@ -15,12 +15,13 @@ export async function fireOccurrence(
   s: store.ScheduleRow,
   nominal: string,
   backfill: boolean,
-  actor: string,
+  /** Who fires it: the schedule itself, or the token that asked for a backfill (and its role). */
+  by: { actor: string; role?: string },
 ): Promise<Started | undefined> {
   try {
     const circle = await getCircleById(env.db, s.circle_id);
     if (!circle) return undefined;
-    const input = mapInput(s.target.input ?? {}, ['schedule'], {
+    const input = mapTriggerInput(s.target.input ?? {}, ['schedule'], {
       schedule: { nominal_time: nominal, element: s.slug, backfill },
     });
     const started = await env.start({
@@ -30,7 +31,8 @@ export async function fireOccurrence(
       trigger: {
         type: 'schedule',
         source: s.slug,
-        actor,
+        actor: by.actor,
+        ...(by.role ? { role: by.role } : {}),
         nominal_time: nominal,
         ...(backfill ? { backfill: true } : {}),
       },

@@ -189,7 +189,7 @@ const backfillOp = defineOp({
         row,
         nominal,
         true,
-        ctx.actor,
+        { actor: ctx.actor, role: typeof ctx.trigger.role === 'string' ? ctx.trigger.role : undefined },
       );
       fired.push({ nominal_time: nominal, run_id: started?.run_id ?? null });
     }
@@ -200,6 +200,7 @@ const backfillOp = defineOp({
 export const scheduleType = defineType({
   type: 'schedule',
   category: 'triggers',
+  writeAuth: 'execute',
   title: 'Schedule',
   description:
     'Runs a target at cron times in a timezone (seconds optional, DST followed). Every occurrence is recorded — fired, caught up, buffered, skipped (overlap, paused), missed — and each nominal time fires exactly once however many Cairn processes share the database.',

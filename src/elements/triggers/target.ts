@@ -136,3 +136,24 @@ export async function resolveTarget(
 export function transient(e: CairnError): boolean {
   return e.errorClass === 'internal' || e.errorClass === 'unavailable' || e.errorClass === 'timeout';
 }
+
+/**
+ * mapInput for a trigger that fires by itself (a schedule, an upstream handoff): an expression
+ * that fails on what it received is a typed, final error (TRIGGER_MAPPING_FAILED), recorded on
+ * the occurrence or handoff — not a passing failure to retry forever.
+ */
+export function mapTriggerInput(template: unknown, roots: readonly Root[], scope: ExprScope): unknown {
+  try {
+    return mapInput(template, roots, scope);
+  } catch (e) {
+    if (e instanceof ExprError)
+      throw new CairnError({
+        code: 'TRIGGER_MAPPING_FAILED',
+        class: 'validation',
+        message: `The input mapping failed: the expression "${e.expression}" ${e.message}.`,
+        details: { expression: e.expression },
+        suggestion: `Make the mapping fit what it reads (${roots.join(', ')}), e.g. has(upstream.output.x) ? upstream.output.x : null.`,
+      });
+    throw e;
+  }
+}

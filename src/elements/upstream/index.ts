@@ -78,6 +78,7 @@ const handoffsOp = defineOp({
 export const upstreamType = defineType({
   type: 'upstream',
   category: 'triggers',
+  writeAuth: 'execute',
   title: 'Upstream',
   description:
     "Runs a target when a run of the source element ends (succeeded, failed or any end), with the source run's output as handoff payload. Written as an outbox row with the source run's end, so nothing is lost or doubled by a crash; chains are capped by max_depth.",

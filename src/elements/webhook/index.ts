@@ -110,6 +110,7 @@ const deliveriesOp = defineOp({
 export const webhookType = defineType({
   type: 'webhook',
   category: 'triggers',
+  writeAuth: 'execute',
   title: 'Webhook',
   description:
     'A public URL, POST /hooks/{circle}/{slug}, that starts a run of its target for each delivery. Deliveries are verified on their raw bytes (Standard Webhooks by default, or GitHub signatures) with a secret Cairn generates and shows once; the body is parsed as JSON whatever its Content-Type says (an empty body is {}) and mapped into the target input, which reads body, headers (lower-cased; signatures, Authorization and Cookie redacted) and query. Each delivery id starts one run however often it is sent: a replay answers the first run (duplicate: true). The answer is 202 at once, with the run id; the run is not waited for.',
