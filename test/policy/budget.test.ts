@@ -193,4 +193,19 @@ describeEachDriver('budgets', ({ db, driver }) => {
     expect(off.body.spend_limit).toBeNull();
     expect((await post('q/ops/invoke', {})).status).toBe(200);
   });
+
+  it('holds the spending limit when many runs reserve and capture at once', async () => {
+    const spent = (await t.call('GET', `/api/${slug}/wallet`, undefined, A)).body.debits_posted;
+    const limit = spent + 5 * 1_000; // room for five 1,000 runs
+    await t.call('PUT', `/api/${slug}/wallet/spend-limit`, { period: 'day', credits: limit }, A);
+    const answers = await Promise.all(Array.from({ length: 24 }, () => post('q/ops/invoke', {})));
+    const ok = answers.filter((a) => a.status === 200);
+    for (const a of answers.filter((x) => x.status !== 200))
+      expect(a.body.error.code).toBe('SPEND_LIMIT_REACHED');
+    expect(ok.length).toBeLessThanOrEqual(5);
+    expect(ok.length).toBeGreaterThanOrEqual(1);
+    const w = (await t.call('GET', `/api/${slug}/wallet`, undefined, A)).body;
+    expect(w.debits_posted + w.debits_pending).toBeLessThanOrEqual(limit);
+    await t.call('PUT', `/api/${slug}/wallet/spend-limit`, { credits: null }, A);
+  });
 });

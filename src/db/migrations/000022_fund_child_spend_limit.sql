@@ -33,3 +33,8 @@ BEGIN
   IF rest > 0 THEN PERFORM cairn.wallet_thresholds(p_circle); END IF;
   RETURN true;
 END $$;
+
+-- period_spent is VOLATILE: when a reservation waits for the wallet row (a capture holds it) and
+-- re-checks its condition on the committed row, the function reads the captures committed with it
+-- (a STABLE function would keep the statement's snapshot and miss them, letting two pass together).
+ALTER FUNCTION cairn.period_spent(uuid, text) VOLATILE;
