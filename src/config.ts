@@ -46,6 +46,8 @@ export const configSchema = z.object({
   welcomeCredits: int(1_000_000_000, 0, Number.MAX_SAFE_INTEGER),
   /** CAIRN_RETENTION_DAYS: days a run is kept after it ends, in circles without a policy of their own */
   retentionDays: int(RETENTION_DEFAULT_DAYS, RETENTION_MIN_DAYS, RETENTION_MAX_DAYS),
+  /** CAIRN_METRICS_PORT / `cairn worker --metrics-port`: where a worker serves /metrics (unset: it does not; 0: a free port) */
+  metricsPort: z.coerce.number().int().min(0).max(65535).optional(),
   /** CAIRN_RETENTION_INTERVAL_MS: how often a worker deletes expired runs (0: this worker does not) */
   retentionIntervalMs: int(60_000, 0, 86_400_000),
 });
@@ -61,6 +63,7 @@ const ENV: Record<string, keyof Config> = {
   CAIRN_BOOTSTRAP_TOKEN: 'bootstrapToken',
   CAIRN_PUBLIC_URL: 'publicUrl',
   CAIRN_WORKER_CONCURRENCY: 'workerConcurrency',
+  CAIRN_METRICS_PORT: 'metricsPort',
   CAIRN_LEASE_MS: 'leaseMs',
   CAIRN_POLL_MS: 'pollMs',
   CAIRN_SYNC_WAIT_MS: 'syncWaitMs',

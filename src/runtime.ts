@@ -1,4 +1,6 @@
-import { CairnError } from './core/errors.js';
+import { CairnError, errors, toCairnError } from './core/errors.js';
+import { createServer as createHttpServer } from 'node:http';
+import { registry } from './telemetry/metrics.js';
 import { createServer as createNetServer } from 'node:net';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -22,7 +24,7 @@ import { createToken, hasInstanceAdmin } from './store/tokens.js';
 import { loadSqlParser } from './elements/sql/guard.js';
 import { Engine } from './engine/engine.js';
 import { Worker } from './engine/worker.js';
-import { Authenticator } from './api/auth.js';
+import { Authenticator, authorize } from './api/auth.js';
 import { buildApp } from './api/app.js';
 import type { Deps } from './api/context.js';
 import type { Logger } from './telemetry/log.js';
@@ -309,7 +311,7 @@ export async function startServer(
 export async function startWorker(
   config: Config,
   log: Logger,
-): Promise<{ worker: Worker; db: Db; stop(): Promise<void> }> {
+): Promise<{ worker: Worker; db: Db; metricsUrl?: string; stop(): Promise<void> }> {
   const opened = await openDatabase(config, log);
   const { db } = opened;
   const sandbox = new Sandbox();
@@ -331,13 +333,61 @@ export async function startWorker(
   prewarm(log, sandbox);
   await engine.start();
   const worker = engine.worker!;
+  const metrics =
+    config.metricsPort === undefined ? undefined : await serveMetrics(db, config.host, config.metricsPort);
   return {
     worker,
     db,
+    metricsUrl: metrics?.url,
     async stop() {
+      await metrics?.close();
       await engine.stop(config.shutdownGraceMs);
       sandbox.close();
       await opened.close();
     },
+  };
+}
+
+/**
+ * A worker's own /metrics (it serves no API): the same Prometheus registry and the same auth as
+ * `cairn serve`'s /metrics (an instance-admin bearer token), typed JSON errors otherwise.
+ */
+async function serveMetrics(
+  db: Db,
+  host: string,
+  port: number,
+): Promise<{ url: string; close(): Promise<void> }> {
+  const authn = new Authenticator(db, 5_000);
+  const server = createHttpServer((req, res) => {
+    const fail = (e: CairnError) => {
+      res.writeHead(e.status, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(e.toJSON()));
+    };
+    if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics')
+      return fail(
+        errors.notFound(
+          'ROUTE_NOT_FOUND',
+          `No route ${req.method} ${req.url} here.`,
+          'A worker serves GET /metrics only.',
+        ),
+      );
+    void (async () => {
+      try {
+        authorize(await authn.principal(req.headers.authorization), undefined, 'instance_admin');
+        res.writeHead(200, { 'content-type': registry.contentType });
+        res.end(await registry.metrics());
+      } catch (e) {
+        fail(toCairnError(e));
+      }
+    })();
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  const addr = server.address() as { port: number };
+  return {
+    url: `http://${host}:${addr.port}/metrics`,
+    close: () => new Promise<void>((r) => server.close(() => r())),
   };
 }

@@ -3,7 +3,7 @@ import { newId } from '../core/ids.js';
 import type { Db } from '../db/types.js';
 import { claimRuns, handBack, type Outcome, type SettledRun, type Settlement } from '../store/queue.js';
 import type { RunRow } from '../store/runs.js';
-import { watchHealth } from '../telemetry/metrics.js';
+import { recordRun, watchHealth } from '../telemetry/metrics.js';
 import { silentLogger, type Logger } from '../telemetry/log.js';
 import { BatchControl, runBatch, type BatchHost } from './batch.js';
 import { ExecutionSystem } from './execution.js';
@@ -175,7 +175,10 @@ export class Worker {
   private settled(s: Settlement, row: SettledRun | undefined): void {
     // A child of a workflow this worker orchestrates: its orchestrator absorbs the end from here
     // (no read), and this worker skips the NOTIFY the settle sends about it.
-    const parent = this.inflight.get(s.id)?.run.parent_run_id;
+    const flight = this.inflight.get(s.id);
+    const parent = flight?.run.parent_run_id;
+    if (flight && row)
+      recordRun(flight.run.kind, row.status, row.duration_ms, flight.run.queued_at, flight.run.started_at);
     this.inflight.delete(s.id);
     const control = parent ? this.inflight.get(parent)?.control : undefined;
     if (control && row) {

@@ -194,3 +194,40 @@ for (const [name, field, help] of [
     },
   });
 }
+
+/** Every run a worker of this process settled (bounded labels: no run, circle or element ids). */
+const runsTotal = new client.Counter({
+  name: 'cairn_runs_total',
+  help: 'Runs settled by this process, by kind and status',
+  labelNames: ['kind', 'status'],
+  registers: [registry],
+});
+const runDuration = new client.Histogram({
+  name: 'cairn_run_duration_seconds',
+  help: 'How long a run executed (started to settled), by kind and status',
+  labelNames: ['kind', 'status'],
+  buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+  registers: [registry],
+});
+const queueWait = new client.Histogram({
+  name: 'cairn_run_queue_wait_seconds',
+  help: 'How long a run waited in the queue before a worker started it, by kind',
+  labelNames: ['kind'],
+  buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+  registers: [registry],
+});
+
+export function recordRun(
+  kind: string,
+  status: string,
+  durationMs: number | null,
+  queuedAt: string | null,
+  startedAt: string | null,
+): void {
+  runsTotal.inc({ kind, status });
+  if (durationMs !== null) runDuration.observe({ kind, status }, durationMs / 1000);
+  if (queuedAt && startedAt) {
+    const wait = (Date.parse(startedAt) - Date.parse(queuedAt)) / 1000;
+    if (wait >= 0) queueWait.observe({ kind }, wait);
+  }
+}

@@ -67,9 +67,10 @@ export function registerServe(program: Command): void {
     .command('worker')
     .description('Run a worker against DATABASE_URL; start any number, on any number of machines')
     .option('--concurrency <n>', 'runs at once (env CAIRN_WORKER_CONCURRENCY)')
-    .option('--json', 'print one JSON line when ready: {"event": "worker", "id"}')
+    .option('--metrics-port <n>', 'serve GET /metrics on this port (0: a free one; env CAIRN_METRICS_PORT)')
+    .option('--json', 'print one JSON line when ready: {"event": "worker", "id", "metrics_url"}')
     .action(async (o) => {
-      const config = loadConfig({ workerConcurrency: o.concurrency });
+      const config = loadConfig({ workerConcurrency: o.concurrency, metricsPort: o.metricsPort });
       if (!config.databaseUrl) {
         process.stderr.write(
           'error WORKER_NEEDS_SERVER: `cairn worker` needs DATABASE_URL (a PostgreSQL server).\n' +
@@ -82,8 +83,8 @@ export function registerServe(program: Command): void {
       onSignals(() => w.stop());
       process.stdout.write(
         o.json
-          ? JSON.stringify({ event: 'worker', id: w.worker.id }) + '\n'
-          : `worker ${w.worker.id} is claiming runs\n`,
+          ? JSON.stringify({ event: 'worker', id: w.worker.id, metrics_url: w.metricsUrl ?? null }) + '\n'
+          : `worker ${w.worker.id} is claiming runs${w.metricsUrl ? ` (metrics: ${w.metricsUrl})` : ''}\n`,
       );
     });
 }
