@@ -6,6 +6,7 @@ import { PgDb } from '../../src/db/pg.js';
 import { PgliteDb } from '../../src/db/pglite.js';
 import { loadSqlParser } from '../../src/elements/sql/guard.js';
 import { cloneTemplate } from './pg-server.js';
+import { createCircle, type CircleRow } from '../../src/store/circles.js';
 
 export type Driver = 'pglite' | 'pg';
 export const DRIVERS: Driver[] = ['pglite', 'pg'];
@@ -51,4 +52,12 @@ export function describeEachDriver(
       fn({ db: () => handle!.db, url: () => handle!.url, driver });
     });
   }
+}
+
+/** A fresh PostgreSQL database with one funded circle: what the tests of real processes start from. */
+export async function pgWithCircle(
+  slug: string,
+): Promise<{ db: Db; url: string; drop: () => Promise<void>; circle: CircleRow }> {
+  const h = await freshDb('pg');
+  return { db: h.db, url: h.url!, drop: h.drop, circle: await createCircle(h.db, slug, 1_000_000_000) };
 }

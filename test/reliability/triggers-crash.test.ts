@@ -3,10 +3,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freshDb } from '../helpers/db.js';
+import { pgWithCircle } from '../helpers/db.js';
 import { cairn, ensureBuilt, until, type Proc } from '../helpers/bin.js';
 import type { Db } from '../../src/db/types.js';
-import { createCircle, type CircleRow } from '../../src/store/circles.js';
+import type { CircleRow } from '../../src/store/circles.js';
 import { getType, operationsOf, typeLookup } from '../../src/elements/registry.js';
 import { createElement, updateElement } from '../../src/elements/service.js';
 import { getElement } from '../../src/store/elements.js';
@@ -105,11 +105,7 @@ describe('an every-second schedule on three server processes, one SIGKILLed mid-
 
   beforeAll(async () => {
     ensureBuilt();
-    const h = await freshDb('pg');
-    db = h.db;
-    url = h.url!;
-    drop = h.drop;
-    circle = await createCircle(db, 'ticks', 1_000_000_000);
+    ({ db, url, drop, circle } = await pgWithCircle('ticks'));
     await createElement(
       db,
       circle,
@@ -400,11 +396,7 @@ describe('upstream handoffs across a crash between the source run and the target
 
   beforeAll(async () => {
     ensureBuilt();
-    const h = await freshDb('pg');
-    db = h.db;
-    url = h.url!;
-    drop = h.drop;
-    circle = await createCircle(db, 'handoffs', 1_000_000_000);
+    ({ db, url, drop, circle } = await pgWithCircle('handoffs'));
     const mk = (slug: string, element_type: string, spec: Record<string, unknown>) =>
       createElement(db, circle, { element_type, slug, spec }, 'test', typeLookup);
     await mk('src-a', 'sql', { query: 'select 1 as a' });

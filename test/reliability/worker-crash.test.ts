@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freshDb } from '../helpers/db.js';
+import { pgWithCircle } from '../helpers/db.js';
 import { ensureBuilt, until, workerProcs } from '../helpers/bin.js';
 import type { Db } from '../../src/db/types.js';
-import { createCircle, type CircleRow } from '../../src/store/circles.js';
+import type { CircleRow } from '../../src/store/circles.js';
 import { typeLookup } from '../../src/elements/registry.js';
 import { createElement } from '../../src/elements/service.js';
 import { getElement } from '../../src/store/elements.js';
@@ -20,11 +20,7 @@ describe('a worker killed with SIGKILL while holding a run', () => {
 
   beforeAll(async () => {
     ensureBuilt();
-    const h = await freshDb('pg');
-    db = h.db;
-    url = h.url!;
-    drop = h.drop;
-    circle = await createCircle(db, 'rel', 1_000_000_000);
+    ({ db, url, drop, circle } = await pgWithCircle('rel'));
     await db.asCircle(circleIdentity(circle), (q) =>
       q.query('create table marks (at timestamptz default now())'),
     );

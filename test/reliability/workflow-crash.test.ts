@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freshDb } from '../helpers/db.js';
+import { pgWithCircle } from '../helpers/db.js';
 import { ensureBuilt, until, workerProcs } from '../helpers/bin.js';
 import type { Db } from '../../src/db/types.js';
-import { circleIdentity, createCircle, type CircleRow } from '../../src/store/circles.js';
+import { circleIdentity, type CircleRow } from '../../src/store/circles.js';
 import { typeLookup } from '../../src/elements/registry.js';
 import { createElement } from '../../src/elements/service.js';
 import { getElement } from '../../src/store/elements.js';
@@ -54,11 +54,7 @@ describe('workflows across worker processes', () => {
 
   beforeAll(async () => {
     ensureBuilt();
-    const h = await freshDb('pg');
-    db = h.db;
-    url = h.url!;
-    drop = h.drop;
-    circle = await createCircle(db, 'wfrel', 1_000_000_000);
+    ({ db, url, drop, circle } = await pgWithCircle('wfrel'));
     await db.asCircle(circleIdentity(circle), (q) =>
       q.query('create table marks (at timestamptz default now())'),
     );
