@@ -39,7 +39,7 @@ export interface PolicyRecord {
   decision: 'allow';
   action: string;
   policy_set_hash: string;
-  deciding: { id: string; effect: string; reason?: string }[];
+  deciding: { id: string; effect: string; reason?: string; actions?: string[] }[];
   explicit_permit: boolean;
   patch: JsonPatchOp[];
   input_sha256_before: string;
@@ -164,6 +164,7 @@ export async function decide(db: Queryable, ask: PolicyAsk): Promise<PolicyOutco
     id: d.id,
     effect: d.effect,
     ...(d.reason !== undefined ? { reason: d.reason } : {}),
+    ...(d.actions ? { actions: d.actions } : {}),
   }));
   if (res.decision === 'error')
     throw policyError('The policy set could not be evaluated', {

@@ -222,7 +222,12 @@ export async function replay(db: Db, req: ReplayRequest): Promise<Replayed> {
   // The policy set decides first (a forbid denies either way); strict also needs an explicit permit
   // for a replay that repeats side effects.
   const decision = await decideOnRun(db, run, 'replay', trigger, policyContext);
-  if (req.policy === 'strict' && plan.effects.length > 0 && !decision.record?.explicit_permit)
+  // "Explicitly permits": a deciding permit whose scope names the replay action — not cairn/default,
+  // and not a permit of any action (written for runs, it says nothing about repeating them).
+  const permitsReplay = (decision.record?.deciding ?? []).some(
+    (d) => d.effect === 'permit' && d.id !== 'cairn/default' && d.actions?.includes('replay'),
+  );
+  if (req.policy === 'strict' && plan.effects.length > 0 && !permitsReplay)
     throw new CairnError({
       code: 'REPLAY_HAS_SIDE_EFFECTS',
       class: 'conflict',

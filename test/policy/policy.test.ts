@@ -98,7 +98,7 @@ describeEachDriver('policy hooks', ({ db, driver }) => {
     expect(r.body.error.message).toContain('freeze/no-risky');
     expect(r.body.error.message).toContain('risky is frozen for the audit');
     expect(r.body.error.details.deciding).toEqual([
-      { id: 'freeze/no-risky', effect: 'forbid', reason: 'risky is frozen for the audit' },
+      { id: 'freeze/no-risky', effect: 'forbid', reason: 'risky is frozen for the audit', actions: ['run'] },
     ]);
     expect(await runCount('risky')).toBe(before);
     // A dry run is asked too, and denied the same way.

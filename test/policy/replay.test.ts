@@ -83,6 +83,18 @@ describeEachDriver('replay', ({ db, driver }) => {
     const pure = await post('pure/ops/invoke', {});
     expect((await replay(pure.body.run_id, { policy: 'strict' })).status).toBe(202);
 
+    // A permit of any action does not count as permitting a replay: strict still refuses.
+    const generic = await post('ops/create', {
+      element_type: 'policy',
+      slug: 'generic',
+      spec: { cedar: '@id("all") permit(principal, action, resource);' },
+    });
+    expect(generic.status, JSON.stringify(generic.body)).toBe(201);
+    expect((await replay(orig.body.run_id, { policy: 'strict' })).status).toBe(409);
+    expect(
+      (await t.call('DELETE', `/api/${slug}/generic/ops/delete?confirm=true`, undefined, A)).status,
+    ).toBe(200);
+
     // A policy that explicitly permits replaying the writer lets strict through; a forbid denies.
     const p = await post('ops/create', {
       element_type: 'policy',

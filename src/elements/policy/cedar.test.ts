@@ -279,12 +279,41 @@ describe('authorize', () => {
     const r = authorize(set, request());
     expect(r.decision).toBe('deny');
     expect(r.deciding).toEqual([
-      { id: 'guard/no-afternoon', element: 'guard', effect: 'forbid', reason: 'no runs in the afternoon' },
+      {
+        id: 'guard/no-afternoon',
+        element: 'guard',
+        effect: 'forbid',
+        reason: 'no runs in the afternoon',
+        actions: ['run'],
+      },
     ]);
     expect(r.patch).toEqual([]);
     expect(r.explicit_permit).toBe(false);
     expect(authorize(set, request({}, { hour_utc: 3 })).decision).toBe('allow');
     expect(authorize(set, request({ action: 'retry' })).decision).toBe('allow');
+  });
+
+  it('answers the actions a deciding policy is scoped to (none: any action)', () => {
+    const set = [
+      element(
+        'scopes',
+        `@id("one") permit(principal, action == Cairn::Action::"replay", resource);
+         @id("two") permit(principal, action in [Cairn::Action::"run", Cairn::Action::"retry"], resource);
+         @id("any") permit(principal, action, resource);`,
+      ),
+    ];
+    const replayCtx = {
+      original_status: 'succeeded',
+      original_age_s: 60,
+      side_effects: true,
+      side_effect_tasks: ['t'],
+    };
+    const actionsOf = (r: ReturnType<typeof authorize>) =>
+      Object.fromEntries(r.deciding.map((d) => [d.id, d.actions]));
+    const replay = actionsOf(authorize(set, request({ action: 'replay' }, replayCtx)));
+    expect(replay['scopes/one']).toEqual(['replay']);
+    expect(replay['scopes/any']).toBeUndefined();
+    expect(actionsOf(authorize(set, request({ action: 'run' })))['scopes/two']).toEqual(['run', 'retry']);
   });
 
   it('puts a token in its role and every role below it (read < write < execute < admin)', () => {

@@ -207,6 +207,8 @@ interface ParsedPolicy {
   id: string | undefined;
   effect: 'permit' | 'forbid';
   reason: string | undefined;
+  /** The actions its scope names (`action == …`, `action in […]`); null: any action. */
+  actions: string[] | null;
   /** Byte offset in the text, when found. */
   start: number | undefined;
 }
@@ -221,6 +223,18 @@ class ParseFailure extends Error {
  * Splits a policy text into its static policies, in source order, with their
  * annotations. Throws ParseFailure with Cedar's errors; templates are refused.
  */
+/** The action ids a policy's scope names (from Cedar's JSON form of it), or null for any action. */
+function scopedActions(scope: unknown): string[] | null {
+  const s = scope as { op?: string; entity?: { id?: string }; entities?: { id?: string }[] } | undefined;
+  if (s?.op === '==' && s.entity?.id) return [s.entity.id];
+  if (s?.op === 'in') {
+    const list = s.entities ?? (s.entity ? [s.entity] : []);
+    const ids = list.map((e) => e.id).filter((x): x is string => typeof x === 'string');
+    return ids.length > 0 ? ids : null;
+  }
+  return null;
+}
+
 function parsePolicies(text: string): ParsedPolicy[] {
   const parts = cedar.policySetTextToParts(text);
   if (parts.type === 'failure') throw new ParseFailure(parts.errors);
@@ -259,6 +273,7 @@ function parsePolicies(text: string): ParsedPolicy[] {
       id: annotations.id,
       effect: json.json.effect,
       reason: annotations.reason,
+      actions: scopedActions(json.json.action),
       start,
     };
   });
@@ -434,6 +449,8 @@ export interface DecidingPolicy {
   effect: 'permit' | 'forbid';
   /** The policy's @reason annotation. */
   reason?: string;
+  /** The actions its scope names; absent: it applies to any action. */
+  actions?: string[];
 }
 
 export interface AuthzResult {
@@ -451,6 +468,7 @@ interface PolicyMeta {
   element: string;
   effect: 'permit' | 'forbid';
   reason?: string;
+  actions?: string[];
   patch: JsonPatchOp[];
 }
 
@@ -507,6 +525,7 @@ function compile(set: PolicyInput[], hash: string): CompiledSet {
       staticPolicies[id] = p.text;
       const m: PolicyMeta = { element: input.element, effect: p.effect, patch: input.patches[p.id] ?? [] };
       if (p.reason !== undefined) m.reason = p.reason;
+      if (p.actions) m.actions = p.actions;
       meta.set(id, m);
     }
   }
@@ -666,6 +685,7 @@ export function authorize(set: PolicyInput[], req: AuthzRequest, knownHash?: str
         effect: m?.effect ?? (decision === 'allow' ? 'permit' : 'forbid'),
       };
       if (m?.reason !== undefined) d.reason = m.reason;
+      if (m?.actions) d.actions = m.actions;
       return d;
     });
     const errors = diagnostics.errors.map((e) => `${e.policyId}: ${e.error.message}`);
