@@ -10,6 +10,8 @@ import { sha256Hex } from '../core/hash.js';
 import { findUnstorable } from '../core/storable.js';
 import { HOOK_ROOTS } from '../elements/webhook/index.js';
 import {
+  bodyDeliveryId,
+  header,
   HOOK_MAX_BODY_BYTES,
   hookError,
   parseHookBody,
@@ -139,20 +141,17 @@ export const HOOK_ROUTES: RouteDef[] = [
     },
     handler: async (ctx): Promise<Accepted> => {
       const { deps, req, reply } = ctx;
-      const raw0: Buffer = Buffer.isBuffer(ctx.body) ? ctx.body : Buffer.alloc(0);
-      const one = (h: string) => {
-        const v = req.headers[h];
-        return (Array.isArray(v) ? v[0] : v) ?? null;
-      };
+      const raw: Buffer = Buffer.isBuffer(ctx.body) ? ctx.body : Buffer.alloc(0);
+      const bodySha256 = sha256Hex(raw);
+      // The delivery ids the request names, for the lookup of an earlier record (trusted only once verified).
       const hook = await hooks.findWebhook(deps.db, ctx.params.circle ?? '', ctx.params.slug ?? '', {
-        webhookId: one('webhook-id'),
-        githubDelivery: one('x-github-delivery'),
-        bodyId: `sha256:${sha256Hex(raw0)}`,
+        webhookId: header(req.headers, 'webhook-id') ?? null,
+        githubDelivery: header(req.headers, 'x-github-delivery') ?? null,
+        bodyId: bodyDeliveryId(bodySha256),
       });
       // An unknown circle and an unknown hook answer alike: which circles exist stays unknown.
       if (!hook) throw notFound();
       const circle = hook.circle;
-      const raw = raw0;
       if (raw.length > hook.max_body_bytes)
         throw hookError(
           'WEBHOOK_BODY_TOO_LARGE',
@@ -160,7 +159,7 @@ export const HOOK_ROUTES: RouteDef[] = [
           { size: raw.length, max_body_bytes: hook.max_body_bytes },
         );
       // The signature first, on the raw bytes: nothing of an unverified request is parsed.
-      const deliveryId = verifyDelivery(hook.signing, raw, req.headers, hook.secrets);
+      const deliveryId = verifyDelivery(hook.signing, raw, req.headers, hook.secrets, Date.now(), bodySha256);
       const body = parseHookBody(raw);
       const query: Record<string, unknown> = { ...(req.query as Record<string, unknown> | undefined) };
       const bad = findUnstorable({ body, query });
@@ -187,7 +186,7 @@ export const HOOK_ROUTES: RouteDef[] = [
       const s =
         hook.recorded_delivery === deliveryId && hook.recorded_run
           ? { runId: hook.recorded_run, status: await runStatus(deps, hook.recorded_run), duplicate: true }
-          : await startOnce(deps, circle, hook, deliveryId, sha256Hex(raw), input, headers);
+          : await startOnce(deps, circle, hook, deliveryId, bodySha256, input, headers);
       const run_url = `/api/runs/${s.runId}`;
       reply.code(202).header('location', run_url);
       return s.duplicate

@@ -233,10 +233,9 @@ export async function decideOnRun(
   };
   const current = run.element_id ? await getElementById(db, run.element_id) : undefined;
   const elementType = run.element_type ?? 'unknown';
-  const category = getTypeOrUndefined(elementType)?.category ?? 'actions';
-  const op = getTypeOrUndefined(elementType)
-    ? operationsOf(getTypeOrUndefined(elementType)!).find((o) => o.name === run.operation)
-    : undefined;
+  const type = getTypeOrUndefined(elementType);
+  const category = type?.category ?? 'actions';
+  const op = type ? operationsOf(type).find((o) => o.name === run.operation) : undefined;
   return decide(db, {
     circle: circle!,
     element: {

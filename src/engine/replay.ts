@@ -13,6 +13,7 @@ import { CairnError, errors } from '../core/errors.js';
 import { isTerminal } from '../core/status.js';
 import type { Db } from '../db/types.js';
 import { sideEffects } from '../elements/pinning.js';
+import { DEFAULT_POLICY_ID } from '../elements/policy/cedar.js';
 import { getType, operationsOf, typeLookup } from '../elements/registry.js';
 import { compilePlan } from '../elements/workflow/plan.js';
 import { workflowSpec } from '../elements/workflow/spec.js';
@@ -225,7 +226,7 @@ export async function replay(db: Db, req: ReplayRequest): Promise<Replayed> {
   // "Explicitly permits": a deciding permit whose scope names the replay action — not cairn/default,
   // and not a permit of any action (written for runs, it says nothing about repeating them).
   const permitsReplay = (decision.record?.deciding ?? []).some(
-    (d) => d.effect === 'permit' && d.id !== 'cairn/default' && d.actions?.includes('replay'),
+    (d) => d.effect === 'permit' && d.id !== DEFAULT_POLICY_ID && d.actions?.includes('replay'),
   );
   if (req.policy === 'strict' && plan.effects.length > 0 && !permitsReplay)
     throw new CairnError({

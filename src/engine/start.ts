@@ -32,7 +32,8 @@ export function targetGone(element: string, op: string): CairnError {
 }
 
 export async function startTarget(env: StartEnv, req: StartRequest): Promise<Started> {
-  const { db, circle } = { db: env.db, circle: req.circle };
+  const { db } = env;
+  const { circle } = req;
   const element = await getElement(db, circle.id, req.target.element);
   if (!element) throw targetGone(req.target.element, req.target.op);
   const type = getType(element.element_type);

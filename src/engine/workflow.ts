@@ -93,21 +93,6 @@ class Orchestration {
 
   load(rows: TaskRow[]): void {
     for (const t of rows) this.tasks.set(t.key, t);
-    // A budget stop recorded by an earlier orchestration (another worker, a reload) still holds:
-    // nothing more starts, and what it had not cancelled yet is cancelled now.
-    const stopped = rows.find((t) => t.evidence?.skipped_because === 'budget_exceeded');
-    if (stopped && !this.budgetStop) {
-      this.budgetStop = {
-        code: 'BUDGET_EXCEEDED',
-        class: 'payment',
-        message: `The run reached its budget of ${this.run.budget}; it stopped (on_exceeded: stop).`,
-        retryable: false,
-        _suggestion:
-          'Raise the budget (the trigger’s budget, or the workflow’s spec.budget), then rerun or retry-failed.',
-        details: { budget: this.run.budget, task: stopped.key },
-      };
-      for (const r of rows) if (r.status === 'running' && r.child_run_id) this.toCancel.push(r.child_run_id);
-    }
     for (const t of rows) {
       const m = /^(.*)\[(\d+)\]$/.exec(t.key);
       if (m && this.plan.byName.has(m[1]!)) {
@@ -116,6 +101,30 @@ class Orchestration {
         this.fan.set(m[1]!, list);
       }
     }
+    // A budget stop recorded by an earlier orchestration (another worker, a reload) still holds:
+    // nothing more starts, and what it had not cancelled yet is cancelled now.
+    const stopped = rows.find((t) => t.evidence?.skipped_because === 'budget_exceeded');
+    if (stopped && !this.budgetStop)
+      this.stopForBudget(
+        `The run reached its budget of ${this.run.budget}; it stopped (on_exceeded: stop).`,
+        { budget: this.run.budget, task: stopped.key },
+      );
+  }
+
+  /** Stops the run for its budget: why (the run's error), and its executing children to cancel. */
+  private stopForBudget(message: string, details: Record<string, unknown>): void {
+    this.budgetStop = {
+      code: 'BUDGET_EXCEEDED',
+      class: 'payment',
+      message,
+      retryable: false,
+      _suggestion:
+        'Raise the budget (the trigger’s budget, or the workflow’s spec.budget), then rerun or retry-failed.',
+      details,
+    };
+    for (const r of this.tasks.values())
+      if (r.status === 'running' && r.child_run_id && !this.fan.has(r.key) && !this.isAwaiting(r))
+        this.toCancel.push(r.child_run_id);
   }
 
   private set(t: TaskRow, u: Omit<TaskUpdate, 'id' | 'key'>): void {
@@ -402,18 +411,10 @@ class Orchestration {
       if (this.flagBudget === null) this.flagBudget = { budget, committed: committed + price };
       return true;
     }
-    this.budgetStop = {
-      code: 'BUDGET_EXCEEDED',
-      class: 'payment',
-      message: `Task ${t.key} (${price} micro-credits) would take the run past its budget of ${budget} (${committed} spent or committed); the run stopped (on_exceeded: stop).`,
-      retryable: false,
-      _suggestion:
-        'Raise the budget (the trigger’s budget, or the workflow’s spec.budget), then rerun or retry-failed.',
-      details: { budget, committed, price, task: t.key },
-    };
-    for (const r of this.tasks.values())
-      if (r.status === 'running' && r.child_run_id && !this.fan.has(r.key) && !this.isAwaiting(r))
-        this.toCancel.push(r.child_run_id);
+    this.stopForBudget(
+      `Task ${t.key} (${price} micro-credits) would take the run past its budget of ${budget} (${committed} spent or committed); the run stopped (on_exceeded: stop).`,
+      { budget, committed, price, task: t.key },
+    );
     return false;
   }
 

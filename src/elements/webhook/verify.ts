@@ -52,7 +52,8 @@ export function newWebhookSecret(): string {
   return `whsec_${randomBytes(32).toString('base64')}`;
 }
 
-function header(h: Headers, name: string): string | undefined {
+/** A request header's value, trimmed; undefined when absent or blank. */
+export function header(h: Headers, name: string): string | undefined {
   const v = h[name];
   const s = Array.isArray(v) ? v[0] : v;
   return s === undefined || s.trim() === '' ? undefined : s.trim();
@@ -145,6 +146,11 @@ function verifyGithub(raw: Buffer, h: Headers, secrets: string[]): string {
   throw invalid('github', 'X-Hub-Signature-256 matches no secret of this webhook');
 }
 
+/** The id of an unsigned delivery without a webhook-id: its body's hash (the same body is the same delivery). */
+export function bodyDeliveryId(bodySha256: string): string {
+  return `sha256:${bodySha256}`;
+}
+
 /**
  * Verifies a delivery and answers its id (what deduplicates it). `none` verifies nothing: the
  * id is `webhook-id` when sent, else the body's sha256 — so the same body sent again is the
@@ -156,6 +162,8 @@ export function verifyDelivery(
   h: Headers,
   secrets: string[],
   nowMs = Date.now(),
+  /** The body's sha256, when the caller has it already. */
+  bodySha256?: string,
 ): string {
   switch (signing) {
     case 'standard':
@@ -164,7 +172,7 @@ export function verifyDelivery(
       return verifyGithub(raw, h, secrets);
     case 'none': {
       const id = header(h, 'webhook-id');
-      return id === undefined ? `sha256:${sha256Hex(raw)}` : deliveryIdOf(id, 'webhook-id');
+      return id === undefined ? bodyDeliveryId(bodySha256 ?? sha256Hex(raw)) : deliveryIdOf(id, 'webhook-id');
     }
   }
 }
