@@ -48,6 +48,10 @@ export const configSchema = z.object({
   retentionDays: int(RETENTION_DEFAULT_DAYS, RETENTION_MIN_DAYS, RETENTION_MAX_DAYS),
   /** CAIRN_METRICS_PORT / `cairn worker --metrics-port`: where a worker serves /metrics (unset: it does not; 0: a free port) */
   metricsPort: z.coerce.number().int().min(0).max(65535).optional(),
+  /** CAIRN_SSE_HEARTBEAT_MS: how often a live event stream sends a heartbeat comment */
+  sseHeartbeatMs: int(15_000, 100, 300_000),
+  /** CAIRN_LIVE_RETENTION_HOURS: how long live events can be resumed from (Last-Event-ID) */
+  liveRetentionHours: int(24, 1, 24 * 90),
   /** CAIRN_RETENTION_INTERVAL_MS: how often a worker deletes expired runs (0: this worker does not) */
   retentionIntervalMs: int(60_000, 0, 86_400_000),
 });
@@ -73,6 +77,8 @@ const ENV: Record<string, keyof Config> = {
   CAIRN_WELCOME_CREDITS: 'welcomeCredits',
   CAIRN_RETENTION_DAYS: 'retentionDays',
   CAIRN_RETENTION_INTERVAL_MS: 'retentionIntervalMs',
+  CAIRN_SSE_HEARTBEAT_MS: 'sseHeartbeatMs',
+  CAIRN_LIVE_RETENTION_HOURS: 'liveRetentionHours',
 };
 
 /**

@@ -263,6 +263,7 @@ export async function startServer(
           pollMs: config.pollMs,
           retentionMs: config.retentionIntervalMs,
           retentionDays: config.retentionDays,
+          liveRetentionHours: config.liveRetentionHours,
         }
       : false,
   });
@@ -327,6 +328,7 @@ export async function startWorker(
       pollMs: config.pollMs,
       retentionMs: config.retentionIntervalMs,
       retentionDays: config.retentionDays,
+      liveRetentionHours: config.liveRetentionHours,
     },
   });
   warnIfUnsandboxed(log, sandbox);

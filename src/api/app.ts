@@ -7,6 +7,7 @@ import { getCircleBySlug } from '../store/circles.js';
 import type { Principal } from '../store/tokens.js';
 import { authorize } from './auth.js';
 import type { Deps } from './context.js';
+import { LiveHub } from './live.js';
 import { dispatchElementOp } from './element-ops.js';
 import { idempotent } from './idempotency.js';
 import { openApiDocument } from './openapi.js';
@@ -102,6 +103,13 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
       void send(reply, frameworkError(err));
     },
   });
+
+  if (!deps.live) {
+    const hub = new LiveHub(deps.db);
+    deps.live = hub;
+    // Before the server waits for its connections to end: open streams end here.
+    app.addHook('preClose', () => hub.close());
+  }
 
   app.removeAllContentTypeParsers();
   app.addContentTypeParser(

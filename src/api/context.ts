@@ -5,6 +5,7 @@ import type { ManagedPgStatus } from '../db/managed-pg.js';
 import type { Engine } from '../engine/engine.js';
 import type { Logger } from '../telemetry/log.js';
 import type { Authenticator } from './auth.js';
+import type { LiveHub } from './live.js';
 
 /** The typed resources every route shares (DESIGN: one resources object). */
 export interface Deps {
@@ -16,6 +17,8 @@ export interface Deps {
   engine: Engine;
   /** Snapshot facts every run pins (toolchain versions). */
   snapshotExtra: Record<string, unknown>;
+  /** The live event hub (buildApp makes one when none is given). */
+  live?: LiveHub;
   /** Which database this process serves from, and the embedded PostgreSQL's state (diagnostics). */
   database?: () => { label: string; embedded: ManagedPgStatus | null };
 }

@@ -11,6 +11,8 @@ import { baseUrlOf, requestTrigger } from './context.js';
 import { unwrapEnvelope } from './envelope.js';
 import type { RouteCtx } from './route.js';
 import { idempotencyKeyOf, idempotent } from './idempotency.js';
+import { answerWithEvents, lastEventId } from './live-routes.js';
+import { START } from '../store/live.js';
 
 type Mode = 'live' | 'dry_run' | 'smoke_test';
 
@@ -208,6 +210,13 @@ async function answerOp(
       idempotencyKey: idempotencyKeyOf(ctx),
       setStatus: (code) => void ctx.reply.code(code),
       setHeader: (name, value) => void ctx.reply.header(name, value),
+      streamEvents: (f) => {
+        const types = new Set(f.types);
+        return answerWithEvents(ctx, circle!.id, f.runId ? START : lastEventId(ctx, undefined), {
+          runId: f.runId,
+          accepts: (row) => types.has(row.type) && row.element_id === element.id,
+        });
+      },
     });
   if (op.status) ctx.reply.code(op.status); // the default; the handler may answer otherwise
   // A state-changing op replayed with the same Idempotency-Key answers the first answer, with no second effect.

@@ -171,7 +171,9 @@ export function openApiDocument(): Record<string, unknown> {
       responses: {
         [String(r.status ?? 200)]: {
           description: 'OK',
-          content: { 'application/json': { schema: r.response ? js(r.response, 'output') : {} } },
+          content: r.eventStream
+            ? { 'text/event-stream': { schema: { type: 'string', description: 'Server-Sent Events' } } }
+            : { 'application/json': { schema: r.response ? js(r.response, 'output') : {} } },
         },
         // A replay of a state-changing request answers what the first answered (its status too).
         ...(r.method !== 'GET' && r.idempotencyKey !== false && (r.status ?? 200) !== 200

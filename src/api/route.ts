@@ -43,6 +43,8 @@ export interface RouteDef<B extends z.ZodType = z.ZodType, Q extends z.ZodType =
   idempotencyKey?: false;
   /** Statuses it answers beyond the usual ones (a public route's 401, a 202), with what each means. */
   responses?: Record<string, string>;
+  /** The answer is a Server-Sent Events stream (text/event-stream), not JSON. */
+  eventStream?: true;
   /** Request headers it reads, documented as optional header parameters. */
   headers?: { name: string; description: string }[];
   /** What the typed 400 for a body or query its schemas refuse suggests (default: fix the fields in details). */

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { errors } from '../core/errors.js';
 import { isUuid } from '../core/ids.js';
-import { ROLES, RUN_KINDS, TRIGGER_TYPES } from '../core/status.js';
+import { listOf, ROLES, RUN_KINDS, TRIGGER_TYPES } from '../core/status.js';
 import { qint } from '../core/zod.js';
 import { VERSION } from '../core/version.js';
 import { createCircle, listCircles, publicCircle, RESERVED_SLUGS, type CircleRow } from '../store/circles.js';
@@ -24,6 +24,7 @@ import { awaitingApproval, getDefinition } from '../store/workflow.js';
 import { LINEAGE_ROUTES } from './lineage-routes.js';
 import { FILE_ROUTES } from './file-routes.js';
 import { HOOK_ROUTES } from './hook-routes.js';
+import { LIVE_ROUTES } from './live-routes.js';
 import { pinnedPolicySet } from '../engine/policy.js';
 import { DEGRADED_AFTER } from '../engine/health.js';
 
@@ -50,20 +51,6 @@ const runList = z
     limit: qint(1, 500).optional(),
   })
   .strict();
-
-function listOf<T extends string>(
-  what: string,
-  allowed: readonly T[],
-  v: string | undefined,
-): T[] | undefined {
-  if (!v) return undefined;
-  return v.split(',').map((x) => {
-    if (!(allowed as readonly string[]).includes(x)) {
-      throw errors.invalidInput(`Unknown ${what} "${x}".`, undefined, `Use one of: ${allowed.join(', ')}.`);
-    }
-    return x as T;
-  });
-}
 
 /** A type may need more than write to be defined (a policy: admin; a trigger: execute). */
 function authorizeDefinition(principal: Principal, circle: CircleRow, elementType: string): void {
@@ -329,6 +316,7 @@ export const ROUTES: RouteDef[] = [
     },
   }),
   ...CONTROL_ROUTES,
+  ...LIVE_ROUTES,
   ...RETENTION_ROUTES,
   ...WORKFLOW_ROUTES,
   ...LINEAGE_ROUTES,

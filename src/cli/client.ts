@@ -1,4 +1,5 @@
 import { CairnError, type ErrorBody, thrown } from '../core/errors.js';
+import { followEvents, type SseEvent } from './sse.js';
 
 /** Exit codes scripts can rely on (docs/cli.md). */
 export const EXIT = {
@@ -121,6 +122,29 @@ export class Client {
         _suggestion: 'Start it with `cairn serve`, or point --url / CAIRN_URL at a running server.',
       });
     }
+  }
+
+  /**
+   * A live event stream (Server-Sent Events), reconnecting with Last-Event-ID after a drop. A
+   * refused stream (404 from a server without streams, 401, 403) ends it and calls `onRefused`.
+   */
+  events(
+    path: string,
+    opts: { signal?: AbortSignal; onRefused?: (e: ApiError) => void } = {},
+  ): AsyncGenerator<SseEvent> {
+    return followEvents(this.opts.url.replace(/\/$/, '') + path, {
+      headers: this.opts.token ? { authorization: `Bearer ${this.opts.token}` } : {},
+      signal: opts.signal,
+      onRefused: (status, text) => {
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(text);
+        } catch {
+          parsed = undefined;
+        }
+        opts.onRefused?.(this.refused(status, parsed, text));
+      },
+    });
   }
 
   /** An error answer as an ApiError: the server's typed error, or one made from what it sent. */

@@ -1,4 +1,4 @@
-import { CairnError } from './errors.js';
+import { CairnError, errors } from './errors.js';
 
 /**
  * Run statuses and the only transitions allowed between them (R-RUN). The
@@ -70,6 +70,21 @@ export function assertTransition(from: RunStatus, to: RunStatus): void {
         : `From ${from} a run can become: ${transitions[from].join(', ')}.`,
     });
   }
+}
+
+/** A comma-separated filter of known values (`kind=batch,invoke`); an unknown one is a typed 400. */
+export function listOf<T extends string>(
+  what: string,
+  allowed: readonly T[],
+  v: string | undefined,
+): T[] | undefined {
+  if (!v) return undefined;
+  return v.split(',').map((x) => {
+    if (!(allowed as readonly string[]).includes(x)) {
+      throw errors.invalidInput(`Unknown ${what} "${x}".`, undefined, `Use one of: ${allowed.join(', ')}.`);
+    }
+    return x as T;
+  });
 }
 
 /** The seeds' names for our statuses (seed 001 and 003), accepted by filters. */

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { qint } from '../core/zod.js';
+import { qbool, qint } from '../core/zod.js';
 import { readLogs } from '../store/logs.js';
 import { defineOp, type OperationDecl } from './types.js';
 import { runOfElement } from './base-ops.js';
@@ -16,11 +16,22 @@ export const LOGS_OP: OperationDecl = defineOp({
       run_id: z.string().optional(),
       tail: qint(1, 10_000).optional(),
       since: z.iso.datetime({ offset: true }).optional(),
+      follow: qbool
+        .optional()
+        .describe(
+          "1: answer with a live stream (Server-Sent Events) of `log` events: the run's lines from its start (with run_id), or every new line of the element's runs; `status` events tell when a run ends",
+        ),
     })
     .strict(),
   handler: async (ctx) => {
-    const { run_id, tail, since } = ctx.input as { run_id?: string; tail?: number; since?: string };
+    const { run_id, tail, since, follow } = ctx.input as {
+      run_id?: string;
+      tail?: number;
+      since?: string;
+      follow?: boolean;
+    };
     if (run_id !== undefined) await runOfElement(ctx, run_id);
+    if (follow) return ctx.streamEvents({ runId: run_id, types: ['log', 'status'] });
     return { lines: await readLogs(ctx.db, { runId: run_id, elementId: ctx.element.id, tail, since }) };
   },
 });

@@ -202,6 +202,12 @@ export interface OpContext<I = unknown> {
   setStatus: (code: number) => void;
   /** Set a response header (e.g. Location of a created run). */
   setHeader: (name: string, value: string) => void;
+  /**
+   * Answer with the live event stream (Server-Sent Events) instead of JSON: one run's events from
+   * its start, or the element's from now on; `types` limits the event types. Resolves once the
+   * stream is open; the op then returns nothing.
+   */
+  streamEvents: (f: { runId?: string; types: readonly string[] }) => Promise<void>;
 }
 
 /**

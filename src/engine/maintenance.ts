@@ -1,3 +1,4 @@
+import { pruneLive } from '../store/live.js';
 import { foldElementStats } from '../store/stats.js';
 import type { MaintenanceReport } from './health.js';
 import type { EngineResources } from './resources.js';
@@ -27,6 +28,7 @@ const CHURNED = [
   'webhook_deliveries',
   'policies',
   'policy_versions',
+  'live_events',
 ];
 
 /**
@@ -44,7 +46,10 @@ export class MaintenanceSystem {
   private running = false;
   private report: MaintenanceReport;
 
-  constructor(private readonly r: Pick<EngineResources, 'db' | 'log' | 'health'>) {
+  constructor(
+    private readonly r: Pick<EngineResources, 'db' | 'log' | 'health'>,
+    private readonly liveRetentionHours = 24,
+  ) {
     this.report = {
       mode: r.db.kind === 'pglite' ? 'cairn' : 'autovacuum',
       passes_total: 0,
@@ -93,6 +98,8 @@ export class MaintenanceSystem {
     };
     try {
       await this.fold();
+      // The live stream is a window: what is older than its retention cannot be resumed from.
+      await pruneLive(this.r.db, this.liveRetentionHours);
       if (this.report.mode === 'cairn') {
         for (const t of CHURNED) await timed(`VACUUM (ANALYZE) cairn.${t}`);
         await timed('CHECKPOINT');

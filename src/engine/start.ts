@@ -81,6 +81,8 @@ export async function startTarget(env: StartEnv, req: StartRequest): Promise<Sta
     idempotencyKey: req.idempotencyKey,
     setStatus: () => undefined,
     setHeader: () => undefined,
+    // A trigger starts runs; it never answers with a stream.
+    streamEvents: () => Promise.reject(new Error('a trigger cannot stream events')),
   })) as { run_id?: unknown; status?: unknown };
   env.kick();
   if (typeof answer?.run_id !== 'string') throw targetGone(req.target.element, req.target.op);

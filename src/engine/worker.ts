@@ -38,6 +38,8 @@ export interface WorkerOptions {
   retentionMs?: number;
   /** Days a run is kept in circles without a policy of their own (default 30). */
   retentionDays?: number;
+  /** Hours live events stay resumable (default 24). */
+  liveRetentionHours?: number;
   /** How often this worker folds the element statistics deltas into their rollups. */
   foldMs?: number;
   /** How often this worker maintains the database (PGlite: vacuum and checkpoint; PostgreSQL: report). */
@@ -157,7 +159,7 @@ export class Worker {
     this.leases = new LeaseSystem(this.resources, this.leaseMs);
     this.retentionMs = opts.retentionMs ?? 0;
     this.retention = new RetentionSystem(this.resources, { defaultDays: opts.retentionDays ?? 30 });
-    this.maintenance = new MaintenanceSystem(this.resources);
+    this.maintenance = new MaintenanceSystem(this.resources, opts.liveRetentionHours ?? 24);
     this.foldMs = opts.foldMs ?? 2_000;
     this.maintenanceMs = opts.maintenanceMs ?? 60_000;
     this.batchHost = {

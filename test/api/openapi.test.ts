@@ -100,7 +100,9 @@ describe('the OpenAPI document', () => {
     const errorSchema = ajv.compile({ $ref: 'doc#/components/schemas/Error' });
     const ops: { path: string; method: string; op: any }[] = [];
     for (const [path, item] of Object.entries<any>(doc.paths))
-      for (const [method, op] of Object.entries<any>(item)) ops.push({ path, method, op });
+      for (const [method, op] of Object.entries<any>(item))
+        // An event stream stays open by design (test/api/live.test.ts covers its answers).
+        if (!op.responses['200']?.content?.['text/event-stream']) ops.push({ path, method, op });
     const tokens = { admin: t.admin, reader: c.tokens.read, executor: c.tokens.execute, none: '' };
     const paramValue = (name: string) =>
       fc.oneof(

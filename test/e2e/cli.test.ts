@@ -176,6 +176,19 @@ describe('bin/cairn end to end (embedded database)', () => {
     expect(
       JSON.parse((await cli(['runs', 'logs', ok.run_id, '--tail', '1', '--json'])).out).lines,
     ).toHaveLength(1);
+    // --follow reads the live stream: the lines of a run still going, then the run's outcome as exit code.
+    for (const [input, code] of [
+      ['{}', 0],
+      ['{"fail": true}', 1],
+    ] as const) {
+      const queued = JSON.parse(
+        (await cli(['invoke', 'loud', '--circle', 'e2e', '-d', input, '--async', '--json'])).out,
+      );
+      const followed = await cli(['runs', 'logs', queued.run_id, '--follow']);
+      expect(followed.code, followed.out).toBe(code);
+      expect(followed.out).toMatch(/out hello from stdout/);
+      expect(followed.out).toMatch(/err hello from stderr/);
+    }
 
     const bad = JSON.parse(
       (await cli(['invoke', 'loud', '--circle', 'e2e', '-d', '{"fail": true}', '--json'])).out,

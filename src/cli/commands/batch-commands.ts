@@ -4,6 +4,7 @@
  * `cairn failures`, `cairn rows insert|list`, `cairn columns run`,
  * `cairn cells inspect`, `cairn wallet [grants|ledger|grant]`.
  */
+import { RunWaker } from '../live.js';
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { CairnError, thrown } from '../../core/errors.js';
@@ -52,23 +53,32 @@ async function follow(ctx: CliCtx, id: string): Promise<Run> {
   let lastDone = -1;
   let rate = 0;
   let printed = 0;
-  for (;;) {
-    const r = (await ctx.client.request<Run>('GET', `/api/runs/${enc(id)}`)).body;
-    const done = r.items_succeeded + r.items_failed;
-    const now = Date.now();
-    if (lastDone >= 0 && now > last) rate = ((done - lastDone) * 1000) / (now - last) || rate;
-    lastDone = done;
-    last = now;
-    if (tty) process.stderr.write(`\r\x1b[2K${progressLine(r, rate)}`);
-    else if (!ctx.out.json && now - printed > 2_000) {
-      process.stderr.write(progressLine(r, rate) + '\n');
-      printed = now;
+  // The run's live stream wakes the loop at each change; without one it reads every 250 ms.
+  const waker = new RunWaker(ctx.client, id);
+  try {
+    return await followLoop();
+  } finally {
+    waker.close();
+  }
+  async function followLoop(): Promise<Run> {
+    for (;;) {
+      const r = (await ctx.client.request<Run>('GET', `/api/runs/${enc(id)}`)).body;
+      const done = r.items_succeeded + r.items_failed;
+      const now = Date.now();
+      if (lastDone >= 0 && now > last) rate = ((done - lastDone) * 1000) / (now - last) || rate;
+      lastDone = done;
+      last = now;
+      if (tty) process.stderr.write(`\r\x1b[2K${progressLine(r, rate)}`);
+      else if (!ctx.out.json && now - printed > 2_000) {
+        process.stderr.write(progressLine(r, rate) + '\n');
+        printed = now;
+      }
+      if (TERMINAL.includes(r.status) || r.status === 'paused') {
+        if (tty) process.stderr.write('\n');
+        return r;
+      }
+      await waker.next(waker.live ? 5_000 : 250);
     }
-    if (TERMINAL.includes(r.status) || r.status === 'paused') {
-      if (tty) process.stderr.write('\n');
-      return r;
-    }
-    await new Promise((res) => setTimeout(res, 250));
   }
 }
 

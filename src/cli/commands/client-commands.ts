@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { CairnError, thrown } from '../../core/errors.js';
 import { parseElementsYaml } from '../../yaml.js';
+import { isTerminal, type RunStatus } from '../../core/status.js';
 import type {
   ApplyAnswer,
   Circle,
@@ -265,9 +266,11 @@ export function registerClientCommands(program: Command): void {
       .command('logs <id>')
       .description("Show a run's stdout and stderr lines, timestamped")
       .option('--tail <n>', 'only the last n lines')
-      .option('--since <time>', 'only lines after this ISO time'),
+      .option('--since <time>', 'only lines after this ISO time')
+      .option('-f, --follow', 'stream the lines as they are written, until the run ends'),
   ).action(
-    action(async (ctx, id: string, o: { tail?: string; since?: string }) => {
+    action(async (ctx, id: string, o: { tail?: string; since?: string; follow?: boolean }) => {
+      if (o.follow) return followLogs(ctx, id);
       const q = new URLSearchParams();
       if (o.tail) q.set('tail', o.tail);
       if (o.since) q.set('since', o.since);
@@ -479,4 +482,38 @@ export function registerClientCommands(program: Command): void {
       ctx.out.print(ctx.out.json ? JSON.stringify(r.body, null, 2) : `revoked ${r.body.revoked}`);
     }),
   );
+}
+
+/** `runs logs --follow`: the run's log lines from its live stream, until its terminal status. */
+async function followLogs(ctx: CliCtx, id: string): Promise<number> {
+  let refused: ApiError | undefined;
+  let status: string | undefined;
+  const ac = new AbortController();
+  for await (const e of ctx.client.events(`/api/runs/${encodeURIComponent(id)}/events?types=log,status`, {
+    signal: ac.signal,
+    onRefused: (err) => (refused = err),
+  })) {
+    const ev = JSON.parse(e.data) as { type: string; data: Record<string, unknown> };
+    if (ev.type === 'log') {
+      for (const [ms, stream, line] of ev.data.lines as [number, string, string][]) {
+        if (ctx.out.json)
+          ctx.out.print(JSON.stringify({ run_id: id, ts: new Date(ms).toISOString(), stream, line }));
+        else
+          ctx.out.print(
+            `${color.dim(new Date(ms).toISOString())} ${stream === 'stderr' ? color.red('err') : 'out'} ${line}`,
+          );
+      }
+    } else if (isTerminal(String(ev.data.to) as RunStatus) || ev.data.to === 'paused') {
+      // The status event is the last its transaction wrote: every line before it has arrived.
+      status = String(ev.data.to);
+      ac.abort();
+      break;
+    }
+  }
+  if (refused) throw refused;
+  return status === 'succeeded' || status === 'completed'
+    ? EXIT.ok
+    : status === 'paused'
+      ? EXIT.pending
+      : EXIT.failed;
 }

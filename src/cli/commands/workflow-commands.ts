@@ -5,6 +5,7 @@
  * (src/api/workflow-routes.ts, file-routes.ts, lineage-routes.ts) as
  * src/cli/api.ts does for the others.
  */
+import { RunWaker } from '../live.js';
 import { createHash } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { basename } from 'node:path';
@@ -224,40 +225,48 @@ async function followWorkflow(ctx: CliCtx, id: string): Promise<{ run: Run; task
   const seen = new Map<string, string>();
   let drawn = 0;
   let last = '';
-  for (;;) {
-    const run = (await ctx.client.request<Run>('GET', `/api/runs/${enc(id)}`)).body;
-    const tasks = (await ctx.client.request<TaskList>('GET', `/api/runs/${enc(id)}/tasks`)).body.tasks;
-    const ended = TERMINAL.includes(run.status) || run.status === 'paused';
-    if (tty) {
-      const rows = Math.max(5, (process.stdout.rows ?? 40) - 3);
-      const shown = tasks.slice(0, rows);
-      const lines = [
-        `${statusMark(run.status)}  run ${run.id}`,
-        ...shown.map((t) => '  ' + taskLine(t)),
-        ...(tasks.length > shown.length ? [color.dim(`  … ${tasks.length - shown.length} more`)] : []),
-      ];
-      const frame = lines.join('\n');
-      if (frame !== last) {
-        process.stdout.write((drawn ? `\x1b[${drawn}A\x1b[J` : '') + frame + '\n');
-        drawn = lines.length;
-        last = frame;
+  const waker = new RunWaker(ctx.client, id);
+  try {
+    return await followLoop();
+  } finally {
+    waker.close();
+  }
+  async function followLoop(): Promise<{ run: Run; tasks: Task[] }> {
+    for (;;) {
+      const run = (await ctx.client.request<Run>('GET', `/api/runs/${enc(id)}`)).body;
+      const tasks = (await ctx.client.request<TaskList>('GET', `/api/runs/${enc(id)}/tasks`)).body.tasks;
+      const ended = TERMINAL.includes(run.status) || run.status === 'paused';
+      if (tty) {
+        const rows = Math.max(5, (process.stdout.rows ?? 40) - 3);
+        const shown = tasks.slice(0, rows);
+        const lines = [
+          `${statusMark(run.status)}  run ${run.id}`,
+          ...shown.map((t) => '  ' + taskLine(t)),
+          ...(tasks.length > shown.length ? [color.dim(`  … ${tasks.length - shown.length} more`)] : []),
+        ];
+        const frame = lines.join('\n');
+        if (frame !== last) {
+          process.stdout.write((drawn ? `\x1b[${drawn}A\x1b[J` : '') + frame + '\n');
+          drawn = lines.length;
+          last = frame;
+        }
+      } else if (!ctx.out.json) {
+        for (const t of tasks) {
+          const s = taskStatus(t);
+          if (seen.get(t.name) === s) continue;
+          seen.set(t.name, s);
+          const extra =
+            s === 'awaiting_approval'
+              ? `  (cairn runs approve ${run.id} ${t.name} | reject)`
+              : t.error
+                ? `  ${t.error.code}`
+                : '';
+          ctx.out.print(`task ${t.name} ${s}${extra}`);
+        }
       }
-    } else if (!ctx.out.json) {
-      for (const t of tasks) {
-        const s = taskStatus(t);
-        if (seen.get(t.name) === s) continue;
-        seen.set(t.name, s);
-        const extra =
-          s === 'awaiting_approval'
-            ? `  (cairn runs approve ${run.id} ${t.name} | reject)`
-            : t.error
-              ? `  ${t.error.code}`
-              : '';
-        ctx.out.print(`task ${t.name} ${s}${extra}`);
-      }
+      if (ended) return { run, tasks };
+      await waker.next(waker.live ? 5_000 : 250);
     }
-    if (ended) return { run, tasks };
-    await new Promise((res) => setTimeout(res, 250));
   }
 }
 
