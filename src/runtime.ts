@@ -1,3 +1,4 @@
+import { initTracing, shutdownTracing } from './telemetry/tracing.js';
 import { CairnError, errors, toCairnError } from './core/errors.js';
 import { createServer as createHttpServer } from 'node:http';
 import { registry } from './telemetry/metrics.js';
@@ -239,6 +240,7 @@ export async function startServer(
   print: (s: string) => void = () => undefined,
 ): Promise<Server> {
   await assertPortFree(config.host, config.port);
+  if (initTracing()) log.info('exporting traces over OTLP (OTEL_EXPORTER_OTLP_* settings)');
   const opened = await openDatabase(config, log);
   const { db } = opened;
   await ensureBootstrapToken(db, config, print);
@@ -304,6 +306,7 @@ export async function startServer(
       await engine.stop(config.shutdownGraceMs);
       sandbox.close();
       await opened.close();
+      await shutdownTracing().catch(() => undefined);
     },
   };
 }
@@ -313,6 +316,7 @@ export async function startWorker(
   config: Config,
   log: Logger,
 ): Promise<{ worker: Worker; db: Db; metricsUrl?: string; stop(): Promise<void> }> {
+  if (initTracing()) log.info('exporting traces over OTLP (OTEL_EXPORTER_OTLP_* settings)');
   const opened = await openDatabase(config, log);
   const { db } = opened;
   const sandbox = new Sandbox();
@@ -346,6 +350,7 @@ export async function startWorker(
       await engine.stop(config.shutdownGraceMs);
       sandbox.close();
       await opened.close();
+      await shutdownTracing().catch(() => undefined);
     },
   };
 }

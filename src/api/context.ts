@@ -4,6 +4,7 @@ import type { Db } from '../db/types.js';
 import type { ManagedPgStatus } from '../db/managed-pg.js';
 import type { Engine } from '../engine/engine.js';
 import type { Logger } from '../telemetry/log.js';
+import { parseTraceparent } from '../telemetry/tracing.js';
 import type { Authenticator } from './auth.js';
 import type { LiveHub } from './live.js';
 
@@ -39,7 +40,13 @@ export function requestTrigger(
   headers: Record<string, string | string[] | undefined>,
   actor: string,
   role: string,
-): { type: string; source: string | null; actor: string; role: string } {
+): {
+  type: string;
+  source: string | null;
+  actor: string;
+  role: string;
+  traceparent?: { trace_id: string; span_id: string };
+} {
   const asked = String(headers['x-cairn-trigger'] ?? '')
     .trim()
     .toLowerCase();
@@ -50,5 +57,13 @@ export function requestTrigger(
       'Send manual or api (the default); webhook, schedule, upstream, replay and rerun runs are started by Cairn itself.',
     );
   const ua = headers['user-agent'];
-  return { type: asked || 'api', source: (Array.isArray(ua) ? ua[0] : ua) ?? null, actor, role };
+  // A W3C traceparent continues the caller's trace: the run's trace_id is its, its span the parent.
+  const traceparent = parseTraceparent(headers.traceparent);
+  return {
+    type: asked || 'api',
+    source: (Array.isArray(ua) ? ua[0] : ua) ?? null,
+    actor,
+    role,
+    ...(traceparent ? { traceparent } : {}),
+  };
 }

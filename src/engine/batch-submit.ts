@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { newTraceId } from '../telemetry/tracing.js';
 import { type ErrorBody, sourceGone, thrown } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { ENGINE_VERSION } from '../core/version.js';
@@ -124,7 +124,7 @@ export async function submitBatch(db: Db, req: BatchRequest): Promise<BatchSubmi
       itemMaxAttempts: req.itemMaxAttempts,
       snapshot: runSnapshot(el, op, retry, { batch: req.batch, ...req.snapshotExtra }, pol.snapshot),
       policy: pol.record,
-      traceId: randomBytes(16).toString('hex'),
+      traceId: newTraceId(req.trigger),
       idempotencyKey: req.idempotencyKey ?? null,
       timeoutMs: type.timeoutMs?.(el.spec) ?? 60_000,
       items,

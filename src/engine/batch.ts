@@ -6,6 +6,7 @@
  * worker's heartbeat; pause lets running items finish and then lets go of the
  * run; cancel aborts them; a budget stop skips what has not started.
  */
+import { withSpan } from '../telemetry/tracing.js';
 import type { Db } from '../db/types.js';
 import type { ErrorBody } from '../core/errors.js';
 import type { Logger } from '../telemetry/log.js';
@@ -173,7 +174,11 @@ export async function runBatch(
   };
 
   const start = (item: ClaimedItem) => {
-    const p = host.runOnce(run, item.inputs, signal).then((o) => {
+    const p = withSpan('item', { 'cairn.item': item.key, 'cairn.run_id': run.id }, async (span) => {
+      const o = await host.runOnce(run, item.inputs, signal);
+      span.setAttribute('cairn.status', o.status);
+      return o;
+    }).then((o) => {
       const retry =
         o.status === 'failed' && o.error?.retryable === true && item.attempt_count < run.item_max_attempts;
       queue.push({

@@ -60,7 +60,7 @@ export class ExecutionSystem {
     return o;
   }
 
-  private async circle(id: string): Promise<CircleRow> {
+  async circle(id: string): Promise<CircleRow> {
     let c = this.circles.get(id);
     if (!c) {
       c = await getCircleById(this.r.db, id);

@@ -1,3 +1,4 @@
+import { newTraceId } from '../telemetry/tracing.js';
 import { errors, CairnError, sourceGone, thrown } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { ENGINE_VERSION } from '../core/version.js';
@@ -14,7 +15,6 @@ import { retryOnLoss, snapshotElement } from '../elements/pinning.js';
 import { decide, type PolicyOutcome } from './policy.js';
 
 export { retryOnLoss, snapshotElement };
-import { randomBytes } from 'node:crypto';
 
 export interface SubmitRequest {
   circle: CircleRow;
@@ -157,7 +157,7 @@ export async function submitRun(
       engineVersion: ENGINE_VERSION,
       snapshot: runSnapshot(el, op, retry, snapshotExtra, pol.snapshot),
       policy: pol.record,
-      traceId: randomBytes(16).toString('hex'),
+      traceId: newTraceId(req.trigger),
       idempotencyKey: req.idempotencyKey ?? null,
       timeoutMs: type.timeoutMs?.(el.spec) ?? 60_000,
     });
@@ -185,7 +185,7 @@ export async function submitRun(
       budget,
       snapshot: runSnapshot(el, op, retry, snapshotExtra, pol.snapshot),
       policy: pol.record,
-      traceId: randomBytes(16).toString('hex'),
+      traceId: newTraceId(req.trigger),
       idempotencyKey: req.idempotencyKey ?? null,
       timeoutMs: type.timeoutMs?.(el.spec) ?? 60_000,
       claim: req.claim ?? null,

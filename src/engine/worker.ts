@@ -4,6 +4,9 @@ import type { Db } from '../db/types.js';
 import { claimRuns, handBack, type Outcome, type SettledRun, type Settlement } from '../store/queue.js';
 import type { RunRow } from '../store/runs.js';
 import { recordRun, watchHealth } from '../telemetry/metrics.js';
+import { endRunSpan, inSpan, startChildSpan, startRunSpan, tracingEnabled } from '../telemetry/tracing.js';
+import type { Span } from '@opentelemetry/api';
+import { getRun } from '../store/runs.js';
 import { silentLogger, type Logger } from '../telemetry/log.js';
 import { BatchControl, runBatch, type BatchHost } from './batch.js';
 import { ExecutionSystem } from './execution.js';
@@ -90,6 +93,8 @@ export class Worker {
   private readonly pollMs: number;
   private readonly reapMs: number;
   private readonly log: Logger;
+  /** The spans of invoke runs executed here and not settled yet: the run's, and its settle's. */
+  private readonly spans = new Map<string, { run: Span; settle?: Span }>();
   /** Claimed and not yet settled (heartbeats cover these). */
   private readonly inflight = new Map<string, InFlight>();
   /** Executors running now; `concurrency` bounds this, not the settle backlog. */
@@ -181,6 +186,13 @@ export class Worker {
     const parent = flight?.run.parent_run_id;
     if (flight && row)
       recordRun(flight.run.kind, row.status, row.duration_ms, flight.run.queued_at, flight.run.started_at);
+    const spans = this.spans.get(s.id);
+    if (spans) {
+      this.spans.delete(s.id);
+      spans.settle?.end();
+      // undefined: the settle found the run changed meanwhile (cancelled, recovered elsewhere).
+      endRunSpan(spans.run, row?.status ?? 'superseded', s.error?.code);
+    }
     this.inflight.delete(s.id);
     const control = parent ? this.inflight.get(parent)?.control : undefined;
     if (control && row) {
@@ -354,10 +366,12 @@ export class Worker {
       const slot = run.kind === 'batch';
       if (slot) this.executing++;
       else this.orchestrating++;
-      const body =
+      const span = this.runSpan(run);
+      const body = inSpan(span, () =>
         run.kind === 'batch'
           ? runBatch(this.batchHost, run, controller.signal, control)
-          : runWorkflow(this.batchHost, run, controller.signal, control);
+          : runWorkflow(this.batchHost, run, controller.signal, control),
+      );
       void body
         .catch((e) =>
           this.log.error({ err: e, run: run.id }, `${run.kind} run crashed; its lease will expire`),
@@ -367,6 +381,10 @@ export class Worker {
           else this.orchestrating--;
           if (this.inflight.get(run.id) === entry) this.inflight.delete(run.id);
           this.wakeUp();
+          if (tracingEnabled())
+            void getRun(this.db, run.id)
+              .catch(() => undefined)
+              .then((r) => endRunSpan(span, r?.status ?? 'unknown', r?.error?.code));
         });
       return;
     }
@@ -377,11 +395,26 @@ export class Worker {
   /** Executes an invoke run in a slot already counted in `executing`, then queues its settle. */
   private executeInSlot(run: RunRow, controller: AbortController): void {
     this.inflight.set(run.id, { run, controller });
-    void this.execution.execute(run, controller.signal).then((s) => {
+    const span = this.runSpan(run);
+    if (tracingEnabled()) this.spans.set(run.id, { run: span });
+    void inSpan(span, () => this.execution.execute(run, controller.signal)).then((s) => {
       this.executing--;
+      const spans = this.spans.get(run.id);
+      if (spans) spans.settle = startChildSpan('settle', span);
       this.settlement.enqueue(s);
       this.wakeUp();
     });
+  }
+
+  /** A run's ops.execute span (a no-op without an OTLP endpoint), named by its circle's slug. */
+  private runSpan(run: RunRow): Span {
+    const span = startRunSpan(run);
+    if (tracingEnabled())
+      void this.execution
+        .circle(run.circle_id)
+        .then((c) => span.setAttribute('cairn.circle', c.slug))
+        .catch(() => undefined);
+    return span;
   }
 
   /** One execution of a run's operation (an invoke's input, or one item of a batch run); never throws. */

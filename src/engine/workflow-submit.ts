@@ -6,7 +6,7 @@
  * its steps is reserved (402 when the wallet cannot cover it); and the run is
  * queued with one pending task per step. Nothing is written when any of that fails.
  */
-import { randomBytes } from 'node:crypto';
+import { newTraceId } from '../telemetry/tracing.js';
 import { CairnError, errors, sourceGone, thrown } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { schemaIssues, validatorOf } from '../core/json-schema.js';
@@ -183,7 +183,7 @@ export async function triggerWorkflow(db: Db, req: WorkflowTriggerRequest): Prom
         ...req.snapshotExtra,
       },
       policy: pol.record,
-      traceId: randomBytes(16).toString('hex'),
+      traceId: newTraceId(req.trigger),
       idempotencyKey: req.idempotencyKey ?? null,
       // A replay from a task: the tasks before it come done, as the original run recorded them.
       tasks: [

@@ -7,6 +7,9 @@ import { UidPool } from './uids.js';
 import { SpawnServer, frame, frameReader } from './spawn-server.js';
 import { MemoryCgroups, type CgroupOptions } from './cgroup.js';
 import { StandbyPool } from './standby.js';
+import type { Span } from '@opentelemetry/api';
+import { sandboxStart } from '../telemetry/metrics.js';
+import { withSpan } from '../telemetry/tracing.js';
 import { constants } from 'node:os';
 import { setting } from '../config.js';
 
@@ -547,12 +550,19 @@ export class Sandbox {
    * it saw: its own timer, the output caps, the OOM markers, the exit status and
    * whether a result arrived on fd 3.
    */
-  async run(req: SandboxRequest): Promise<SandboxResult> {
+  run(req: SandboxRequest): Promise<SandboxResult> {
+    return withSpan('sandbox', { 'cairn.sandbox.argv0': req.argv[0] ?? '' }, (span) => this.run1(req, span));
+  }
+
+  private async run1(req: SandboxRequest, span: Span): Promise<SandboxResult> {
     const limits: Limits = { ...DEFAULT_LIMITS, ...req.limits };
     const useStandby = Boolean(req.standby) && req.asUid === undefined && !this.disabled;
     const key = useStandby ? standbyKey(req, limits) : '';
     const ready = useStandby ? this.standbys.take(key) : undefined;
+    const t0 = performance.now();
     const sandbox = ready ?? (await launch(this.parts, req, limits, false));
+    sandboxStart.observe({ standby: ready ? 'hit' : 'miss' }, (performance.now() - t0) / 1000);
+    span.setAttribute('cairn.sandbox.standby', Boolean(ready));
     let result = await sandbox.go(req.stdin, req.signal);
     // A held sandbox whose helper died before the run (e.g. killed from outside) did not run it: run it fresh.
     if (ready && result.signal === 'SPAWN_ERROR' && !req.signal?.aborted)
@@ -560,6 +570,8 @@ export class Sandbox {
     // The next one is made once this run is done: spawning forks this whole process, and the
     // set-up competes for the same cores, so doing it during the run would slow the run.
     if (useStandby) this.standbys.refill(key, () => launch(this.parts, req, limits, true));
+    span.setAttribute('cairn.sandbox.verdict', result.verdict);
+    span.setAttribute('cairn.sandbox.exit_code', result.exitCode ?? -1);
     return result;
   }
 }

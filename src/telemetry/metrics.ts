@@ -231,3 +231,12 @@ export function recordRun(
     if (wait >= 0) queueWait.observe({ kind }, wait);
   }
 }
+
+/** How long a sandbox took to be ready to run (a held standby: ~0; a fresh launch: the bubblewrap set-up). */
+export const sandboxStart = new client.Histogram({
+  name: 'cairn_sandbox_start_seconds',
+  help: 'Time from a sandbox request to a sandbox ready to run it, by whether a standby was used',
+  labelNames: ['standby'],
+  buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+  registers: [registry],
+});

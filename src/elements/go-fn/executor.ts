@@ -12,6 +12,7 @@ import {
   type GoRequest,
 } from '../../sandbox/builders/go.js';
 import { WRAPPER_VERSION } from '../../sandbox/builders/go-wrapper.js';
+import { withSpan } from '../../telemetry/tracing.js';
 import type { Sandbox, SandboxResult } from '../../sandbox/runner.js';
 import { declaredError } from '../errors.js';
 import {
@@ -54,7 +55,15 @@ function friendly(e: GoBuildError): string {
   return `Go build failed: ${e.message}`;
 }
 
-export async function build(sb: Sandbox, spec: GoSpec): Promise<GoBuild> {
+export function build(sb: Sandbox, spec: GoSpec): Promise<GoBuild> {
+  return withSpan('build', { 'cairn.toolchain': 'go' }, async (span) => {
+    const b = await build1(sb, spec);
+    span.setAttribute('cairn.build.cached', b.cached);
+    return b;
+  });
+}
+
+async function build1(sb: Sandbox, spec: GoSpec): Promise<GoBuild> {
   try {
     return await buildGo(sb, request(spec));
   } catch (e) {

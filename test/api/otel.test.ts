@@ -1,0 +1,186 @@
+import { createServer, type Server } from 'node:http';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freshDb } from '../helpers/db.js';
+import { testApp, type TestApp } from '../helpers/app.js';
+import { until } from '../helpers/bin.js';
+import { flushTracing, initTracing, runSpanId, shutdownTracing } from '../../src/telemetry/tracing.js';
+
+interface ExportedSpan {
+  traceId: string;
+  spanId: string;
+  parentSpanId?: string;
+  name: string;
+  attributes: Record<string, unknown>;
+  status?: { code?: number };
+  service: string;
+}
+
+/** A real OTLP/HTTP receiver on loopback: it keeps every span the SDK exports (JSON encoding). */
+function receiver(): { server: Server; spans: ExportedSpan[]; paths: string[] } {
+  const spans: ExportedSpan[] = [];
+  const paths: string[] = [];
+  const value = (v: any): unknown =>
+    v.stringValue ?? v.boolValue ?? (v.intValue !== undefined ? Number(v.intValue) : (v.doubleValue ?? v));
+  const attrs = (a: any[] = []) => Object.fromEntries(a.map((x) => [x.key, value(x.value)]));
+  const server = createServer((req, res) => {
+    let body = '';
+    req.on('data', (d) => (body += d));
+    req.on('end', () => {
+      paths.push(`${req.method} ${req.url} ${req.headers['content-type']}`);
+      const doc = JSON.parse(body);
+      for (const rs of doc.resourceSpans ?? []) {
+        const service = String(attrs(rs.resource?.attributes)['service.name']);
+        for (const ss of rs.scopeSpans ?? [])
+          for (const s of ss.spans ?? [])
+            spans.push({
+              traceId: s.traceId,
+              spanId: s.spanId,
+              parentSpanId: s.parentSpanId || undefined,
+              name: s.name,
+              attributes: attrs(s.attributes),
+              status: s.status,
+              service,
+            });
+      }
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{}');
+    });
+  });
+  return { server, spans, paths };
+}
+
+describe('OpenTelemetry spans, exported over OTLP/HTTP to a real receiver', () => {
+  const r = receiver();
+  let t: TestApp;
+  let drop: () => Promise<void>;
+  let c: Awaited<ReturnType<TestApp['circle']>>;
+  beforeAll(async () => {
+    await new Promise<void>((res) => r.server.listen(0, '127.0.0.1', () => res()));
+    const port = (r.server.address() as { port: number }).port;
+    // Nothing is set up without an endpoint…
+    expect(initTracing({})).toBe(false);
+    // …and the standard variables configure the SDK.
+    expect(
+      initTracing({
+        OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`,
+        OTEL_SERVICE_NAME: 'cairn-otel-test',
+      }),
+    ).toBe(true);
+    const h = await freshDb('pglite');
+    drop = h.drop;
+    t = await testApp(h.db);
+    c = await t.circle('otel');
+    for (const [slug, element_type, spec] of [
+      ['add-one', 'sql', { query: 'select $1::int + 1 as n' }],
+      ['py', 'python', { source: { code: 'def handler(d):\n    return {"ok": True}\n' } }],
+      [
+        'flow',
+        'workflow',
+        {
+          steps: [
+            { name: 'a', element: 'add-one', input: { params: [1] } },
+            { name: 'b', element: 'add-one', needs: ['a'], input: { params: [2] } },
+          ],
+        },
+      ],
+    ] as const)
+      expect(
+        (await t.call('POST', `/api/${c.slug}/ops/create`, { element_type, slug, spec }, c.tokens.write))
+          .status,
+      ).toBe(201);
+  }, 120_000);
+  afterAll(async () => {
+    await t?.close();
+    await drop?.();
+    await shutdownTracing();
+    r.server.close();
+  });
+
+  const spansOf = async (traceId: string, want: (s: ExportedSpan[]) => boolean) => {
+    await until(
+      async () => {
+        await flushTracing();
+        return want(r.spans.filter((s) => s.traceId === traceId));
+      },
+      20_000,
+      'the spans to be exported',
+    );
+    return r.spans.filter((s) => s.traceId === traceId);
+  };
+
+  it('a request with a W3C traceparent: the run continues the caller’s trace, its span the caller’s child', async () => {
+    const callerTrace = '4bf92f3577b34da6a3ce929d0e0e4736';
+    const callerSpan = '00f067aa0ba902b7';
+    const res = await t.call('POST', `/api/${c.slug}/add-one/ops/invoke`, { params: [1] }, c.tokens.execute, {
+      traceparent: `00-${callerTrace}-${callerSpan}-01`,
+    });
+    expect(res.body.status).toBe('succeeded');
+    const run = (await t.call('GET', `/api/runs/${res.body.run_id}`, undefined, c.tokens.read)).body;
+    expect(run.trace_id).toBe(callerTrace);
+    const spans = await spansOf(callerTrace, (s) => s.some((x) => x.name === 'settle'));
+    const exec = spans.find((s) => s.name === 'ops.execute')!;
+    expect(exec).toBeDefined();
+    expect(exec.service).toBe('cairn-otel-test');
+    expect(exec.parentSpanId).toBe(callerSpan);
+    expect(exec.spanId).toBe(runSpanId(run.id));
+    expect(exec.attributes).toMatchObject({
+      'cairn.circle': c.slug,
+      'cairn.element': 'add-one',
+      'cairn.element_type': 'sql',
+      'cairn.operation': 'invoke',
+      'cairn.run_id': run.id,
+      'cairn.status': 'succeeded',
+    });
+    expect(exec.status?.code).toBe(1); // OK
+    const settle = spans.find((s) => s.name === 'settle')!;
+    expect(settle.parentSpanId).toBe(exec.spanId);
+    // A malformed traceparent is ignored: a trace of the run's own.
+    const other = await t.call(
+      'POST',
+      `/api/${c.slug}/add-one/ops/invoke`,
+      { params: [1] },
+      c.tokens.execute,
+      {
+        traceparent: `00-${'0'.repeat(32)}-${callerSpan}-01`,
+      },
+    );
+    const r2 = (await t.call('GET', `/api/runs/${other.body.run_id}`, undefined, c.tokens.read)).body;
+    expect(r2.trace_id).toMatch(/^[0-9a-f]{32}$/);
+    expect(r2.trace_id).not.toBe('0'.repeat(32));
+  });
+
+  it('a code action: the run span is a root whose trace id is the run’s, with its sandbox as a child', async () => {
+    const res = await t.call('POST', `/api/${c.slug}/py/ops/invoke`, {}, c.tokens.execute);
+    expect(res.body.status).toBe('succeeded');
+    const run = (await t.call('GET', `/api/runs/${res.body.run_id}`, undefined, c.tokens.read)).body;
+    const spans = await spansOf(run.trace_id, (s) => s.some((x) => x.name === 'ops.execute'));
+    const exec = spans.find((s) => s.name === 'ops.execute')!;
+    expect(exec.parentSpanId).toBeUndefined();
+    expect(exec.attributes['cairn.element_type']).toBe('python');
+    const sandbox = spans.find((s) => s.name === 'sandbox')!;
+    expect(sandbox, JSON.stringify(spans.map((s) => s.name))).toBeDefined();
+    expect(sandbox.parentSpanId).toBe(exec.spanId);
+    expect(sandbox.attributes['cairn.sandbox.verdict']).toBe('ok');
+  });
+
+  it("a workflow: its tasks' runs are children of the workflow run's span, in one trace", async () => {
+    const res = await t.call('POST', `/api/${c.slug}/flow/ops/trigger`, { parameters: {} }, c.tokens.execute);
+    expect(res.status).toBe(202);
+    const id = res.body.run_id;
+    await until(
+      async () =>
+        (await t.call('GET', `/api/runs/${id}`, undefined, c.tokens.read)).body.status === 'succeeded',
+      30_000,
+      'the workflow to succeed',
+    );
+    const run = (await t.call('GET', `/api/runs/${id}`, undefined, c.tokens.read)).body;
+    const spans = await spansOf(run.trace_id, (s) => s.filter((x) => x.name === 'ops.execute').length >= 3);
+    const root = spans.find((s) => s.name === 'ops.execute' && s.attributes['cairn.run_id'] === id)!;
+    expect(root.attributes).toMatchObject({ 'cairn.element_type': 'workflow', 'cairn.status': 'succeeded' });
+    const tasks = spans.filter((s) => s.name === 'ops.execute' && s.attributes['cairn.run_id'] !== id);
+    expect(tasks).toHaveLength(2);
+    for (const task of tasks) expect(task.parentSpanId).toBe(root.spanId);
+    // The export is OTLP/HTTP's traces path.
+    expect(r.paths.every((p) => p.startsWith('POST /v1/traces application/json'))).toBe(true);
+  });
+});
