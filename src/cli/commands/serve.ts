@@ -41,7 +41,8 @@ export function registerServe(program: Command): void {
         host: o.host,
         dataDir: o.data,
         db: o.db,
-        embeddedWorker: o.worker,
+        // --no-worker sets it; otherwise CAIRN_EMBEDDED_WORKER decides (commander defaults the flag to true).
+        embeddedWorker: o.worker === false ? false : undefined,
       });
       const log = createLogger();
       // With --json, stdout carries only the JSON line; the one-time token notice goes to stderr.
