@@ -47,6 +47,7 @@ export function writeSection(name: string, markdown: string): void {
     'batch-ledger',
     'workflow',
     'triggers',
+    'live',
   ];
   // A section not measured on this machine yet keeps what results.md has for it (by its heading).
   const headings: Record<string, string> = {
@@ -58,6 +59,7 @@ export function writeSection(name: string, markdown: string): void {
     'run-record': '## Run record',
     'batch-ledger': '## Batch runs and the ledger',
     workflow: '## Workflows against invoke runs',
+    live: '## Watching runs: live events and traces',
     triggers: '## Triggers and policies',
   };
   const current = existsSync(RESULTS) ? readFileSync(RESULTS, 'utf8') : '';

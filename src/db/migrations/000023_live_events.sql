@@ -103,7 +103,8 @@ CREATE TRIGGER items_live AFTER UPDATE OF status, evidence ON cairn.items
     OR (NEW.evidence ? 'awaiting' AND NOT OLD.evidence ? 'awaiting'))
   EXECUTE FUNCTION cairn.live_item();
 
--- Audit events and decisions: one statement-level trigger per inserting statement.
+-- Audit events and decisions: one statement-level trigger per inserting statement. The trail's
+-- status transitions and ledger movements are not repeated: they are the `status` and `cost` events.
 CREATE FUNCTION cairn.live_audit() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   INSERT INTO cairn.live_events (circle_id, run_id, type, kind, element_id, element_slug, run_status, data, at)
@@ -112,8 +113,10 @@ BEGIN
     jsonb_build_object('audit_id', n.id, 'type', n.type, 'from_status', n.from_status,
       'to_status', n.to_status, 'actor', n.actor, 'data', n.data), n.at
   FROM new_events n LEFT JOIN cairn.runs r ON r.id = n.run_id
+  WHERE n.type NOT IN ('status', 'ledger')
   ORDER BY n.id;
-  PERFORM pg_notify('cairn_live', c::text) FROM (SELECT DISTINCT circle_id AS c FROM new_events) x;
+  PERFORM pg_notify('cairn_live', c::text)
+  FROM (SELECT DISTINCT circle_id AS c FROM new_events WHERE type NOT IN ('status', 'ledger')) x;
   RETURN NULL;
 END $$;
 CREATE TRIGGER run_events_live AFTER INSERT ON cairn.run_events
