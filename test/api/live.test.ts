@@ -7,6 +7,7 @@ import { PgDb } from '../../src/db/pg.js';
 import { buildApp } from '../../src/api/app.js';
 import { LiveHub, type Subscriber } from '../../src/api/live.js';
 import { comparePos, parsePos, type LiveRow } from '../../src/store/live.js';
+import { circleIdentity, getCircleBySlug } from '../../src/store/circles.js';
 
 interface Ev {
   id: string;
@@ -319,6 +320,51 @@ describeEachDriver('live events', ({ db, url, driver }) => {
       expect(lateAt).toBeGreaterThanOrEqual(0);
       expect(firstLater).toBeGreaterThan(lateAt);
       expect(increasing(seen)).toBe(true);
+    });
+
+    it("a circle's own SQL holding a writing transaction open stalls no other circle's stream", async () => {
+      // The other circle's role, logged in as its SQL is, writes in its schema and does not commit.
+      const row = (await getCircleBySlug(db(), other.slug))!;
+      const id = circleIdentity(row);
+      expect(
+        (
+          await t.call(
+            'POST',
+            `/api/${other.slug}/ops/create`,
+            {
+              element_type: 'sql',
+              slug: 'ddl',
+              spec: { query: 'create table if not exists scratch (x int)' },
+            },
+            other.tokens.write,
+          )
+        ).status,
+      ).toBe(201);
+      expect(
+        (await t.call('POST', `/api/${other.slug}/ddl/ops/invoke`, {}, other.tokens.execute)).body.status,
+      ).toBe('succeeded');
+      const u = new URL(url()!);
+      u.username = id.role;
+      u.password = id.password;
+      const tenant = new pg.Client({ connectionString: u.toString() });
+      await tenant.connect();
+      await tenant.query('BEGIN');
+      await tenant.query(`INSERT INTO ${id.schema}.scratch VALUES (1)`);
+      expect((await tenant.query('SELECT pg_current_xact_id_if_assigned() AS x')).rows[0].x).not.toBeNull();
+      try {
+        const t0 = Date.now();
+        const watching = collect(`${base}/api/${c.slug}/events?types=status`, c.tokens.read, ended, {
+          timeoutMs: 8_000,
+        });
+        await new Promise((res) => setTimeout(res, 300));
+        await t.call('POST', `/api/${c.slug}/one/ops/invoke`, { params: [9] }, c.tokens.execute);
+        const evs = await watching;
+        expect(ended(evs)).toBe(true);
+        expect(Date.now() - t0).toBeLessThan(4_000);
+      } finally {
+        await tenant.query('ROLLBACK');
+        await tenant.end();
+      }
     });
 
     it('events committed through another process reach this one, and a resume there loses nothing', async () => {

@@ -26,9 +26,20 @@ CREATE INDEX live_events_run ON cairn.live_events (run_id, xid, id) WHERE run_id
 -- the ledger are. Pruned by age.
 CREATE INDEX live_events_at ON cairn.live_events USING brin (at);
 
--- The position below which every transaction is over (committed or rolled back).
+-- The position below which no transaction can still add a row: every transaction older than it
+-- is over, or is a circle's own SQL. A circle's session logs in as the circle's role, which cannot
+-- write to cairn.*, so its transactions never add live events: they are not waited for, and a
+-- circle that holds a writing transaction open stalls no one's stream. (Where pg_stat_activity
+-- does not show another role's transaction ids, nothing is left out and the bound is the xmin.)
 CREATE FUNCTION cairn.live_watermark() RETURNS xid8 LANGUAGE sql STABLE AS $$
-  SELECT pg_snapshot_xmin(pg_current_snapshot())
+  WITH s AS (SELECT pg_current_snapshot() AS snap)
+  SELECT CASE WHEN pg_snapshot_xmin(s.snap) = pg_snapshot_xmax(s.snap) THEN pg_snapshot_xmax(s.snap)
+    ELSE coalesce((
+      SELECT min(x) FROM pg_snapshot_xip(s.snap) AS x
+      WHERE (x::text::numeric % 4294967296)::bigint NOT IN (
+        SELECT a.backend_xid::text::bigint FROM pg_stat_activity a JOIN cairn.circles c ON c.role_name = a.usename
+        WHERE a.backend_xid IS NOT NULL)), pg_snapshot_xmax(s.snap)) END
+  FROM s
 $$;
 
 -- A run created or changing status.
