@@ -83,6 +83,14 @@ describe('OpenTelemetry spans, exported over OTLP/HTTP to a real receiver', () =
           ],
         },
       ],
+      [
+        'nums',
+        'table',
+        {
+          fields: { k: { type: 'integer', required: true } },
+          columns: { r: { element: 'add-one', input: { params: ['k'] }, concurrency: 2 } },
+        },
+      ],
     ] as const)
       expect(
         (await t.call('POST', `/api/${c.slug}/ops/create`, { element_type, slug, spec }, c.tokens.write))
@@ -161,6 +169,38 @@ describe('OpenTelemetry spans, exported over OTLP/HTTP to a real receiver', () =
     expect(sandbox, JSON.stringify(spans.map((s) => s.name))).toBeDefined();
     expect(sandbox.parentSpanId).toBe(exec.spanId);
     expect(sandbox.attributes['cairn.sandbox.verdict']).toBe('ok');
+  });
+
+  it("a batch run: each item is a child span of the run's", async () => {
+    expect(
+      (
+        await t.call(
+          'POST',
+          `/api/${c.slug}/nums/ops/rows`,
+          { rows: [{ k: 1 }, { k: 2 }, { k: 3 }] },
+          c.tokens.write,
+        )
+      ).status,
+    ).toBeLessThan(300);
+    const res = await t.call('POST', `/api/${c.slug}/nums/ops/columns/r/run`, {}, c.tokens.execute);
+    expect(res.status).toBe(202);
+    const id = res.body.run_id;
+    await until(
+      async () =>
+        (await t.call('GET', `/api/runs/${id}`, undefined, c.tokens.read)).body.status === 'succeeded',
+      30_000,
+      'the batch to succeed',
+    );
+    const run = (await t.call('GET', `/api/runs/${id}`, undefined, c.tokens.read)).body;
+    const spans = await spansOf(run.trace_id, (s) => s.some((x) => x.name === 'ops.execute'));
+    const root = spans.find((s) => s.name === 'ops.execute')!;
+    expect(root.attributes).toMatchObject({ 'cairn.run_kind': 'batch', 'cairn.status': 'succeeded' });
+    const items = spans.filter((s) => s.name === 'item');
+    expect(items).toHaveLength(3);
+    for (const item of items) {
+      expect(item.parentSpanId).toBe(root.spanId);
+      expect(item.attributes['cairn.status']).toBe('succeeded');
+    }
   });
 
   it("a workflow: its tasks' runs are children of the workflow run's span, in one trace", async () => {
