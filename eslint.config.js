@@ -29,6 +29,35 @@ export default tseslint.config(
     ignores: ['src/**/*.test.ts'],
     rules: { '@typescript-eslint/no-explicit-any': 'error' },
   },
+  // web/: the UI's browser modules (plain ESM with JSDoc, no build step).
+  {
+    files: ['web/**/*.js'],
+    languageOptions: {
+      sourceType: 'module',
+      globals: Object.fromEntries(
+        [
+          'window',
+          'document',
+          'navigator',
+          'fetch',
+          'AbortController',
+          'URL',
+          'URLSearchParams',
+          'TextDecoderStream',
+          'setTimeout',
+          'clearTimeout',
+          'setInterval',
+          'clearInterval',
+          'requestAnimationFrame',
+          'cancelAnimationFrame',
+          'crypto',
+          'console',
+          'Element',
+          'Intl',
+        ].map((g) => [g, 'readonly']),
+      ),
+    },
+  },
   {
     files: ['**/*.cjs'],
     languageOptions: { sourceType: 'commonjs', globals: { module: 'writable', require: 'readonly' } },

@@ -15,6 +15,7 @@ import type { RouteCtx, RouteDef } from './route.js';
 import { ROUTES } from './routes.js';
 import type { HttpMethod } from '../elements/types.js';
 import { registry } from '../telemetry/metrics.js';
+import { uiRoutes } from './ui-routes.js';
 
 const BODY_LIMIT = 1024 * 1024;
 
@@ -239,6 +240,7 @@ export async function buildApp(deps: Deps): Promise<FastifyInstance> {
     });
   }
 
+  await app.register(uiRoutes, { log: deps.log });
   const doc = openApiDocument();
   app.get('/openapi.json', async () => doc);
   // Prometheus scrapes with the instance-admin token (metrics name circles and elements).

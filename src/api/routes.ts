@@ -25,6 +25,7 @@ import { LINEAGE_ROUTES } from './lineage-routes.js';
 import { FILE_ROUTES } from './file-routes.js';
 import { HOOK_ROUTES } from './hook-routes.js';
 import { LIVE_ROUTES } from './live-routes.js';
+import { WHOAMI_ROUTES } from './whoami-routes.js';
 import { pinnedPolicySet } from '../engine/policy.js';
 import { DEGRADED_AFTER } from '../engine/health.js';
 
@@ -322,4 +323,5 @@ export const ROUTES: RouteDef[] = [
   ...LINEAGE_ROUTES,
   ...FILE_ROUTES,
   ...HOOK_ROUTES,
+  ...WHOAMI_ROUTES,
 ];
