@@ -48,6 +48,7 @@ export function writeSection(name: string, markdown: string): void {
     'workflow',
     'triggers',
     'live',
+    'ui',
   ];
   // A section not measured on this machine yet keeps what results.md has for it (by its heading).
   const headings: Record<string, string> = {
@@ -60,6 +61,7 @@ export function writeSection(name: string, markdown: string): void {
     'batch-ledger': '## Batch runs and the ledger',
     workflow: '## Workflows against invoke runs',
     live: '## Watching runs: live events and traces',
+    ui: '## The run page in a browser',
     triggers: '## Triggers and policies',
   };
   const current = existsSync(RESULTS) ? readFileSync(RESULTS, 'utf8') : '';

@@ -89,12 +89,26 @@ export async function answerWithEvents(
   const sub: Subscriber = {
     runId: filter.runId,
     accepts: filter.accepts,
-    send: (_row, frame) => {
+    send: (_row, frame, live) => {
       if (done) return false;
       if (pending === '') setImmediate(writePending);
       pending += frame;
-      // Unsent bytes past the limit: cut off rather than buffer without bound.
-      return res.writableLength + pending.length <= hub.opts.maxBufferBytes;
+      // Live, unsent bytes past the limit: cut off rather than buffer without bound (it resumes
+      // with Last-Event-ID). Catching up, the hub waits for `drained` between reads instead.
+      return !live || res.writableLength + pending.length <= hub.opts.maxBufferBytes;
+    },
+    drained: () => {
+      writePending();
+      if (done || res.writableLength <= hub.opts.maxBufferBytes / 2) return Promise.resolve();
+      return new Promise((resolve) => {
+        const ok = () => {
+          res.off('drain', ok);
+          res.off('close', ok);
+          resolve();
+        };
+        res.on('drain', ok);
+        res.on('close', ok);
+      });
     },
     close: () => {
       if (!done) {

@@ -34,8 +34,13 @@ export interface Subscriber {
   /** Only rows of this run (a run stream). */
   runId?: string;
   accepts(row: LiveRow): boolean;
-  /** Writes one event; returns false when the subscriber must be cut off (too slow, gone). */
-  send(row: LiveRow, frame: string): boolean;
+  /**
+   * Writes one event; returns false when the subscriber must be cut off (too slow, gone). While
+   * it catches up (`live` false) it is paced by `drained` instead, never cut off for its backlog.
+   */
+  send(row: LiveRow, frame: string, live: boolean): boolean;
+  /** Resolves once what was sent is mostly written out (catching up waits on it between reads). */
+  drained?(): Promise<void>;
   close(): void;
 }
 
@@ -212,6 +217,8 @@ export class LiveHub {
         }
         // Every row of its scope up to the bound is delivered (or the read was full: read on).
         if ((reached || !b.full) && comparePos(sub.pos, bound) < 0) sub.pos = bound;
+        // A long history (a 10,000-item run) goes out as fast as the client reads it, not faster.
+        if (!sub.closed) await s.drained?.();
       }
     } catch (e) {
       remove();
@@ -228,7 +235,7 @@ export class LiveHub {
     sub.pos = row.pos;
     if (sub.s.runId !== undefined && row.run_id !== sub.s.runId) return;
     if (!sub.s.accepts(row)) return;
-    if (!sub.s.send(row, frameOf(row))) {
+    if (!sub.s.send(row, frameOf(row), sub.active)) {
       sub.closed = true;
       sub.s.close();
     }

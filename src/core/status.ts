@@ -115,7 +115,17 @@ export type ItemStatus = (typeof ITEM_STATUSES)[number];
 export const RUN_KINDS = ['invoke', 'workflow', 'batch'] as const;
 export type RunKind = (typeof RUN_KINDS)[number];
 
-export const TRIGGER_TYPES = ['manual', 'api', 'webhook', 'schedule', 'upstream', 'replay', 'rerun'] as const;
+export const TRIGGER_TYPES = [
+  'manual',
+  'api',
+  'webhook',
+  'schedule',
+  'upstream',
+  'replay',
+  'rerun',
+  // a workflow's task runs
+  'workflow',
+] as const;
 export type TriggerType = (typeof TRIGGER_TYPES)[number];
 
 export const ROLES = ['read', 'write', 'execute', 'admin'] as const;

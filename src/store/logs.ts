@@ -21,7 +21,8 @@ export async function readLogs(
      FROM cairn.items i JOIN cairn.runs r ON r.id = i.run_id
      WHERE ($1::uuid IS NULL OR r.id = $1::uuid) AND ($2::uuid IS NULL OR r.element_id = $2::uuid)
      ORDER BY r.id DESC, i.key LIMIT $3`,
-    [f.runId ?? null, f.elementId ?? null, f.runs ?? 20],
+    // One run: every item of it (a batch's lines are in many items); an element: its last `runs` runs' items.
+    [f.runId ?? null, f.elementId ?? null, f.runId ? 100_000 : (f.runs ?? 20)],
   );
   const since = f.since ? Date.parse(f.since) : undefined;
   const out: LogEntry[] = [];

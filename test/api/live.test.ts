@@ -239,6 +239,23 @@ describeEachDriver('live events', ({ db, url, driver }) => {
     expect(log.body.data.lines.map((l: [number, string, string]) => l[2])).toContain('hello 6');
   }, 120_000);
 
+  it('a history longer than the send buffer is paced, not cut off', async () => {
+    const r = await t.call('POST', `/api/${c.slug}/one/ops/invoke`, { params: [11] }, c.tokens.execute);
+    const all = await collectQuiet(`${base}/api/runs/${r.body.run_id}/events`, c.tokens.read);
+    const bytes = all.reduce((n, e) => n + JSON.stringify(e.body).length, 0);
+    // A process whose buffer holds far less than the run's history.
+    const hub = new LiveHub(db(), { maxBufferBytes: Math.floor(bytes / 8) });
+    const small = await buildApp({ ...t.deps, live: hub });
+    const smallBase = await small.listen({ port: 0, host: '127.0.0.1' });
+    try {
+      const got = await collectQuiet(`${smallBase}/api/runs/${r.body.run_id}/events`, c.tokens.read);
+      expect(got.map((e) => e.id)).toEqual(all.map((e) => e.id));
+    } finally {
+      await small.close();
+      await hub.close();
+    }
+  });
+
   it('a subscriber too slow to keep up is cut off, and resumes from its last id without a gap', async () => {
     const hub = new LiveHub(db(), { maxBufferBytes: 0 });
     const got: LiveRow[] = [];

@@ -108,12 +108,12 @@ describe('a live stream whose API process is killed mid-run', () => {
     ).toBe(201);
 
     const got: Ev[] = [];
-    let workflowRun: string | undefined;
+    const started: { run?: string } = {};
     const ended = () =>
       got.some(
         (e) =>
           e.type === 'status' &&
-          e.run_id === workflowRun &&
+          e.run_id === started.run &&
           ['succeeded', 'failed', 'completed', 'cancelled'].includes(String(e.data.to)),
       );
     // Read from A until it dies, then from B with the last id.
@@ -143,7 +143,7 @@ describe('a live stream whose API process is killed mid-run', () => {
     await new Promise((r) => setTimeout(r, 500));
     const t = await post(b.url, `/api/${slug}/naps/ops/trigger`, { parameters: {} });
     expect(t.status).toBe(202);
-    workflowRun = t.body.run_id;
+    started.run = t.body.run_id;
     await first;
     await a.exited;
     expect(a.child.signalCode).toBe('SIGKILL'); // A is gone
