@@ -6,7 +6,7 @@ import { followEvents, SseParser, type SseEvent } from '../../src/cli/sse.js';
 import { PgDb } from '../../src/db/pg.js';
 import { buildApp } from '../../src/api/app.js';
 import { LiveHub, type Subscriber } from '../../src/api/live.js';
-import { comparePos, parsePos, type LiveRow } from '../../src/store/live.js';
+import { comparePos, parsePos, pruneLive, type LiveRow } from '../../src/store/live.js';
 import { circleIdentity, getCircleBySlug } from '../../src/store/circles.js';
 
 interface Ev {
@@ -238,6 +238,21 @@ describeEachDriver('live events', ({ db, url, driver }) => {
     expect(log.body.run_id).toBe(r2.body.run_id);
     expect(log.body.data.lines.map((l: [number, string, string]) => l[2])).toContain('hello 6');
   }, 120_000);
+
+  it('the stream is a window: rows older than the retention are pruned, newer ones kept', async () => {
+    await db().query(
+      `INSERT INTO cairn.live_events (circle_id, type, data, at) VALUES ($1, 'audit', '{"old":true}', now() - interval '48 hours')`,
+      [other.id],
+    );
+    const before = Number(
+      (await db().query<{ n: string }>(`SELECT count(*) AS n FROM cairn.live_events`)).rows[0]!.n,
+    );
+    expect(await pruneLive(db(), 24)).toBe(1);
+    const after = Number(
+      (await db().query<{ n: string }>(`SELECT count(*) AS n FROM cairn.live_events`)).rows[0]!.n,
+    );
+    expect(after).toBe(before - 1);
+  });
 
   it('a history longer than the send buffer is paced, not cut off', async () => {
     const r = await t.call('POST', `/api/${c.slug}/one/ops/invoke`, { params: [11] }, c.tokens.execute);

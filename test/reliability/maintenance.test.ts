@@ -98,6 +98,7 @@ it('a failing pass is reported and retried, never skipped silently', async () =>
     const closed = {
       ...h.db,
       exec: () => Promise.reject(new Error('database is closed')),
+      query: () => Promise.reject(new Error('database is closed')),
       kind: 'pglite' as const,
     };
     const failing = new MaintenanceSystem({ db: closed as unknown as Db, log: silentLogger, health });
