@@ -48,20 +48,8 @@ export interface LiveRow {
   at: string;
 }
 
-interface RawRow {
-  x: string;
-  n: string;
-  type: LiveType;
-  circle_id: string;
-  run_id: string | null;
-  kind: string | null;
-  element_id: string | null;
-  element_slug: string | null;
-  run_status: string | null;
-  data: Record<string, unknown>;
-  at: string;
-  ready: boolean;
-}
+/** A row as read: its position as text (`x`, `n`), and whether its transaction is over. */
+type RawRow = Omit<LiveRow, 'pos'> & { x: string; n: string; ready: boolean };
 
 // Output names differ from the columns: ORDER BY must sort by the columns, not their text.
 const COLS = `e.xid::text AS x, e.id::text AS n, type, circle_id, run_id, kind, element_id, element_slug,
@@ -111,18 +99,8 @@ export async function readLive(
       heldBack = true;
       break;
     }
-    rows.push({
-      pos: { xid: BigInt(raw.x), id: BigInt(raw.n) },
-      type: raw.type,
-      circle_id: raw.circle_id,
-      run_id: raw.run_id,
-      kind: raw.kind,
-      element_id: raw.element_id,
-      element_slug: raw.element_slug,
-      run_status: raw.run_status,
-      data: raw.data,
-      at: raw.at,
-    });
+    const { x, n, ready: _ready, ...row } = raw;
+    rows.push({ pos: { xid: BigInt(x), id: BigInt(n) }, ...row });
   }
   return { rows, heldBack, full: !heldBack && r.rows.length >= limit };
 }

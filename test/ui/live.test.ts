@@ -42,6 +42,21 @@ describe('the run page, live', () => {
 
   const run = async (id: string) => (await s.t.call('GET', `/api/runs/${id}`)).body;
   const done = (r: any) => r.items_succeeded + r.items_failed;
+  /** A batch of `n` slow jobs (keys from `from`), running one at a time, its page open for an execute token. */
+  const runningBatchPage = async (n: number, from: number): Promise<string> => {
+    await insertRows(
+      s.t,
+      c,
+      'jobs',
+      Array.from({ length: n }, (_, k) => ({ n: from + k, ms: 1500, fail: false })),
+    );
+    const id = await columnRun(s.t, c, 'jobs', 'out', { rows: 'empty', concurrency: 1 });
+    await waitRun(s.t, id, c.tokens.admin, { done: (r) => r.status === 'running' });
+    p = await newPage(browser);
+    await signIn(p, s.url, c.tokens.execute);
+    await p.page.goto(`${s.url}/runs/${id}`);
+    return id;
+  };
 
   it('shows a running batch’s status and counts change within 1 s of each change, without a reload', async () => {
     await insertRows(
@@ -184,17 +199,7 @@ describe('the run page, live', () => {
   }, 120_000);
 
   it('cancels a running batch from the page (confirmed in a dialog); the API says cancelled', async () => {
-    await insertRows(
-      s.t,
-      c,
-      'jobs',
-      Array.from({ length: 12 }, (_, n) => ({ n: 100 + n, ms: 1500, fail: false })),
-    );
-    const id = await columnRun(s.t, c, 'jobs', 'out', { rows: 'empty', concurrency: 1 });
-    await waitRun(s.t, id, c.tokens.admin, { done: (r) => r.status === 'running' });
-    p = await newPage(browser);
-    await signIn(p, s.url, c.tokens.execute);
-    await p.page.goto(`${s.url}/runs/${id}`);
+    const id = await runningBatchPage(12, 100);
     await p.page.getByRole('button', { name: 'Cancel…' }).click();
     const dialog = p.page.getByRole('dialog');
     await dialog.getByText('Cancel this run?').waitFor();
@@ -220,17 +225,7 @@ describe('the run page, live', () => {
   }, 120_000);
 
   it('shows a refused control as the typed error with its suggestion', async () => {
-    await insertRows(
-      s.t,
-      c,
-      'jobs',
-      Array.from({ length: 4 }, (_, n) => ({ n: 200 + n, ms: 1500, fail: false })),
-    );
-    const id = await columnRun(s.t, c, 'jobs', 'out', { rows: 'empty', concurrency: 1 });
-    await waitRun(s.t, id, c.tokens.admin, { done: (r) => r.status === 'running' });
-    p = await newPage(browser);
-    await signIn(p, s.url, c.tokens.execute);
-    await p.page.goto(`${s.url}/runs/${id}`);
+    const id = await runningBatchPage(4, 200);
     await p.page.getByRole('button', { name: 'Cancel…' }).click();
     const dialog = p.page.getByRole('dialog');
     await dialog.getByText('Cancel this run?').waitFor();

@@ -14,6 +14,13 @@ import { notify } from '../../components/toast.js';
 
 const enc = encodeURIComponent;
 
+/** A control's button: its label, its variant (primary, danger or plain) and what it does. */
+function button(label, variant, onClick) {
+  return html`<button type="button" class=${variant ? `btn ${variant}` : 'btn'} onClick=${onClick}>
+    ${label}
+  </button>`;
+}
+
 function post(run, action, body = {}) {
   return api(`/api/runs/${enc(run.id)}/${action}`, {
     method: 'POST',
@@ -78,146 +85,119 @@ export function Controls({ model, run: r }) {
   const actions = [];
   if (exec && (s === 'queued' || s === 'running') && r.kind !== 'invoke')
     actions.push(
-      html`<button
-        type="button"
-        class="btn"
-        onClick=${() => post(r, 'pause').then(after('Paused: running items finish, no new one starts'), (e) => notify(`${e.code}: ${e.message}`, 'error', 7000))}
-      >
-        Pause
-      </button>`,
+      button('Pause', '', () =>
+        post(r, 'pause').then(after('Paused: running items finish, no new one starts'), (e) =>
+          notify(`${e.code}: ${e.message}`, 'error', 7000),
+        ),
+      ),
     );
   if (exec && s === 'paused')
     actions.push(
-      html`<button
-        type="button"
-        class="btn primary"
-        onClick=${() =>
-          confirmAction({
-            title: 'Resume this run?',
-            body: html`<p>
-              Its ${r.items_pending} pending items start again and are charged as they succeed.
-            </p>`,
-            cost: true,
-            confirmLabel: 'Resume',
-            action: () => post(r, 'resume').then(after('Resumed')),
-          })}
-      >
-        Resume…
-      </button>`,
+      button('Resume…', 'primary', () =>
+        confirmAction({
+          title: 'Resume this run?',
+          body: html`<p>
+            Its ${r.items_pending} pending items start again and are charged as they succeed.
+          </p>`,
+          cost: true,
+          confirmLabel: 'Resume',
+          action: () => post(r, 'resume').then(after('Resumed')),
+        }),
+      ),
     );
   if (exec && !terminal)
     actions.push(
-      html`<button
-        type="button"
-        class="btn danger"
-        onClick=${() =>
-          confirmAction({
-            title: 'Cancel this run?',
-            body: html`<p>
-              Running work is stopped, pending items are cancelled and the run's reservation is released. This
-              cannot be undone.
-            </p>`,
-            danger: true,
-            confirmLabel: 'Cancel run',
-            fields: [{ name: 'reason', label: 'Reason (optional)' }],
-            action: (v) => post(r, 'cancel', v.reason ? { reason: v.reason } : {}).then(after('Cancelled')),
-          })}
-      >
-        Cancel…
-      </button>`,
+      button('Cancel…', 'danger', () =>
+        confirmAction({
+          title: 'Cancel this run?',
+          body: html`<p>
+            Running work is stopped, pending items are cancelled and the run's reservation is released. This
+            cannot be undone.
+          </p>`,
+          danger: true,
+          confirmLabel: 'Cancel run',
+          fields: [{ name: 'reason', label: 'Reason (optional)' }],
+          action: (v) => post(r, 'cancel', v.reason ? { reason: v.reason } : {}).then(after('Cancelled')),
+        }),
+      ),
     );
   if (exec && (s === 'completed' || s === 'failed') && r.items_failed > 0)
     actions.push(
-      html`<button
-        type="button"
-        class="btn"
-        onClick=${() =>
-          confirmAction({
-            title: `Retry the ${r.items_failed} failed ${r.kind === 'workflow' ? 'tasks' : 'items'}?`,
-            body: html`<p>They run again in this run (attempt + 1); each is charged if it succeeds.</p>`,
-            cost: true,
-            confirmLabel: 'Retry failed',
-            fields: [
-              {
-                name: 'definition',
-                label: 'Definition',
-                type: 'select',
-                options: ['pinned', 'latest'],
-                help: 'pinned: the version this run was created with; latest: the element as it is now.',
-              },
-            ],
-            action: (v) =>
-              post(r, 'retry-failed', { definition: v.definition ?? 'pinned' }).then((res) => {
-                notify(res.retried ? `Retrying ${res.retried}` : res.message, 'ok');
-                void model.loadRun(true);
-                return res;
-              }),
-          })}
-      >
-        Retry failed…
-      </button>`,
+      button('Retry failed…', '', () =>
+        confirmAction({
+          title: `Retry the ${r.items_failed} failed ${r.kind === 'workflow' ? 'tasks' : 'items'}?`,
+          body: html`<p>They run again in this run (attempt + 1); each is charged if it succeeds.</p>`,
+          cost: true,
+          confirmLabel: 'Retry failed',
+          fields: [
+            {
+              name: 'definition',
+              label: 'Definition',
+              type: 'select',
+              options: ['pinned', 'latest'],
+              help: 'pinned: the version this run was created with; latest: the element as it is now.',
+            },
+          ],
+          action: (v) =>
+            post(r, 'retry-failed', { definition: v.definition ?? 'pinned' }).then((res) => {
+              notify(res.retried ? `Retrying ${res.retried}` : res.message, 'ok');
+              void model.loadRun(true);
+              return res;
+            }),
+        }),
+      ),
     );
   if (exec && terminal)
     actions.push(
-      html`<button
-        type="button"
-        class="btn"
-        onClick=${() =>
-          confirmAction({
-            title: 'Rerun with the same inputs?',
-            body: html`<p>A new run of the same element and inputs.${estimate}</p>`,
-            cost: true,
-            confirmLabel: 'Rerun',
-            action: async () => {
-              const next = await post(r, 'rerun');
-              notify('Rerun started', 'ok');
-              navigate(paths.run(next.id));
-              return next;
+      button('Rerun…', '', () =>
+        confirmAction({
+          title: 'Rerun with the same inputs?',
+          body: html`<p>A new run of the same element and inputs.${estimate}</p>`,
+          cost: true,
+          confirmLabel: 'Rerun',
+          action: async () => {
+            const next = await post(r, 'rerun');
+            notify('Rerun started', 'ok');
+            navigate(paths.run(next.id));
+            return next;
+          },
+        }),
+      ),
+      button('Replay…', '', () =>
+        confirmAction({
+          title: 'Replay this run?',
+          body: html`<p>
+            A new run of the recorded input on the definitions of this run's snapshot, whatever changed
+            since.${estimate}
+          </p>`,
+          cost: true,
+          confirmLabel: 'Replay',
+          fields: [
+            {
+              name: 'policy',
+              label: 'Policy',
+              type: 'select',
+              options: ['strict', 'permissive'],
+              help: 'strict refuses to repeat a side effect unless a policy permits the replay.',
             },
-          })}
-      >
-        Rerun…
-      </button>`,
-      html`<button
-        type="button"
-        class="btn"
-        onClick=${() =>
-          confirmAction({
-            title: 'Replay this run?',
-            body: html`<p>
-              A new run of the recorded input on the definitions of this run's snapshot, whatever changed
-              since.${estimate}
-            </p>`,
-            cost: true,
-            confirmLabel: 'Replay',
-            fields: [
-              {
-                name: 'policy',
-                label: 'Policy',
-                type: 'select',
-                options: ['strict', 'permissive'],
-                help: 'strict refuses to repeat a side effect unless a policy permits the replay.',
-              },
-              ...(r.kind === 'workflow'
-                ? [
-                    {
-                      name: 'from_task',
-                      label: 'From step (optional)',
-                      help: 'Reuse the recorded outputs of the steps before it.',
-                    },
-                  ]
-                : []),
-            ],
-            action: async (v) => {
-              const next = await post(r, 'replay', v);
-              notify('Replay started', 'ok');
-              navigate(paths.run(next.run_id));
-              return next;
-            },
-          })}
-      >
-        Replay…
-      </button>`,
+            ...(r.kind === 'workflow'
+              ? [
+                  {
+                    name: 'from_task',
+                    label: 'From step (optional)',
+                    help: 'Reuse the recorded outputs of the steps before it.',
+                  },
+                ]
+              : []),
+          ],
+          action: async (v) => {
+            const next = await post(r, 'replay', v);
+            notify('Replay started', 'ok');
+            navigate(paths.run(next.run_id));
+            return next;
+          },
+        }),
+      ),
     );
 
   const waiting = r.awaiting_approval ?? [];
