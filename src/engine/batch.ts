@@ -58,6 +58,15 @@ export class BatchControl {
   private woken = false;
   /** Set when the run's status must be re-read (pause). */
   dirty = false;
+  /**
+   * Set when another loop of this worker took the run over (claimed again after a resume): this
+   * one starts nothing more, lets its running items finish and settle, and lets go of nothing.
+   */
+  retired = false;
+  retire(): void {
+    this.retired = true;
+    this.wake();
+  }
   poke(): void {
     this.dirty = true;
     this.wake();
@@ -254,7 +263,7 @@ export async function runBatch(
       // Yield to timers and I/O: on the embedded database every query resolves without real I/O,
       // so without this a batch would run as one chain of microtasks and starve API requests.
       await new Promise((r) => setImmediate(r));
-      if (signal.aborted || paused) break;
+      if (signal.aborted || paused || control.retired) break;
       try {
         if (await step()) break;
       } catch (e) {
@@ -265,7 +274,7 @@ export async function runBatch(
     }
     await Promise.all(active);
     await drainSettles();
-    if (paused && !signal.aborted) await letGoPaused(db, run.id, workerId);
+    if (paused && !signal.aborted && !control.retired) await letGoPaused(db, run.id, workerId);
   } finally {
     signal.removeEventListener('abort', onAbort);
   }

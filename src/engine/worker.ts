@@ -57,6 +57,10 @@ interface InFlight {
   controller: AbortController;
   /** Batch runs: told when the run is paused (or its control state changed). */
   control?: BatchControl;
+  /** Batch and workflow runs: the run's span, ended by the loop that finishes the run. */
+  span?: Span;
+  /** A later loop of this worker took the run (and its span) over. */
+  spanTaken?: boolean;
 }
 
 /** A run settled by this worker: what the settle wrote, and what the execution produced. */
@@ -357,16 +361,22 @@ export class Worker {
       // A batch run settles its items itself, in batches, and ends itself; a workflow run
       // orchestrates its tasks (child runs in the queue) and ends itself.
       const control = new BatchControl();
-      // Claimed again while this worker's earlier loop over it had not noticed it let go (a resume
-      // right after a pause): that loop stops, the new one takes over.
-      this.inflight.get(run.id)?.controller.abort();
-      const entry: InFlight = { run, controller, control };
+      // Claimed again while this worker's earlier loop over it had not let go yet (a resume right
+      // after a pause): that loop stops starting items, the new one takes over. A batch's earlier
+      // loop lets the items it runs finish and settle (a pause lets running items finish); a
+      // workflow's only orchestrates (its tasks are runs of their own), so it simply stops.
+      const earlier = this.inflight.get(run.id);
+      if (earlier?.control && run.kind === 'batch') earlier.control.retire();
+      else earlier?.controller.abort();
+      // One run, one ops.execute span: the new loop carries on the earlier loop's.
+      const span = earlier?.span ?? this.runSpan(run);
+      if (earlier) earlier.spanTaken = true;
+      const entry: InFlight = { run, controller, control, span };
       this.inflight.set(run.id, entry);
       // An orchestration waits on its children more than it computes: it takes no execution slot.
       const slot = run.kind === 'batch';
       if (slot) this.executing++;
       else this.orchestrating++;
-      const span = this.runSpan(run);
       const body = inSpan(span, () =>
         run.kind === 'batch'
           ? runBatch(this.batchHost, run, controller.signal, control)
@@ -381,7 +391,7 @@ export class Worker {
           else this.orchestrating--;
           if (this.inflight.get(run.id) === entry) this.inflight.delete(run.id);
           this.wakeUp();
-          if (tracingEnabled())
+          if (tracingEnabled() && !entry.spanTaken)
             void getRun(this.db, run.id)
               .catch(() => undefined)
               .then((r) => endRunSpan(span, r?.status ?? 'unknown', r?.error?.code));
