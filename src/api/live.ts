@@ -27,6 +27,9 @@ export interface LiveOptions {
   batch: number;
 }
 
+/** Pause between back-to-back reads of a busy circle (ms). */
+const BUSY_READ_GAP_MS = 3;
+
 const DEFAULTS: LiveOptions = { pollMs: 1000, maxBufferBytes: 1 << 20, batch: 1000 };
 
 /** One watcher: its filter, where it is, and where its events go. */
@@ -125,6 +128,9 @@ class CircleFeed {
       if (b.full) this.again = true;
       if (b.heldBack) this.scheduleRetry();
       else this.retryMs = 2;
+      // Changes came in while this read ran: a busy circle. A short pause lets the next read take
+      // a burst of them at once (an isolated change is read at once: nothing is in flight then).
+      if (this.again && !b.full) await new Promise((r) => setTimeout(r, BUSY_READ_GAP_MS));
     } while (this.again && !this.hub.closed);
   }
 
