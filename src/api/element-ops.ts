@@ -212,7 +212,7 @@ async function answerOp(
       setHeader: (name, value) => void ctx.reply.header(name, value),
       streamEvents: (f) => {
         const types = new Set(f.types);
-        return answerWithEvents(ctx, circle!.id, f.runId ? START : lastEventId(ctx, undefined), {
+        return answerWithEvents(ctx, circle!.id, lastEventId(ctx, f.runId ? START : undefined), {
           runId: f.runId,
           accepts: (row) => types.has(row.type) && row.element_id === element.id,
         });

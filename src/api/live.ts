@@ -167,13 +167,17 @@ export class LiveHub {
   }
 
   private async listen(): Promise<void> {
+    // A failed LISTEN is tried again by the next subscriber, not kept.
     this.listening ??= (async () => {
       this.unlisten = await this.db.listen('cairn_live', (circleId) => this.feeds.get(circleId)?.wake());
       this.poll = setInterval(() => {
         for (const f of this.feeds.values()) f.wake();
       }, this.opts.pollMs);
       this.poll.unref();
-    })();
+    })().catch((e: unknown) => {
+      this.listening = undefined;
+      throw e;
+    });
     return this.listening;
   }
 
@@ -189,15 +193,37 @@ export class LiveHub {
    * only what happens from now on. Returns the function that removes it.
    */
   async subscribe(circleId: string, s: Subscriber, from: LivePos | undefined): Promise<() => void> {
+    if (this.closed) throw new Error('the live hub is closed');
     await this.listen();
-    let feed = this.feeds.get(circleId);
-    if (!feed) {
-      feed = new CircleFeed(this, circleId);
-      this.feeds.set(circleId, feed);
+    const sub: Sub = { s, pos: from ?? START, active: false, closed: false };
+    let feed: CircleFeed;
+    for (;;) {
+      let f = this.feeds.get(circleId);
+      if (!f) {
+        const created = new CircleFeed(this, circleId);
+        f = created;
+        this.feeds.set(circleId, created);
+        // A feed whose first read failed is dropped, so the next subscriber starts a fresh one.
+        created.ready.catch(() => {
+          if (this.feeds.get(circleId) === created && created.subs.size === 0) this.feeds.delete(circleId);
+        });
+      }
+      // Counted before the wait, so the last subscriber leaving meanwhile does not drop this feed.
+      f.subs.add(sub);
+      try {
+        await f.ready;
+      } catch (e) {
+        f.subs.delete(sub);
+        if (this.feeds.get(circleId) === f && f.subs.size === 0) this.feeds.delete(circleId);
+        throw e;
+      }
+      if (this.feeds.get(circleId) === f) {
+        feed = f;
+        break;
+      }
+      f.subs.delete(sub); // it was removed while we waited: join the current one
     }
-    await feed.ready;
-    const sub: Sub = { s, pos: from ?? feed.cursor, active: false, closed: false };
-    feed.subs.add(sub);
+    if (!from) sub.pos = feed.cursor;
     const remove = () => {
       sub.closed = true;
       feed.subs.delete(sub);
@@ -221,8 +247,10 @@ export class LiveHub {
           this.deliver(sub, row);
           if (sub.closed) break;
         }
-        // Every row of its scope up to the bound is delivered (or the read was full: read on).
-        if ((reached || !b.full) && comparePos(sub.pos, bound) < 0) sub.pos = bound;
+        // Every row of its scope up to the bound is delivered (or the read was full, or rows were
+        // held back by a transaction not over yet: read on from the last delivered one).
+        if ((reached || (!b.full && !b.heldBack)) && comparePos(sub.pos, bound) < 0) sub.pos = bound;
+        else if (b.heldBack && !reached) await new Promise((r) => setTimeout(r, 5));
         // A long history (a 10,000-item run) goes out as fast as the client reads it, not faster.
         if (!sub.closed) await s.drained?.();
       }

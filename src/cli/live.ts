@@ -38,11 +38,12 @@ export class RunWaker {
       return Promise.resolve();
     }
     return new Promise((resolve) => {
-      const t = setTimeout(done, maxMs);
-      function done() {
+      const done = () => {
         clearTimeout(t);
+        this.wake = undefined; // a later event is kept as pending for the next call, not lost here
         resolve();
-      }
+      };
+      const t = setTimeout(done, maxMs);
       this.wake = () => {
         this.wake = undefined;
         this.pending = false;

@@ -101,7 +101,7 @@ export async function* followEvents(url: string, opts: FollowOptions = {}): Asyn
       } catch {
         // dropped: reconnect below
       }
-    }
+    } else await res?.body?.cancel().catch(() => undefined); // a 5xx: let its connection go
     if (!reconnect || opts.signal?.aborted) return;
     await new Promise((r) => setTimeout(r, opts.reconnectMs ?? 500));
   }

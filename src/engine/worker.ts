@@ -366,8 +366,12 @@ export class Worker {
       // loop lets the items it runs finish and settle (a pause lets running items finish); a
       // workflow's only orchestrates (its tasks are runs of their own), so it simply stops.
       const earlier = this.inflight.get(run.id);
-      if (earlier?.control && run.kind === 'batch') earlier.control.retire();
-      else earlier?.controller.abort();
+      if (earlier?.control && run.kind === 'batch') {
+        earlier.control.retire();
+        // A cancel, a lost lease or a stop reaches the new loop's controller: the retired loop's
+        // running items stop with it.
+        controller.signal.addEventListener('abort', () => earlier.controller.abort(), { once: true });
+      } else earlier?.controller.abort();
       // One run, one ops.execute span: the new loop carries on the earlier loop's.
       const span = earlier?.span ?? this.runSpan(run);
       if (earlier) earlier.spanTaken = true;

@@ -73,7 +73,9 @@ class RunIdGenerator implements IdGenerator {
 let installed: TracerProvider | undefined;
 let provider: TracerProvider | undefined;
 let ids: RunIdGenerator | undefined;
-const tracer = () => trace.getTracer('cairn', ENGINE_VERSION);
+// Our provider's tracer, not the global one: should another provider be registered in the process,
+// run spans still get their derived ids.
+const tracer = () => (installed ?? trace.getTracerProvider()).getTracer('cairn', ENGINE_VERSION);
 
 /** Whether spans are exported (an OTLP endpoint is configured). */
 export function tracingEnabled(): boolean {

@@ -109,6 +109,9 @@ BEGIN
   PERFORM pg_notify('cairn_live', NEW.circle_id::text);
   RETURN NULL;
 END $$;
+-- Items written already past pending (a workflow's fanned-out tasks, items refused at submit).
+CREATE TRIGGER items_live_insert AFTER INSERT ON cairn.items
+  FOR EACH ROW WHEN (NEW.status <> 'pending' OR NEW.evidence ? 'awaiting') EXECUTE FUNCTION cairn.live_item();
 CREATE TRIGGER items_live AFTER UPDATE OF status, evidence ON cairn.items
   FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status
     OR (NEW.evidence ? 'awaiting' AND NOT OLD.evidence ? 'awaiting'))
