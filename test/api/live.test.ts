@@ -239,6 +239,41 @@ describeEachDriver('live events', ({ db, url, driver }) => {
     expect(log.body.data.lines.map((l: [number, string, string]) => l[2])).toContain('hello 6');
   }, 120_000);
 
+  it('an approval asked inside a fan-out (its task written already waiting) is an approval event', async () => {
+    const mk = async (body: unknown) =>
+      expect((await t.call('POST', `/api/${c.slug}/ops/create`, body, c.tokens.write)).status).toBe(201);
+    await mk({
+      element_type: 'hitl',
+      slug: 'ok-each',
+      spec: { instructions: 'Check it.', approvers: { role: 'execute' } },
+    });
+    await mk({
+      element_type: 'workflow',
+      slug: 'fan-approve',
+      spec: { steps: [{ name: 'each', element: 'ok-each', for_each: '${{ [1, 2] }}' }] },
+    });
+    const r = await t.call(
+      'POST',
+      `/api/${c.slug}/fan-approve/ops/trigger`,
+      { parameters: {} },
+      c.tokens.execute,
+    );
+    expect(r.status).toBe(202);
+    const evs = await collect(
+      `${base}/api/runs/${r.body.run_id}/events?types=approval`,
+      c.tokens.read,
+      (e) => e.filter((x) => x.body.data.requested === true).length >= 2,
+      { timeoutMs: 20_000 },
+    );
+    expect(
+      evs
+        .filter((e) => e.body.data.requested === true)
+        .map((e) => e.body.data.task)
+        .sort(),
+    ).toEqual(['each[0]', 'each[1]']);
+    await t.call('POST', `/api/runs/${r.body.run_id}/cancel`, {}, c.tokens.execute);
+  });
+
   it('the stream is a window: rows older than the retention are pruned, newer ones kept', async () => {
     await db().query(
       `INSERT INTO cairn.live_events (circle_id, type, data, at) VALUES ($1, 'audit', '{"old":true}', now() - interval '48 hours')`,
