@@ -57,8 +57,10 @@ interface InFlight {
   controller: AbortController;
   /** Batch runs: told when the run is paused (or its control state changed). */
   control?: BatchControl;
-  /** Batch and workflow runs: the run's span, ended by the loop that finishes the run. */
+  /** The run's ops.execute span: ended by the settle (invoke runs) or by the loop that finishes the run. */
   span?: Span;
+  /** Invoke runs: the span of their settle, from enqueue to the settle's commit. */
+  settleSpan?: Span;
   /** A later loop of this worker took the run (and its span) over. */
   spanTaken?: boolean;
 }
@@ -97,8 +99,6 @@ export class Worker {
   private readonly pollMs: number;
   private readonly reapMs: number;
   private readonly log: Logger;
-  /** The spans of invoke runs executed here and not settled yet: the run's, and its settle's. */
-  private readonly spans = new Map<string, { run: Span; settle?: Span }>();
   /** Claimed and not yet settled (heartbeats cover these). */
   private readonly inflight = new Map<string, InFlight>();
   /** Executors running now; `concurrency` bounds this, not the settle backlog. */
@@ -190,12 +190,10 @@ export class Worker {
     const parent = flight?.run.parent_run_id;
     if (flight && row)
       recordRun(flight.run.kind, row.status, row.duration_ms, flight.run.queued_at, flight.run.started_at);
-    const spans = this.spans.get(s.id);
-    if (spans) {
-      this.spans.delete(s.id);
-      spans.settle?.end();
+    if (flight?.span && !flight.control) {
+      flight.settleSpan?.end();
       // undefined: the settle found the run changed meanwhile (cancelled, recovered elsewhere).
-      endRunSpan(spans.run, row?.status ?? 'superseded', s.error?.code);
+      endRunSpan(flight.span, row?.status ?? 'superseded', s.error?.code);
     }
     this.inflight.delete(s.id);
     const control = parent ? this.inflight.get(parent)?.control : undefined;
@@ -408,13 +406,11 @@ export class Worker {
 
   /** Executes an invoke run in a slot already counted in `executing`, then queues its settle. */
   private executeInSlot(run: RunRow, controller: AbortController): void {
-    this.inflight.set(run.id, { run, controller });
-    const span = this.runSpan(run);
-    if (tracingEnabled()) this.spans.set(run.id, { run: span });
-    void inSpan(span, () => this.execution.execute(run, controller.signal)).then((s) => {
+    const entry: InFlight = { run, controller, span: this.runSpan(run) };
+    this.inflight.set(run.id, entry);
+    void inSpan(entry.span!, () => this.execution.execute(run, controller.signal)).then((s) => {
       this.executing--;
-      const spans = this.spans.get(run.id);
-      if (spans) spans.settle = startChildSpan('settle', span);
+      entry.settleSpan = startChildSpan('settle', entry.span!);
       this.settlement.enqueue(s);
       this.wakeUp();
     });

@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freshDb } from '../helpers/db.js';
-import { testApp, type TestApp } from '../helpers/app.js';
+import { testApp, waitRun, type TestApp } from '../helpers/app.js';
 import { until } from '../helpers/bin.js';
 import { flushTracing, initTracing, runSpanId, shutdownTracing } from '../../src/telemetry/tracing.js';
 
@@ -185,13 +185,8 @@ describe('OpenTelemetry spans, exported over OTLP/HTTP to a real receiver', () =
     const res = await t.call('POST', `/api/${c.slug}/nums/ops/columns/r/run`, {}, c.tokens.execute);
     expect(res.status).toBe(202);
     const id = res.body.run_id;
-    await until(
-      async () =>
-        (await t.call('GET', `/api/runs/${id}`, undefined, c.tokens.read)).body.status === 'succeeded',
-      30_000,
-      'the batch to succeed',
-    );
-    const run = (await t.call('GET', `/api/runs/${id}`, undefined, c.tokens.read)).body;
+    const run = await waitRun(t, id, c.tokens.read, { ms: 30_000 });
+    expect(run.status).toBe('succeeded');
     const spans = await spansOf(run.trace_id, (s) => s.some((x) => x.name === 'ops.execute'));
     const root = spans.find((s) => s.name === 'ops.execute')!;
     expect(root.attributes).toMatchObject({ 'cairn.run_kind': 'batch', 'cairn.status': 'succeeded' });
@@ -207,13 +202,8 @@ describe('OpenTelemetry spans, exported over OTLP/HTTP to a real receiver', () =
     const res = await t.call('POST', `/api/${c.slug}/flow/ops/trigger`, { parameters: {} }, c.tokens.execute);
     expect(res.status).toBe(202);
     const id = res.body.run_id;
-    await until(
-      async () =>
-        (await t.call('GET', `/api/runs/${id}`, undefined, c.tokens.read)).body.status === 'succeeded',
-      30_000,
-      'the workflow to succeed',
-    );
-    const run = (await t.call('GET', `/api/runs/${id}`, undefined, c.tokens.read)).body;
+    const run = await waitRun(t, id, c.tokens.read, { ms: 30_000 });
+    expect(run.status).toBe('succeeded');
     const spans = await spansOf(run.trace_id, (s) => s.filter((x) => x.name === 'ops.execute').length >= 3);
     const root = spans.find((s) => s.name === 'ops.execute' && s.attributes['cairn.run_id'] === id)!;
     expect(root.attributes).toMatchObject({ 'cairn.element_type': 'workflow', 'cairn.status': 'succeeded' });
