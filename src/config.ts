@@ -111,6 +111,10 @@ export const SETTINGS = {
   CAIRN_PREWARM: flag.default(true),
   CAIRN_GIT_LOCAL_ROOTS: z.string().default(''),
   CAIRN_GIT_ALLOW_PRIVATE_HOSTS: flag.default(false),
+  /** The 32-byte key sealing secrets (base64 or hex); default: <data>/secrets.key, generated mode 0600. */
+  CAIRN_SECRETS_KEY: z.string().min(1).optional(),
+  /** Earlier keys (comma-separated) that still open secrets sealed before a rotation. */
+  CAIRN_SECRETS_KEY_PREVIOUS: z.string().default(''),
 } as const;
 export type SettingName = keyof typeof SETTINGS;
 

@@ -20,6 +20,7 @@ import { listTypes, operationsOf } from './elements/registry.js';
 
 const run = promisify(execFile);
 import { silentLogger } from './telemetry/log.js';
+import { Keyring, parseKey, setKeyring } from './core/sealed.js';
 import { migrate } from './db/migrate.js';
 import { createToken, hasInstanceAdmin } from './store/tokens.js';
 import { loadSqlParser } from './elements/sql/guard.js';
@@ -31,6 +32,36 @@ import type { Deps } from './api/context.js';
 import type { Logger } from './telemetry/log.js';
 import { Sandbox } from './sandbox/runner.js';
 import { prewarmGo } from './sandbox/builders/go.js';
+
+/**
+ * The keyring that seals secrets (R-SECRETS): CAIRN_SECRETS_KEY, or the key in <data>/secrets.key
+ * (generated on first start, mode 0600), plus CAIRN_SECRETS_KEY_PREVIOUS during a rotation. Every
+ * process of a deployment must hold the same key.
+ */
+export async function loadKeyring(config: Config, log: Logger = silentLogger): Promise<Keyring> {
+  const configured = setting('CAIRN_SECRETS_KEY');
+  let current: Buffer;
+  if (configured) current = parseKey(configured, 'CAIRN_SECRETS_KEY');
+  else {
+    const file = join(config.dataDir, 'secrets.key');
+    await mkdir(config.dataDir, { recursive: true });
+    try {
+      await writeFile(file, Keyring.generateKey().toString('base64') + '\n', { mode: 0o600, flag: 'wx' });
+      log.info({ file }, 'generated the key that seals secrets (keep it: without it no secret opens)');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    current = parseKey(await readFile(file, 'utf8'), file);
+  }
+  const previous = setting('CAIRN_SECRETS_KEY_PREVIOUS')
+    .split(',')
+    .map((k) => k.trim())
+    .filter(Boolean)
+    .map((k, i) => parseKey(k, `CAIRN_SECRETS_KEY_PREVIOUS[${i}]`));
+  const ring = new Keyring(current, previous);
+  setKeyring(ring);
+  return ring;
+}
 
 /** The sandbox opt-out is loud: logged at start by every process that executes runs. */
 export function warnIfUnsandboxed(log: Logger, sandbox: Sandbox): void {
@@ -241,6 +272,7 @@ export async function startServer(
 ): Promise<Server> {
   await assertPortFree(config.host, config.port);
   if (initTracing()) log.info('exporting traces over OTLP (OTEL_EXPORTER_OTLP_* settings)');
+  await loadKeyring(config, log);
   const opened = await openDatabase(config, log);
   const { db } = opened;
   await ensureBootstrapToken(db, config, print);
@@ -317,6 +349,7 @@ export async function startWorker(
   log: Logger,
 ): Promise<{ worker: Worker; db: Db; metricsUrl?: string; stop(): Promise<void> }> {
   if (initTracing()) log.info('exporting traces over OTLP (OTEL_EXPORTER_OTLP_* settings)');
+  await loadKeyring(config, log);
   const opened = await openDatabase(config, log);
   const { db } = opened;
   const sandbox = new Sandbox();

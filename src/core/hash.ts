@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import canonicalize from 'canonicalize';
+import { hashableSpec } from './sealed.js';
 
 /** RFC 8785 canonical JSON, so other tools can recompute our hashes byte for byte. */
 export function canonicalJson(value: unknown): string {
@@ -12,7 +13,7 @@ export function sha256Hex(data: string | Buffer): string {
   return createHash('sha256').update(data).digest('hex');
 }
 
-/** SPEC R-ELEMENT: sha256 of the canonical JSON of {element_type, spec}. */
+/** SPEC R-ELEMENT: sha256 of the canonical JSON of {element_type, spec} (a sealed value by its digest). */
 export function definitionHash(elementType: string, spec: unknown): string {
-  return sha256Hex(canonicalJson({ element_type: elementType, spec }));
+  return sha256Hex(canonicalJson({ element_type: elementType, spec: hashableSpec(spec) }));
 }

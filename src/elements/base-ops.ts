@@ -12,6 +12,8 @@ import { checkSpec } from './validate.js';
 import { defineOp, type OperationDecl, type OpContext } from './types.js';
 import { definitionHash } from '../core/hash.js';
 import { toolsOf } from './schema.js';
+import { redactSealed } from '../core/sealed.js';
+import { deleteAttachmentsOf } from '../store/attachments.js';
 
 const empty = z.object({}).strict();
 const anyObject = z.record(z.string(), z.unknown());
@@ -122,10 +124,17 @@ export const BASE_OPS: OperationDecl[] = [
     handler: async (ctx) => {
       if (!ctx.input.history) {
         const v = await store.getVersion(ctx.db, ctx.element.id, ctx.element.version);
-        return { version: ctx.element.version, definition_hash: ctx.element.definition_hash, current: v };
+        return {
+          version: ctx.element.version,
+          definition_hash: ctx.element.definition_hash,
+          current: v && { ...v, spec: redactSealed(v.spec) },
+        };
       }
       const versions = await store.listVersions(ctx.db, ctx.element.id, ctx.input.limit ?? 50);
-      return { version: ctx.element.version, versions };
+      return {
+        version: ctx.element.version,
+        versions: versions.map((v) => ({ ...v, spec: redactSealed(v.spec) })),
+      };
     },
   }),
   defineOp({
@@ -225,6 +234,8 @@ export const BASE_OPS: OperationDecl[] = [
             'Wait for them to finish or cancel them (…/ops/runs?status=queued,running), then delete.',
           );
         }
+        // A deleted element is attached nowhere and has nothing attached (runs keep their pins).
+        await deleteAttachmentsOf(tx, ctx.element.id);
         return toElementView(await store.setState(tx, ctx.element.id, 'deleted', null), ctx.circle);
       });
     },

@@ -5,6 +5,8 @@ import type { Db } from '../db/types.js';
 import type { CircleRow } from '../store/circles.js';
 import * as store from '../store/elements.js';
 import { checkSpec } from './validate.js';
+import { findSealedInput, sealedInputRefused } from '../core/sealed.js';
+import type { ElementTypeDecl } from './types.js';
 import { toElementView, type ElementView } from './view.js';
 import type { TypeLookup } from './types.js';
 
@@ -16,6 +18,22 @@ export interface ElementInput {
   spec?: unknown;
   name?: string;
   intention?: string | null;
+}
+
+/**
+ * A spec from a request, parsed, checked and sealed (a secret's plain value becomes a box). Only
+ * Cairn writes boxes: one in the request is refused.
+ */
+export function specFromRequest(
+  type: ElementTypeDecl,
+  raw: unknown,
+  merged: unknown,
+  circleId: string,
+): { spec: Record<string, unknown>; warnings: string[] } {
+  const at = findSealedInput(raw);
+  if (at) throw sealedInputRefused(at);
+  const { spec, warnings } = checkSpec(type, merged);
+  return { spec: type.seal ? (type.seal(spec, circleId) as Record<string, unknown>) : spec, warnings };
 }
 
 function nameFromSlug(slug: string): string {
@@ -47,7 +65,7 @@ export async function createElement(
       'Use a slug like "my-greeter".',
     );
   }
-  const { spec, warnings } = checkSpec(type, input.spec);
+  const { spec, warnings } = specFromRequest(type, input.spec, input.spec, circle.id);
   await type.validateInCircle?.(db, circle, spec, types);
   const { el, once } = await db.transaction(async (tx) => {
     const el = await store.insertElement(tx, {
@@ -90,7 +108,7 @@ export async function updateElement(
     const type = types.get(el.element_type);
     const merged =
       patch.spec === undefined ? el.spec : patch.deep === false ? patch.spec : deepMerge(el.spec, patch.spec);
-    const { spec, warnings } = checkSpec(type, merged);
+    const { spec, warnings } = specFromRequest(type, patch.spec, merged, circle.id);
     await type.validateInCircle?.(tx, circle, spec, types);
     const next = await store.writeVersion(
       tx,
@@ -131,7 +149,7 @@ export async function applyElement(
     );
   }
   const type = types.get(input.element_type);
-  const { spec } = checkSpec(type, input.spec);
+  const { spec } = specFromRequest(type, input.spec, input.spec, circle.id);
   const same =
     definitionHash(type.type, spec) === existing.definition_hash &&
     (input.name === undefined || input.name === existing.name) &&
@@ -141,7 +159,14 @@ export async function applyElement(
     db,
     circle,
     input.slug,
-    { spec, deep: false, name: input.name, intention: input.intention, note: 'apply' },
+    // The request's spec, not the sealed one: update seals it again (same digest, fresh IV).
+    {
+      spec: input.spec as Record<string, unknown>,
+      deep: false,
+      name: input.name,
+      intention: input.intention,
+      note: 'apply',
+    },
     actor,
     types,
   );

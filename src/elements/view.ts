@@ -1,5 +1,6 @@
 import type { ElementRow } from '../store/elements.js';
 import type { CircleRow } from '../store/circles.js';
+import { redactSealed } from '../core/sealed.js';
 
 export interface ElementView {
   id: string;
@@ -37,7 +38,7 @@ export function toElementView(
     intention: e.intention,
     state: e.state,
     disabled_reason: e.disabled_reason,
-    spec: e.spec,
+    spec: redactSealed(e.spec),
     meta: e.meta,
     version: e.version,
     definition_hash: e.definition_hash,
