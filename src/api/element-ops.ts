@@ -41,7 +41,7 @@ function modeOf<M extends Mode>(ctx: RouteCtx, allowed: readonly M[]): M | 'live
 }
 
 /** `?budget=<micro-credits>&on_budget_exceeded=flag|stop` of a run-creating op (typed 400 otherwise). */
-function budgetOf(ctx: RouteCtx): { budget?: number; budgetPolicy?: 'flag' | 'stop' } {
+export function budgetOf(ctx: RouteCtx): { budget?: number; budgetPolicy?: 'flag' | 'stop' } {
   const q = queryOf(ctx);
   const out: { budget?: number; budgetPolicy?: 'flag' | 'stop' } = {};
   if (q.budget !== undefined) {

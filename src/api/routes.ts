@@ -25,6 +25,8 @@ import { LINEAGE_ROUTES } from './lineage-routes.js';
 import { FILE_ROUTES } from './file-routes.js';
 import { HOOK_ROUTES } from './hook-routes.js';
 import { LIVE_ROUTES } from './live-routes.js';
+import { SECRET_ROUTES } from './secrets-routes.js';
+import { LLM_ROUTES } from './llm-routes.js';
 import { WHOAMI_ROUTES } from './whoami-routes.js';
 import { pinnedPolicySet } from '../engine/policy.js';
 import { DEGRADED_AFTER } from '../engine/health.js';
@@ -318,6 +320,8 @@ export const ROUTES: RouteDef[] = [
   }),
   ...CONTROL_ROUTES,
   ...LIVE_ROUTES,
+  ...LLM_ROUTES,
+  ...SECRET_ROUTES,
   ...RETENTION_ROUTES,
   ...WORKFLOW_ROUTES,
   ...LINEAGE_ROUTES,

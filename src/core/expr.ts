@@ -23,7 +23,18 @@ import { Environment, type ASTNode, type ParseResult } from '@marcbachmann/cel-j
  * (a webhook's body, headers and query; an upstream run).
  */
 export type Root =
-  'parameters' | 'steps' | 'item' | 'run' | 'body' | 'headers' | 'query' | 'upstream' | 'schedule';
+  | 'parameters'
+  | 'steps'
+  | 'item'
+  | 'run'
+  | 'body'
+  | 'headers'
+  | 'query'
+  | 'upstream'
+  | 'schedule'
+  | 'input'
+  | 'secrets'
+  | 'vars';
 export const WORKFLOW_ROOTS: readonly Root[] = ['parameters', 'steps', 'item', 'run'];
 const MACROS = new Set(['map', 'filter', 'all', 'exists', 'exists_one']);
 

@@ -1,5 +1,6 @@
 import { errors } from '../core/errors.js';
-import { BASE_OPS } from './base-ops.js';
+import { BASE_OPS as CORE_OPS } from './base-ops.js';
+import { ATTACH_OPS } from './attachments.js';
 import { sqlType } from './sql/index.js';
 import { goFnType } from './go-fn/index.js';
 import { javascriptType, pythonType } from './script/index.js';
@@ -10,6 +11,9 @@ import { scheduleType } from './schedule/index.js';
 import { webhookType } from './webhook/index.js';
 import { policyType } from './policy/index.js';
 import { upstreamType } from './upstream/index.js';
+import { secretType, variableType } from './secret/index.js';
+import { httpType } from './http/index.js';
+import { llmProviderType, llmType } from './llm/index.js';
 import type { ElementTypeDecl, HttpMethod, OperationDecl, TypeLookup } from './types.js';
 
 /** Every element type Cairn knows. Adding one is adding a folder and a line here. */
@@ -25,8 +29,14 @@ const TYPES: ElementTypeDecl[] = [
   webhookType,
   policyType,
   upstreamType,
+  secretType,
+  variableType,
+  httpType,
+  llmProviderType,
+  llmType,
 ];
 
+const BASE_OPS = [...CORE_OPS, ...ATTACH_OPS];
 const byName = new Map(TYPES.map((t) => [t.type, t]));
 
 /** Adds a type at runtime (benchmarks, and later plugins). A name is registered once. */

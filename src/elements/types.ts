@@ -252,6 +252,92 @@ export interface OperationDecl<I extends z.ZodType = z.ZodType> {
   status?: number;
 }
 
+/** An attachment as a run's snapshot pins it: the modifier's exact version, never its value. */
+export interface AttachmentRef {
+  id: string;
+  name: string;
+  priority: number;
+  modifier: { id: string; slug: string; element_type: string; version: number; definition_hash: string };
+}
+
+/** An element as a run's snapshot pins it, with its attachments and the elements it uses. */
+export interface PinnedElement {
+  id: string;
+  slug: string;
+  element_type: string;
+  version: number;
+  definition_hash: string;
+  spec: Record<string, unknown>;
+  attachments?: AttachmentRef[];
+  /** Elements it uses (an llm's providers), by slug, pinned the same way. */
+  uses?: Record<string, PinnedElement>;
+}
+
+/** An attachment opened for an execution: what the target injects (a secret's value is scrubbed from what the run records). */
+export interface ResolvedAttachment {
+  name: string;
+  slug: string;
+  element_type: string;
+  version: number;
+  secret: boolean;
+  value: string;
+}
+
+/** A used element as an execution sees it: its pinned definition and its opened attachments. */
+export interface ResolvedUse {
+  element: PinnedElement;
+  attachments: ResolvedAttachment[];
+}
+
+/** How a type takes attachments (seed 004's "attaches to"): which types, and how each is named. */
+export interface AttachRule {
+  types: readonly string[];
+  /** env: an environment variable name (code actions); identifier: a template name (`${{ secrets.<name> }}`). */
+  name: 'env' | 'identifier';
+  /** What an attachment becomes (docs). */
+  injects: string;
+}
+
+/** A type whose elements attach to others (secret, variable). */
+export interface Attachable {
+  /** Modifiers enforce policy, resources inject data (seed 004's is_modifier flag). */
+  modifier: boolean;
+  /** A secret: its value is sealed, never shown, and scrubbed from what a run records. */
+  secret: boolean;
+  /** The value an attachment injects, from the pinned spec (`open` unseals a secret's box). */
+  value(spec: Record<string, unknown>, open: (box: unknown) => string): string;
+}
+
+/** How a type answers the OpenAI Chat Completions wire format (src/elements/llm/compat.ts). */
+export interface ChatCompletionsCompat {
+  op: string;
+  /** The request body → the op's input (throws a typed 400). */
+  toInput(body: Record<string, unknown>): unknown;
+  /** A finished run's output → a ChatCompletion object. */
+  toCompletion(
+    output: unknown,
+    meta: { id: string; created: number; requestedModel: string },
+  ): Record<string, unknown>;
+  /**
+   * The chunks that close a stream (finish_reason, then usage when asked) from the output; when no
+   * content was streamed (the run executed in another process), the content first.
+   */
+  closingChunks(
+    output: unknown,
+    meta: { id: string; created: number; includeUsage: boolean; streamed: boolean },
+  ): Record<string, unknown>[];
+  /** One streamed content chunk. */
+  deltaChunk(
+    text: string,
+    meta: { id: string; created: number; model: string; first: boolean },
+  ): Record<string, unknown>;
+}
+
+/** Delta events an execution streams to whoever waits on it in this process (an LLM's tokens). */
+export type StreamSink = (
+  event: { type: 'delta'; text: string } | { type: 'meta'; data: Record<string, unknown> },
+) => void;
+
 export interface ExecContext<S = unknown, I = unknown> {
   db: Db;
   circle: CircleRow;
@@ -265,6 +351,12 @@ export interface ExecContext<S = unknown, I = unknown> {
   sandbox: Sandbox;
   /** Files the run reads (mounted read-only at /in by code actions), and how to get their bytes. */
   files: { inputs: FileRef[]; read(sha256: string): Promise<Buffer> };
+  /** The element's attachments, opened (the snapshot's versions), in priority order. */
+  attachments: ResolvedAttachment[];
+  /** The elements it uses (its type's `uses`), with their attachments opened. */
+  uses: Record<string, ResolvedUse>;
+  /** Where an execution's stream goes when a caller in this process follows it (else undefined). */
+  stream?: StreamSink;
 }
 
 /** A file an execution produced (a code action's /out). */
@@ -338,8 +430,30 @@ export interface ElementTypeDecl<S extends z.ZodType = z.ZodType> {
     created: boolean,
     types: TypeLookup,
   ): Promise<Record<string, unknown> | void>;
-  /** What the type pins into the run snapshot beyond the element itself (toolchains…). */
-  snapshot?(spec: z.output<S>, db: Db): Promise<Record<string, unknown>>;
+  /** Turns plain secret values of a parsed spec into sealed boxes before it is stored (secret). */
+  seal?(spec: z.output<S>, circleId: string): z.output<S>;
+  /** The attachments it accepts (a type without it accepts none). */
+  accepts?: AttachRule;
+  /** It attaches to others (secret, variable). */
+  attachable?: Attachable;
+  /** Slugs of the circle's elements it uses, pinned with it into each run's snapshot (an llm's providers). */
+  uses?(spec: z.output<S>): string[];
+  /**
+   * The element answers the OpenAI Chat Completions API at POST /api/{circle}/{slug}/v1/chat/completions
+   * (an llm): how a request becomes the input of `op`, and its run's output the answer.
+   */
+  chatCompletions?: ChatCompletionsCompat;
+  /**
+   * Checks an input against the spec before a run starts (an http URL built from the input is
+   * refused by the SSRF guard with a 4xx, and no run is made). Throws a typed error.
+   */
+  checkInput?(op: string, spec: z.output<S>, input: unknown): void;
+  /**
+   * The price of one run of `op` (micro-credits), when it depends on the spec and the input (an
+   * LLM call's most it can cost); `input` is undefined when a definition is priced ahead (a
+   * workflow step). Else the op's fixed `price`.
+   */
+  priceOf?(op: string, spec: z.output<S>, input: unknown, uses: Record<string, PinnedElement>): number;
 }
 
 /**

@@ -10,7 +10,9 @@ import { getWallet, reservationRefused } from '../store/ledger.js';
 import { findByIdempotencyKey, type RunRow } from '../store/runs.js';
 import { applyPatch } from '../core/json-patch.js';
 import { decide } from './policy.js';
-import { elementDisabled, elementRef, retryOnLoss, runSnapshot } from './submit.js';
+import { elementDisabled, elementRef, retryOnLoss, runPrice, runSnapshot } from './submit.js';
+import { pinElement } from '../elements/attachments.js';
+import { typeLookup } from '../elements/registry.js';
 
 export type { BatchRequest, BatchSubmitted, BatchUnit, RunMode } from '../elements/types.js';
 
@@ -38,7 +40,12 @@ export async function submitBatch(db: Db, req: BatchRequest): Promise<BatchSubmi
     if (prior) return { run: prior, created: false, ...counts(prior, op) };
   }
   const units = req.mode === 'smoke_test' ? req.units.slice(0, req.sample ?? 5) : req.units;
-  const price = op.price ?? 0;
+  // Every item reserves what the dearest one may cost (a fixed price, or an LLM call's most).
+  const pinned = await pinElement(db, el, typeLookup);
+  const price = units.reduce(
+    (m, u) => Math.max(m, runPrice(type, op, pinned, u.input)),
+    runPrice(type, op, pinned, undefined),
+  );
   // One decision for the run (its context holds what was asked and the estimate of every unit);
   // a permit's patch applies to each item's input, and a patched input that no longer validates
   // fails that item alone.
@@ -73,6 +80,11 @@ export async function submitBatch(db: Db, req: BatchRequest): Promise<BatchSubmi
     const parsed = op.input.safeParse(unitInput);
     if (!parsed.success)
       return fail(`The input does not match ${type.type}.${op.name}: ${describeIssues(parsed.error)}`);
+    try {
+      type.checkInput?.(op.name, el.spec, parsed.data);
+    } catch (e) {
+      return fail((e as Error).message);
+    }
     return {
       ...item,
       inputs: parsed.data,
@@ -122,7 +134,14 @@ export async function submitBatch(db: Db, req: BatchRequest): Promise<BatchSubmi
       budgetPolicy: req.budgetPolicy,
       concurrency: req.concurrency,
       itemMaxAttempts: req.itemMaxAttempts,
-      snapshot: runSnapshot(el, op, retry, { batch: req.batch, ...req.snapshotExtra }, pol.snapshot),
+      snapshot: runSnapshot(
+        pinned,
+        op,
+        retry,
+        { batch: req.batch, ...req.snapshotExtra },
+        pol.snapshot,
+        price,
+      ),
       policy: pol.record,
       traceId: newTraceId(req.trigger),
       idempotencyKey: req.idempotencyKey ?? null,

@@ -2,7 +2,9 @@ import { errors, type CairnError, type ErrorBody } from '../core/errors.js';
 import type { CircleRow } from '../store/circles.js';
 import { getElementById } from '../store/elements.js';
 import { getType, operationsOf } from '../elements/registry.js';
-import { snapshotElement, submitRun } from './submit.js';
+import { submitRun } from './submit.js';
+import { pinElement } from '../elements/attachments.js';
+import { typeLookup } from '../elements/registry.js';
 import { submitBatch, type RunMode } from './batch-submit.js';
 import { mapRow } from '../elements/table/index.js';
 import { ident } from '../db/types.js';
@@ -181,7 +183,7 @@ async function retryOnLatest(
     // The new snapshot (stored content-addressed by the runs_snapshot trigger) keeps the old definition.
     const next = {
       ...snap,
-      element: snapshotElement(el),
+      element: await pinElement(tx, el, typeLookup),
       earlier_definitions: [...(snap.earlier_definitions ?? []), snap.element],
     };
     await tx.query(

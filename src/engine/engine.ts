@@ -1,3 +1,4 @@
+import type { StreamSink } from '../elements/types.js';
 import type { Db } from '../db/types.js';
 import type { EnginePort } from '../elements/types.js';
 import { getRun, type RunRow } from '../store/runs.js';
@@ -32,6 +33,12 @@ export interface InvokeOptions {
   /** Wait for the run at most this long (0 or `async`: answer at once). */
   waitMs: number;
   async?: boolean;
+  /**
+   * Receives what the execution streams (an LLM's tokens) when it runs in this process's worker;
+   * `local` tells at once whether it does (if not, only the end arrives).
+   */
+  stream?: StreamSink;
+  onStart?: (info: { runId: string; local: boolean }) => void;
 }
 
 /**
@@ -133,10 +140,12 @@ export class Engine {
     }
     const { run, created } = submitted;
     if (run.mode === 'dry_run') return { state: 'finished', run };
+    const local = Boolean(slot && created && run.status === 'running');
+    opts.onStart?.({ runId: run.id, local });
     if (slot && created && run.status === 'running') {
       let timer: NodeJS.Timeout | undefined;
       const settled = await Promise.race([
-        slot.run(run),
+        slot.run(run, opts.stream),
         new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), opts.waitMs))),
       ]);
       clearTimeout(timer);

@@ -8,6 +8,10 @@ import { recordInvocation } from '../telemetry/metrics.js';
 import type { EngineResources } from './resources.js';
 import { PgFileStore, type FileRef } from '../store/files.js';
 import { mediaTypeOf } from '../core/media-types.js';
+import { scrubValues } from '../core/sealed.js';
+import { openAttachments, openUses } from '../elements/attachments.js';
+import { typeLookup } from '../elements/registry.js';
+import type { PinnedElement, ResolvedAttachment, StreamSink } from '../elements/types.js';
 
 /**
  * Execution: runs one operation of a run through its type's executor (an
@@ -22,8 +26,8 @@ export class ExecutionSystem {
   constructor(private readonly r: Pick<EngineResources, 'db' | 'host' | 'workerId' | 'log' | 'sandbox'>) {}
 
   /** An invoke run, executed: its settlement, with the type's invoked/completed/failed events. */
-  async execute(run: RunRow, signal: AbortSignal): Promise<Settlement> {
-    const o = await this.runOnce(run, run.input, signal);
+  async execute(run: RunRow, signal: AbortSignal, stream?: StreamSink): Promise<Settlement> {
+    const o = await this.runOnce(run, run.input, signal, stream);
     const s: Settlement = { id: run.id, ...o };
     // Metrics and events, named by the type's declared prefix (go_fn_invocation_count, go_fn.invoked …).
     const prefix = getTypeOrUndefined(run.element_type)?.telemetry?.prefix;
@@ -45,9 +49,9 @@ export class ExecutionSystem {
    * Executes the run's operation once on `input` through its type's executor.
    * Never throws: a failure is an outcome with a typed error and the evidence seen so far.
    */
-  async runOnce(run: RunRow, input: unknown, signal: AbortSignal): Promise<Outcome> {
+  async runOnce(run: RunRow, input: unknown, signal: AbortSignal, stream?: StreamSink): Promise<Outcome> {
     const started = Date.now();
-    const o = await this.attempt(run, input, signal);
+    const o = await this.attempt(run, input, signal, stream);
     const prefix = getTypeOrUndefined(run.element_type)?.telemetry?.prefix;
     if (prefix)
       recordInvocation(
@@ -70,7 +74,29 @@ export class ExecutionSystem {
     return c;
   }
 
-  private async attempt(run: RunRow, input: unknown, signal: AbortSignal): Promise<Outcome> {
+  /**
+   * One execution. Whatever it records (output, error, evidence, logs, events) is scrubbed of the
+   * values of the secrets it was given: an exact occurrence becomes [secret:<slug>].
+   */
+  private async attempt(
+    run: RunRow,
+    input: unknown,
+    signal: AbortSignal,
+    stream?: StreamSink,
+  ): Promise<Outcome> {
+    const opened: ResolvedAttachment[] = [];
+    const o = await this.attemptOpen(run, input, signal, opened, stream);
+    const secrets = opened.filter((a) => a.secret).map((a) => ({ value: a.value, label: a.slug }));
+    return secrets.length > 0 ? scrubValues(o, secrets) : o;
+  }
+
+  private async attemptOpen(
+    run: RunRow,
+    input: unknown,
+    signal: AbortSignal,
+    opened: ResolvedAttachment[],
+    stream?: StreamSink,
+  ): Promise<Outcome> {
     const worker = this.r.workerId;
     try {
       const type = getType(run.element_type ?? '');
@@ -83,6 +109,12 @@ export class ExecutionSystem {
       const circle = await this.circle(run.circle_id);
       const store = new PgFileStore(this.r.db);
       const inputs = snap.input_files ?? [];
+      // Attachments open from the versions the snapshot pinned (a secret's box unsealed here, in the worker).
+      const pinned = snap.element as PinnedElement | undefined;
+      const attachments = await openAttachments(this.r.db, circle.id, pinned?.attachments, typeLookup);
+      opened.push(...attachments);
+      const uses = await openUses(this.r.db, circle.id, pinned, typeLookup);
+      for (const u of Object.values(uses)) opened.push(...u.attachments);
       const result = await exec({
         db: this.r.db,
         circle,
@@ -92,6 +124,9 @@ export class ExecutionSystem {
         signal,
         host: this.r.host,
         sandbox: this.r.sandbox,
+        attachments,
+        uses,
+        stream,
         files: {
           inputs,
           read: async (sha) => {
@@ -151,13 +186,15 @@ export class ExecutionSystem {
         evidence?: Record<string, unknown>;
         events?: Settlement['events'];
         flags?: string[];
+        /** What the failure cost anyway (an LLM call made and billed whose output was refused). */
+        credits?: number;
       };
       // Error messages, stacks and evidence are escaped, never refused: a failure must be recorded.
       return storable({
         status: 'failed',
         output: null,
         error: body,
-        credits: 0,
+        credits: typeof seen.credits === 'number' && seen.credits > 0 ? Math.floor(seen.credits) : 0,
         evidence: { ...(seen.evidence ?? {}), host: this.r.host, worker },
         events: seen.events,
         flags: seen.flags,

@@ -13,6 +13,9 @@ import { getWallet, reservationRefused } from '../store/ledger.js';
 import type { ElementTypeDecl, OperationDecl, RunTrigger } from '../elements/types.js';
 import { retryOnLoss, snapshotElement } from '../elements/pinning.js';
 import { decide, type PolicyOutcome } from './policy.js';
+import { pinElement } from '../elements/attachments.js';
+import { typeLookup } from '../elements/registry.js';
+import type { PinnedElement } from '../elements/types.js';
 
 export { retryOnLoss, snapshotElement };
 
@@ -69,19 +72,33 @@ export function elementRef(el: ElementRow) {
 
 /** The run's bill of materials: the exact element definition, op, engine and policies in effect. */
 export function runSnapshot(
-  el: ElementRow,
+  el: PinnedElement,
   op: OperationDecl,
   retry: boolean,
   extra: Record<string, unknown>,
   policies: PolicyOutcome['snapshot'] = { policy_set_hash: null },
+  price: number = op.price ?? 0,
 ): Record<string, unknown> {
   return {
-    element: snapshotElement(el),
-    operation: { name: op.name, price: op.price ?? 0, retry_on_loss: retry },
+    element: el,
+    operation: { name: op.name, price, retry_on_loss: retry },
     engine_version: ENGINE_VERSION,
     ...policies,
     ...extra,
   };
+}
+
+/**
+ * What one run of `op` reserves: its type's price for this spec and input (an LLM call's most it
+ * can cost), else the op's fixed price.
+ */
+export function runPrice(
+  type: ElementTypeDecl,
+  op: OperationDecl,
+  el: PinnedElement,
+  input: unknown,
+): number {
+  return type.priceOf?.(op.name, el.spec, input, el.uses ?? {}) ?? op.price ?? 0;
 }
 
 /**
@@ -105,6 +122,9 @@ export async function submitRun(
     const prior = await findByIdempotencyKey(db, req.circle.id, req.idempotencyKey);
     if (prior) return { run: prior, created: false };
   }
+  type.checkInput?.(op.name, el.spec, input);
+  const pinned = await pinElement(db, el, typeLookup);
+  let price = runPrice(type, op, pinned, input);
   const pol = await decide(db, {
     circle: req.circle,
     element: el,
@@ -113,31 +133,34 @@ export async function submitRun(
     trigger: req.trigger,
     mode: req.mode ?? 'live',
     input,
-    estimatedCost: op.price ?? 0,
+    estimatedCost: price,
     context: req.policyContext,
   });
-  if (pol.input !== input)
+  if (pol.input !== input) {
     input = parseInput(
       op.input,
       pol.input,
       `The input a policy patched does not match ${type.type}.${op.name}`,
       `Fix the patch of the policy ${pol.record?.deciding.map((d) => d.id).join(', ')} so it keeps the input valid.`,
     );
+    type.checkInput?.(op.name, el.spec, input);
+    price = runPrice(type, op, pinned, input);
+  }
   const retry = retryOnLoss(op, el);
   const id = newId();
   const budget = req.budget ?? null;
-  const overBudget = budget !== null && (op.price ?? 0) > budget;
+  const overBudget = budget !== null && price > budget;
   if (overBudget && (req.budgetPolicy ?? 'stop') === 'stop')
     throw new CairnError({
       code: 'BUDGET_EXCEEDED',
       class: 'payment',
-      message: `${type.type}.${op.name} costs ${op.price} micro-credits; the run's budget is ${budget} (on_exceeded: stop), so it did not start.`,
-      details: { budget, price: op.price ?? 0 },
+      message: `${type.type}.${op.name} costs up to ${price} micro-credits; the run's budget is ${budget} (on_exceeded: stop), so it did not start.`,
+      details: { budget, price },
       suggestion: 'Raise the budget, or send on_budget_exceeded=flag to run it and flag it.',
     });
   if (req.mode === 'dry_run') {
     const wallet = await getWallet(db, req.circle.id);
-    const estimate = op.price ?? 0;
+    const estimate = price;
     const run = await insertDryRun(db, {
       id,
       itemId: newId(),
@@ -155,7 +178,7 @@ export async function submitRun(
         covered: estimate <= wallet.available,
       },
       engineVersion: ENGINE_VERSION,
-      snapshot: runSnapshot(el, op, retry, snapshotExtra, pol.snapshot),
+      snapshot: runSnapshot(pinned, op, retry, snapshotExtra, pol.snapshot, price),
       policy: pol.record,
       traceId: newTraceId(req.trigger),
       idempotencyKey: req.idempotencyKey ?? null,
@@ -181,20 +204,20 @@ export async function submitRun(
       maxAttempts: retry ? (op.maxAttempts ?? 3) : 1,
       retryableOnLoss: retry,
       engineVersion: ENGINE_VERSION,
-      creditsReserved: op.price ?? 0,
+      creditsReserved: price,
       budget,
-      snapshot: runSnapshot(el, op, retry, snapshotExtra, pol.snapshot),
+      snapshot: runSnapshot(pinned, op, retry, snapshotExtra, pol.snapshot, price),
       policy: pol.record,
       traceId: newTraceId(req.trigger),
       idempotencyKey: req.idempotencyKey ?? null,
       timeoutMs: type.timeoutMs?.(el.spec) ?? 60_000,
       claim: req.claim ?? null,
     });
-    if (!run) throw await reservationRefused(db, req.circle, op.price ?? 0);
+    if (!run) throw await reservationRefused(db, req.circle, price);
     if (overBudget)
       await flagRun(db, run.id, 'budget_exceeded', req.trigger.actor, {
         budget,
-        committed: op.price ?? 0,
+        committed: price,
         policy: 'flag',
       });
     return { run: overBudget ? { ...run, flags: [...run.flags, 'budget_exceeded'] } : run, created: true };

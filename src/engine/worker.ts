@@ -3,6 +3,7 @@ import { newId } from '../core/ids.js';
 import type { Db } from '../db/types.js';
 import { claimRuns, handBack, type Outcome, type SettledRun, type Settlement } from '../store/queue.js';
 import type { RunRow } from '../store/runs.js';
+import type { StreamSink } from '../elements/types.js';
 import { recordRun, watchHealth } from '../telemetry/metrics.js';
 import { endRunSpan, inSpan, startChildSpan, startRunSpan, tracingEnabled } from '../telemetry/tracing.js';
 import type { Span } from '@opentelemetry/api';
@@ -78,7 +79,8 @@ export interface Settled {
  */
 export interface DirectSlot {
   claim: { workerId: string; host: string; leaseMs: number };
-  run(run: RunRow): Promise<Settled | undefined>;
+  /** Executes it here; `stream` receives what the execution streams (an LLM's tokens). */
+  run(run: RunRow, stream?: StreamSink): Promise<Settled | undefined>;
   /** The run was not created after all: the slot is free again. */
   release(): void;
 }
@@ -337,11 +339,11 @@ export class Worker {
     let used = false;
     return {
       claim: { workerId: this.id, host: this.host, leaseMs: this.leaseMs },
-      run: (run) => {
+      run: (run, stream) => {
         used = true;
         return new Promise((resolve) => {
           this.settledWaiters.set(run.id, resolve);
-          this.executeInSlot(run, new AbortController());
+          this.executeInSlot(run, new AbortController(), stream);
         });
       },
       release: () => {
@@ -405,10 +407,10 @@ export class Worker {
   }
 
   /** Executes an invoke run in a slot already counted in `executing`, then queues its settle. */
-  private executeInSlot(run: RunRow, controller: AbortController): void {
+  private executeInSlot(run: RunRow, controller: AbortController, stream?: StreamSink): void {
     const entry: InFlight = { run, controller, span: this.runSpan(run) };
     this.inflight.set(run.id, entry);
-    void inSpan(entry.span!, () => this.execution.execute(run, controller.signal)).then((s) => {
+    void inSpan(entry.span!, () => this.execution.execute(run, controller.signal, stream)).then((s) => {
       this.executing--;
       entry.settleSpan = startChildSpan('settle', entry.span!);
       this.settlement.enqueue(s);

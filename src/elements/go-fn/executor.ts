@@ -1,3 +1,4 @@
+import { attachedEnv } from '../attachments.js';
 import { thrown } from '../../core/errors.js';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -137,7 +138,13 @@ export async function invokeGo(ctx: ExecContext<GoSpec, Record<string, unknown>>
     r = await ctx.sandbox.run({
       argv,
       binds: [{ src: b.binary, dest: '/fn/handler' }, ...fm.binds],
-      env: { ...spec.env, CAIRN_TIMEOUT_MS: String(spec.timeout_ms), ...fm.env },
+      // Attachments as environment variables (after spec.env: an attached value wins; CAIRN_* last).
+      env: {
+        ...spec.env,
+        ...attachedEnv(ctx.attachments),
+        CAIRN_TIMEOUT_MS: String(spec.timeout_ms),
+        ...fm.env,
+      },
       stdin,
       limits: {
         timeoutMs: spec.timeout_ms,
@@ -147,7 +154,8 @@ export async function invokeGo(ctx: ExecContext<GoSpec, Record<string, unknown>>
       outMb: fm.outMb,
       oomMarkers: GO_OOM,
       signal: ctx.signal,
-      standby: fm.standbyOk,
+      // A sandbox made ahead holds its env while it waits: never a secret's value.
+      standby: fm.standbyOk && !ctx.attachments.some((a) => a.secret),
     });
   } finally {
     fm.cleanup();

@@ -1,3 +1,4 @@
+import { CODE_ACCEPTS } from '../script/index.js';
 import { z } from 'zod';
 import { defineOp, defineType, executorFor, type OperationDecl } from '../types.js';
 import { goFnSpec, goInvokeInput } from './spec.js';
@@ -30,6 +31,7 @@ export const goFnType = defineType({
   type: 'go-fn',
   category: 'actions',
   title: 'Go',
+  accepts: CODE_ACCEPTS,
   description:
     'Execute compiled Go code in a sandboxed environment. Code is compiled ahead of time and cached by content; ' +
     'each invoke runs the binary in a fresh bubblewrap sandbox with no network. Put your code in spec.source.code or ' +

@@ -1,4 +1,5 @@
 import { thrown } from '../../core/errors.js';
+import { attachedEnv } from '../attachments.js';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -292,6 +293,13 @@ function interpret(l: Lang, r: SandboxResult, spec: ScriptSpec): { output: unkno
   }
 }
 
+/** What a code action accepts: secrets and variables, as environment variables named by the attachment. */
+export const CODE_ACCEPTS = {
+  types: ['secret', 'variable'],
+  name: 'env',
+  injects: 'environment variables of the sandboxed process, named by the attachment',
+} as const;
+
 const scriptInvokeInput = z.record(z.string(), z.unknown());
 
 function executor(l: Lang) {
@@ -303,7 +311,8 @@ function executor(l: Lang) {
       ctx.input,
       ctx.signal,
       ctx.host,
-      {},
+      // Attachments as environment variables (a sandbox with them is never one made ahead).
+      attachedEnv(ctx.attachments),
       ctx.files,
     );
     const flags = r.sandboxed ? [] : ['unsandboxed'];
@@ -416,6 +425,7 @@ function scriptType(l: Lang): ElementTypeDecl {
     type: l.type,
     category: 'actions',
     title: l.title,
+    accepts: CODE_ACCEPTS,
     description: `Runs a ${l.title} function in a fresh bubblewrap sandbox with no network. The handler gets the clean input object and returns a JSON value. Example:\n\n\`\`\`\n${l.example}\n\`\`\``,
     spec: specSchema(l),
     operations: [

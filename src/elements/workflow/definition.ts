@@ -8,19 +8,25 @@ import { canonicalJson, sha256Hex } from '../../core/hash.js';
 import type { Queryable } from '../../db/types.js';
 import { getElement } from '../../store/elements.js';
 import type { PinnedStep, WorkflowDefinition } from '../../store/workflow.js';
-import { retryOnLoss, snapshotElement } from '../pinning.js';
-import type { TypeLookup } from '../types.js';
+import { retryOnLoss } from '../pinning.js';
+import { pinElement } from '../attachments.js';
+import type { PinnedElement, TypeLookup } from '../types.js';
 import { workflowSpec, type WorkflowSpec } from './spec.js';
 
 /** The definition hash: sha256 of the RFC 8785 JSON of the spec plus what every step resolved to. */
 export function workflowHash(def: WorkflowDefinition): string {
-  const steps: Record<string, { id: string; version: number; definition_hash: string }> = {};
-  for (const [name, s] of Object.entries(def.steps))
+  const steps: Record<string, Record<string, unknown>> = {};
+  for (const [name, s] of Object.entries(def.steps)) {
+    const el = s.element as PinnedElement;
     steps[name] = {
-      id: s.element.id,
-      version: s.element.version,
-      definition_hash: s.element.definition_hash,
+      id: el.id,
+      version: el.version,
+      definition_hash: el.definition_hash,
+      // What it attaches and uses is part of what a hash pins (absent: the hash of before).
+      ...(el.attachments ? { attachments: el.attachments } : {}),
+      ...(el.uses ? { uses: el.uses } : {}),
     };
+  }
   return sha256Hex(canonicalJson({ spec: def.workflow.spec, steps }));
 }
 
@@ -62,10 +68,11 @@ export async function resolveDefinition(
         'Fix the step, or the element.',
       );
     const retry = retryOnLoss(op, el);
+    const pinned = await pinElement(q, el, types);
     steps[s.name] = {
-      element: snapshotElement(el),
+      element: pinned,
       op: op.name,
-      price: op.price ?? 0,
+      price: type.priceOf?.(op.name, pinned.spec, undefined, pinned.uses ?? {}) ?? op.price ?? 0,
       retry_on_loss: retry,
       max_attempts: retry ? (op.maxAttempts ?? 3) : 1,
       timeout_ms: s.timeout_ms ?? type.timeoutMs?.(el.spec) ?? 60_000,
