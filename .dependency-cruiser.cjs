@@ -2,7 +2,7 @@
  * The architecture, checked (npm run check → npm run deps). DESIGN: no import
  * cycles; each layer imports only downward:
  *   api → engine → elements → store → db → core
- *   (sandbox and telemetry are libraries any layer above core may use)
+ *   (sandbox, telemetry and net are libraries any layer above core may use)
  * Type-only imports count: a cycle of types is still a cycle of modules.
  */
 module.exports = {
@@ -40,6 +40,13 @@ module.exports = {
       comment: 'element types reach the engine through the port on their op context, never by import',
       from: { path: '^src/elements/', pathNot: '\\.test\\.ts$' },
       to: { path: '^src/(api|engine|cli)/' },
+    },
+    {
+      name: 'net-is-a-library',
+      severity: 'error',
+      comment: 'outbound HTTP (the SSRF guard) knows nothing of elements, runs or the database',
+      from: { path: '^src/net/', pathNot: '\\.test\\.ts$' },
+      to: { path: '^src/(api|engine|elements|store|db|sandbox|cli|telemetry)/' },
     },
     {
       name: 'engine-below-api',

@@ -19,3 +19,14 @@ export function declaredError(
     details,
   });
 }
+
+/** One row of a type's error table. */
+export function errorCode(
+  code: string,
+  cls: ErrorCodeDecl['class'],
+  retryable: boolean,
+  description: string,
+  suggestion: string,
+): ErrorCodeDecl {
+  return { code, class: cls, retryable, description, suggestion };
+}

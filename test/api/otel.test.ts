@@ -4,6 +4,7 @@ import { freshDb } from '../helpers/db.js';
 import { testApp, waitRun, type TestApp } from '../helpers/app.js';
 import { until } from '../helpers/bin.js';
 import { flushTracing, initTracing, runSpanId, shutdownTracing } from '../../src/telemetry/tracing.js';
+import { reply, startOpenAiServer } from '../support/llm-servers.js';
 
 interface ExportedSpan {
   traceId: string;
@@ -169,6 +170,64 @@ describe('OpenTelemetry spans, exported over OTLP/HTTP to a real receiver', () =
     expect(sandbox, JSON.stringify(spans.map((s) => s.name))).toBeDefined();
     expect(sandbox.parentSpanId).toBe(exec.spanId);
     expect(sandbox.attributes['cairn.sandbox.verdict']).toBe('ok');
+  });
+
+  it('an llm call: a chat span, child of the run’s, with the GenAI semantic-convention attributes', async () => {
+    const ai = await startOpenAiServer();
+    try {
+      for (const [slug, element_type, spec] of [
+        ['prov', 'llm-provider', { api: 'openai', base_url: ai.url, allow: ['127.0.0.1'] }],
+        [
+          'ask',
+          'llm',
+          {
+            model: 'prov/gpt-4o-mini',
+            messages: [{ role: 'user', content: 'hi' }],
+            max_tokens: 50,
+            temperature: 0.2,
+          },
+        ],
+      ] as const)
+        expect(
+          (await t.call('POST', `/api/${c.slug}/ops/create`, { element_type, slug, spec }, c.tokens.write))
+            .status,
+        ).toBe(201);
+      ai.enqueue(
+        reply({
+          text: 'hello',
+          model: 'gpt-4o-mini-2024-07-18',
+          id: 'chatcmpl-otel',
+          usage: {
+            prompt_tokens: 12,
+            completion_tokens: 3,
+            total_tokens: 15,
+            prompt_tokens_details: { cached_tokens: 4 },
+          },
+        }),
+      );
+      const res = await t.call('POST', `/api/${c.slug}/ask/ops/invoke`, {}, c.tokens.execute);
+      expect(res.body.status).toBe('succeeded');
+      const run = (await t.call('GET', `/api/runs/${res.body.run_id}`, undefined, c.tokens.read)).body;
+      const spans = await spansOf(run.trace_id, (s) => s.some((x) => x.name === 'chat gpt-4o-mini'));
+      const exec = spans.find((s) => s.name === 'ops.execute')!;
+      const chat = spans.find((s) => s.name === 'chat gpt-4o-mini')!;
+      expect(chat.parentSpanId).toBe(exec.spanId);
+      expect(chat.attributes).toMatchObject({
+        'gen_ai.operation.name': 'chat',
+        'gen_ai.provider.name': 'openai',
+        'gen_ai.request.model': 'gpt-4o-mini',
+        'gen_ai.request.max_tokens': 50,
+        'gen_ai.request.temperature': 0.2,
+        'gen_ai.response.model': 'gpt-4o-mini-2024-07-18',
+        'gen_ai.response.id': 'chatcmpl-otel',
+        'gen_ai.usage.input_tokens': 12,
+        'gen_ai.usage.output_tokens': 3,
+        'gen_ai.usage.cache_read.input_tokens': 4,
+        'server.address': '127.0.0.1',
+      });
+    } finally {
+      await ai.close();
+    }
   });
 
   it("a batch run: each item is a child span of the run's", async () => {

@@ -17,6 +17,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { CairnError } from '../../src/core/errors.js';
 import { checkAddress, checkUrl, openRequest, parseAllowList, request } from '../../src/net/http-client.js';
 import type { OutboundRequest, Resolver } from '../../src/net/transport.js';
+import { loopbackGuard } from '../helpers/loopback-guard.js';
 
 /**
  * The SSRF guard of the outbound HTTP client (R-HTTP). THE RULE: no test sends a packet anywhere but
@@ -28,60 +29,16 @@ import type { OutboundRequest, Resolver } from '../../src/net/transport.js';
 // ---------------------------------------------------------------------------------------------
 // The guard: connects and DNS
 
-interface ConnectTarget {
-  host?: string;
-  port?: number;
-  path?: string;
-}
-const connects: ConnectTarget[] = [];
-const dnsCalls: string[] = [];
-const origConnect = net.Socket.prototype.connect;
-const origLookup = dns.lookup;
-const origPromisesLookup = dns.promises.lookup;
-
-const isLoopback = (host: string) =>
-  (net.isIPv4(host) && host.startsWith('127.')) || host === '::1' || /^::ffff:127\./i.test(host);
-
-function targetOf(args: unknown[]): ConnectTarget {
-  const a0 = args[0];
-  // net.connect passes its normalised arguments as an array.
-  const o = Array.isArray(a0) ? (a0[0] as unknown) : a0;
-  if (typeof o === 'object' && o !== null) {
-    const x = o as ConnectTarget;
-    return { host: x.host, port: x.port, path: x.path };
-  }
-  if (typeof o === 'number') return { port: o, host: args[1] as string };
-  if (typeof o === 'string') return { path: o };
-  return {};
-}
+const guard = loopbackGuard();
+const { connects, dnsCalls } = guard;
 
 beforeEach(() => {
   connects.length = 0;
   dnsCalls.length = 0;
-  net.Socket.prototype.connect = function (this: net.Socket, ...args: unknown[]) {
-    const t = targetOf(args);
-    connects.push(t);
-    if (t.path === undefined && !isLoopback(t.host ?? 'localhost'))
-      throw new Error(`TEST GUARD: connect to ${t.host}:${t.port} blocked`);
-    return (origConnect as (...a: unknown[]) => net.Socket).apply(this, args);
-  } as typeof net.Socket.prototype.connect;
-  // server.listen looks its IP literal up (no query leaves the host for a literal); names are blocked.
-  (dns as { lookup: unknown }).lookup = (host: string, ...rest: unknown[]) => {
-    if (net.isIP(host)) return (origLookup as (...a: unknown[]) => void)(host, ...rest);
-    dnsCalls.push(host);
-    throw new Error(`TEST GUARD: dns.lookup(${host}) blocked`);
-  };
-  dns.promises.lookup = ((host: string) => {
-    dnsCalls.push(host);
-    return Promise.reject(new Error(`TEST GUARD: dns.promises.lookup(${host}) blocked`));
-  }) as typeof dns.promises.lookup;
+  guard.on();
 });
 
-afterEach(() => {
-  net.Socket.prototype.connect = origConnect;
-  (dns as { lookup: unknown }).lookup = origLookup;
-  dns.promises.lookup = origPromisesLookup;
-});
+afterEach(() => guard.off());
 
 // ---------------------------------------------------------------------------------------------
 // Loopback servers and helpers

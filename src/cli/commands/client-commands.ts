@@ -443,6 +443,26 @@ export function registerClientCommands(program: Command): void {
     }),
   );
 
+  const secrets = program.command('secrets').description('Sealed secrets (instance admin)');
+  addGlobalOptions(
+    secrets
+      .command('rotate')
+      .description('Re-seal every secret with the current CAIRN_SECRETS_KEY (after a key change)'),
+  ).action(
+    action(async (ctx) => {
+      const r = await ctx.client.request<{ key_id: string; resealed: number; rows: number }>(
+        'POST',
+        '/api/admin/secrets/rotate',
+        {},
+      );
+      ctx.out.print(
+        ctx.out.json
+          ? JSON.stringify(r.body, null, 2)
+          : `re-sealed ${r.body.resealed} secret value(s) in ${r.body.rows} row(s) with key ${r.body.key_id}`,
+      );
+    }),
+  );
+
   const tokens = program.command('tokens').description("Manage a circle's tokens (circle admin)");
   addGlobalOptions(
     tokens

@@ -7,18 +7,21 @@
  */
 import { z } from 'zod';
 import { CairnError } from '../../core/errors.js';
-import {
-  compileTemplate,
-  ExprError,
-  exprsOf,
-  renderTemplate,
-  type Root,
-  type Template,
-} from '../../core/expr.js';
+import { ExprError, exprsOf, renderTemplate, type Root, type Template } from '../../core/expr.js';
 import { sha256Hex } from '../../core/hash.js';
+import { scrubValues } from '../../core/sealed.js';
 import { checkUrl, parseAllowList, request } from '../../net/http-client.js';
 import { attachedScopes } from '../attachments.js';
-import { defineOp, defineType, executorFor, type ErrorCodeDecl, type OperationDecl } from '../types.js';
+import { errorCode as e } from '../errors.js';
+import { specTemplate } from '../templates.js';
+import {
+  defineOp,
+  defineType,
+  executorFor,
+  type ErrorCodeDecl,
+  type OperationDecl,
+  type ResolvedAttachment,
+} from '../types.js';
 
 export const HTTP_ROOTS: readonly Root[] = ['input', 'secrets', 'vars'];
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
@@ -142,16 +145,6 @@ export const HTTP_ERRORS = [
   ),
 ] as const satisfies readonly ErrorCodeDecl[];
 
-function e(
-  code: string,
-  cls: ErrorCodeDecl['class'],
-  retryable: boolean,
-  description: string,
-  suggestion: string,
-): ErrorCodeDecl {
-  return { code, class: cls, retryable, description, suggestion };
-}
-
 function fail(
   code: (typeof HTTP_ERRORS)[number]['code'],
   message: string,
@@ -182,22 +175,13 @@ const compiled = new WeakMap<object, Compiled>();
 function compile(spec: HttpSpec): Compiled {
   let c = compiled.get(spec);
   if (c) return c;
-  const one = (where: string, v: unknown) => {
-    try {
-      return compileTemplate(v, HTTP_ROOTS);
-    } catch (err) {
-      if (err instanceof ExprError)
-        throw new CairnError({
-          code: 'INVALID_TEMPLATE',
-          class: 'validation',
-          message: `The template of ${where} ${err.message}: ${err.expression}`,
-          suggestion:
-            'Templates are ${{ CEL }} over input, secrets and vars, e.g. ${{ input.id }} or ${{ secrets.token }}.',
-          details: { where, expression: err.expression },
-        });
-      throw err;
-    }
-  };
+  const one = (where: string, v: unknown) =>
+    specTemplate(
+      where,
+      v,
+      HTTP_ROOTS,
+      'Templates are ${{ CEL }} over input, secrets and vars, e.g. ${{ input.id }} or ${{ secrets.token }}.',
+    );
   c = {
     url: one('url', spec.url),
     headers: Object.entries(spec.headers).map(([k, v]) => [k, one(`headers.${k}`, v)]),
@@ -212,23 +196,36 @@ function readsSecrets(t: Template): boolean {
   return exprsOf(t).some((x) => x.roots.has('secrets'));
 }
 
+/** One template rendered to a string; throws HTTP_TEMPLATE_FAILED. */
+function renderString(where: string, t: Template, scope: Record<string, unknown>): string {
+  let v: unknown;
+  try {
+    v = renderTemplate(t, scope);
+  } catch (err) {
+    if (err instanceof ExprError)
+      throw fail('HTTP_TEMPLATE_FAILED', `The template of ${where} ${err.message}: ${err.expression}`, {
+        where,
+      });
+    throw err;
+  }
+  return typeof v === 'string' ? v : JSON.stringify(v);
+}
+
+/** The URL template rendered and parsed; a string that is no URL is HTTP_URL_REFUSED (not a crash). */
+function renderUrl(c: Compiled, scope: Record<string, unknown>): URL {
+  const href = renderString('url', c.url, scope);
+  try {
+    return new URL(href);
+  } catch {
+    throw fail('HTTP_URL_REFUSED', `The URL is refused: "${href}" is not an absolute URL.`, { url: href });
+  }
+}
+
 /** The request a spec and an input make (templates rendered); throws HTTP_TEMPLATE_FAILED. */
 function render(spec: HttpSpec, scope: Record<string, unknown>) {
   const c = compile(spec);
-  const str = (where: string, t: Template): string => {
-    let v: unknown;
-    try {
-      v = renderTemplate(t, scope);
-    } catch (err) {
-      if (err instanceof ExprError)
-        throw fail('HTTP_TEMPLATE_FAILED', `The template of ${where} ${err.message}: ${err.expression}`, {
-          where,
-        });
-      throw err;
-    }
-    return typeof v === 'string' ? v : JSON.stringify(v);
-  };
-  const url = new URL(str('url', c.url));
+  const str = (where: string, t: Template): string => renderString(where, t, scope);
+  const url = renderUrl(c, scope);
   for (const [k, t] of c.query) url.searchParams.append(k, str(`query.${k}`, t));
   const headers: Record<string, string> = {};
   for (const [k, t] of c.headers) headers[k.toLowerCase()] = str(`headers.${k}`, t);
@@ -253,13 +250,17 @@ function render(spec: HttpSpec, scope: Record<string, unknown>) {
   return { url: url.href, headers, body };
 }
 
+/** A client's NET_* code as this type's HTTP_* code (an unknown one is HTTP_CONNECT_FAILED). */
+function httpCode(netCode: string): string {
+  const code = `HTTP_${netCode.slice(4)}`;
+  return HTTP_ERRORS.some((x) => x.code === code) ? code : 'HTTP_CONNECT_FAILED';
+}
+
 /** NET_* from the client → this type's HTTP_* code (same class and retryability). */
 function fromNet(err: unknown): never {
   if (err instanceof CairnError && err.code.startsWith('NET_')) {
-    const code = `HTTP_${err.code.slice(4)}`;
-    const known = HTTP_ERRORS.find((x) => x.code === code);
     throw new CairnError({
-      code: known ? code : 'HTTP_CONNECT_FAILED',
+      code: httpCode(err.code),
       class: err.errorClass,
       message: err.message,
       suggestion: err.suggestion,
@@ -290,6 +291,54 @@ function decodeBody(body: Buffer, contentType: string): unknown {
   )
     return body.toString('utf8');
   return { base64: body.toString('base64') };
+}
+
+/**
+ * The forms a secret takes once a URL encodes it (a query value, a path segment). The engine scrubs
+ * a secret's exact value from what a run records; the URL this element built (in the output, the
+ * evidence and the client's error messages) holds these forms instead, so they are scrubbed here.
+ */
+function encodedSecrets(list: readonly ResolvedAttachment[]): { value: string; label: string }[] {
+  const out: { value: string; label: string }[] = [];
+  for (const a of list) {
+    if (!a.secret || a.value === '') continue;
+    const forms = new Set([
+      encodeURIComponent(a.value),
+      new URLSearchParams({ v: a.value }).toString().slice(2),
+    ]);
+    // What WHATWG URL makes of it in a path or a query (fewer characters escaped), when it keeps it whole.
+    for (const [prefix, part] of [
+      ['http://x/', 'pathname'],
+      ['http://x/?', 'search'],
+    ] as const) {
+      try {
+        const f = new URL(prefix + a.value)[part].slice(1);
+        if (decodeURIComponent(f) === a.value) forms.add(f);
+      } catch {
+        /* not a URL part: nothing to scrub */
+      }
+    }
+    for (const f of forms) if (f !== a.value) out.push({ value: f, label: a.slug });
+  }
+  return out;
+}
+
+/** An error with the encoded forms of the secrets scrubbed from its message, details and evidence. */
+function scrubError(err: unknown, forms: readonly { value: string; label: string }[]): unknown {
+  if (!(err instanceof CairnError) || forms.length === 0) return err;
+  const evidence = (err as { evidence?: unknown }).evidence;
+  const out = new CairnError({
+    code: err.code,
+    class: err.errorClass,
+    message: scrubValues(err.message, forms),
+    suggestion: err.suggestion,
+    retryable: err.retryable,
+    details: scrubValues(err.details, forms),
+    status: err.status,
+    cause: err.cause,
+  });
+  if (evidence !== undefined) (out as { evidence?: unknown }).evidence = scrubValues(evidence, forms);
+  return out;
 }
 
 const invokeInput = z.record(z.string(), z.unknown());
@@ -365,13 +414,16 @@ export const httpType = defineType({
     // The URL from this input, checked before a run starts (secrets are not opened here).
     const c = compile(spec);
     if (c.url.t === 'lit' || readsSecrets(c.url) || exprsOf(c.url).some((x) => x.roots.has('vars'))) return;
-    const { url } = render(spec, { input, secrets: {}, vars: {} });
+    // Only the URL: the headers, query and body may read secrets and vars, which are not opened here.
+    const url = renderUrl(c, { input }).href;
     const v = checkUrl(url, spec.allow);
     if (!v.ok) throw fail(`HTTP_${v.code.slice(4)}` as never, `The URL is refused: ${v.reason}.`, { url });
   },
   executors: {
     invoke: executorFor(invoke, async (ctx) => {
       const spec = ctx.spec as HttpSpec;
+      // What the exchange records or throws holds the URL, with the secrets in it URL-encoded.
+      const forms = encodedSecrets(ctx.attachments);
       const scope = { input: ctx.input, ...attachedScopes(ctx.attachments) };
       const req = render(spec, scope);
       const reqBody = Buffer.from(req.body ?? '', 'utf8');
@@ -395,7 +447,13 @@ export const httpType = defineType({
           const retryable = err instanceof CairnError && err.retryable;
           attempts.push({
             attempt,
-            error: err instanceof CairnError ? err.code : 'INTERNAL',
+            // The code the run fails with, not the client's NET_* one.
+            error:
+              err instanceof CairnError
+                ? err.code.startsWith('NET_')
+                  ? httpCode(err.code)
+                  : err.code
+                : 'INTERNAL',
             ms: performance.now() - t0,
           });
           if (retryable && attempt < spec.retry.attempts && !ctx.signal.aborted) {
@@ -406,7 +464,7 @@ export const httpType = defineType({
             fromNet(err);
           } catch (mapped) {
             (mapped as { evidence?: unknown }).evidence = { method: spec.method, url: req.url, attempts };
-            throw mapped;
+            throw scrubError(mapped, forms);
           }
         }
         const ok = expect ? expect.has(res.status) : res.status >= 200 && res.status < 300;
@@ -443,20 +501,27 @@ export const httpType = defineType({
             retryable,
           );
           (err as unknown as { evidence: unknown }).evidence = evidence;
-          throw err;
+          throw scrubError(err, forms);
         }
-        return {
-          output: {
-            status: res.status,
-            headers: shownHeaders(res.headers),
-            body: spec.method === 'HEAD' ? null : decodeBody(res.body, contentType),
-            url: res.finalUrl,
+        return scrubValues(
+          {
+            output: {
+              status: res.status,
+              headers: shownHeaders(res.headers),
+              body: spec.method === 'HEAD' ? null : decodeBody(res.body, contentType),
+              url: res.finalUrl,
+            },
+            evidence,
           },
-          evidence,
-        };
+          forms,
+        );
       }
     }),
   },
   telemetry: { prefix: 'http' },
-  timeoutMs: (spec) => spec.timeout_ms * Math.max(1, spec.retry.attempts) + 5_000,
+  // Every attempt's timeout, every backoff between them (doubling), and some room to settle.
+  timeoutMs: (spec) => {
+    const n = Math.max(1, spec.retry.attempts);
+    return spec.timeout_ms * n + spec.retry.backoff_ms * (2 ** (n - 1) - 1) + 5_000;
+  },
 });

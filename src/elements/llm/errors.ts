@@ -1,15 +1,6 @@
 import { CairnError } from '../../core/errors.js';
 import type { ErrorCodeDecl } from '../types.js';
-
-function d(
-  code: string,
-  cls: ErrorCodeDecl['class'],
-  retryable: boolean,
-  description: string,
-  suggestion: string,
-): ErrorCodeDecl {
-  return { code, class: cls, retryable, description, suggestion };
-}
+import { errorCode as d } from '../errors.js';
 
 /** The gateway's typed failures (R-LLM): every provider failure, in each shape it is sent, maps to one. */
 export const LLM_ERRORS = [

@@ -7,13 +7,14 @@
  */
 import { z } from 'zod';
 import { CairnError } from '../../core/errors.js';
-import { compileTemplate, ExprError, renderTemplate, type Root, type Template } from '../../core/expr.js';
+import { ExprError, renderTemplate, type Root, type Template } from '../../core/expr.js';
 import { schemaIssues, validatorOf } from '../../core/json-schema.js';
 import type { Queryable } from '../../db/types.js';
 import { checkUrl, openRequest, parseAllowList } from '../../net/http-client.js';
 import { getElement } from '../../store/elements.js';
 import { withSpan } from '../../telemetry/tracing.js';
 import { attachedScopes } from '../attachments.js';
+import { specTemplate } from '../templates.js';
 import {
   defineOp,
   defineType,
@@ -224,21 +225,13 @@ const compiledSpecs = new WeakMap<object, Compiled>();
 function compile(spec: LlmSpec): Compiled {
   let c = compiledSpecs.get(spec);
   if (c) return c;
-  const one = (where: string, v: string) => {
-    try {
-      return compileTemplate(v, LLM_ROOTS);
-    } catch (err) {
-      if (err instanceof ExprError)
-        throw new CairnError({
-          code: 'INVALID_TEMPLATE',
-          class: 'validation',
-          message: `The template of ${where} ${err.message}: ${err.expression}`,
-          suggestion: 'Templates are ${{ CEL }} over input and vars, e.g. ${{ input.question }}.',
-          details: { where, expression: err.expression },
-        });
-      throw err;
-    }
-  };
+  const one = (where: string, v: string) =>
+    specTemplate(
+      where,
+      v,
+      LLM_ROOTS,
+      'Templates are ${{ CEL }} over input and vars, e.g. ${{ input.question }}.',
+    );
   c = {
     system: spec.system === undefined ? undefined : one('system', spec.system),
     messages: spec.messages.map((m, i) => ({ role: m.role, content: one(`messages[${i}]`, m.content) })),
