@@ -49,6 +49,7 @@ export function writeSection(name: string, markdown: string): void {
     'triggers',
     'live',
     'ui',
+    'llm',
   ];
   // A section not measured on this machine yet keeps what results.md has for it (by its heading).
   const headings: Record<string, string> = {
@@ -63,6 +64,7 @@ export function writeSection(name: string, markdown: string): void {
     live: '## Watching runs: live events and traces',
     ui: '## The run page in a browser',
     triggers: '## Triggers and policies',
+    llm: '## LLM gateway and the http element',
   };
   const current = existsSync(RESULTS) ? readFileSync(RESULTS, 'utf8') : '';
   const kept = (n: string): string | undefined => {
