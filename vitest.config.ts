@@ -8,6 +8,7 @@ export default defineConfig({
     hookTimeout: 120_000,
     pool: 'forks',
     maxWorkers: 2,
-    env: { CAIRN_LOG_LEVEL: 'silent' },
+    // Tests reach the servers they start on loopback: the operator opens loopback (test/security/ssrf.test.ts checks the default).
+    env: { CAIRN_LOG_LEVEL: 'silent', CAIRN_OUTBOUND_PRIVATE_NETS: '127.0.0.0/8,::1/128' },
   },
 });

@@ -113,6 +113,8 @@ export const SETTINGS = {
   CAIRN_GIT_ALLOW_PRIVATE_HOSTS: flag.default(false),
   /** The 32-byte key sealing secrets (base64 or hex); default: <data>/secrets.key, generated mode 0600. */
   CAIRN_SECRETS_KEY: z.string().min(1).optional(),
+  /** CIDRs of loopback/private/link-local networks http and llm-provider allow lists may open; empty: none. */
+  CAIRN_OUTBOUND_PRIVATE_NETS: z.string().default(''),
   /** Earlier keys (comma-separated) that still open secrets sealed before a rotation. */
   CAIRN_SECRETS_KEY_PREVIOUS: z.string().default(''),
 } as const;

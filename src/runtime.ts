@@ -3,7 +3,7 @@ import { CairnError, errors, toCairnError } from './core/errors.js';
 import { createServer as createHttpServer } from 'node:http';
 import { registry } from './telemetry/metrics.js';
 import { createServer as createNetServer } from 'node:net';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { link, mkdir, readFile, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { setting, type Config } from './config.js';
@@ -45,11 +45,19 @@ export async function loadKeyring(config: Config, log: Logger = silentLogger): P
   else {
     const file = join(config.dataDir, 'secrets.key');
     await mkdir(config.dataDir, { recursive: true });
-    try {
-      await writeFile(file, Keyring.generateKey().toString('base64') + '\n', { mode: 0o600, flag: 'wx' });
-      log.info({ file }, 'generated the key that seals secrets (keep it: without it no secret opens)');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    if (!existsSync(file)) {
+      // Written whole under another name, then linked: a process starting at the same moment
+      // reads either no file or the whole key, never half of one.
+      const tmp = `${file}.${process.pid}.tmp`;
+      await writeFile(tmp, Keyring.generateKey().toString('base64') + '\n', { mode: 0o600 });
+      try {
+        await link(tmp, file);
+        log.info({ file }, 'generated the key that seals secrets (keep it: without it no secret opens)');
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      } finally {
+        await unlink(tmp);
+      }
     }
     current = parseKey(await readFile(file, 'utf8'), file);
   }

@@ -29,7 +29,7 @@ const body = z
   .passthrough();
 
 /** The least a chat call waits for its run before answering 202 (a model may take minutes). */
-const CHAT_WAIT_MS = 600_000;
+const CHAT_WAIT_MS = 660_000; // past an llm run's own timeout (600 s): the run ends first
 
 function runFailed(e: ErrorBody, runId: string): CairnError {
   return new CairnError({
@@ -123,7 +123,7 @@ export const LLM_ROUTES: RouteDef[] = [
           id = s.runId;
         },
         stream: (ev) => {
-          if (ev.type !== 'delta' || res.destroyed) return;
+          if (ev.type !== 'delta' || res.destroyed || res.writableEnded) return;
           openStream();
           write(compat.deltaChunk(ev.text, { id: `chatcmpl-${id}`, created, model, first: !streamed }));
           streamed = true;
@@ -153,7 +153,7 @@ export const LLM_ROUTES: RouteDef[] = [
         // A failure after tokens went out: the OpenAI stream's error event, then the end.
         write({ error: { ...run.error, run_id: run.id } });
       }
-      res.end('data: [DONE]\n\n');
+      if (!res.writableEnded) res.end('data: [DONE]\n\n');
       return undefined;
     },
   }),

@@ -12,6 +12,7 @@ import { readLogs } from '../store/logs.js';
 import { applyElement, createElement, SLUG_RE } from '../elements/service.js';
 import { getTypeOrUndefined, typeLookup } from '../elements/registry.js';
 import { toElementView } from '../elements/view.js';
+import { redactSealed } from '../core/sealed.js';
 import { cursorCodec, parseStatuses, runPage } from '../elements/base-ops.js';
 import { cancel } from '../engine/control.js';
 import { actorOf, authorize } from './auth.js';
@@ -268,13 +269,14 @@ export const ROUTES: RouteDef[] = [
           ? await getDefinition(ctx.deps.db, run.circle_id, run.definition_hash)
           : undefined;
       const policySet = await pinnedPolicySet(ctx.deps.db, snapshot.policy_set_hash as string | undefined);
-      return {
+      // A sealed value is never shown, wherever a definition holds one.
+      return redactSealed({
         run_id: run.id,
         snapshot_hash: run.snapshot_hash ?? null,
         snapshot,
         ...(policySet ? { policy_set: { hash: snapshot.policy_set_hash, ...(policySet as object) } } : {}),
         ...(definition ? { workflow_definition: { hash: run.definition_hash, ...definition } } : {}),
-      };
+      });
     },
   }),
   defineRoute({

@@ -150,7 +150,7 @@ export class Keyring {
       );
     try {
       const raw = Buffer.from(ctText, 'base64url');
-      const d = createDecipheriv('aes-256-gcm', key, Buffer.from(ivText, 'base64url'));
+      const d = createDecipheriv('aes-256-gcm', key, Buffer.from(ivText, 'base64url'), { authTagLength: 16 });
       d.setAAD(Buffer.from(`cairn-secret:${scope}`));
       d.setAuthTag(raw.subarray(raw.length - 16));
       return Buffer.concat([d.update(raw.subarray(0, raw.length - 16)), d.final()]).toString('utf8');

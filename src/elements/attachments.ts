@@ -80,7 +80,7 @@ async function findElement(
   circleId: string,
   ref: string,
 ): Promise<{ el: ElementRow; version: number | null }> {
-  const m = /^(.+?)(?:@v?(\d+))?$/.exec(ref.trim());
+  const m = /^(.+?)(?:@v?(\d{1,9}))?$/.exec(ref.trim());
   const key = m?.[1] ?? ref;
   const el = isUuid(key) ? await store.getElementById(q, key) : await store.getElement(q, circleId, key);
   if (!el || el.circle_id !== circleId || el.state === 'deleted')
@@ -170,7 +170,7 @@ function attachmentOut(a: att.AttachmentView, types: TypeLookup) {
 
 const priority = z.number().int().min(0).max(10_000);
 const attachName = z.string().min(1).max(128);
-const versionPin = z.number().int().min(1).nullable();
+const versionPin = z.number().int().min(1).max(2_147_483_647).nullable();
 
 /** The attach family: on every element (a type that accepts or attaches nothing answers a typed 400). */
 export const ATTACH_OPS: OperationDecl[] = [
@@ -178,7 +178,7 @@ export const ATTACH_OPS: OperationDecl[] = [
     name: 'attach',
     method: 'POST',
     path: 'attach',
-    auth: 'write',
+    auth: 'execute',
     summary: 'Attach this element (a secret, a variable) to a target element',
     description:
       "Called on the modifier with the target's `target_id` (id or slug). `name` is what the target sees " +
@@ -203,7 +203,7 @@ export const ATTACH_OPS: OperationDecl[] = [
     name: 'detach',
     method: 'POST',
     path: 'detach',
-    auth: 'write',
+    auth: 'execute',
     summary: 'Detach this element from a target element',
     input: z.object({ target_id: z.string().min(1).max(200) }).strict(),
     handler: async (ctx) =>
@@ -343,39 +343,27 @@ function attachmentNotFound(id: string, slug: string): CairnError {
   );
 }
 
-/** The attachments of `el` as a run pins them: each modifier at its pinned or current version. */
-async function pinAttachments(q: Queryable, el: ElementRow): Promise<AttachmentRef[]> {
-  const list = await att.attachmentsOf(q, el.id);
-  const refs: AttachmentRef[] = [];
-  for (const a of list) {
-    const version = a.version_pin ?? a.modifier_version;
-    const hash =
-      a.version_pin === null
-        ? a.modifier_definition_hash
-        : ((await store.getVersion(q, a.modifier_id, version))?.definition_hash ??
-          a.modifier_definition_hash);
-    refs.push({
-      id: a.id,
-      name: a.name,
-      priority: a.priority,
-      modifier: {
-        id: a.modifier_id,
-        slug: a.modifier_slug,
-        element_type: a.modifier_type,
-        version,
-        definition_hash: hash,
-      },
-    });
-  }
-  return refs;
+function refOf(a: att.PinnedAttachmentRow): AttachmentRef {
+  return {
+    id: a.id,
+    name: a.name,
+    priority: a.priority,
+    modifier: {
+      id: a.modifier_id,
+      slug: a.modifier_slug,
+      element_type: a.modifier_type,
+      version: a.version,
+      definition_hash: a.definition_hash,
+    },
+  };
 }
 
-function usedMissing(el: ElementRow, slug: string): CairnError {
+function usedMissing(el: ElementRow, slug: string, type: string): CairnError {
   return new CairnError({
     code: 'USED_ELEMENT_NOT_FOUND',
     class: 'validation',
-    message: `"${el.slug}" uses "${slug}", which is not an element of this circle.`,
-    suggestion: `Create "${slug}", or change the spec of "${el.slug}" to name an element that exists.`,
+    message: `"${el.slug}" uses "${slug}", which is not a ${type} element of this circle.`,
+    suggestion: `Create the ${type} "${slug}", or change the spec of "${el.slug}" to name one that exists.`,
     details: { uses: slug },
   });
 }
@@ -387,18 +375,29 @@ function usedMissing(el: ElementRow, slug: string): CairnError {
 export async function pinElement(q: Queryable, el: ElementRow, types: TypeLookup): Promise<PinnedElement> {
   const pinned: PinnedElement = snapshotElement(el);
   const type = types.get(el.element_type);
-  if (type.accepts) {
-    const a = await pinAttachments(q, el);
-    if (a.length > 0) pinned.attachments = a;
-  }
-  const used = type.uses?.(el.spec) ?? [];
+  const uses = type.uses?.(el.spec) ?? [];
+  const used = uses.map((u) => u.slug);
+  if (!type.accepts && used.length === 0) return pinned;
+  // One statement, whatever it attaches and uses (the sync invoke's hot path).
+  const reads = await att.pinningReads(q, el.circle_id, type.accepts ? el.id : null, used);
+  const refsOf = (id: string) => reads.attachments.filter((a) => a.target_id === id).map(refOf);
+  const own = type.accepts ? refsOf(el.id) : [];
+  if (own.length > 0) pinned.attachments = own;
   if (used.length > 0) {
     pinned.uses = {};
-    for (const slug of used) {
-      const u = await store.getElement(q, el.circle_id, slug);
-      if (!u) throw usedMissing(el, slug);
-      const up: PinnedElement = snapshotElement(u);
-      const a = await pinAttachments(q, u);
+    for (const { slug, type: want } of uses) {
+      const u = reads.used.find((x) => x.slug === slug);
+      // Only an element of the type it must be: a slug now naming another type (a secret) is not pinned.
+      if (!u || u.element_type !== want) throw usedMissing(el, slug, want);
+      const up: PinnedElement = {
+        id: u.id,
+        slug: u.slug,
+        element_type: u.element_type,
+        version: u.version,
+        definition_hash: u.definition_hash,
+        spec: u.spec,
+      };
+      const a = refsOf(u.id);
       if (a.length > 0) up.attachments = a;
       pinned.uses[slug] = up;
     }
@@ -414,15 +413,21 @@ export async function openAttachments(
   types: TypeLookup,
 ): Promise<ResolvedAttachment[]> {
   const out: ResolvedAttachment[] = [];
-  for (const r of refs ?? []) {
-    const v = await store.getVersion(q, r.modifier.id, r.modifier.version);
+  if (!refs?.length) return out;
+  // One statement for all of them; a modifier deleted since (a compromised key) opens no more.
+  const rows = await store.getLiveVersions(
+    q,
+    refs.map((r) => ({ id: r.modifier.id, version: r.modifier.version })),
+  );
+  for (const r of refs) {
+    const v = rows.find((x) => x.element_id === r.modifier.id && x.version === r.modifier.version);
     const type = types.get(r.modifier.element_type);
     if (!v || !type.attachable)
       throw new CairnError({
         code: 'ATTACHMENT_UNAVAILABLE',
         class: 'conflict',
-        message: `The attachment ${r.name} (${r.modifier.slug} v${r.modifier.version}) is no longer stored.`,
-        suggestion: 'Attach the element again, then rerun.',
+        message: `The attachment ${r.name} (${r.modifier.slug} v${r.modifier.version}) is deleted or no longer stored.`,
+        suggestion: 'Attach a live element again (retry-failed with definition latest, or a new run).',
       });
     const value = type.attachable.value(v.spec, (box) => keyring().open(box as never, circleId));
     out.push({

@@ -5,7 +5,7 @@ import type { Db } from '../db/types.js';
 import type { CircleRow } from '../store/circles.js';
 import * as store from '../store/elements.js';
 import { checkSpec } from './validate.js';
-import { findSealedInput, sealedInputRefused } from '../core/sealed.js';
+import { findSealedInput, isSealedBox, sealedInputRefused } from '../core/sealed.js';
 import type { ElementTypeDecl } from './types.js';
 import { toElementView, type ElementView } from './view.js';
 import type { TypeLookup } from './types.js';
@@ -34,6 +34,29 @@ export function specFromRequest(
   if (at) throw sealedInputRefused(at);
   const { spec, warnings } = checkSpec(type, merged);
   return { spec: type.seal ? (type.seal(spec, circleId) as Record<string, unknown>) : spec, warnings };
+}
+
+/** A deep-merge patch cannot reach inside a stored sealed value (rewrite its digest): each box of the merged spec is one stored as is. */
+function assertBoxesIntact(stored: unknown, merged: unknown): void {
+  const known = new Map<string, string>();
+  const collect = (v: unknown): void => {
+    if (isSealedBox(v)) known.set(v.$sealed, v.digest);
+    else if (Array.isArray(v)) v.forEach(collect);
+    else if (v && typeof v === 'object') Object.values(v).forEach(collect);
+  };
+  collect(stored);
+  const check = (v: unknown, path: string): void => {
+    if (v && typeof v === 'object' && !Array.isArray(v) && '$sealed' in v) {
+      const b = v as { $sealed?: unknown; digest?: unknown };
+      if (typeof b.$sealed !== 'string' || known.get(b.$sealed) !== b.digest || Object.keys(v).length !== 2)
+        throw sealedInputRefused(path || '(root)');
+      return;
+    }
+    if (Array.isArray(v)) v.forEach((x, i) => check(x, `${path}[${i}]`));
+    else if (v && typeof v === 'object')
+      for (const [k, x] of Object.entries(v)) check(x, path ? `${path}.${k}` : k);
+  };
+  check(merged, '');
 }
 
 function nameFromSlug(slug: string): string {
@@ -108,6 +131,7 @@ export async function updateElement(
     const type = types.get(el.element_type);
     const merged =
       patch.spec === undefined ? el.spec : patch.deep === false ? patch.spec : deepMerge(el.spec, patch.spec);
+    assertBoxesIntact(el.spec, merged);
     const { spec, warnings } = specFromRequest(type, patch.spec, merged, circle.id);
     await type.validateInCircle?.(tx, circle, spec, types);
     const next = await store.writeVersion(

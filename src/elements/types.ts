@@ -436,8 +436,8 @@ export interface ElementTypeDecl<S extends z.ZodType = z.ZodType> {
   accepts?: AttachRule;
   /** It attaches to others (secret, variable). */
   attachable?: Attachable;
-  /** Slugs of the circle's elements it uses, pinned with it into each run's snapshot (an llm's providers). */
-  uses?(spec: z.output<S>): string[];
+  /** The circle's elements it uses (slug and the type each must be), pinned with it into each run's snapshot (an llm's providers). */
+  uses?(spec: z.output<S>): { slug: string; type: string }[];
   /**
    * The element answers the OpenAI Chat Completions API at POST /api/{circle}/{slug}/v1/chat/completions
    * (an llm): how a request becomes the input of `op`, and its run's output the answer.

@@ -43,8 +43,8 @@ export async function submitBatch(db: Db, req: BatchRequest): Promise<BatchSubmi
   // Every item reserves what the dearest one may cost (a fixed price, or an LLM call's most).
   const pinned = await pinElement(db, el, typeLookup);
   const price = units.reduce(
-    (m, u) => Math.max(m, runPrice(type, op, pinned, u.input)),
-    runPrice(type, op, pinned, undefined),
+    (m, u) => (u.problem ? m : Math.max(m, runPrice(type, op, pinned, u.input))),
+    op.price ?? 0,
   );
   // One decision for the run (its context holds what was asked and the estimate of every unit);
   // a permit's patch applies to each item's input, and a patched input that no longer validates

@@ -118,8 +118,9 @@ export function retryDelayMs(attempt: number): number {
   return Math.round(base * (0.5 + Math.random() / 2));
 }
 
+/** What finished items cost (a failed or retried one too, when its execution was billed). */
 function costOf(batch: ItemSettlement[]): number {
-  return batch.reduce((s, i) => s + (i.status === 'succeeded' ? i.credits : 0), 0);
+  return batch.reduce((s, i) => s + i.credits, 0);
 }
 
 export async function runBatch(
@@ -199,7 +200,7 @@ export async function runBatch(
         evidence: o.evidence,
         retry_in_ms: retry ? retryDelayMs(item.attempt_count) : undefined,
       });
-      unsettled += o.status === 'succeeded' ? o.credits : 0;
+      unsettled += o.credits;
       scheduleFlush();
     });
     const tracked = p.finally(() => {

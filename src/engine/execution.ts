@@ -20,6 +20,32 @@ import type { PinnedElement, ResolvedAttachment, StreamSink } from '../elements/
  * events are named by the type's declared prefix, so nothing here knows which
  * type it ran.
  */
+/**
+ * The secrets to scrub from what a run records: each value, and each line of a multi-line one
+ * (a PEM key) long enough to be its own, since captured output is recorded line by line.
+ */
+function scrubList(opened: readonly ResolvedAttachment[]): { value: string; label: string }[] {
+  const out: { value: string; label: string }[] = [];
+  for (const a of opened) {
+    if (!a.secret) continue;
+    out.push({ value: a.value, label: a.slug });
+    if (a.value.includes('\n'))
+      for (const line of a.value.split(/\r?\n/))
+        if (line.trim().length >= 8) out.push({ value: line.trim(), label: a.slug });
+  }
+  return out;
+}
+
+/**
+ * What an execution is billed: a whole number of micro-credits ≥ 0 (anything else is 0), at most
+ * what its snapshot reserved when that is a price (a provider reporting more than a call can cost).
+ */
+function billable(raw: unknown, reserved: unknown): { credits: number; capped?: number } {
+  const n = typeof raw === 'number' && Number.isFinite(raw) && raw > 0 ? Math.floor(raw) : 0;
+  if (typeof reserved === 'number' && reserved > 0 && n > reserved) return { credits: reserved, capped: n };
+  return { credits: Math.min(n, Number.MAX_SAFE_INTEGER) };
+}
+
 export class ExecutionSystem {
   private readonly circles = new Map<string, CircleRow>();
 
@@ -86,8 +112,21 @@ export class ExecutionSystem {
   ): Promise<Outcome> {
     const opened: ResolvedAttachment[] = [];
     const o = await this.attemptOpen(run, input, signal, opened, stream);
-    const secrets = opened.filter((a) => a.secret).map((a) => ({ value: a.value, label: a.slug }));
-    return secrets.length > 0 ? scrubValues(o, secrets) : o;
+    const secrets = scrubList(opened);
+    if (secrets.length === 0) return o;
+    // What the run records, scrubbed; its status, code and class are Cairn's own words.
+    return {
+      ...o,
+      output: scrubValues(o.output, secrets),
+      error: o.error && {
+        ...scrubValues(o.error, secrets),
+        code: o.error.code,
+        class: o.error.class,
+        retryable: o.error.retryable,
+      },
+      evidence: scrubValues(o.evidence, secrets),
+      events: scrubValues(o.events, secrets),
+    };
   }
 
   private async attemptOpen(
@@ -98,13 +137,14 @@ export class ExecutionSystem {
     stream?: StreamSink,
   ): Promise<Outcome> {
     const worker = this.r.workerId;
+    let snap: Awaited<ReturnType<typeof loadSnapshot>> | undefined;
     try {
       const type = getType(run.element_type ?? '');
       const op = operationsOf(type).find((o) => o.name === run.operation);
       const exec = type.executors[run.operation];
       if (!op || !exec) throw new Error(`type ${type.type} has no executor for ${run.operation}`);
       // The run executes the definition it was created with (its snapshot), not whatever is current.
-      const snap = await loadSnapshot(this.r.db, run);
+      snap = await loadSnapshot(this.r.db, run);
       const spec = snap.element?.spec ?? {};
       const circle = await this.circle(run.circle_id);
       const store = new PgFileStore(this.r.db);
@@ -168,18 +208,27 @@ export class ExecutionSystem {
           flags: result.flags,
         });
       }
+      const { credits, capped } = billable(result.credits ?? op.price ?? 0, snap.operation?.price);
+      if (capped !== undefined) {
+        result.evidence = { ...result.evidence, cost_capped: { reported: capped, reserved: credits } };
+        result.flags = [...(result.flags ?? []), 'cost_capped'];
+      }
       return {
         status: 'succeeded',
         output: result.output ?? null,
         error: null,
-        credits: result.credits ?? op.price ?? 0,
+        credits,
         evidence: storable({ ...result.evidence, worker }),
         events: storable(result.events),
         flags: storable(result.flags),
       };
     } catch (e) {
       const err = toCairnError(e);
-      if (err.code === 'INTERNAL') this.r.log.error({ err: e, run: run.id }, 'executor crashed');
+      if (err.code === 'INTERNAL')
+        this.r.log.error(
+          { err: scrubValues(String((e as Error)?.stack ?? e), scrubList(opened)), run: run.id },
+          'executor crashed',
+        );
       const body: ErrorBody = err.toBody();
       // Executors attach what they saw (exit code, logs, hashes, events) to the error: a failed item keeps its evidence.
       const seen = (e ?? {}) as {
@@ -194,7 +243,7 @@ export class ExecutionSystem {
         status: 'failed',
         output: null,
         error: body,
-        credits: typeof seen.credits === 'number' && seen.credits > 0 ? Math.floor(seen.credits) : 0,
+        credits: billable(seen.credits ?? 0, snap?.operation?.price).credits,
         evidence: { ...(seen.evidence ?? {}), host: this.r.host, worker },
         events: seen.events,
         flags: seen.flags,

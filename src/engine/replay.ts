@@ -1,3 +1,4 @@
+import type { PinnedElement } from '../elements/types.js';
 /**
  * Replay (R-CONTROL, seed 002): a new run (trigger `replay`, `replay_of`) that re-executes the
  * original run's recorded input with the definitions of the original's snapshot — not the latest
@@ -12,7 +13,7 @@
 import { CairnError, errors } from '../core/errors.js';
 import { isTerminal } from '../core/status.js';
 import type { Db } from '../db/types.js';
-import { sideEffects } from '../elements/pinning.js';
+import { sideEffects, snapshotElement } from '../elements/pinning.js';
 import { DEFAULT_POLICY_ID } from '../elements/policy/cedar.js';
 import { getType, operationsOf, typeLookup } from '../elements/registry.js';
 import { compilePlan } from '../elements/workflow/plan.js';
@@ -275,7 +276,21 @@ export async function replay(db: Db, req: ReplayRequest): Promise<Replayed> {
   if (run.kind === 'invoke') {
     const { run: next } = await submitRun(
       db,
-      { circle: req.circle, element, type, op, input: run.input, rootRunId: null, ...common },
+      {
+        circle: req.circle,
+        element,
+        type,
+        op,
+        input: run.input,
+        rootRunId: null,
+        // The recorded definition with the attachments and providers it pinned, not today's.
+        pinned: {
+          ...snapshotElement(element),
+          attachments: (snap.element as PinnedElement | undefined)?.attachments,
+          uses: (snap.element as PinnedElement | undefined)?.uses,
+        },
+        ...common,
+      },
       req.snapshotExtra,
     );
     return done(next);

@@ -43,6 +43,8 @@ export interface SubmitRequest {
   /** At most this many micro-credits: stop refuses a run whose price passes it, flag flags it. */
   budget?: number | null;
   budgetPolicy?: 'flag' | 'stop';
+  /** The element as pinned already (a replay: the recorded snapshot's, its attachments' versions included). */
+  pinned?: PinnedElement;
 }
 
 export interface Submitted {
@@ -123,7 +125,7 @@ export async function submitRun(
     if (prior) return { run: prior, created: false };
   }
   type.checkInput?.(op.name, el.spec, input);
-  const pinned = await pinElement(db, el, typeLookup);
+  const pinned = req.pinned ?? (await pinElement(db, el, typeLookup));
   let price = runPrice(type, op, pinned, input);
   const pol = await decide(db, {
     circle: req.circle,

@@ -9,7 +9,8 @@
  * outputs. Its state is in the database only: a worker that takes the run
  * over after a crash goes on from the tasks as recorded.
  */
-import { CairnError, type ErrorBody } from '../core/errors.js';
+import { CairnError, toCairnError, type ErrorBody } from '../core/errors.js';
+import type { PinnedElement } from '../elements/types.js';
 import { ExprError, renderTemplate, type ExprScope, type Template } from '../core/expr.js';
 import { newId } from '../core/ids.js';
 import { describeIssues } from '../core/zod.js';
@@ -218,6 +219,19 @@ class Orchestration {
     const extra = { ...(this.run.snapshot as Record<string, unknown>) };
     delete extra.workflow_definition;
     delete extra.workflow;
+    // A price that depends on the input (an LLM call's most) is the input's, not the definition's estimate.
+    let price = pinned.price;
+    try {
+      price =
+        type.priceOf?.(
+          op.name,
+          pinned.element.spec,
+          parsed.data,
+          (pinned.element as PinnedElement).uses ?? {},
+        ) ?? price;
+    } catch (e) {
+      return toCairnError(e).toBody();
+    }
     return {
       id: newId(),
       item_id: newId(),
@@ -232,11 +246,11 @@ class Orchestration {
       input: parsed.data,
       max_attempts: pinned.max_attempts,
       retryable_on_loss: pinned.retry_on_loss,
-      price: pinned.price,
+      price,
       snapshot: {
         ...extra,
         element: { ...pinned.element, spec },
-        operation: { name: pinned.op, price: pinned.price, retry_on_loss: pinned.retry_on_loss },
+        operation: { name: pinned.op, price, retry_on_loss: pinned.retry_on_loss },
         workflow_task: { run_id: this.run.id, task: t.key, definition_hash: this.run.definition_hash },
       },
       timeout_ms: pinned.timeout_ms,
@@ -533,12 +547,13 @@ class Orchestration {
       t.evidence = { ...t.evidence, awaiting };
       return;
     }
-    if (!this.fits(t, pinned.price)) return this.stopAll();
     const c = this.child(t, p, input);
     if ('code' in c) {
+      if (!this.fits(t, pinned.price)) return this.stopAll();
       this.set(t, { status: 'failed', error: c, inputs: input });
       return;
     }
+    if (!this.fits(t, c.price)) return this.stopAll();
     this.toStart.push(c);
     this.busy++;
     // The start statement writes the task as running; only the in-memory state changes here

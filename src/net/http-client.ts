@@ -20,6 +20,7 @@ import { performance } from 'node:perf_hooks';
 import { connect as tlsConnect, rootCertificates } from 'node:tls';
 import { domainToASCII } from 'node:url';
 import { CairnError, thrown } from '../core/errors.js';
+import { setting } from '../config.js';
 import type {
   BufferedResponse,
   OpenResponse,
@@ -295,6 +296,27 @@ function toAllowList(allow: readonly string[] | AllowList | undefined): AllowLis
   return allow.length === 0 ? EMPTY_ALLOW : parseAllowList(allow);
 }
 
+let operator: { raw: string; list: AllowList } | undefined;
+
+/**
+ * The non-public networks the operator lets allow lists open (CAIRN_OUTBOUND_PRIVATE_NETS, CIDRs):
+ * empty by default, so a circle cannot reach the host's loopback or private network by naming it.
+ */
+function operatorNets(): AllowList {
+  const raw = setting('CAIRN_OUTBOUND_PRIVATE_NETS');
+  if (operator?.raw !== raw)
+    operator = {
+      raw,
+      list: parseAllowList(
+        raw
+          .split(',')
+          .map((x) => x.trim())
+          .filter(Boolean),
+      ),
+    };
+  return operator.list;
+}
+
 function netCovers(allow: AllowList, ip: Ip): boolean {
   // An IPv4 entry also covers that address spelled as IPv4-mapped IPv6: it is the same destination.
   const v4 = ip.family === 6 ? mappedV4(ip.bytes) : undefined;
@@ -337,10 +359,21 @@ const refuse = (code: Refusal['code'], reason: string): Verdict => ({ ok: false,
  * literal), `nameClass` set when that name itself is refused (localhost, metadata names).
  */
 function judgeAddress(ip: Ip, allow: AllowList, name?: string, nameClass?: string): Verdict {
-  if (netCovers(allow, ip)) return OK;
-  if (nameClass) return refuse('NET_ADDRESS_REFUSED', `${name!} is a ${nameClass} host name`);
   const cls = classify(ip);
   const what = name === undefined ? ip.text : `${name} resolves to ${ip.text}, which`;
+  if (netCovers(allow, ip)) {
+    if (!cls) return OK;
+    // A tenant's allow list opens a non-public address only inside what the operator opened,
+    // and the cloud metadata service never: its credentials are the host's, not a circle's.
+    if (cls.startsWith('cloud metadata'))
+      return refuse('NET_ADDRESS_REFUSED', `${what} is a ${cls} address, which no allow list opens`);
+    if (netCovers(operatorNets(), ip)) return OK;
+    return refuse(
+      'NET_ADDRESS_REFUSED',
+      `${what} is a ${cls} address: the allow list names it, but the operator has not opened it (CAIRN_OUTBOUND_PRIVATE_NETS)`,
+    );
+  }
+  if (nameClass) return refuse('NET_ADDRESS_REFUSED', `${name!} is a ${nameClass} host name`);
   if (cls) return refuse('NET_ADDRESS_REFUSED', `${what} is a ${cls} address`);
   if (allow.entries.length === 0 || (name !== undefined && nameAllowed(allow, name))) return OK;
   return refuse(
@@ -569,7 +602,8 @@ const noop = () => {};
 const portOf = (url: URL) => (url.port ? Number(url.port) : url.protocol === 'https:' ? 443 : 80);
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
-const SENSITIVE = ['authorization', 'cookie', 'proxy-authorization', 'x-api-key'];
+/** What a redirect to another origin keeps of the request's headers: nothing that may carry a credential. */
+const KEPT_ACROSS_ORIGINS = new Set(['accept', 'accept-language', 'content-type', 'user-agent']);
 const TOKEN = /^[!#$%&'*+.^_`|~0-9a-z-]+$/i;
 
 /** A hop's result once response headers are in. */
@@ -848,7 +882,9 @@ async function open(req: OutboundRequest): Promise<Opened> {
         body = undefined;
         for (const k of ['content-length', 'content-type', 'content-encoding']) delete headers[k];
       }
-      if (next.url.origin !== target.url.origin) for (const k of SENSITIVE) delete headers[k];
+      if (next.url.origin !== target.url.origin)
+        for (const k of Object.keys(headers))
+          if (!KEPT_ACROSS_ORIGINS.has(k.toLowerCase())) delete headers[k];
       target = next;
     }
   } catch (e) {

@@ -87,3 +87,62 @@ export async function deleteAttachmentsOf(q: Queryable, elementId: string): Prom
   ]);
   return r.rowCount ?? 0;
 }
+
+/** A used element (an llm's provider) as pinning reads it. */
+export interface UsedElement {
+  id: string;
+  slug: string;
+  element_type: string;
+  version: number;
+  definition_hash: string;
+  spec: Record<string, unknown>;
+}
+
+/** An attachment as a run pins it: the modifier at its pinned (or current) version and that version's hash. */
+export interface PinnedAttachmentRow {
+  id: string;
+  target_id: string;
+  name: string;
+  priority: number;
+  modifier_id: string;
+  modifier_slug: string;
+  modifier_type: string;
+  version: number;
+  definition_hash: string;
+}
+
+/**
+ * What pinning a run's element reads, in one statement: the live elements of the circle it uses
+ * (by slug), and the attachments of it and of them, each modifier at its pinned version (with that
+ * version's definition hash) or its current one, in evaluation order.
+ */
+export async function pinningReads(
+  q: Queryable,
+  circleId: string,
+  elementId: string | null,
+  usedSlugs: readonly string[],
+): Promise<{ used: UsedElement[]; attachments: PinnedAttachmentRow[] }> {
+  const r = await q.query<{ k: string; j: UsedElement & PinnedAttachmentRow }>(
+    `WITH u AS (
+       SELECT id, slug, element_type, version, definition_hash, spec FROM cairn.elements
+       WHERE circle_id = $1 AND slug = ANY($3::text[]) AND state <> 'deleted'),
+     t AS (SELECT $2::uuid AS id WHERE $2::uuid IS NOT NULL UNION ALL SELECT id FROM u),
+     a AS (
+       SELECT a.id, a.target_id, a.name, a.priority, a.modifier_id, m.slug AS modifier_slug,
+         m.element_type AS modifier_type, coalesce(a.version_pin, m.version) AS version,
+         coalesce(v.definition_hash, m.definition_hash) AS definition_hash
+       FROM cairn.attachments a
+       JOIN cairn.elements m ON m.id = a.modifier_id AND m.state <> 'deleted'
+       LEFT JOIN cairn.element_versions v ON a.version_pin IS NOT NULL AND v.element_id = a.modifier_id
+         AND v.version = a.version_pin
+       WHERE a.target_id IN (SELECT id FROM t))
+     SELECT 'u' AS k, to_jsonb(u) AS j FROM u
+     UNION ALL
+     SELECT 'a', to_jsonb(a) FROM (SELECT * FROM a ORDER BY priority, name, id) a`,
+    [circleId, elementId, usedSlugs],
+  );
+  return {
+    used: r.rows.filter((x) => x.k === 'u').map((x) => x.j),
+    attachments: r.rows.filter((x) => x.k === 'a').map((x) => x.j),
+  };
+}

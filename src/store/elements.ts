@@ -201,3 +201,18 @@ export async function countActiveRuns(q: Queryable, elementId: string): Promise<
   );
   return r.rows[0]?.n ?? 0;
 }
+
+/** Several versions at once, of elements not deleted, in one statement. */
+export async function getLiveVersions(
+  q: Queryable,
+  keys: readonly { id: string; version: number }[],
+): Promise<VersionRow[]> {
+  if (keys.length === 0) return [];
+  const r = await q.query<VersionRow>(
+    `SELECT v.element_id, v.version, v.spec, v.name, v.intention, v.definition_hash, v.note, v.actor, v.created_at
+     FROM cairn.element_versions v JOIN cairn.elements e ON e.id = v.element_id AND e.state <> 'deleted'
+     WHERE (v.element_id, v.version) IN (SELECT * FROM unnest($1::uuid[], $2::int[]))`,
+    [keys.map((k) => k.id), keys.map((k) => k.version)],
+  );
+  return r.rows.map((v) => isoFields(v, ['created_at']));
+}

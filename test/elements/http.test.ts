@@ -118,7 +118,12 @@ describe('the http element, end to end [pglite]', () => {
   const SECRET = 'sk-cairn-http-7c41d9e2b0aa';
 
   const create = (slug: string, spec: Record<string, unknown>, type = 'http') =>
-    t.call('POST', `/api/${c.slug}/ops/create`, { element_type: type, slug, spec }, c.tokens.write);
+    t.call(
+      'POST',
+      `/api/${c.slug}/ops/create`,
+      { element_type: type, slug, spec },
+      type === 'secret' ? c.tokens.admin : c.tokens.write,
+    );
   const op = (slug: string, name: string) => `/api/${c.slug}/${slug}/ops/${name}`;
   const invoke = (slug: string, input: Record<string, unknown> = {}) =>
     t.call('POST', op(slug, 'invoke'), input, c.tokens.execute);
@@ -221,7 +226,7 @@ describe('the http element, end to end [pglite]', () => {
       });
       expect(made.status).toBe(201);
       // Attached under its default name: the slug with - → _.
-      const a = await t.call('POST', op('api-region', 'attach'), { target_id: 'search' }, c.tokens.write);
+      const a = await t.call('POST', op('api-region', 'attach'), { target_id: 'search' }, c.tokens.execute);
       expect(a.status).toBe(201);
       expect(a.body.name).toBe('api_region');
 
@@ -323,7 +328,7 @@ describe('the http element, end to end [pglite]', () => {
         'POST',
         op('api-token', 'attach'),
         { target_id: 'authed', name: 'token' },
-        c.tokens.write,
+        c.tokens.execute,
       );
       expect(a.status).toBe(201);
       expect(leaks(a.body)).toBe(false);
@@ -419,7 +424,7 @@ describe('the http element, end to end [pglite]', () => {
         'POST',
         op('api-token', 'attach'),
         { target_id: 'authed-literal', name: 'token' },
-        c.tokens.write,
+        c.tokens.execute,
       );
       const r = await invoke('authed-literal');
       expect(r.body.status).toBe('succeeded');
@@ -442,7 +447,7 @@ describe('the http element, end to end [pglite]', () => {
         ).status,
       ).toBe(201);
       expect(
-        (await t.call('POST', op('query-key', 'attach'), { target_id: 'keyed' }, c.tokens.write)).status,
+        (await t.call('POST', op('query-key', 'attach'), { target_id: 'keyed' }, c.tokens.execute)).status,
       ).toBe(201);
       const ok = await invoke('keyed', { path: 'echo-query' });
       expect(ok.body.status).toBe('succeeded');
@@ -797,7 +802,7 @@ describe('the http element, end to end [pglite]', () => {
       });
       expect(made.status).toBe(201);
       expect(
-        (await t.call('POST', op('api-region', 'attach'), { target_id: 'poster' }, c.tokens.write)).status,
+        (await t.call('POST', op('api-region', 'attach'), { target_id: 'poster' }, c.tokens.execute)).status,
       ).toBe(201);
       const r = await invoke('poster', { name: 'Ada "quoted"', n: 21, tag: 't1' });
       expect(r.body.status).toBe('succeeded');

@@ -6,7 +6,7 @@
 import OpenAI from 'openai';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeEachDriver } from '../helpers/db.js';
-import { expectTypedError, testApp, type TestApp } from '../helpers/app.js';
+import { expectTypedError, testApp, waitRun, type TestApp } from '../helpers/app.js';
 import {
   fail,
   failMidStream,
@@ -28,7 +28,12 @@ describeEachDriver('the LLM gateway', ({ db }) => {
   let an: LlmServer<AnthropicBehaviour>;
   const op = (slug: string, name: string) => `/api/${c.slug}/${slug}/ops/${name}`;
   const create = (element_type: string, slug: string, spec: unknown) =>
-    t.call('POST', `/api/${c.slug}/ops/create`, { element_type, slug, spec }, c.tokens.write);
+    t.call(
+      'POST',
+      `/api/${c.slug}/ops/create`,
+      { element_type, slug, spec },
+      element_type === 'secret' ? c.tokens.admin : c.tokens.write,
+    );
   const ledger = async (runId: string) => {
     const r = await db().query<{ kind: string; total: string }>(
       'SELECT kind, sum(amount)::bigint AS total FROM cairn.ledger_transfers WHERE run_id = $1 GROUP BY kind',
@@ -70,7 +75,7 @@ describeEachDriver('the LLM gateway', ({ db }) => {
         'POST',
         op(secret, 'attach'),
         { target_id: provider, name: 'api_key' },
-        c.tokens.write,
+        c.tokens.execute,
       );
       expect(a.status).toBe(201);
     }
@@ -189,7 +194,9 @@ describeEachDriver('the LLM gateway', ({ db }) => {
       }),
     );
     const before = an.requests.length;
-    const r = await t.call('POST', op('ask-claude', 'invoke'), { q: 'stream please' }, c.tokens.execute);
+    // A prompt as long as the usage says: a run is billed at most what it reserved for its prompt.
+    const q = 'stream please, '.repeat(500);
+    const r = await t.call('POST', op('ask-claude', 'invoke'), { q }, c.tokens.execute);
     expect(r.status, JSON.stringify(r.body)).toBe(200);
     // claude-sonnet-4-5: $3 input, $3.75 cache write, $0.30 cache read, $15 output per 1M:
     // 100 × 3 + 2000 × 3.75 + 5000 × 0.30 + 50 × 15 = 300 + 7500 + 1500 + 750 = 10050 micro-credits.
@@ -248,6 +255,25 @@ describeEachDriver('the LLM gateway', ({ db }) => {
       }),
       expect.objectContaining({ provider: 'oai', attempt: 2, code: 'LLM_RATE_LIMITED', http_status: 429 }),
     ]);
+  });
+
+  it('a provider reporting more than a call can cost is billed what was reserved, flagged', async () => {
+    ai.enqueue(
+      reply({
+        text: 'x',
+        usage: { prompt_tokens: 9_000_000, completion_tokens: 50, total_tokens: 9_000_050 },
+      }),
+    );
+    const r = await t.call('POST', op('ask', 'invoke'), { q: 'tiny' }, c.tokens.execute);
+    expect(r.body.status).toBe('succeeded');
+    const l = await ledger(r.body.run_id);
+    expect(r.body.credits_used).toBe(l.reserve);
+    expect(l.capture).toBe(l.reserve);
+    const run = await t.call('GET', `/api/runs/${r.body.run_id}`, undefined, c.tokens.read);
+    expect(run.body.flags).toContain('cost_capped');
+    const items = await t.call('GET', `/api/runs/${r.body.run_id}/items`, undefined, c.tokens.read);
+    // 9,000,000 × 0.15 + 50 × 0.60 = 1,350,000 + 30: the reported cost, kept in the evidence.
+    expect(items.body.items[0].evidence.cost_capped).toEqual({ reported: 1_350_030, reserved: l.reserve });
   });
 
   it('a call without usage is marked estimated, never recorded as 0', async () => {
@@ -373,13 +399,18 @@ describeEachDriver('the LLM gateway', ({ db }) => {
     // No key attached to "local": the request goes without one, and the server refuses it (401).
     const noKey = await t.call('POST', op('local-ask', 'invoke'), {}, c.tokens.execute);
     expect(noKey.body.error.code).toBe('LLM_AUTH_FAILED');
-    await t.call('POST', op('openai-key', 'attach'), { target_id: 'local', name: 'api_key' }, c.tokens.write);
+    await t.call(
+      'POST',
+      op('openai-key', 'attach'),
+      { target_id: 'local', name: 'api_key' },
+      c.tokens.execute,
+    );
     ai.enqueue(
-      reply({ text: 'local', usage: { prompt_tokens: 1000, completion_tokens: 1000, total_tokens: 2000 } }),
+      reply({ text: 'local', usage: { prompt_tokens: 50, completion_tokens: 1000, total_tokens: 1050 } }),
     );
     const local = await t.call('POST', op('local-ask', 'invoke'), {}, c.tokens.execute);
-    // 1000 × 0.05 + 1000 × 0.10 = 50 + 100 = 150 micro-credits.
-    expect(local.body.credits_used).toBe(150);
+    // 50 × 0.05 + 1000 × 0.10 = 2.5 + 100 = 102.5 → 103 micro-credits (rounded up).
+    expect(local.body.credits_used).toBe(103);
   });
 
   it('a budget stops a run of many calls mid-flight (a column run over table rows)', async () => {
@@ -420,6 +451,36 @@ describeEachDriver('the LLM gateway', ({ db }) => {
     const l = await ledger(run.id);
     expect(l.capture).toBe(run.credits_used);
     expect(l.reserve - l.capture - l.release).toBe(0);
+  });
+
+  it('a workflow step calls the model: its task pins the providers and their keys, and bills the call', async () => {
+    expect(
+      (
+        await create('workflow', 'think', {
+          steps: [{ name: 'answer', element: 'ask', input: { q: '${{ parameters.q }}' } }],
+          outputs: { text: '${{ steps.answer.output.content }}' },
+        })
+      ).status,
+    ).toBe(201);
+    ai.enqueue(
+      reply({ text: 'from a task', usage: { prompt_tokens: 40, completion_tokens: 10, total_tokens: 50 } }),
+    );
+    const before = ai.requests.length;
+    const r = await t.call('POST', op('think', 'trigger'), { parameters: { q: 'why?' } }, c.tokens.execute);
+    expect(r.status, JSON.stringify(r.body)).toBe(202);
+    const run = await waitRun(t, r.body.run_id, c.tokens.read, { ms: 30_000 });
+    expect(run.status, JSON.stringify(run.error)).toBe('succeeded');
+    expect(run.output).toEqual({ text: 'from a task' });
+    expect(ai.requests[before]!.headers.authorization).toBe(`Bearer ${OPENAI_KEY}`);
+    // 40 × 0.15 + 10 × 0.60 = 6 + 6 = 12 micro-credits, on the workflow run.
+    expect(run.credits_used).toBe(12);
+    const tasks = await t.call('GET', `/api/runs/${run.id}/tasks`, undefined, c.tokens.read);
+    const child = tasks.body.tasks[0].child_run_id;
+    const snap = await t.call('GET', `/api/runs/${child}/snapshot`, undefined, c.tokens.read);
+    expect(snap.body.snapshot.element.uses.oai.attachments).toEqual([
+      expect.objectContaining({ name: 'api_key', modifier: expect.objectContaining({ slug: 'openai-key' }) }),
+    ]);
+    expect(JSON.stringify(snap.body)).not.toContain(OPENAI_KEY);
   });
 
   it('answers the official OpenAI client on the compatible endpoint, streaming and not', async () => {

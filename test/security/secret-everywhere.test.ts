@@ -111,7 +111,7 @@ describeEachDriver('a secret, everywhere it goes', ({ db }) => {
       ['prov', 'api_key'],
     ])
       expect(
-        (await call('POST', op('token', 'attach'), { target_id: target, name }, c.tokens.write)).status,
+        (await call('POST', op('token', 'attach'), { target_id: target, name }, c.tokens.execute)).status,
       ).toBe(201);
 
     const goRun = await call('POST', op('env-reader', 'invoke'), {}, c.tokens.execute);

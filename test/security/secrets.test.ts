@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeEachDriver } from '../helpers/db.js';
-import { expectTypedError, testApp, type TestApp } from '../helpers/app.js';
+import { expectTypedError, testApp, waitRun, type TestApp } from '../helpers/app.js';
 import { Keyring } from '../../src/core/sealed.js';
 
 /** The value no answer, log or evidence may ever hold. */
@@ -21,7 +21,7 @@ describeEachDriver('secrets and variables, attached', ({ db }) => {
       'POST',
       `/api/${c.slug}/ops/create`,
       { element_type: 'secret', slug: 'api-token', spec: { value: SECRET } },
-      c.tokens.write,
+      c.tokens.admin,
     );
     expect(made.status).toBe(201);
     expect(made.body.spec.value).toEqual({ $sealed: 'redacted' });
@@ -42,7 +42,7 @@ describeEachDriver('secrets and variables, attached', ({ db }) => {
       'POST',
       `/api/${c.slug}/ops/apply`,
       { element_type: 'secret', slug: 'api-token', spec: { value: SECRET } },
-      c.tokens.write,
+      c.tokens.admin,
     );
     expect(again.status).toBe(200);
     expect(again.body.action).toBe('unchanged');
@@ -60,7 +60,7 @@ describeEachDriver('secrets and variables, attached', ({ db }) => {
       'POST',
       `/api/${c.slug}/ops/create`,
       { element_type: 'secret', slug: 'copied', spec: { value: box.rows[0]!.spec.value } },
-      c.tokens.write,
+      c.tokens.admin,
     );
     expect(forged.status).toBe(400);
     expectTypedError(forged.body);
@@ -69,7 +69,7 @@ describeEachDriver('secrets and variables, attached', ({ db }) => {
       'POST',
       `/api/${c.slug}/ops/create`,
       { element_type: 'secret', slug: 'short', spec: { value: 'ab' } },
-      c.tokens.write,
+      c.tokens.admin,
     );
     expect(short.status).toBe(400);
     expect(short.body.error.code).toBe('INVALID_SPEC');
@@ -126,14 +126,14 @@ describeEachDriver('secrets and variables, attached', ({ db }) => {
       c.tokens.write,
     );
     expect(fn.status).toBe(201);
-    const a1 = await t.call('POST', op('api-token', 'attach'), { target_id: 'leaky' }, c.tokens.write);
+    const a1 = await t.call('POST', op('api-token', 'attach'), { target_id: 'leaky' }, c.tokens.execute);
     expect(a1.status).toBe(201);
     expect(a1.body).toMatchObject({ name: 'API_TOKEN', modifier_type: 'secret', is_modifier: false });
     const a2 = await t.call(
       'POST',
       op('region', 'attach'),
       { target_id: fn.body.id, priority: 5 },
-      c.tokens.write,
+      c.tokens.execute,
     );
     expect(a2.status).toBe(201);
     const list = await t.call('GET', op('leaky', 'attachments'), undefined, c.tokens.read);
@@ -194,17 +194,17 @@ describeEachDriver('secrets and variables, attached', ({ db }) => {
       { element_type: 'sql', slug: 'q', spec: { query: 'select 1 as one' } },
       c.tokens.write,
     );
-    const noSql = await t.call('POST', op('api-token', 'attach'), { target_id: 'q' }, c.tokens.write);
+    const noSql = await t.call('POST', op('api-token', 'attach'), { target_id: 'q' }, c.tokens.execute);
     expect(noSql.status).toBe(400);
     expectTypedError(noSql.body);
     expect(noSql.body.error.code).toBe('ATTACHMENT_NOT_ACCEPTED');
-    const notMod = await t.call('POST', op('q', 'attach'), { target_id: 'leaky' }, c.tokens.write);
+    const notMod = await t.call('POST', op('q', 'attach'), { target_id: 'leaky' }, c.tokens.execute);
     expect(notMod.body.error.code).toBe('NOT_ATTACHABLE');
     const badName = await t.call(
       'POST',
       op('region', 'attach'),
       { target_id: 'q', name: 'x' },
-      c.tokens.write,
+      c.tokens.execute,
     );
     expect(badName.status).toBe(400);
     const reserved = await t.call('POST', op('api-token', 'compose'), {}, c.tokens.execute);
@@ -216,7 +216,7 @@ describeEachDriver('secrets and variables, attached', ({ db }) => {
       c.tokens.execute,
     );
     expect(pathName.status).toBe(400);
-    const dup = await t.call('POST', op('api-token', 'attach'), { target_id: 'leaky' }, c.tokens.write);
+    const dup = await t.call('POST', op('api-token', 'attach'), { target_id: 'leaky' }, c.tokens.execute);
     expect(dup.status).toBe(409);
     expect(dup.body.error.code).toBe('ATTACHMENT_EXISTS');
   });
@@ -256,5 +256,70 @@ describeEachDriver('secrets and variables, attached', ({ db }) => {
     expect(attached.body.elements.map((e: any) => e.slug)).toEqual(['api-token']);
     const noRegion = await t.call('POST', op('leaky', 'invoke'), {}, c.tokens.execute);
     expect(noRegion.body.output.region).toBeNull();
+  });
+
+  it('only a circle admin defines a secret, only execute attaches; a patch cannot reach into a sealed value', async () => {
+    const byWriter = await t.call(
+      'POST',
+      `/api/${c.slug}/ops/create`,
+      { element_type: 'secret', slug: 'w-secret', spec: { value: 'writer-secret' } },
+      c.tokens.write,
+    );
+    expect(byWriter.status).toBe(403);
+    const attachByWriter = await t.call(
+      'POST',
+      op('region', 'attach'),
+      { target_id: 'leaky' },
+      c.tokens.write,
+    );
+    expect(attachByWriter.status).toBe(403);
+    const forged = await t.call(
+      'PATCH',
+      op('api-token', 'update'),
+      { spec: { value: { digest: 'f'.repeat(32) } } },
+      c.tokens.admin,
+    );
+    expect(forged.status).toBe(400);
+    expect(forged.body.error.code).toBe('SEALED_VALUE_REFUSED');
+    const huge = await t.call(
+      'POST',
+      `/api/${c.slug}/ops/create`,
+      { element_type: 'variable', slug: 'huge', spec: { value: 'x'.repeat(70_000) } },
+      c.tokens.write,
+    );
+    expect(huge.status).toBe(400);
+  });
+
+  it('a replay uses the attachments its run pinned; a deleted secret opens no more', async () => {
+    const first = await t.call('POST', op('leaky', 'invoke'), {}, c.tokens.execute);
+    expect(first.body.output.token).toBe('[secret:api-token]');
+    const again = await t.call(
+      'POST',
+      `/api/runs/${first.body.run_id}/replay`,
+      { policy: 'permissive' },
+      c.tokens.execute,
+    );
+    expect(again.status, JSON.stringify(again.body)).toBe(202);
+    const replayed = await waitRun(t, again.body.run_id, c.tokens.read);
+    expect(replayed.output.token).toBe('[secret:api-token]');
+    const del = await t.call(
+      'DELETE',
+      `${op('api-token', 'delete')}?confirm=true`,
+      undefined,
+      c.tokens.admin,
+    );
+    expect(del.status, JSON.stringify(del.body)).toBe(200);
+    // Deleted: detached from today's runs, and refused to the runs that pinned it.
+    const now = await t.call('POST', op('leaky', 'invoke'), {}, c.tokens.execute);
+    expect(now.body.output.token).toBe('');
+    const late = await t.call(
+      'POST',
+      `/api/runs/${first.body.run_id}/replay`,
+      { policy: 'permissive' },
+      c.tokens.execute,
+    );
+    const failed = await waitRun(t, late.body.run_id, c.tokens.read);
+    expect(failed.status).toBe('failed');
+    expect(failed.error.code).toBe('ATTACHMENT_UNAVAILABLE');
   });
 });

@@ -29,6 +29,17 @@ import { loopbackGuard } from '../helpers/loopback-guard.js';
 // ---------------------------------------------------------------------------------------------
 // The guard: connects and DNS
 
+/** Runs `f` with the operator's CAIRN_OUTBOUND_PRIVATE_NETS set to `nets` (read at call time). */
+function withOperatorNets(nets: string, f: () => void): void {
+  const before = process.env.CAIRN_OUTBOUND_PRIVATE_NETS;
+  process.env.CAIRN_OUTBOUND_PRIVATE_NETS = nets;
+  try {
+    f();
+  } finally {
+    process.env.CAIRN_OUTBOUND_PRIVATE_NETS = before;
+  }
+}
+
 const guard = loopbackGuard();
 const { connects, dnsCalls } = guard;
 
@@ -329,11 +340,36 @@ describe('checkAddress (pure)', () => {
     expect(checkAddress(address, [])).toEqual({ ok: true });
   });
 
+  it('an allow entry opens a refused address only inside the operator’s networks, and metadata never', () => {
+    // The operator opened nothing: a circle naming a private address still cannot reach it.
+    withOperatorNets('', () => {
+      expect(checkAddress('10.0.0.5', ['10.0.0.5'])).toMatchObject({
+        ok: false,
+        code: 'NET_ADDRESS_REFUSED',
+        reason: expect.stringContaining('CAIRN_OUTBOUND_PRIVATE_NETS'),
+      });
+      expect(checkAddress('127.0.0.1', ['127.0.0.0/8']).ok).toBe(false);
+      expect(checkUrl('http://127.0.0.1:8080/', ['127.0.0.1']).ok).toBe(false);
+      expect(checkAddress('8.8.8.8', ['8.8.8.8']).ok).toBe(true);
+    });
+    // Even an operator who opened everything does not open the metadata service.
+    withOperatorNets('0.0.0.0/0,::/0', () => {
+      for (const a of ['169.254.169.254', '::ffff:169.254.169.254', 'fd00:ec2::254', '100.100.100.200'])
+        expect(checkAddress(a, ['0.0.0.0/0', '::/0', a]), a).toMatchObject({
+          ok: false,
+          reason: expect.stringContaining('no allow list opens'),
+        });
+    });
+  });
+
   it('an IP or CIDR entry unlocks a refused address; a host name entry does not', () => {
+    withOperatorNets('10.0.0.0/8,fd00::/8,127.0.0.0/8,::1/128', () => unlocks());
+  });
+  const unlocks = () => {
     expect(checkAddress('10.0.0.5', ['10.0.0.5']).ok).toBe(true);
     expect(checkAddress('10.0.0.5', ['10.0.0.0/24']).ok).toBe(true);
     expect(checkAddress('10.0.1.5', ['10.0.0.0/24']).ok).toBe(false);
-    expect(checkAddress('169.254.169.254', ['169.254.169.254']).ok).toBe(true);
+    expect(checkAddress('169.254.169.254', ['169.254.169.254']).ok).toBe(false);
     expect(checkAddress('::1', ['::1']).ok).toBe(true);
     expect(checkAddress('fd00::1', ['fd00::/8']).ok).toBe(true);
     // An IPv4 entry covers the same address spelled IPv4-mapped.
@@ -348,7 +384,7 @@ describe('checkAddress (pure)', () => {
       code: 'NET_HOST_NOT_ALLOWED',
     });
     expect(checkAddress('8.8.8.8', ['8.8.0.0/16']).ok).toBe(true);
-  });
+  };
 });
 
 describe('URLs refused before anything else', () => {
@@ -584,7 +620,9 @@ describe('redirects: each hop checked from scratch', () => {
       Cookie: 'sid=1',
       'X-Api-Key': 'k',
       'Proxy-Authorization': 'Basic x',
+      'Private-Token': 'gl-secret',
       'X-Trace': 't',
+      Accept: 'application/json',
     };
     const r = await request(base(`${s.origin}/start`, { headers, allow }));
     expect(r.status).toBe(200);
@@ -598,7 +636,11 @@ describe('redirects: each hop checked from scratch', () => {
       undefined,
       undefined,
     ]);
-    expect(o['x-trace']).toBe('t');
+    // Any header may carry a credential (a templated secret): only a safe list crosses origins.
+    expect(o['private-token']).toBeUndefined();
+    expect(o['x-trace']).toBeUndefined();
+    expect(o.accept).toBe('application/json');
+    expect(s.seen[1]!.headers['private-token']).toBe('gl-secret');
   });
 
   it('stops after maxRedirects with NET_TOO_MANY_REDIRECTS; 0 answers the redirect as is', async () => {
@@ -754,7 +796,7 @@ describe('allow list semantics', () => {
     expect(a.suffixes).toEqual(['.example.org']);
     expect(a.nets).toHaveLength(6);
     // Host bits of a CIDR are cleared: 10.0.0.1/8 is 10.0.0.0/8.
-    expect(checkAddress('10.200.0.1', ['10.0.0.1/8']).ok).toBe(true);
+    withOperatorNets('10.0.0.0/8', () => expect(checkAddress('10.200.0.1', ['10.0.0.1/8']).ok).toBe(true));
   });
 
   it.each([

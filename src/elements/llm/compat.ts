@@ -80,11 +80,18 @@ export const chatCompat: ChatCompletionsCompat = {
           { path: `messages[${i}].role` },
         );
       const calls = Array.isArray(x.tool_calls)
-        ? (x.tool_calls as { id?: string; function?: { name?: string; arguments?: string } }[]).map((c) => ({
-            id: String(c.id ?? ''),
-            name: String(c.function?.name ?? ''),
-            arguments: String(c.function?.arguments ?? ''),
-          }))
+        ? (x.tool_calls as unknown[]).map((c, j) => {
+            if (!c || typeof c !== 'object')
+              throw errors.invalidInput(`messages[${i}].tool_calls[${j}] is not an object.`, {
+                path: `messages[${i}].tool_calls[${j}]`,
+              });
+            const t = c as { id?: unknown; function?: { name?: unknown; arguments?: unknown } | null };
+            return {
+              id: String(t.id ?? ''),
+              name: String(t.function?.name ?? ''),
+              arguments: String(t.function?.arguments ?? ''),
+            };
+          })
         : undefined;
       return {
         role,

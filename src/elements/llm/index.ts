@@ -7,13 +7,14 @@
  */
 import { z } from 'zod';
 import { CairnError } from '../../core/errors.js';
-import { ExprError, renderTemplate, type Root, type Template } from '../../core/expr.js';
+import { ExprError, exprsOf, renderTemplate, type Root, type Template } from '../../core/expr.js';
 import { schemaIssues, validatorOf } from '../../core/json-schema.js';
 import type { Queryable } from '../../db/types.js';
 import { checkUrl, openRequest, parseAllowList } from '../../net/http-client.js';
 import { getElement } from '../../store/elements.js';
 import { withSpan } from '../../telemetry/tracing.js';
 import { attachedScopes } from '../attachments.js';
+import { VARIABLE_MAX_BYTES } from '../secret/index.js';
 import { specTemplate } from '../templates.js';
 import {
   defineOp,
@@ -302,24 +303,47 @@ function priced(api: WireApi, model: string, p: ProviderSpec) {
 
 /** The most one call can cost, over every model of its route (micro-credits). */
 function maxCost(spec: LlmSpec, input: unknown, uses: Record<string, PinnedElement>): number {
+  const parsed = (llmInput.safeParse(input ?? {}).data ?? {}) as LlmInput;
   let req: Omit<ChatRequest, 'model'>;
+  let extra = 0;
   try {
-    req = buildRequest(spec, (llmInput.safeParse(input ?? {}).data ?? {}) as LlmInput, {}, false);
+    req = buildRequest(spec, parsed, {}, false);
   } catch {
-    // Templates that read what is not there yet (a workflow step priced ahead, vars): their text.
+    // Templates that read what is not known yet (variables; a workflow step priced ahead): their
+    // text, plus for each reference an expression makes the most it can stand for (the input, a
+    // variable at its size limit).
     req = {
       system: spec.system,
-      messages: spec.messages.map((m) => ({ role: m.role, content: m.content })),
-      max_tokens: spec.max_tokens,
+      messages: [
+        ...spec.messages.map((m) => ({ role: m.role, content: m.content })),
+        ...((parsed.messages ?? []) as ChatMessage[]),
+      ],
+      max_tokens: Math.min(spec.max_tokens, parsed.max_tokens ?? spec.max_tokens),
       stream: false,
     };
+    const data = Buffer.byteLength(JSON.stringify(input ?? null)) + VARIABLE_MAX_BYTES;
+    const c = compile(spec);
+    const texts = [c.system, ...c.messages.map((m) => m.content)].filter(
+      (t): t is Template => t !== undefined,
+    );
+    for (const t of texts)
+      for (const e of exprsOf(t))
+        extra += Math.max(1, (e.source.match(/\b(input|vars)\b/g) ?? []).length) * data;
   }
-  const bound = promptBound(req) + Buffer.byteLength(JSON.stringify(input ?? null));
+  const bound = promptBound(req) + extra;
   let most = 0;
   for (const c of candidates(spec)) {
     const p = providerOf(uses, c.provider);
     const price = p && priced(p.api, c.model, p);
-    if (price) most = Math.max(most, maxCostOf(bound, req.max_tokens, price.price));
+    // A provider changed since the llm was defined: refused before a run, never a free call.
+    if (!price)
+      throw definitionError(
+        'LLM_MODEL_NOT_PRICED',
+        `${c.ref}: the model "${c.model}" has no price in the table (version ${PRICE_TABLE_VERSION}) or in the models of provider "${c.provider}".`,
+        `Declare its prices on the provider: models: {"${c.model}": {input, output}} (USD per 1M tokens).`,
+        { model: c.ref },
+      );
+    most = Math.max(most, maxCostOf(bound, req.max_tokens, price.price));
   }
   return most;
 }
@@ -374,6 +398,7 @@ async function callOnce(
   p: ProviderSpec,
   key: string | null,
   req: ChatRequest,
+  onFirstDelta: () => void,
 ): Promise<ChatResult> {
   const attrs = {
     'gen_ai.operation.name': 'chat',
@@ -398,7 +423,12 @@ async function callOnce(
       {
         transport: openRequest,
         signal: ctx.signal,
-        onDelta: ctx.stream ? (text) => ctx.stream!({ type: 'delta', text }) : undefined,
+        onDelta: ctx.stream
+          ? (text) => {
+              onFirstDelta();
+              ctx.stream!({ type: 'delta', text });
+            }
+          : undefined,
       },
     );
     span.setAttributes({
@@ -440,7 +470,8 @@ const invoke = {
   input: llmInput,
   createsRun: true,
   retryOnLoss: true,
-  sideEffects: true,
+  // A call changes nothing outside its record (it costs; a replay is still gated by policy and budget).
+  sideEffects: false,
   maxAttempts: 2,
 } satisfies OperationDecl<typeof llmInput>;
 
@@ -450,6 +481,7 @@ async function execute(ctx: ExecContext<LlmSpec, LlmInput>) {
   const stream = spec.stream || ctx.stream !== undefined;
   const base = buildRequest(spec, ctx.input, vars, stream);
   const attempts: AttemptRecord[] = [];
+  let streamed = false;
   const pinnedUses = Object.fromEntries(Object.entries(ctx.uses).map(([k, u]) => [k, u.element]));
   let last: CairnError | undefined;
   for (const c of candidates(spec)) {
@@ -460,9 +492,9 @@ async function execute(ctx: ExecContext<LlmSpec, LlmInput>) {
     const req: ChatRequest = { ...base, model: c.model };
     for (let attempt = 0; ; attempt++) {
       const t0 = performance.now();
+      let r: ChatResult;
       try {
-        const r = await callOnce(ctx, c, p, key, req);
-        return settle(ctx, spec, c, p, price?.price, price?.as, req, r, attempts);
+        r = await callOnce(ctx, c, p, key, req, () => (streamed = true));
       } catch (err) {
         if (!(err instanceof ProviderError)) {
           // The guard refused the endpoint, or something of ours broke: not the provider's failure.
@@ -485,15 +517,19 @@ async function execute(ctx: ExecContext<LlmSpec, LlmInput>) {
           http_status: err.info.http_status,
           provider_code: err.info.provider_code,
         });
-        if (!RETRYABLE.has(err.code) || ctx.signal.aborted)
-          throw Object.assign(last, { evidence: { attempts } });
+        // Tokens already went out to the caller: another attempt would send them twice.
+        if (!RETRYABLE.has(err.code) || ctx.signal.aborted || streamed)
+          throw Object.assign(last, { evidence: { attempts, partially_streamed: streamed || undefined } });
         if (attempt >= p.max_retries) break; // the next provider of the route
         const wait = backoffMs(attempt, err.info.retry_after_ms);
         // A Retry-After longer than we wait at most: go to the fallback instead.
         if (err.info.retry_after_ms !== undefined && err.info.retry_after_ms > MAX_WAIT_MS) break;
         rec.waited_ms = wait;
         await sleep(wait, ctx.signal);
+        continue;
       }
+      // Outside the try: a refused output (response_format) keeps its own evidence and cost.
+      return settle(ctx, spec, c, p, price?.price, price?.as, req, r, attempts);
     }
   }
   throw Object.assign(last ?? llmError('LLM_PROVIDER_ERROR', 'No provider answered.'), {
@@ -652,7 +688,8 @@ export const llmType = defineType({
         );
     }
   },
-  uses: (spec) => [...new Set(candidates(spec).map((c) => c.provider))],
+  uses: (spec) =>
+    [...new Set(candidates(spec).map((c) => c.provider))].map((slug) => ({ slug, type: 'llm-provider' })),
   chatCompletions: chatCompat,
   priceOf: (_op, spec, input, uses) => maxCost(spec, input, uses),
   checkInput(_op, spec, input) {

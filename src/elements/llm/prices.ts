@@ -63,9 +63,11 @@ export function priceOf(
   model: string,
   declared: Record<string, ModelPrice> | undefined,
 ): { price: ModelPrice; source: 'provider' | 'table'; as: string } | undefined {
-  if (declared?.[model]) return { price: declared[model], source: 'provider', as: model };
+  // Own keys only: a model named "constructor" or "__proto__" is priced nowhere.
+  if (declared && Object.hasOwn(declared, model))
+    return { price: declared[model]!, source: 'provider', as: model };
   const table = PRICE_TABLE[api];
-  if (table[model]) return { price: table[model], source: 'table', as: model };
+  if (Object.hasOwn(table, model)) return { price: table[model]!, source: 'table', as: model };
   let best: string | undefined;
   for (const name of Object.keys(table))
     if (

@@ -9,10 +9,21 @@ import { defineType } from '../types.js';
 
 const box = z.object({ $sealed: z.string().max(200_000), digest: z.string().max(128) }).strict();
 
+/** The most a variable's value may hold (its JSON): it becomes an environment variable or a prompt. */
+export const VARIABLE_MAX_BYTES = 65_536;
+const noNul = (v: string) => !v.includes('\0');
+
 const secretSpec = z
   .object({
     value: z
-      .union([z.string().min(4, 'a secret is at least 4 characters').max(65_536), box])
+      .union([
+        z
+          .string()
+          .min(4, 'a secret is at least 4 characters')
+          .max(65_536)
+          .refine(noNul, 'a secret holds no NUL character'),
+        box,
+      ])
       .describe('The secret value: sent once, sealed at rest, never returned'),
     description: z.string().max(2000).optional(),
   })
@@ -22,6 +33,8 @@ export const secretType = defineType({
   type: 'secret',
   category: 'data',
   title: 'Secret',
+  // Whoever defines a secret decides what runs may be handed: circle admins only.
+  writeAuth: 'admin',
   description:
     'A value encrypted at rest (AES-256-GCM). No API answer, log or evidence ever shows it after it is defined, and ' +
     'every exact occurrence in what a run records is replaced by [secret:<slug>]. Attach it to the element that ' +
@@ -48,7 +61,16 @@ export const secretType = defineType({
 
 const variableSpec = z
   .object({
-    value: z.json().describe('Any JSON value; injected as text (a string as is, anything else as its JSON)'),
+    value: z
+      .json()
+      .refine(
+        (v) => Buffer.byteLength(JSON.stringify(v)) <= VARIABLE_MAX_BYTES,
+        `at most ${VARIABLE_MAX_BYTES} bytes of JSON`,
+      )
+      .refine((v) => !JSON.stringify(v).includes('\\u0000'), 'a variable holds no NUL character')
+      .describe(
+        'Any JSON value (at most 64 KiB); injected as text (a string as is, anything else as its JSON)',
+      ),
     description: z.string().max(2000).optional(),
   })
   .strict();

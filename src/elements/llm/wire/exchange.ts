@@ -149,9 +149,12 @@ export function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-/** A finite number, or undefined. */
+/**
+ * A count (tokens, an index): a whole number from 0 to 10¹², or undefined. A provider's negative,
+ * fractional or absurd number is treated as missing (usage then estimated), never billed as is.
+ */
 export function num(v: unknown): number | undefined {
-  return typeof v === 'number' && Number.isFinite(v) ? v : undefined;
+  return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 1e12 ? v : undefined;
 }
 
 function transportFailure(
