@@ -12,7 +12,9 @@ import { findUnstorable } from '../../src/core/storable.js';
  */
 
 // A type whose executor waits at a gate until `gate.size` runs arrived, so they settle in one batch;
-// `overcharge` asks for more credits than any wallet holds, which the ledger refuses (23514) at settle.
+// `overcharge` returns an element event the database cannot store (a time past its range, 22008),
+// so the settle statement refuses that row. (It once asked for more credits than any wallet holds;
+// an execution is now billed at most what its run reserved, so that no longer reaches the ledger.)
 const gate = { size: 1, waiting: [] as (() => void)[] };
 registerInvokeType({
   type: 'test-gated',
@@ -28,6 +30,7 @@ registerInvokeType({
       output: { n: ctx.input.n ?? 0 },
       evidence: { command: ['gated'] },
       credits: ctx.input.overcharge ? Number.MAX_SAFE_INTEGER : 1000,
+      events: ctx.input.overcharge ? [['gated.poison', 1e300, {}]] : undefined,
     };
   },
 });
@@ -140,7 +143,7 @@ describeEachDriver('a poisoned output', ({ db }) => {
     const runs = await Promise.all(answers.map((a) => finished(a.body.run_id, attacker.tokens.read)));
     expect(runs[0].status).toBe('failed');
     expect(runs[0].error.code).toBe('RUN_RECORD_REJECTED');
-    expect(runs[0].error.details).toEqual({ sqlstate: '23514' });
+    expect(runs[0].error.details).toEqual({ sqlstate: '22008' });
     for (const r of runs.slice(1)) {
       expect(r.status).toBe('succeeded');
       expect(r.credits_used).toBe(1000);
