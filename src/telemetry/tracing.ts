@@ -222,14 +222,17 @@ export async function withSpan<T>(
   name: string,
   attrs: Attributes,
   fn: (span: Span) => Promise<T>,
+  /** Cleans an error's message before the span records it (a secret a provider echoed). */
+  redact: (message: string) => string = (m) => m,
 ): Promise<T> {
   if (!provider) return fn(trace.wrapSpanContext(INVALID_SPAN_CONTEXT));
   const span = tracer().startSpan(name, { attributes: attrs });
   try {
     return await context.with(trace.setSpan(context.active(), span), () => fn(span));
   } catch (e) {
-    span.recordException(e as Error);
-    span.setStatus({ code: SpanStatusCode.ERROR, message: String((e as Error)?.message ?? e).slice(0, 200) });
+    const message = redact(String((e as Error)?.message ?? e));
+    span.recordException({ name: (e as Error)?.name ?? 'Error', message });
+    span.setStatus({ code: SpanStatusCode.ERROR, message: message.slice(0, 200) });
     throw e;
   } finally {
     span.end();

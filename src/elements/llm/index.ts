@@ -409,44 +409,49 @@ async function callOnce(
     'server.address': safeHost(p.base_url),
     'cairn.llm.provider': c.provider,
   };
-  return withSpan(`chat ${c.model}`, attrs, async (span) => {
-    const r = await ADAPTERS[p.api].chat(
-      {
-        api: p.api,
-        base_url: p.base_url,
-        api_key: key,
-        headers: p.headers,
-        allow: p.allow,
-        timeout_ms: p.timeout_ms,
-      },
-      req,
-      {
-        transport: openRequest,
-        signal: ctx.signal,
-        onDelta: ctx.stream
-          ? (text) => {
-              onFirstDelta();
-              ctx.stream!({ type: 'delta', text });
+  return withSpan(
+    `chat ${c.model}`,
+    attrs,
+    async (span) => {
+      const r = await ADAPTERS[p.api].chat(
+        {
+          api: p.api,
+          base_url: p.base_url,
+          api_key: key,
+          headers: p.headers,
+          allow: p.allow,
+          timeout_ms: p.timeout_ms,
+        },
+        req,
+        {
+          transport: openRequest,
+          signal: ctx.signal,
+          onDelta: ctx.stream
+            ? (text) => {
+                onFirstDelta();
+                ctx.stream!({ type: 'delta', text });
+              }
+            : undefined,
+        },
+      );
+      span.setAttributes({
+        'gen_ai.response.model': r.served_model,
+        'gen_ai.response.finish_reasons': [r.finish_reason],
+        ...(r.response_id ? { 'gen_ai.response.id': r.response_id } : {}),
+        ...(r.usage
+          ? {
+              'gen_ai.usage.input_tokens': r.usage.input + r.usage.cached_input + r.usage.cache_write,
+              'gen_ai.usage.output_tokens': r.usage.output + r.usage.reasoning,
+              'gen_ai.usage.cache_read.input_tokens': r.usage.cached_input,
+              'gen_ai.usage.cache_creation.input_tokens': r.usage.cache_write,
             }
-          : undefined,
-      },
-    );
-    span.setAttributes({
-      'gen_ai.response.model': r.served_model,
-      'gen_ai.response.finish_reasons': [r.finish_reason],
-      ...(r.response_id ? { 'gen_ai.response.id': r.response_id } : {}),
-      ...(r.usage
-        ? {
-            'gen_ai.usage.input_tokens': r.usage.input + r.usage.cached_input + r.usage.cache_write,
-            'gen_ai.usage.output_tokens': r.usage.output + r.usage.reasoning,
-            'gen_ai.usage.cache_read.input_tokens': r.usage.cached_input,
-            'gen_ai.usage.cache_creation.input_tokens': r.usage.cache_write,
-          }
-        : {}),
-      ...(r.ttft_ms !== null ? { 'cairn.llm.ttft_ms': r.ttft_ms } : {}),
-    });
-    return r;
-  });
+          : {}),
+        ...(r.ttft_ms !== null ? { 'cairn.llm.ttft_ms': r.ttft_ms } : {}),
+      });
+      return r;
+    },
+    (m) => (key ? m.split(key).join('[secret:api_key]') : m),
+  );
 }
 
 function safeHost(u: string): string {
