@@ -433,12 +433,7 @@ describeEachDriver('the LLM gateway', ({ db }) => {
       c.tokens.execute,
     );
     expect(started.status, JSON.stringify(started.body)).toBe(202);
-    let run: any;
-    for (let i = 0; i < 400; i++) {
-      run = (await t.call('GET', `/api/runs/${started.body.run_id}`, undefined, c.tokens.read)).body;
-      if (['succeeded', 'completed', 'failed', 'cancelled'].includes(run.status)) break;
-      await new Promise((r) => setTimeout(r, 25));
-    }
+    const run = await waitRun(t, started.body.run_id, c.tokens.read, { ms: 30_000 });
     ai.setDefault(reply());
     expect(run.flags).toContain('budget_exceeded');
     expect(run.items_succeeded).toBeGreaterThan(0);
