@@ -129,21 +129,29 @@ export function readEnvelope(
   return env;
 }
 
-function stream(buf: Buffer, truncated: boolean) {
-  return { bytes: buf.length, sha256: 'sha256:' + sha256Hex(buf), truncated };
+/** A stream's size and hash; the hash of what the run records of it when a secret was scrubbed out. */
+function stream(buf: Buffer, truncated: boolean, scrub: (s: string) => string) {
+  const text = buf.toString('utf8');
+  const shown = scrub(text);
+  return {
+    bytes: buf.length,
+    sha256: 'sha256:' + sha256Hex(shown === text ? buf : Buffer.from(shown)),
+    truncated,
+  };
 }
 
 /** R-EVIDENCE every code action records: exit status, verdict, streams (sizes, hashes, lines), sandbox, memory. */
 export function sandboxEvidence(
   r: SandboxResult,
   limits: { timeout_ms: number; memory_mb: number },
+  scrub: (s: string) => string = (x) => x,
 ): Record<string, unknown> {
   return {
     exit_code: r.exitCode,
     signal: r.signal,
     verdict: r.verdict,
-    stdout: stream(r.stdout, r.stdoutTruncated),
-    stderr: stream(r.stderr, r.stderrTruncated),
+    stdout: stream(r.stdout, r.stdoutTruncated, scrub),
+    stderr: stream(r.stderr, r.stderrTruncated, scrub),
     log_lines: r.lines,
     log_lines_dropped: r.linesDropped,
     sandbox: {

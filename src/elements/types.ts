@@ -357,6 +357,11 @@ export interface ExecContext<S = unknown, I = unknown> {
   uses: Record<string, ResolvedUse>;
   /** Where an execution's stream goes when a caller in this process follows it (else undefined). */
   stream?: StreamSink;
+  /**
+   * The value as the run will record it: the secrets it was given replaced by [secret:<slug>]
+   * (identity without secrets). Hashes an executor records are of this, never of a raw secret.
+   */
+  scrub: <T>(v: T) => T;
 }
 
 /** A file an execution produced (a code action's /out). */

@@ -167,6 +167,10 @@ export class ExecutionSystem {
         attachments,
         uses,
         stream,
+        scrub: <T>(v: T): T => {
+          const list = scrubList(opened);
+          return list.length > 0 ? scrubValues(v, list) : v;
+        },
         files: {
           inputs,
           read: async (sha) => {

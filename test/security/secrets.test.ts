@@ -2,6 +2,8 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeEachDriver } from '../helpers/db.js';
 import { expectTypedError, testApp, waitRun, type TestApp } from '../helpers/app.js';
 import { Keyring } from '../../src/core/sealed.js';
+import { createHash } from 'node:crypto';
+import { canonicalJson } from '../../src/core/hash.js';
 
 /** The value no answer, log or evidence may ever hold. */
 const SECRET = 'sk-cairn-test-5f1e8a0b9c2d';
@@ -162,6 +164,15 @@ describeEachDriver('secrets and variables, attached', ({ db }) => {
       const logs = await t.call('GET', `/api/runs/${id}/logs`, undefined, c.tokens.read);
       expect(JSON.stringify(logs.body)).toContain('token is [secret:api-token]');
     }
+    // Hashes are of what the run records, never an oracle for the value (sha256 of the raw stdout).
+    const items = await t.call('GET', `/api/runs/${ok.body.run_id}/items`, undefined, c.tokens.read);
+    const ev = items.body.items[0].evidence;
+    const sha = (x: string) => 'sha256:' + createHash('sha256').update(x).digest('hex');
+    expect(ev.stdout.sha256).toBe(sha('token is [secret:api-token]\n'));
+    expect(ev.stdout.sha256).not.toBe(sha(`token is ${SECRET}\n`));
+    expect(ev.output_hashes.output).toBe(
+      sha(canonicalJson({ len: SECRET.length, region: 'eu-north-1', token: '[secret:api-token]' })),
+    );
     // The snapshot pins the attachment's version, never its value.
     const snap = await t.call('GET', `/api/runs/${ok.body.run_id}/snapshot`, undefined, c.tokens.read);
     expect(snap.status).toBe(200);

@@ -168,7 +168,7 @@ export async function invokeGo(ctx: ExecContext<GoSpec, Record<string, unknown>>
       stdin: 'sha256:' + sha256Hex(stdin),
       ...fileHashes('in', ctx.files.inputs),
     },
-    ...sandboxEvidence(r, spec),
+    ...sandboxEvidence(r, spec, ctx.scrub),
     host: ctx.host || hostname(),
     timing: { build_ms: round(b.durationMs), build_cached: b.cached, run_ms: round(r.durationMs) },
     peak_memory_kb: r.peakMemoryKb ?? peakOf(r),
@@ -196,7 +196,7 @@ export async function invokeGo(ctx: ExecContext<GoSpec, Record<string, unknown>>
     evidence: {
       ...evidence,
       output_hashes: {
-        output: 'sha256:' + sha256Hex(canonicalJson(output)),
+        output: 'sha256:' + sha256Hex(canonicalJson(ctx.scrub(output))),
         ...fileHashes('out', files),
       },
     },

@@ -426,7 +426,8 @@ export const httpType = defineType({
       const forms = encodedSecrets(ctx.attachments);
       const scope = { input: ctx.input, ...attachedScopes(ctx.attachments) };
       const req = render(spec, scope);
-      const reqBody = Buffer.from(req.body ?? '', 'utf8');
+      // Its hash is of the body as recorded (a secret in it scrubbed), never an oracle for the secret.
+      const reqBody = Buffer.from(ctx.scrub(req.body ?? ''), 'utf8');
       const expect = spec.expect.length ? new Set(spec.expect) : undefined;
       const attempts: Record<string, unknown>[] = [];
       for (let attempt = 1; ; attempt++) {

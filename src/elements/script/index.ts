@@ -314,6 +314,7 @@ function executor(l: Lang) {
       // Attachments as environment variables (a sandbox with them is never one made ahead).
       attachedEnv(ctx.attachments),
       ctx.files,
+      ctx.scrub,
     );
     const flags = r.sandboxed ? [] : ['unsandboxed'];
     try {
@@ -327,7 +328,7 @@ function executor(l: Lang) {
         evidence: {
           ...evidence,
           output_hashes: {
-            output: 'sha256:' + sha256Hex(canonicalJson(output)),
+            output: 'sha256:' + sha256Hex(canonicalJson(ctx.scrub(output))),
             ...fileHashes('out', files),
           },
         },
@@ -350,6 +351,7 @@ async function runScript(
   host: string,
   extraEnv: Record<string, string>,
   files?: ExecContext['files'],
+  scrub: (s: string) => string = (x) => x,
 ) {
   const rt = l.runtime();
   let deps: Deps | undefined;
@@ -399,7 +401,7 @@ async function runScript(
       stdin: 'sha256:' + sha256Hex(stdin),
       ...fileHashes('in', files?.inputs ?? []),
     },
-    ...sandboxEvidence(r, spec),
+    ...sandboxEvidence(r, spec, scrub),
     host,
     timing: { run_ms: Math.round(r.durationMs * 1000) / 1000 },
   };
