@@ -21,6 +21,7 @@ import { listTypes, operationsOf } from './elements/registry.js';
 const run = promisify(execFile);
 import { silentLogger } from './telemetry/log.js';
 import { Keyring, parseKey, setKeyring } from './core/sealed.js';
+import { deploymentKeyId } from './store/sealed.js';
 import { migrate } from './db/migrate.js';
 import { createToken, hasInstanceAdmin } from './store/tokens.js';
 import { loadSqlParser } from './elements/sql/guard.js';
@@ -69,6 +70,16 @@ export async function loadKeyring(config: Config, log: Logger = silentLogger): P
   const ring = new Keyring(current, previous);
   setKeyring(ring);
   return ring;
+}
+
+/** A process whose key is not the deployment's says so when it starts (its secret runs would fail). */
+export async function checkKeyring(db: Db, ring: Keyring, log: Logger): Promise<void> {
+  const recorded = await deploymentKeyId(db, ring.currentId);
+  if (!ring.holds(recorded))
+    log.error(
+      { deployment_key_id: recorded, this_key_id: ring.currentId },
+      'this process does not hold the key that sealed the secrets of this database: every run that needs a secret will fail with SECRET_UNREADABLE; start it with the same CAIRN_SECRETS_KEY as the others',
+    );
 }
 
 /** The sandbox opt-out is loud: logged at start by every process that executes runs. */
@@ -280,9 +291,10 @@ export async function startServer(
 ): Promise<Server> {
   await assertPortFree(config.host, config.port);
   if (initTracing()) log.info('exporting traces over OTLP (OTEL_EXPORTER_OTLP_* settings)');
-  await loadKeyring(config, log);
+  const ring = await loadKeyring(config, log);
   const opened = await openDatabase(config, log);
   const { db } = opened;
+  await checkKeyring(db, ring, log);
   await ensureBootstrapToken(db, config, print);
   // An embedded database is one process's: its worker must live in the same process.
   const withWorker = config.embeddedWorker || !config.databaseUrl;
@@ -357,9 +369,10 @@ export async function startWorker(
   log: Logger,
 ): Promise<{ worker: Worker; db: Db; metricsUrl?: string; stop(): Promise<void> }> {
   if (initTracing()) log.info('exporting traces over OTLP (OTEL_EXPORTER_OTLP_* settings)');
-  await loadKeyring(config, log);
+  const ring = await loadKeyring(config, log);
   const opened = await openDatabase(config, log);
   const { db } = opened;
+  await checkKeyring(db, ring, log);
   const sandbox = new Sandbox();
   // The engine, not a bare worker: a worker process also fires schedules and hands off upstream runs.
   const engine = new Engine({

@@ -117,6 +117,13 @@ export const LLM_ROUTES: RouteDef[] = [
         });
       };
       const model = requestedModel;
+      let done = false;
+      // A client that goes away mid-stream stops the call, as the providers' own APIs do: the run
+      // is cancelled and its provider request aborted.
+      res.on('close', () => {
+        if (!done && id)
+          void deps.engine.port.cancel(id, actor, 'the client closed the stream').catch(() => undefined);
+      });
       const outcome = await deps.engine.invoke(invokeReq, {
         waitMs,
         onStart: (s) => {
@@ -129,6 +136,7 @@ export const LLM_ROUTES: RouteDef[] = [
           streamed = true;
         },
       });
+      done = true;
       const run =
         outcome.state === 'finished' ? outcome.run : ((await getRun(deps.db, outcome.run.id)) ?? outcome.run);
       if (!open) {

@@ -4,7 +4,7 @@
  * the new key; then the old key can be dropped.
  */
 import { keyring } from '../core/sealed.js';
-import { resealSecrets } from '../store/sealed.js';
+import { deploymentKeyId, resealSecrets } from '../store/sealed.js';
 import { defineRoute, type RouteDef } from './route.js';
 
 export const SECRET_ROUTES: RouteDef[] = [
@@ -16,7 +16,11 @@ export const SECRET_ROUTES: RouteDef[] = [
     summary: 'Re-seal every secret with the current key (after CAIRN_SECRETS_KEY changed)',
     handler: async ({ deps }) => {
       const ring = keyring();
-      const r = await deps.db.transaction((tx) => resealSecrets(tx, ring));
+      const r = await deps.db.transaction(async (tx) => {
+        const out = await resealSecrets(tx, ring);
+        await deploymentKeyId(tx, ring.currentId, true);
+        return out;
+      });
       return { key_id: ring.currentId, resealed: r.resealed, rows: r.rows };
     },
   }),

@@ -114,6 +114,11 @@ export class Keyring {
     this.digestKey = Buffer.from(hkdfSync('sha256', current, Buffer.alloc(0), 'cairn-secret-digest', 32));
   }
 
+  /** Does this ring hold the key with this id (current or earlier)? */
+  holds(keyId: string): boolean {
+    return this.keys.has(keyId);
+  }
+
   static generateKey(): Buffer {
     return randomBytes(32);
   }

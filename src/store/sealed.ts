@@ -50,3 +50,18 @@ export async function resealSecrets(
   }
   return { resealed, rows };
 }
+
+/**
+ * The deployment's secrets key id: recorded by the first process, moved by a rotation. Returns the
+ * recorded id (this process's when it is the first).
+ */
+export async function deploymentKeyId(q: Queryable, current: string, rotate = false): Promise<string> {
+  const r = await q.query<{ value: string }>(
+    `INSERT INTO cairn.instance_settings (name, value) VALUES ('secrets_key_id', $1)
+     ON CONFLICT (name) DO UPDATE SET value = CASE WHEN $2::boolean THEN excluded.value ELSE cairn.instance_settings.value END,
+       updated_at = CASE WHEN $2::boolean THEN clock_timestamp() ELSE cairn.instance_settings.updated_at END
+     RETURNING value`,
+    [current, rotate],
+  );
+  return r.rows[0]!.value;
+}

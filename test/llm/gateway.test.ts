@@ -532,6 +532,20 @@ describeEachDriver('the LLM gateway', ({ db }) => {
     expect(deltas.join('')).toBe('one two three four');
     expect(finish).toBe('stop');
     expect(usage).toMatchObject({ prompt_tokens: 8, completion_tokens: 4 });
+    // A client that goes away mid-stream cancels the run (and with it the provider request).
+    ai.enqueue(reply({ text: 'a b c d e f g h i j', chunks: 10, chunk_delay_ms: 150 }));
+    const ctl = new AbortController();
+    const res = await fetch(`${base}/api/${c.slug}/chat/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${c.tokens.execute}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'x', messages: [{ role: 'user', content: 'long' }], stream: true }),
+      signal: ctl.signal,
+    });
+    const cancelledId = res.headers.get('x-cairn-run-id')!;
+    await res.body!.getReader().read();
+    ctl.abort();
+    const cancelled = await waitRun(t, cancelledId, c.tokens.read, { ms: 10_000 });
+    expect(cancelled.status).toBe('cancelled');
     // A failure is the client's typed error.
     ai.enqueue(fail('auth'));
     await expect(

@@ -12,6 +12,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeEachDriver } from '../helpers/db.js';
 import { testApp, type TestApp } from '../helpers/app.js';
 import { Keyring, keyring, setKeyring } from '../../src/core/sealed.js';
+import { checkKeyring } from '../../src/runtime.js';
 import { reply, startOpenAiServer, type LlmServer, type OpenAiBehaviour } from '../support/llm-servers.js';
 
 const SECRET = 'cairn-SeCrEt-0d9c8b7a6f5e4d3c';
@@ -197,6 +198,22 @@ describeEachDriver('a secret, everywhere it goes', ({ db }) => {
     expect(rotated.status, JSON.stringify(rotated.body)).toBe(200);
     expect(rotated.body).toMatchObject({ key_id: keyring().currentId });
     expect(rotated.body.resealed).toBeGreaterThanOrEqual(2); // the element and its version
+    // The deployment's key id moved with it (a process holding another key warns when it starts).
+    const recorded = await db().query<{ value: string }>(
+      `SELECT value FROM cairn.instance_settings WHERE name = 'secrets_key_id'`,
+    );
+    expect(recorded.rows[0]!.value).toBe(keyring().currentId);
+    const errors: unknown[] = [];
+    const log = {
+      error: (o: unknown) => errors.push(o),
+      warn: () => {},
+      info: () => {},
+      debug: () => {},
+    } as never;
+    await checkKeyring(db(), keyring(), log);
+    expect(errors).toEqual([]);
+    await checkKeyring(db(), new Keyring(Keyring.generateKey()), log);
+    expect(errors).toEqual([expect.objectContaining({ deployment_key_id: keyring().currentId })]);
     const again = await t.call('POST', '/api/admin/secrets/rotate', {}, t.admin);
     expect(again.body.resealed).toBe(0);
     const byCircle = await t.call('POST', '/api/admin/secrets/rotate', {}, c.tokens.admin);
