@@ -8,7 +8,7 @@ import { Engine } from '../../src/engine/engine.js';
 import type { Worker } from '../../src/engine/worker.js';
 import { snapshotFacts } from '../../src/runtime.js';
 import { createToken } from '../../src/store/tokens.js';
-import { silentLogger } from '../../src/telemetry/log.js';
+import { silentLogger, type Logger } from '../../src/telemetry/log.js';
 import { Sandbox, sandboxOptions, type SandboxOptions } from '../../src/sandbox/runner.js';
 
 export interface TestApp {
@@ -40,6 +40,8 @@ export async function testApp(
     concurrency?: number;
     /** Sandbox options over the settings' (e.g. `{ disabled: true }`, cgroups off). */
     sandbox?: Partial<SandboxOptions>;
+    /** The app's and the engine's logger (default: silent). */
+    log?: Logger;
   } = {},
 ): Promise<TestApp> {
   const config = loadConfig(
@@ -50,6 +52,7 @@ export async function testApp(
   const sandbox = new Sandbox({ ...sandboxOptions(), ...opts.sandbox });
   const engine = new Engine({
     db,
+    log: opts.log,
     sandbox,
     snapshotExtra,
     waitPollMs: 100,
@@ -63,7 +66,7 @@ export async function testApp(
   const deps: Deps = {
     db,
     config,
-    log: silentLogger,
+    log: opts.log ?? silentLogger,
     authn: new Authenticator(db, 0),
     engine,
     snapshotExtra,

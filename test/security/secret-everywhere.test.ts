@@ -8,6 +8,7 @@
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import pino from 'pino';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeEachDriver } from '../helpers/db.js';
 import { testApp, type TestApp } from '../helpers/app.js';
@@ -33,6 +34,7 @@ describeEachDriver('a secret, everywhere it goes', ({ db }) => {
     return r;
   };
   const oldKey = Keyring.generateKey();
+  const logLines: string[] = [];
 
   beforeAll(async () => {
     setKeyring(new Keyring(oldKey));
@@ -45,7 +47,10 @@ describeEachDriver('a secret, everywhere it goes', ({ db }) => {
     });
     await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
     echoUrl = `http://127.0.0.1:${(echo.address() as AddressInfo).port}`;
-    t = await testApp(db());
+    // Every log line the app and the engine write, at the most verbose level, kept for the search.
+    t = await testApp(db(), {
+      log: pino({ level: 'trace' }, { write: (line: string) => void logLines.push(line) }),
+    });
     c = await t.circle('keeper');
   });
   afterAll(async () => {
@@ -174,6 +179,8 @@ describeEachDriver('a secret, everywhere it goes', ({ db }) => {
 
     const leaks = answers.filter((a) => JSON.stringify(a.body).includes(SECRET)).map((a) => a.what);
     expect(leaks).toEqual([]);
+    expect(logLines.length).toBeGreaterThan(0);
+    expect(logLines.filter((l) => l.includes(SECRET))).toEqual([]);
     // Every table of the platform schema, every row as text.
     const tables = await db().query<{ t: string }>(
       `SELECT table_name AS t FROM information_schema.tables WHERE table_schema = 'cairn' AND table_type = 'BASE TABLE'`,

@@ -122,7 +122,8 @@ describe('the run page, live', () => {
       s.t,
       c,
       'jobs',
-      Array.from({ length: 4 }, (_, n) => ({ n: 50 + n, ms: 900, fail: false })),
+      // Long enough (8 × 0.9 s) that a loaded machine still signs in and opens the page while it runs.
+      Array.from({ length: 8 }, (_, n) => ({ n: 50 + n, ms: 900, fail: false })),
     );
     const id = await columnRun(s.t, c, 'jobs', 'out', { rows: 'empty', concurrency: 1 });
     p = await newPage(browser);
