@@ -2,7 +2,7 @@ import { errors, type CairnError, type ErrorBody } from '../core/errors.js';
 import type { CircleRow } from '../store/circles.js';
 import { getElementById } from '../store/elements.js';
 import { getType, operationsOf } from '../elements/registry.js';
-import { submitRun } from './submit.js';
+import { runPrice, submitRun } from './submit.js';
 import { pinElement } from '../elements/attachments.js';
 import { typeLookup } from '../elements/registry.js';
 import { submitBatch, type RunMode } from './batch-submit.js';
@@ -181,9 +181,19 @@ async function retryOnLatest(
   const pinned = snap.element;
   if (el.definition_hash !== run.definition_hash) {
     // The new snapshot (stored content-addressed by the runs_snapshot trigger) keeps the old definition.
+    const repinned = await pinElement(tx, el, typeLookup);
+    const type = getType(el.element_type);
+    const op = operationsOf(type).find((o) => o.name === run.operation);
+    // What each retried item reserves follows the new definition (an LLM's model or max_tokens may
+    // cost more now); never less than before.
+    const price = Math.max(
+      Number(snap.operation?.price ?? 0),
+      op ? runPrice(type, op, repinned, undefined) : 0,
+    );
     const next = {
       ...snap,
-      element: await pinElement(tx, el, typeLookup),
+      element: repinned,
+      operation: { ...snap.operation, price },
       earlier_definitions: [...(snap.earlier_definitions ?? []), snap.element],
     };
     await tx.query(
