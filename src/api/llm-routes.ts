@@ -32,12 +32,8 @@ const body = z
 const CHAT_WAIT_MS = 660_000; // past an llm run's own timeout (600 s): the run ends first
 
 function runFailed(e: ErrorBody, runId: string): CairnError {
-  return new CairnError({
-    code: e.code,
-    class: e.class,
-    message: e.message,
-    suggestion: e._suggestion,
-    retryable: e.retryable,
+  return CairnError.fromBody({
+    ...e,
     details: { ...(typeof e.details === 'object' && e.details ? e.details : {}), run_id: runId },
   });
 }

@@ -298,13 +298,7 @@ export const ATTACH_OPS: OperationDecl[] = [
     handler: async (ctx) =>
       ctx.db.transaction(async (tx) => {
         const removed = [];
-        for (const r of ctx.input.remove) {
-          const a = isUuid(r.attachment_id) ? await att.getAttachment(tx, r.attachment_id) : undefined;
-          if (!a || a.target_id !== ctx.element.id)
-            throw attachmentNotFound(r.attachment_id, ctx.element.slug);
-          await att.deleteAttachment(tx, a.id);
-          removed.push(attachmentOut(a, ctx.types));
-        }
+        for (const r of ctx.input.remove) removed.push(await removeOwn(tx, ctx, r.attachment_id));
         const added = [];
         for (const a of ctx.input.add) {
           const { el: modifier, version } = await findElement(tx, ctx.circle.id, a.ref);
@@ -323,17 +317,17 @@ export const ATTACH_OPS: OperationDecl[] = [
     summary: 'Remove an attachment from this element by its attachment_id',
     input: z.object({ attachment_id: z.string().min(1).max(64) }).strict(),
     handler: async (ctx) =>
-      ctx.db.transaction(async (tx) => {
-        const a = isUuid(ctx.input.attachment_id)
-          ? await att.getAttachment(tx, ctx.input.attachment_id)
-          : undefined;
-        if (!a || a.target_id !== ctx.element.id)
-          throw attachmentNotFound(ctx.input.attachment_id, ctx.element.slug);
-        await att.deleteAttachment(tx, a.id);
-        return { removed: attachmentOut(a, ctx.types) };
-      }),
+      ctx.db.transaction(async (tx) => ({ removed: await removeOwn(tx, ctx, ctx.input.attachment_id) })),
   }),
 ];
+
+/** Removes one of the target's own attachments by its id (another element's is not found). */
+async function removeOwn(tx: Queryable, ctx: Pick<OpContext, 'element' | 'types'>, id: string) {
+  const a = isUuid(id) ? await att.getAttachment(tx, id) : undefined;
+  if (!a || a.target_id !== ctx.element.id) throw attachmentNotFound(id, ctx.element.slug);
+  await att.deleteAttachment(tx, a.id);
+  return attachmentOut(a, ctx.types);
+}
 
 function attachmentNotFound(id: string, slug: string): CairnError {
   return errors.notFound(
@@ -442,17 +436,32 @@ export async function openAttachments(
   return out;
 }
 
-/** The used elements of a pinned element, with their attachments opened. */
-export async function openUses(
+/**
+ * A pinned element's attachments and those of the elements it uses, opened together in one
+ * statement (an execution's hot path), then handed back per element.
+ */
+export async function openPinned(
   q: Queryable,
   circleId: string,
   pinned: PinnedElement | undefined,
   types: TypeLookup,
-): Promise<Record<string, ResolvedUse>> {
-  const out: Record<string, ResolvedUse> = {};
-  for (const [slug, u] of Object.entries(pinned?.uses ?? {}))
-    out[slug] = { element: u, attachments: await openAttachments(q, circleId, u.attachments, types) };
-  return out;
+): Promise<{ attachments: ResolvedAttachment[]; uses: Record<string, ResolvedUse> }> {
+  const own = pinned?.attachments ?? [];
+  const used = Object.entries(pinned?.uses ?? {});
+  const all = await openAttachments(
+    q,
+    circleId,
+    [...own, ...used.flatMap(([, u]) => u.attachments ?? [])],
+    types,
+  );
+  const uses: Record<string, ResolvedUse> = {};
+  let at = own.length;
+  for (const [slug, u] of used) {
+    const n = u.attachments?.length ?? 0;
+    uses[slug] = { element: u, attachments: all.slice(at, at + n) };
+    at += n;
+  }
+  return { attachments: all.slice(0, own.length), uses };
 }
 
 /** Attachments as environment variables (code actions): name → value. */

@@ -7,13 +7,15 @@ export function declaredError(
   code: string,
   message: string,
   details?: unknown,
+  /** This occurrence's retryability, when it is not the code's (a 503 answer is, a 404 is not). */
+  retryable?: boolean,
 ): CairnError {
   const d = table.find((e) => e.code === code);
   if (!d) throw new Error(`error code ${code} is not declared`);
   return new CairnError({
     code,
     class: d.class,
-    retryable: d.retryable,
+    retryable: retryable ?? d.retryable,
     message,
     suggestion: d.suggestion,
     details,

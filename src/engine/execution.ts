@@ -9,7 +9,7 @@ import type { EngineResources } from './resources.js';
 import { PgFileStore, type FileRef } from '../store/files.js';
 import { mediaTypeOf } from '../core/media-types.js';
 import { scrubValues } from '../core/sealed.js';
-import { openAttachments, openUses } from '../elements/attachments.js';
+import { openPinned } from '../elements/attachments.js';
 import { typeLookup } from '../elements/registry.js';
 import type { PinnedElement, ResolvedAttachment, StreamSink } from '../elements/types.js';
 
@@ -151,10 +151,10 @@ export class ExecutionSystem {
       const inputs = snap.input_files ?? [];
       // Attachments open from the versions the snapshot pinned (a secret's box unsealed here, in the worker).
       const pinned = snap.element as PinnedElement | undefined;
-      const attachments = await openAttachments(this.r.db, circle.id, pinned?.attachments, typeLookup);
+      const { attachments, uses } = await openPinned(this.r.db, circle.id, pinned, typeLookup);
       opened.push(...attachments);
-      const uses = await openUses(this.r.db, circle.id, pinned, typeLookup);
       for (const u of Object.values(uses)) opened.push(...u.attachments);
+      const secrets = scrubList(opened);
       const result = await exec({
         db: this.r.db,
         circle,
@@ -167,10 +167,7 @@ export class ExecutionSystem {
         attachments,
         uses,
         stream,
-        scrub: <T>(v: T): T => {
-          const list = scrubList(opened);
-          return list.length > 0 ? scrubValues(v, list) : v;
-        },
+        scrub: <T>(v: T): T => (secrets.length > 0 ? scrubValues(v, secrets) : v),
         files: {
           inputs,
           read: async (sha) => {

@@ -6,13 +6,14 @@
  * query and body are templates over the input and the attached secrets and variables.
  */
 import { z } from 'zod';
+import { sleepUnlessAborted } from '../../core/sleep.js';
 import { CairnError } from '../../core/errors.js';
 import { ExprError, exprsOf, renderTemplate, type Root, type Template } from '../../core/expr.js';
 import { sha256Hex } from '../../core/hash.js';
 import { scrubValues } from '../../core/sealed.js';
 import { checkUrl, parseAllowList, request } from '../../net/http-client.js';
 import { attachedScopes } from '../attachments.js';
-import { errorCode as e } from '../errors.js';
+import { declaredError, errorCode as e } from '../errors.js';
 import { specTemplate } from '../templates.js';
 import {
   defineOp,
@@ -151,15 +152,7 @@ function fail(
   details?: unknown,
   retryable?: boolean,
 ) {
-  const d = HTTP_ERRORS.find((x) => x.code === code)!;
-  return new CairnError({
-    code,
-    class: d.class,
-    message,
-    suggestion: d.suggestion,
-    retryable: retryable ?? d.retryable,
-    details,
-  });
+  return declaredError(HTTP_ERRORS, code, message, details, retryable);
 }
 
 interface Compiled {
@@ -360,12 +353,6 @@ const invoke = {
   maxAttempts: 3,
 } satisfies OperationDecl<typeof invokeInput>;
 
-const sleep = (ms: number, signal: AbortSignal) =>
-  new Promise<void>((res) => {
-    const t = setTimeout(res, ms);
-    signal.addEventListener('abort', () => (clearTimeout(t), res()), { once: true });
-  });
-
 export const httpType = defineType({
   type: 'http',
   category: 'actions',
@@ -458,7 +445,7 @@ export const httpType = defineType({
             ms: performance.now() - t0,
           });
           if (retryable && attempt < spec.retry.attempts && !ctx.signal.aborted) {
-            await sleep(spec.retry.backoff_ms * 2 ** (attempt - 1), ctx.signal);
+            await sleepUnlessAborted(spec.retry.backoff_ms * 2 ** (attempt - 1), ctx.signal);
             continue;
           }
           try {
@@ -492,7 +479,7 @@ export const httpType = defineType({
           const retryable = res.status === 429 || res.status >= 500;
           if (retryable && attempt < spec.retry.attempts && !ctx.signal.aborted) {
             attempts.push({ attempt, status: res.status, ms: performance.now() - t0 });
-            await sleep(spec.retry.backoff_ms * 2 ** (attempt - 1), ctx.signal);
+            await sleepUnlessAborted(spec.retry.backoff_ms * 2 ** (attempt - 1), ctx.signal);
             continue;
           }
           const err = fail(

@@ -1,6 +1,6 @@
 import { CairnError } from '../../core/errors.js';
 import type { ErrorCodeDecl } from '../types.js';
-import { errorCode as d } from '../errors.js';
+import { declaredError, errorCode as d } from '../errors.js';
 
 /** The gateway's typed failures (R-LLM): every provider failure, in each shape it is sent, maps to one. */
 export const LLM_ERRORS = [
@@ -72,15 +72,7 @@ export const LLM_ERRORS = [
 export type LlmCode = (typeof LLM_ERRORS)[number]['code'];
 
 export function llmError(code: LlmCode, message: string, details?: unknown): CairnError {
-  const x = LLM_ERRORS.find((e) => e.code === code)!;
-  return new CairnError({
-    code,
-    class: x.class,
-    message,
-    suggestion: x.suggestion,
-    retryable: x.retryable,
-    details,
-  });
+  return declaredError(LLM_ERRORS, code, message, details);
 }
 
 /** Definition-time refusals of an llm element. */

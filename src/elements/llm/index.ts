@@ -6,6 +6,7 @@
  * provider's usage (cache tokens included) and releases the rest.
  */
 import { z } from 'zod';
+import { sleepUnlessAborted } from '../../core/sleep.js';
 import { CairnError } from '../../core/errors.js';
 import { ExprError, exprsOf, renderTemplate, type Root, type Template } from '../../core/expr.js';
 import { schemaIssues, validatorOf } from '../../core/json-schema.js';
@@ -14,6 +15,7 @@ import { checkUrl, openRequest, parseAllowList } from '../../net/http-client.js'
 import { getElement } from '../../store/elements.js';
 import { withSpan } from '../../telemetry/tracing.js';
 import { attachedScopes } from '../attachments.js';
+import { CREDENTIAL_HEADERS } from '../http/index.js';
 import { VARIABLE_MAX_BYTES } from '../secret/index.js';
 import { specTemplate } from '../templates.js';
 import {
@@ -42,7 +44,6 @@ import {
 
 const ADAPTERS: Record<WireApi, ProviderAdapter> = { openai: openaiAdapter, anthropic: anthropicAdapter };
 const LLM_ROOTS: readonly Root[] = ['input', 'vars'];
-const CREDENTIAL_HEADERS = /^(authorization|proxy-authorization|cookie|x-api-key|api-key)$/i;
 
 // ---------------------------------------------------------------------------------------------
 // llm-provider
@@ -364,13 +365,6 @@ function backoffMs(attempt: number, retryAfter?: number): number {
   return Math.round(base * (0.5 + Math.random() / 2));
 }
 
-const sleep = (ms: number, signal: AbortSignal) =>
-  new Promise<void>((res) => {
-    if (signal.aborted) return res();
-    const t = setTimeout(res, ms);
-    signal.addEventListener('abort', () => (clearTimeout(t), res()), { once: true });
-  });
-
 interface AttemptRecord {
   provider: string;
   model: string;
@@ -530,7 +524,7 @@ async function execute(ctx: ExecContext<LlmSpec, LlmInput>) {
         // A Retry-After longer than we wait at most: go to the fallback instead.
         if (err.info.retry_after_ms !== undefined && err.info.retry_after_ms > MAX_WAIT_MS) break;
         rec.waited_ms = wait;
-        await sleep(wait, ctx.signal);
+        await sleepUnlessAborted(wait, ctx.signal);
         continue;
       }
       // Outside the try: a refused output (response_format) keeps its own evidence and cost.
